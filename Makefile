@@ -1,0 +1,78 @@
+# servewell — every target is documented: `make help` (the default goal) lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+# Options for training targets (empty means "not given").
+MODEL ?=
+SPEC ?=
+DATA ?=
+TARGET ?=
+TASK ?=
+VERSION ?=
+FORCE ?=
+# Where the model store lives; the service and the training CLI both read SERVEWELL_STORE.
+STORE ?= models
+export SERVEWELL_STORE ?= $(STORE)
+
+.PHONY: help venv test lint typecheck unit test-slow serve train models promote rollback bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column TASK=classification|regression\n"
+	@printf "Store: STORE=dir (default models/), exported as SERVEWELL_STORE\n"
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is required (python3.11 not found)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv and install servewell with its dev tools
+
+lint: $(STAMP) ## Ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP) ## Mypy (strict)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP) ## Run the test suite only (no lint), fast tests
+	$(PY) -m pytest -m "not slow" -q
+
+test: lint typecheck unit ## Lint, type-check and run the whole default test suite
+
+test-slow: $(STAMP) ## Run the slow load/soak tests too
+	$(PY) -m pytest -q
+
+train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col
+	$(PY) -m training train \
+		$(if $(MODEL),--model $(MODEL)) $(if $(SPEC),--spec $(SPEC)) \
+		$(if $(DATA),--data $(DATA)) $(if $(TARGET),--target $(TARGET)) \
+		$(if $(TASK),--task $(TASK)) $(if $(FORCE),--force)
+
+models: $(STAMP) ## List the store: versions, production, primary metric
+	$(PY) -m training models
+
+promote: $(STAMP) ## Make MODEL=name VERSION=n the production version
+	@test -n "$(MODEL)" -a -n "$(VERSION)" || { echo "usage: make promote MODEL=name VERSION=n"; exit 2; }
+	$(PY) -m training promote $(MODEL) $(VERSION)
+
+rollback: $(STAMP) ## Return MODEL=name to its previous production version
+	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=name"; exit 2; }
+	$(PY) -m training rollback $(MODEL)
+
+serve: $(STAMP) ## Train the default models if the store is empty, then serve on 127.0.0.1:8000
+	$(PY) -m training ensure-default
+	$(PY) -m serving
+
+bench: $(STAMP) ## Load benchmarks (wrk on loopback): prints a table, writes bench/results/*.json
+	$(PY) bench/run.py
+
+clean: ## Remove the virtualenv and caches (keeps the model store)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

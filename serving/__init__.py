@@ -1,0 +1,1 @@
+"""servewell: serve scikit-learn models fast and carefully."""

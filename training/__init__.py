@@ -1,0 +1,1 @@
+"""servewell training: specs in, versioned artifacts out."""

@@ -1,0 +1,155 @@
+"""`python -m training`: train specs, list the store, promote and roll back versions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from serving.store import ModelStore, StoreError, Task
+from training.datasets import DataError, infer_csv_task
+from training.pipeline import EstimatorError
+from training.run import TrainResult, train
+from training.spec import Spec, SpecError, adhoc_csv_spec, load_spec, shipped_names, shipped_spec
+
+DEFAULT_STORE = "models"
+_USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError)
+
+
+def _store(args: argparse.Namespace) -> ModelStore:
+    return ModelStore(args.store or os.environ.get("SERVEWELL_STORE") or DEFAULT_STORE)
+
+
+def _specs(args: argparse.Namespace) -> list[Spec]:
+    if args.data or args.target:
+        if not (args.data and args.target):
+            raise SpecError("ad-hoc training needs both DATA=file.csv and TARGET=column")
+        path = Path(args.data)
+        task = Task(args.task) if args.task else infer_csv_task(path, args.target)
+        print(f"ad-hoc {task.value} on {path}, target {args.target!r}")
+        return [adhoc_csv_spec(path, args.target, task, args.name)]
+    if args.spec:
+        return [load_spec(path) for path in args.spec]
+    if args.model:
+        return [shipped_spec(name) for name in args.model]
+    return [shipped_spec(name) for name in shipped_names()]
+
+
+def _report(result: TrainResult) -> None:
+    m = result.manifest
+    print(f"[{m.name}] v{m.version}: {m.primary_metric}={m.primary_score:.4f}")
+    if result.promoted:
+        print(f"[{m.name}] v{m.version} is now production ({result.decision.reason})")
+    else:
+        print(f"[{m.name}] v{m.version} stored but NOT promoted: {result.decision.reason}")
+        print(result.decision.comparison(m))
+        print(f"    to promote it anyway: make promote MODEL={m.name} VERSION={m.version}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    store = _store(args)
+    specs = _specs(args)  # every spec parses before anything trains
+    failures = 0
+    for spec in specs:
+        try:
+            _report(train(spec, store, force_promote=args.force))
+        except _USER_ERRORS as exc:
+            print(f"[{spec.name}] error: {exc}", file=sys.stderr)
+            failures += 1
+        except ValueError as exc:  # scikit-learn rejects data it cannot fit
+            print(f"[{spec.name}] error while fitting: {exc}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    store = _store(args)
+    names = store.names()
+    if not names:
+        print(f"store {store.root} is empty; run `make train`")
+        return 0
+    print(f"store: {store.root}")
+    print(
+        f"{'model':<16} {'version':>7}  {'prod':<4}  {'created (UTC)':<19}  {'primary metric':<22}"
+    )
+    for name in names:
+        for info in store.list_versions(name):
+            m = info.manifest
+            metric = f"{m.primary_metric}={m.primary_score:.4f}"
+            created = m.created.strftime("%Y-%m-%d %H:%M:%S")
+            prod = "*" if info.is_production else ""
+            print(f"{name:<16} {m.version:>7}  {prod:<4}  {created:<19}  {metric:<22}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    store = _store(args)
+    previous = store.promote(args.name, args.version)
+    was = f"v{previous}" if previous is not None else "none"
+    print(f"[{args.name}] production is now v{args.version} (was {was})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store = _store(args)
+    old, new = store.rollback(args.name)
+    print(f"[{args.name}] rolled back production from v{old} to v{new}")
+    return 0
+
+
+def cmd_ensure_default(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if store.names():
+        print(f"store {store.root} has models: {', '.join(store.names())}")
+        return 0
+    print(f"store {store.root} is empty: training the shipped specs")
+    args.spec = args.model = args.data = args.target = None
+    args.force = False
+    return cmd_train(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument(
+        "--store", help="model store root (default: $SERVEWELL_STORE or ./models)", default=None
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train shipped specs, a spec file or an ad-hoc CSV")
+    p.add_argument("--model", action="append", help="shipped spec name (repeatable)")
+    p.add_argument("--spec", action="append", help="path to a spec TOML (repeatable)")
+    p.add_argument("--data", help="ad-hoc CSV file (with --target)")
+    p.add_argument("--target", help="target column of the ad-hoc CSV")
+    p.add_argument("--task", choices=[t.value for t in Task], help="default: inferred")
+    p.add_argument("--name", help="model name for ad-hoc CSV (default: file name)")
+    p.add_argument("--force", action="store_true", help="promote even if worse than production")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list the store: versions, production, primary metric")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("promote", help="make a version the production version")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="return to the previous production version")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("ensure-default", help="train the shipped specs if the store is empty")
+    p.set_defaults(func=cmd_ensure_default)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing partial was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,228 @@
+"""Load a spec's dataset into a feature table and a target, with the feature schema.
+
+Every problem with the data is raised as DataError with a message naming the file, column and
+row, before anything is fitted or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.store import FeatureKind, Task
+from training.spec import Spec
+
+_BUNDLED = {
+    "iris": ("load_iris", "species"),
+    "breast_cancer": ("load_breast_cancer", "diagnosis"),
+    "diabetes": ("load_diabetes", "disease_progression"),
+    "wine": ("load_wine", "cultivar"),
+}
+_MAX_CLASSES_FOR_INT_TARGET = 20
+
+
+class DataError(Exception):
+    """The dataset cannot be used as the spec describes."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    X: pd.DataFrame
+    """Feature columns in model order; categorical as str objects, everything else float64."""
+    y: pd.Series[Any]
+    kinds: dict[str, FeatureKind]
+    origin: str
+    fingerprint: str
+    """sha256 of the feature table plus target, canonically serialised (CSV, fixed format)."""
+
+
+def snake(name: str) -> str:
+    """'sepal length (cm)' -> 'sepal_length_cm': feature names that are valid identifiers."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+def _load_bundled(source: str) -> tuple[pd.DataFrame, str]:
+    name = source.removeprefix("sklearn:")
+    if name not in _BUNDLED:
+        raise DataError(
+            f"unknown bundled dataset {source!r}; available: "
+            + ", ".join(f"sklearn:{n}" for n in sorted(_BUNDLED))
+        )
+    import sklearn.datasets
+
+    loader, target_name = _BUNDLED[name]
+    bunch = getattr(sklearn.datasets, loader)(as_frame=True)
+    frame = bunch.frame.rename(columns=snake)
+    target = frame.pop("target")
+    if hasattr(bunch, "target_names") and bunch.target_names is not None:
+        # Serve class labels as people say them ("setosa"), not as integer codes.
+        target = pd.Series(np.asarray(bunch.target_names)[target.to_numpy()], index=frame.index)
+    frame[target_name] = target
+    return frame, f"scikit-learn bundled dataset {name}"
+
+
+def _load_csv(path: Path) -> tuple[pd.DataFrame, str]:
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data file {path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"data file {path} is not a readable CSV: {exc}") from None
+    return frame, str(path)
+
+
+def load_raw(spec: Spec) -> tuple[pd.DataFrame, str]:
+    path = spec.dataset_path()
+    if path is not None:
+        return _load_csv(path)
+    assert spec.dataset.source is not None
+    return _load_bundled(spec.dataset.source)
+
+
+def infer_task(y: pd.Series[Any]) -> Task:
+    """Text or boolean targets, and integer targets with few values, are classification."""
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return Task.CLASSIFICATION
+    values = y.dropna()
+    if (values == values.round()).all() and values.nunique() <= _MAX_CLASSES_FOR_INT_TARGET:
+        return Task.CLASSIFICATION
+    return Task.REGRESSION
+
+
+def _infer_kind(column: pd.Series[Any]) -> FeatureKind:
+    if pd.api.types.is_bool_dtype(column):
+        return FeatureKind.BOOLEAN
+    if pd.api.types.is_integer_dtype(column):
+        return FeatureKind.INTEGER
+    if pd.api.types.is_numeric_dtype(column):
+        non_null = column.dropna()
+        # pandas reads integer columns with gaps as float; keep them integers.
+        if len(non_null) and column.isna().any() and (non_null == non_null.round()).all():
+            return FeatureKind.INTEGER
+        return FeatureKind.NUMERIC
+    values = column.dropna().astype(str).str.strip().str.lower()
+    if len(values) and values.isin({"true", "false"}).all():
+        return FeatureKind.BOOLEAN
+    parsed = pd.to_numeric(values, errors="coerce")
+    if len(values) and parsed.notna().mean() >= 0.5:
+        bad = column.notna() & pd.to_numeric(column, errors="coerce").isna()
+        raise DataError(
+            f"column {column.name!r} looks numeric but has non-numeric values, e.g. "
+            f"{_first(column, bad)}; fix the data, or declare it categorical in the spec "
+            "(features.kinds)"
+        )
+    return FeatureKind.CATEGORICAL
+
+
+def _first(column: pd.Series[Any], bad: pd.Series[bool]) -> str:
+    """'<value> at row <n>' for the first row flagged in ``bad``."""
+    pos = int(np.argmax(bad.to_numpy()))
+    return f"{column.iloc[pos]!r} at row {pos + 1}"
+
+
+def _coerce(column: pd.Series[Any], kind: FeatureKind) -> pd.Series[Any]:
+    """Cast a feature to the representation the model is fitted on (see Manifest.input_format)."""
+    name = column.name
+    if kind == FeatureKind.CATEGORICAL:
+        return column.map(lambda v: None if pd.isna(v) else str(v).strip()).astype(object)
+    if kind == FeatureKind.BOOLEAN:
+        if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+            values = column.astype(float)
+        else:
+            lowered = column.astype(str).str.strip().str.lower()
+            values = lowered.map({"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0})
+            values[column.isna()] = np.nan
+        bad = values.notna() & ~values.isin([0.0, 1.0])
+        bad |= column.notna() & values.isna()
+        if bad.any():
+            raise DataError(
+                f"boolean feature {name!r} has a non-boolean value {_first(column, bad)}"
+            )
+        return values.astype("float64")
+    numeric = pd.to_numeric(column, errors="coerce")
+    bad = column.notna() & numeric.isna()
+    if bad.any():
+        raise DataError(
+            f"{kind.value} feature {name!r} has a non-numeric value {_first(column, bad)}"
+        )
+    if not np.isfinite(numeric.dropna().to_numpy(dtype="float64")).all():
+        raise DataError(f"feature {name!r} has infinite values")
+    if kind == FeatureKind.INTEGER:
+        non_null = numeric.dropna()
+        if not (non_null == non_null.round()).all():
+            fractional = numeric.notna() & (numeric != numeric.round())
+            raise DataError(
+                f"integer feature {name!r} has a fractional value {_first(column, fractional)}"
+            )
+    return numeric.astype("float64")
+
+
+def fingerprint(X: pd.DataFrame, y: pd.Series[Any]) -> str:
+    table = X.copy()
+    table["__target__"] = y.to_numpy()
+    text = table.to_csv(index=False, float_format="%.17g", lineterminator="\n")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_dataset(spec: Spec) -> Dataset:
+    frame, origin = load_raw(spec)
+    target = spec.dataset.target
+    if frame.empty or len(frame.columns) == 0:
+        raise DataError(f"dataset {origin} has no rows")
+    if target not in frame.columns:
+        raise DataError(
+            f"target column {target!r} not found in {origin}; columns are: "
+            + ", ".join(map(str, frame.columns))
+        )
+    y = frame[target]
+    if y.isna().any():
+        first = int(np.argmax(y.isna().to_numpy())) + 1
+        raise DataError(
+            f"target {target!r} has {int(y.isna().sum())} missing value(s) in {origin}, "
+            f"first at row {first}; drop or fill those rows"
+        )
+    if spec.features.include is not None:
+        columns = list(spec.features.include)
+    else:
+        columns = [c for c in frame.columns if c != target]
+    columns = [c for c in columns if c not in set(spec.features.exclude)]
+    missing = [c for c in [*columns, *spec.features.kinds] if c not in frame.columns]
+    if missing:
+        raise DataError(f"feature column(s) {missing} not found in {origin}")
+    if target in columns:
+        raise DataError(f"target {target!r} is also listed as a feature")
+    if not columns:
+        raise DataError(f"dataset {origin} has no feature columns besides the target")
+    if len(frame) < 10:
+        raise DataError(f"dataset {origin} has only {len(frame)} rows; need at least 10")
+
+    kinds: dict[str, FeatureKind] = {}
+    X = pd.DataFrame(index=frame.index)
+    for col in columns:
+        kind = spec.features.kinds.get(col) or _infer_kind(frame[col])
+        kinds[str(col)] = kind
+        X[str(col)] = _coerce(frame[col], kind)
+    if isinstance(y.dtype, pd.StringDtype) or y.dtype == object:
+        y = y.astype(str)
+    X = X.reset_index(drop=True)
+    y = y.reset_index(drop=True).rename(target)
+    return Dataset(X=X, y=y, kinds=kinds, origin=origin, fingerprint=fingerprint(X, y))
+
+
+def infer_csv_task(path: Path, target: str) -> Task:
+    """The task an ad-hoc CSV's target implies (see infer_task)."""
+    frame, origin = _load_csv(path)
+    if target not in frame.columns:
+        raise DataError(
+            f"target column {target!r} not found in {origin}; columns are: "
+            + ", ".join(map(str, frame.columns))
+        )
+    return infer_task(frame[target].dropna())
