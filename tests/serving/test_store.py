@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving.store import (
+    Environment,
+    IntegrityError,
+    InvalidNameError,
+    ModelNotFoundError,
+    ModelStore,
+    StoreError,
+)
+
+
+def _fields(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "created": datetime.now(UTC),
+        "task": "regression",
+        "input_format": "ndarray",
+        "features": [{"name": "x", "kind": "numeric", "min": 0, "max": 1, "mean": 0.5, "std": 0.1}],
+        "target": {"name": "y"},
+        "estimator": "sklearn.linear_model.Ridge",
+        "metrics": {"rmse": 1.0},
+        "primary_metric": "rmse",
+        "higher_is_better": False,
+        "spec": {},
+        "data_fingerprint": "0" * 64,
+        "n_train_rows": 8,
+        "n_test_rows": 2,
+        "environment": Environment(python="3.11", sklearn="1", numpy="2", joblib="1", pandas="2"),
+    }
+    fields.update(overrides)
+    return fields
+
+
+def _publish(store: ModelStore, name: str = "m", payload: bytes = b"model") -> int:
+    with store.create_version(name, _fields()) as staged:
+        staged.model_path.write_bytes(payload)
+        (staged.report_dir / "model_card.md").write_text("# card")
+    assert staged.version is not None
+    return staged.version
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "store")
+
+
+def test_versions_are_monotonic_and_hashed(store: ModelStore) -> None:
+    assert _publish(store) == 1
+    assert _publish(store, payload=b"other") == 2
+    assert store.versions("m") == [1, 2]
+    manifest = store.verify("m", 2)
+    assert set(manifest.files) == {"model.joblib", "report/model_card.md"}
+    assert manifest.name == "m"
+    assert manifest.version == 2
+
+
+def test_failed_write_leaves_nothing_visible(store: ModelStore) -> None:
+    def crash_mid_write() -> None:
+        with store.create_version("m", _fields()) as staged:
+            staged.model_path.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        crash_mid_write()
+    assert store.versions("m") == []
+    assert store.names() == []
+    assert list((store.root / "m").iterdir()) == []
+
+
+def test_invalid_manifest_fields_leave_nothing(store: ModelStore) -> None:
+    with (
+        pytest.raises(ValueError, match="task"),
+        store.create_version("m", _fields(task="clustering")) as staged,
+    ):
+        staged.model_path.write_bytes(b"x")
+    assert list((store.root / "m").iterdir()) == []
+
+
+def test_staging_directories_are_invisible(store: ModelStore) -> None:
+    _publish(store)
+    (store.root / "m" / ".staging-leftover").mkdir()
+    (store.root / "m" / "7").mkdir()  # a folder without a manifest is not a version
+    assert store.versions("m") == [1]
+    assert _publish(store) == 2
+
+
+def test_tampered_artifact_fails_verification_naming_the_file(store: ModelStore) -> None:
+    _publish(store)
+    model = store.version_path("m", 1) / "model.joblib"
+    model.write_bytes(b"evil")
+    with pytest.raises(IntegrityError, match=r"sha256 of .*model\.joblib"):
+        store.verify("m", 1)
+    with pytest.raises(IntegrityError):
+        store.load_model("m", 1)  # never unpickles a file that failed verification
+
+
+def test_missing_artifact_fails_verification(store: ModelStore) -> None:
+    _publish(store)
+    os.unlink(store.version_path("m", 1) / "report" / "model_card.md")
+    with pytest.raises(IntegrityError, match="missing"):
+        store.verify("m", 1)
+
+
+def test_promote_and_rollback_walk_the_history(store: ModelStore) -> None:
+    for _ in range(3):
+        _publish(store)
+    assert store.production("m") is None
+    assert store.promote("m", 1) is None
+    assert store.promote("m", 2) == 1
+    assert store.promote("m", 3) == 2
+    assert store.rollback("m") == (3, 2)
+    assert store.production("m") == 2
+    assert store.rollback("m") == (2, 1)
+    with pytest.raises(StoreError, match="no earlier production version"):
+        store.rollback("m")
+    assert store.production("m") == 1
+
+
+def test_promote_refuses_missing_or_tampered_versions(store: ModelStore) -> None:
+    _publish(store)
+    with pytest.raises(ModelNotFoundError):
+        store.promote("m", 5)
+    (store.version_path("m", 1) / "model.joblib").write_bytes(b"evil")
+    with pytest.raises(IntegrityError):
+        store.promote("m", 1)
+    assert store.production("m") is None
+
+
+def test_pointer_replacement_is_atomic_file_swap(store: ModelStore) -> None:
+    _publish(store)
+    _publish(store)
+    store.promote("m", 1)
+    pointer = store.root / "m" / "production"
+    inode = pointer.stat().st_ino
+    store.promote("m", 2)
+    assert pointer.read_text() == "2\n"
+    assert pointer.stat().st_ino != inode  # replaced by rename, never rewritten in place
+    assert [p.name for p in (store.root / "m").iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc", "a/b", "..", ".hidden", "", "x" * 65])
+def test_names_cannot_escape_the_store(store: ModelStore, name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        store.versions(name)
+
+
+def test_symlinked_model_directory_is_refused(store: ModelStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store.root.mkdir(parents=True)
+    (store.root / "evil").symlink_to(outside)
+    with pytest.raises(InvalidNameError, match="escapes"):
+        store.versions("evil")
+    assert store.names() == []
+
+
+def test_manifest_listing_files_outside_the_version_is_refused(store: ModelStore) -> None:
+    _publish(store)
+    manifest_path = store.version_path("m", 1) / "manifest.json"
+    manifest_path.write_text(
+        manifest_path.read_text().replace('"report/model_card.md"', '"../../x"')
+    )
+    with pytest.raises(IntegrityError, match="outside its version"):
+        store.verify("m", 1)

@@ -1,0 +1,102 @@
+"""The `python -m training` CLI that the Makefile wraps, run as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from serving.store import ModelStore
+
+
+def run(store: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SERVEWELL_STORE": str(store)}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_train_models_promote_rollback(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = run(store, "train", "--model", "iris")
+    assert first.returncode == 0, first.stderr
+    assert "[iris] v1 is now production" in first.stdout
+    second = run(store, "train", "--model", "iris")
+    assert second.returncode == 0, second.stderr
+
+    listing = run(store, "models")
+    assert listing.returncode == 0
+    lines = [line.split() for line in listing.stdout.splitlines() if line.startswith("iris")]
+    assert [line[1] for line in lines] == ["1", "2"]
+    assert lines[1][2] == "*"  # v2 is production
+    assert "f1_macro=" in listing.stdout
+
+    rolled = run(store, "rollback", "iris")
+    assert rolled.returncode == 0, rolled.stderr
+    assert "from v2 to v1" in rolled.stdout
+    assert ModelStore(store).production("iris") == 1
+
+    promoted = run(store, "promote", "iris", "2")
+    assert promoted.returncode == 0
+    assert "production is now v2 (was v1)" in promoted.stdout
+
+    missing = run(store, "promote", "iris", "9")
+    assert missing.returncode == 1
+    assert "error: model 'iris' has no version 9" in missing.stderr
+
+
+def test_adhoc_csv_infers_the_task(tmp_path: Path) -> None:
+    csv = tmp_path / "houses.csv"
+    rows = "\n".join(
+        f"{i},{i % 7},{'old' if i % 3 else 'new'},{i * 1.5 + (i % 7) * 0.3}" for i in range(60)
+    )
+    csv.write_text("area,rooms,age,price\n" + rows + "\n")
+    result = run(tmp_path / "store", "train", "--data", str(csv), "--target", "price")
+    assert result.returncode == 0, result.stderr
+    assert "ad-hoc regression" in result.stdout
+    manifest = ModelStore(tmp_path / "store").manifest("houses", 1)
+    assert manifest.task == "regression"
+    assert manifest.input_format == "dataframe"
+
+
+def test_bad_input_exits_non_zero_with_message_and_writes_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = run(store, "train", "--data", str(tmp_path / "missing.csv"), "--target", "y")
+    assert result.returncode == 1
+    assert "data file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not store.exists() or not any(store.iterdir())
+
+    result = run(store, "train", "--model", "nope")
+    assert result.returncode == 1
+    assert "no shipped spec named 'nope'" in result.stderr
+
+
+def test_not_promoted_run_explains_how_to_force(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert run(store, "train", "--model", "iris").returncode == 0
+    weak = tmp_path / "weak.toml"
+    spec_dir = Path(__file__).resolve().parents[2] / "training" / "specs"
+    weak.write_text((spec_dir / "iris.toml").read_text().replace("C = 1.0", "C = 0.0005"))
+    result = run(store, "train", "--spec", str(weak))
+    assert result.returncode == 0, result.stderr
+    assert "stored but NOT promoted" in result.stdout
+    assert "make promote MODEL=iris VERSION=2" in result.stdout
+
+
+def test_ensure_default_trains_only_an_empty_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = run(store, "ensure-default")
+    assert first.returncode == 0, first.stderr
+    assert set(ModelStore(store).names()) >= {"iris", "breast_cancer", "diabetes", "churn"}
+    again = run(store, "ensure-default")
+    assert again.returncode == 0
+    assert "has models" in again.stdout
+    assert ModelStore(store).versions("iris") == [1]
