@@ -13,6 +13,7 @@ SPEC ?=
 DATA ?=
 TARGET ?=
 TASK ?=
+NAME ?=
 VERSION ?=
 FORCE ?=
 # Where the model store lives; the service and the training CLI both read SERVEWELL_STORE.
@@ -23,7 +24,7 @@ export SERVEWELL_STORE ?= $(STORE)
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column TASK=classification|regression\n"
+	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column [TASK=classification|regression NAME=model] FORCE=1\n"
 	@printf "Store: STORE=dir (default models/), exported as SERVEWELL_STORE\n"
 
 $(STAMP): pyproject.toml
@@ -54,7 +55,7 @@ train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file
 	$(PY) -m training train \
 		$(if $(MODEL),--model $(MODEL)) $(if $(SPEC),--spec $(SPEC)) \
 		$(if $(DATA),--data $(DATA)) $(if $(TARGET),--target $(TARGET)) \
-		$(if $(TASK),--task $(TASK)) $(if $(FORCE),--force)
+		$(if $(TASK),--task $(TASK)) $(if $(NAME),--name $(NAME)) $(if $(FORCE),--force)
 
 models: $(STAMP) ## List the store: versions, production, primary metric
 	$(PY) -m training models

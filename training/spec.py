@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serving.store import FeatureKind, Task, validate_name
+from serving.store import FeatureKind, InvalidNameError, Task, validate_name
 
 SPECS_DIR = Path(__file__).parent / "specs"
 
@@ -106,7 +106,10 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Spec:
-        validate_name(self.name)
+        try:
+            validate_name(self.name)
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
         metric = self.evaluation.primary_metric
         if metric is not None and metric not in METRICS_HIGHER_IS_BETTER:
             raise ValueError(
