@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.joblib"
+ONNX_FILE = "model.onnx"
 REPORT_DIR = "report"
 PRODUCTION_FILE = "production"
 HISTORY_FILE = "history.json"
@@ -111,6 +112,31 @@ class Environment(_Frozen):
     git_commit: str | None = None
 
 
+class OnnxParity(_Frozen):
+    """How the ONNX graph was checked against the scikit-learn pipeline."""
+
+    passed: bool
+    rows_checked: int
+    label_agreement: float
+    """Share of rows whose predicted label is identical (1.0 for regressors)."""
+    max_abs_diff: float
+    """Largest absolute difference of probabilities (classifiers) or values (regressors)."""
+    tolerance: float
+    converter: str
+    runtime: str
+
+
+class OnnxExport(_Frozen):
+    """Whether an ONNX compilation of the model exists and may serve, and if not, why."""
+
+    status: Literal["ok", "conversion_failed", "parity_failed", "unavailable"]
+    file: str | None = None
+    """The ONNX file (relative to the version folder) when status is ok."""
+    reason: str | None = None
+    parity: OnnxParity | None = None
+    seconds: float | None = None
+
+
 class Manifest(_Frozen):
     """Everything a reader needs to know about one model version, without unpickling it."""
 
@@ -139,6 +165,18 @@ class Manifest(_Frozen):
     files: dict[str, str]
     """sha256 of every artifact file, keyed by its path relative to the version directory."""
     environment: Environment
+    onnx: OnnxExport | None = None
+    """None for versions trained before ONNX export existed."""
+
+    @property
+    def onnx_ready(self) -> bool:
+        """True when an ONNX file exists, is hashed, and passed parity: it may serve."""
+        return (
+            self.onnx is not None
+            and self.onnx.status == "ok"
+            and self.onnx.file is not None
+            and self.onnx.file in self.files
+        )
 
     @property
     def feature_names(self) -> list[str]:

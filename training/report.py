@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.store import Feature, FeatureKind, Task
+from serving.store import Feature, FeatureKind, OnnxExport, Task
 from training.evaluate import Evaluation
 from training.spec import Spec
 
@@ -136,6 +136,20 @@ def _feature_table(features: list[Feature]) -> list[str]:
     return lines
 
 
+def _runtime_lines(onnx: OnnxExport | None) -> list[str]:
+    if onnx is None:
+        return ["scikit-learn (no ONNX export was attempted)."]
+    if onnx.status == "ok" and onnx.parity is not None:
+        p = onnx.parity
+        return [
+            f"ONNX Runtime (`{onnx.file}`), verified against the scikit-learn pipeline on "
+            f"{p.rows_checked} rows (holdout, random rows in the training ranges, and rows near "
+            f"decision boundaries): label agreement {p.label_agreement:.6f}, max abs difference "
+            f"{p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g}); {p.converter}, {p.runtime}."
+        ]
+    return [f"scikit-learn: no ONNX compilation ({onnx.status}: {onnx.reason})."]
+
+
 def write_report(
     out: Path,
     *,
@@ -193,6 +207,10 @@ def write_report(
         "## Plots",
         "",
         *[f"![{p.removesuffix('.png').replace('_', ' ')}]({p})" for p in plots],
+        "",
+        "## Serving runtime",
+        "",
+        *_runtime_lines(context.get("onnx")),
         "",
         "## Limitations",
         "",

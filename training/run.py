@@ -10,12 +10,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from serving.store import Environment, Feature, FeatureKind, Manifest, ModelStore, Target, Task
+from serving.onnx_runtime import Signature
+from serving.store import (
+    Environment,
+    Feature,
+    FeatureKind,
+    Manifest,
+    ModelStore,
+    OnnxExport,
+    Target,
+    Task,
+)
+from training import onnx_export
 from training.datasets import Dataset, load_dataset
 from training.evaluate import evaluate
 from training.gate import GateDecision, decide
@@ -119,6 +130,22 @@ def feature_schema(data: Dataset, X_train: pd.DataFrame) -> list[Feature]:
     return features
 
 
+def _compile_onnx(
+    echo: Echo, model: Any, signature: Signature, X_test: pd.DataFrame, out: Path, spec: Spec
+) -> OnnxExport:
+    with _stage(echo, "onnx"):
+        result = onnx_export.export(model, signature, X_test, out, seed=spec.split.seed)
+        if result.status == "ok" and result.parity is not None:
+            p = result.parity
+            echo(
+                f"    parity ok on {p.rows_checked} rows: labels identical, max abs diff "
+                f"{p.max_abs_diff:.2g} (tolerance {p.tolerance:.2g}); serves with ONNX Runtime"
+            )
+        else:
+            echo(f"    no ONNX ({result.status}): {result.reason}; serves with scikit-learn")
+    return result
+
+
 def resolve_task(spec: Spec) -> Task:
     if spec.evaluation.task is not None:
         return spec.evaluation.task
@@ -171,7 +198,7 @@ def train(
     features = feature_schema(data, X_train)
     nullable = {f.name for f in features if f.nullable}
     has_categorical = any(k == FeatureKind.CATEGORICAL for k in data.kinds.values())
-    input_format = "dataframe" if has_categorical else "ndarray"
+    input_format: Literal["ndarray", "dataframe"] = "dataframe" if has_categorical else "ndarray"
 
     def model_input(frame: pd.DataFrame) -> Any:
         return frame if has_categorical else frame.to_numpy(dtype=np.float64)
@@ -210,6 +237,9 @@ def train(
 
         with store.create_version(spec.name, fields) as staged:
             joblib.dump(model, staged.model_path)
+            signature = Signature(task, input_format, features, classes)
+            onnx = _compile_onnx(echo, model, signature, X_test, staged.path, spec)
+            fields["onnx"] = onnx
             write_report(
                 staged.report_dir,
                 spec=spec,
@@ -224,6 +254,7 @@ def train(
                     "n_test": len(X_test),
                     "classes": classes,
                     "primary_metric": primary,
+                    "onnx": onnx,
                 },
             )
         assert staged.version is not None
