@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
 MODEL_FILE = "model.joblib"
 ONNX_FILE = "model.onnx"
 REPORT_DIR = "report"
@@ -248,11 +250,22 @@ class StagedVersion:
         return path
 
 
-class ModelStore:
-    """Reads and writes model versions under one root directory."""
+def sign(key: bytes, manifest_bytes: bytes) -> str:
+    """HMAC-SHA256 of the manifest file's bytes, hex encoded."""
+    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
 
-    def __init__(self, root: Path | str) -> None:
+
+class ModelStore:
+    """Reads and writes model versions under one root directory.
+
+    With a ``signing_key``, every version written gets ``manifest.sig`` (HMAC-SHA256 of the
+    manifest bytes) and every version read must carry a matching one: someone who can write the
+    store but does not hold the key cannot forge a manifest that lists their own hashes.
+    """
+
+    def __init__(self, root: Path | str, *, signing_key: bytes | None = None) -> None:
         self.root = Path(root).resolve()
+        self._key = signing_key or None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -302,12 +315,27 @@ class ModelStore:
         return int(text)
 
     def manifest(self, name: str, version: int) -> Manifest:
+        """The manifest, signature-checked when the store has a signing key."""
         path = self._version_dir(name, version) / MANIFEST_FILE
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise ModelNotFoundError(f"model {name!r} has no version {version}") from None
+        if self._key is not None:
+            self._check_signature(path, raw)
         return Manifest.model_validate_json(raw)
+
+    def _check_signature(self, manifest_path: Path, raw: bytes) -> None:
+        assert self._key is not None
+        sig_path = manifest_path.with_name(SIGNATURE_FILE)
+        try:
+            claimed = sig_path.read_text(encoding="ascii").strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            raise IntegrityError(
+                f"{manifest_path} is not signed ({sig_path.name} missing) and a signing key is set"
+            ) from None
+        if not hmac.compare_digest(claimed, sign(self._key, raw)):
+            raise IntegrityError(f"signature {sig_path} does not match {manifest_path}")
 
     def version_path(self, name: str, version: int) -> Path:
         path = self._version_dir(name, version)
@@ -390,9 +418,12 @@ class ModelStore:
                 manifest = Manifest.model_validate(
                     {**manifest_fields, "name": name, "version": version, "files": files}
                 )
-                (staging / MANIFEST_FILE).write_text(
-                    manifest.model_dump_json(indent=2) + "\n", encoding="utf-8"
-                )
+                manifest_bytes = (manifest.model_dump_json(indent=2) + "\n").encode("utf-8")
+                (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
+                if self._key is not None:
+                    (staging / SIGNATURE_FILE).write_text(
+                        sign(self._key, manifest_bytes) + "\n", encoding="ascii"
+                    )
                 target = model_dir / str(version)
                 try:
                     os.rename(staging, target)  # fails if target exists (non-empty dir)

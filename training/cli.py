@@ -18,7 +18,10 @@ _USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError)
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
-    return ModelStore(args.store or os.environ.get("SERVEWELL_STORE") or DEFAULT_STORE)
+    # The same variables the service reads: one store, one key.
+    key = os.environ.get("SERVEWELL_SIGNING_KEY", "").encode("utf-8") or None
+    root = args.store or os.environ.get("SERVEWELL_STORE") or DEFAULT_STORE
+    return ModelStore(root, signing_key=key)
 
 
 def _specs(args: argparse.Namespace) -> list[Spec]:
@@ -74,12 +77,17 @@ def cmd_models(args: argparse.Namespace) -> int:
         f"{'model':<16} {'version':>7}  {'prod':<4}  {'created (UTC)':<19}  {'primary metric':<22}"
     )
     for name in names:
-        for info in store.list_versions(name):
-            m = info.manifest
+        production = store.production(name)
+        for version in store.versions(name):
+            prod = "*" if version == production else ""
+            try:
+                m = store.manifest(name, version)
+            except StoreError as exc:
+                print(f"{name:<16} {version:>7}  {prod:<4}  unreadable: {exc}")
+                continue
             metric = f"{m.primary_metric}={m.primary_score:.4f}"
             created = m.created.strftime("%Y-%m-%d %H:%M:%S")
-            prod = "*" if info.is_production else ""
-            print(f"{name:<16} {m.version:>7}  {prod:<4}  {created:<19}  {metric:<22}")
+            print(f"{name:<16} {version:>7}  {prod:<4}  {created:<19}  {metric:<22}")
     return 0
 
 

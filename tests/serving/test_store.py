@@ -169,3 +169,32 @@ def test_manifest_listing_files_outside_the_version_is_refused(store: ModelStore
     )
     with pytest.raises(IntegrityError, match="outside its version"):
         store.verify("m", 1)
+
+
+def test_signed_store_round_trip(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "s", signing_key=b"k1")
+    _publish(store)
+    assert (store.version_path("m", 1) / "manifest.sig").is_file()
+    assert store.verify("m", 1).version == 1
+
+
+def test_forged_manifest_is_refused_when_signing(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "s", signing_key=b"k1")
+    _publish(store)
+    vdir = store.version_path("m", 1)
+    # An attacker swaps the model and rewrites the manifest's hash to match it.
+    (vdir / "model.joblib").write_bytes(b"evil")
+    manifest = store.manifest("m", 1)
+    forged = manifest.model_copy(update={"files": {**manifest.files, "model.joblib": "0" * 64}})
+    (vdir / "manifest.json").write_text(forged.model_dump_json())
+    with pytest.raises(IntegrityError, match=r"signature .*manifest\.sig does not match"):
+        store.verify("m", 1)
+    # The key holder is the only one who can sign: another key is refused too.
+    with pytest.raises(IntegrityError, match="does not match"):
+        ModelStore(tmp_path / "s", signing_key=b"other").verify("m", 1)
+
+
+def test_unsigned_version_is_refused_when_a_key_is_set(tmp_path: Path) -> None:
+    _publish(ModelStore(tmp_path / "s"))
+    with pytest.raises(IntegrityError, match="is not signed"):
+        ModelStore(tmp_path / "s", signing_key=b"k1").load_model("m", 1)
