@@ -72,8 +72,10 @@ serve: $(STAMP) ## Train the default models if the store is empty, then serve on
 	$(PY) -m training ensure-default
 	$(PY) -m serving
 
-bench: $(STAMP) ## Load benchmarks (wrk on loopback): prints a table, writes bench/results/*.json
-	$(PY) bench/run.py
+BENCH_ARGS ?=
+bench: $(STAMP) ## Load benchmark, wrk on loopback (~4 min; BENCH_ARGS=--quick ~1 min): table + bench/results/*.json/.png
+	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches (keeps the model store)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,107 @@
+"""The application factory. Nothing heavy happens at import: models load in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from serving import exception_handlers
+from serving.dataplane import DataPlane
+from serving.fastpath import PredictFastPath, PredictTable
+from serving.middleware import BodyLimitMiddleware
+from serving.routes import docs, health, models
+from serving.routes.predict import model_router
+from serving.settings import Settings
+
+log = logging.getLogger("servewell")
+
+DESCRIPTION = """\
+Predictions from scikit-learn models in the servewell model store.
+
+Every served model has its own typed operation under **predict**. Errors always have the shape
+`{"error": {"type": "...", "message": "...", "details": [{"loc": [...], "msg": "..."}]}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. Models are verified and loaded, and the inference pool started,
+    when the app starts (lifespan), not here."""
+    settings = settings or Settings()
+    log.setLevel(settings.log_level.upper())
+    predict_table = PredictTable()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dataplane = DataPlane(settings)
+        try:
+            await dataplane.start()
+        except BaseException:
+            dataplane.close()
+            raise
+        app.include_router(model_router(dataplane))
+        app.state.dataplane = dataplane
+        predict_table.fill(dataplane)
+        app.openapi_schema = None
+        ok, _ = dataplane.readiness()
+        log.log(
+            logging.INFO if ok else logging.WARNING,
+            "servewell %s: %d model version(s) served",
+            "ready" if ok else "NOT ready",
+            len(dataplane.ready_models()),
+        )
+        try:
+            yield
+        finally:
+            predict_table.clear()
+            app.state.dataplane = None
+            dataplane.close()
+
+    app = FastAPI(
+        title="servewell",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.dataplane = None
+    # Added first = innermost: the body limit applies to the fast path too.
+    app.add_middleware(PredictFastPath, table=predict_table)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    exception_handlers.install(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    docs.install(app)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The default schema plus the per-model request models, which routes reference by name
+    (the routes read raw bytes and validate them with pydantic's JSON parser, for speed)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        dataplane: DataPlane | None = app.state.dataplane
+        for served in dataplane.ready_models() if dataplane else []:
+            assert served.request_model is not None
+            body = served.request_model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components.update(body.pop("$defs", {}))
+            components[served.request_model.__name__] = body
+        app.openapi_schema = schema
+        return schema
+
+    return openapi

@@ -1,0 +1,164 @@
+"""Adaptive, row-aware micro-batching in the event loop.
+
+One :class:`MicroBatcher` per served model version collects validated rows from concurrent
+requests. A batch is cut by rows (never splitting a request) up to ``max_rows`` and sent:
+
+* at once when the executor is idle, so a lone request pays no batching delay;
+* when it is full, or when its oldest rows have waited ``max_delay`` seconds, if a slot is free;
+* as soon as a slot frees up, when it had to wait for one.
+
+Several batches may be in flight, up to the executor's capacity (:class:`Slots`, shared by
+every batcher that uses the same executor). Results are split back to their requests in order.
+Rows are validated before they get here, so one request's bad data cannot fail its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from serving.runtime import FloatArray, Prediction
+
+RunBatch = Callable[[FloatArray, bool], "asyncio.Future[Prediction]"]
+
+
+class Slots:
+    """Capacity of an executor: how many batches may be in flight, and who waits for one."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._waiters: deque[MicroBatcher] = deque()
+
+    @property
+    def free(self) -> bool:
+        return self.in_use < self.capacity
+
+    @property
+    def idle(self) -> bool:
+        return self.in_use == 0
+
+    def wait(self, batcher: MicroBatcher) -> None:
+        if batcher not in self._waiters:
+            self._waiters.append(batcher)
+
+    def release(self) -> None:
+        self.in_use -= 1
+        while self._waiters and self.free:
+            self._waiters.popleft().on_slot_free()
+
+
+class _Pending(NamedTuple):
+    rows: FloatArray
+    want_probabilities: bool
+    future: asyncio.Future[Prediction]
+
+
+class MicroBatcher:
+    """Collects rows for one model version and runs them in batches; see the module docstring."""
+
+    def __init__(self, run: RunBatch, slots: Slots, max_rows: int, max_delay: float) -> None:
+        self._run = run
+        self._slots = slots
+        self.max_rows = max_rows
+        self.max_delay = max_delay
+        self._pending: deque[_Pending] = deque()
+        self._pending_rows = 0
+        self._oldest = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.batches = 0
+        """Batches sent so far (for tests and metrics)."""
+
+    def submit(self, rows: FloatArray, want_probabilities: bool) -> asyncio.Future[Prediction]:
+        """Queue validated rows; the future resolves with exactly these rows' outputs."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Prediction] = loop.create_future()
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append(_Pending(rows, want_probabilities, future))
+        self._pending_rows += len(rows)
+        self._dispatch(loop, waited=False)
+        return future
+
+    def on_slot_free(self) -> None:
+        """A slot freed up after this batcher had to wait for one: send what is queued."""
+        self._dispatch(asyncio.get_running_loop(), waited=True)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch(asyncio.get_running_loop(), waited=True)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, waited: bool) -> None:
+        while self._pending:
+            if not self._slots.free:
+                self._slots.wait(self)
+                return
+            due = (
+                waited
+                or self._slots.idle
+                or self._pending_rows >= self.max_rows
+                or time.monotonic() - self._oldest >= self.max_delay
+            )
+            if not due:
+                if self._timer is None:
+                    delay = self._oldest + self.max_delay - time.monotonic()
+                    self._timer = loop.call_later(max(0.0, delay), self._on_timer)
+                return
+            self._send_one()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _send_one(self) -> None:
+        batch = [self._pending.popleft()]
+        rows = len(batch[0].rows)
+        while self._pending and rows + len(self._pending[0].rows) <= self.max_rows:
+            item = self._pending.popleft()
+            batch.append(item)
+            rows += len(item.rows)
+        self._pending_rows -= rows
+        if self._pending:
+            self._oldest = time.monotonic()
+        want = any(item.want_probabilities for item in batch)
+        matrix = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])
+        self._slots.in_use += 1
+        self.batches += 1
+        try:
+            result = self._run(matrix, want)
+        except BaseException as exc:
+            self._slots.release()
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        result.add_done_callback(lambda done: self._deliver(batch, done))
+
+    def _deliver(self, batch: list[_Pending], done: asyncio.Future[Prediction]) -> None:
+        self._slots.release()
+        if done.cancelled():
+            error: BaseException | None = asyncio.CancelledError()
+        else:
+            error = done.exception()
+        if error is not None:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        result = done.result()
+        start = 0
+        for item in batch:
+            stop = start + len(item.rows)
+            if not item.future.done():
+                probabilities = result.probabilities
+                item.future.set_result(
+                    Prediction(
+                        result.predictions[start:stop],
+                        probabilities[start:stop] if probabilities is not None else None,
+                    )
+                )
+            start = stop

@@ -1,0 +1,351 @@
+"""The transport-agnostic core: which models are served, request bytes to rows, rows to
+predictions.
+
+Routes stay thin: they hand the body bytes and the model name/version to :class:`DataPlane`
+and turn its results (or its domain errors) into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from serving.batcher import MicroBatcher, Slots
+from serving.errors import (
+    ErrorDetail,
+    InvalidInputError,
+    MalformedRequestError,
+    ModelUnavailableError,
+    NotReadyError,
+    UnknownModelError,
+    UnknownVersionError,
+)
+from serving.inline import InlineExecutor
+from serving.pool import InferencePool, ModelKey
+from serving.runtime import FloatArray, LoadedModel, Prediction
+from serving.schemas import PredictRequestBase, build_request_model, schema_title
+from serving.settings import Settings
+from serving.store import FeatureKind, Manifest, ModelStore, StoreError, Task
+
+log = logging.getLogger("servewell")
+
+
+class ModelState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Executor(Protocol):
+    size: int
+
+    @property
+    def up(self) -> bool: ...
+
+    def submit(
+        self, key: ModelKey, rows: FloatArray, want_probabilities: bool
+    ) -> asyncio.Future[Prediction]: ...
+
+    def close(self) -> None: ...
+
+
+class RowEncoder:
+    """Validated records or positional rows -> one float64 array in feature order.
+
+    Categorical values become their index in the manifest's categories, booleans 0/1 and
+    nulls NaN (see serving.runtime for the reverse).
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        names = manifest.feature_names
+        self._width = len(names)
+        getter = operator.itemgetter(*names)
+        self._record: Callable[[dict[str, Any]], Sequence[Any]] = (
+            getter if len(names) > 1 else lambda record: (getter(record),)
+        )
+        self._categorical = {
+            i: {c: float(n) for n, c in enumerate(f.categories or [])}
+            for i, f in enumerate(manifest.features)
+            if f.kind == FeatureKind.CATEGORICAL
+        }
+
+    def records(self, records: list[dict[str, Any]]) -> FloatArray:
+        return self.rows(list(map(self._record, records)))
+
+    def rows(self, rows: Sequence[Sequence[Any]]) -> FloatArray:
+        if not self._categorical:
+            return np.array(rows, dtype=np.float64).reshape(len(rows), self._width)
+        table = np.array(rows, dtype=object).reshape(len(rows), self._width)
+        for i, index in self._categorical.items():
+            table[:, i] = [np.nan if v is None else index[v] for v in table[:, i]]
+        return table.astype(np.float64)
+
+
+@dataclass
+class ServedModel:
+    """One model version the service knows about, and its state."""
+
+    manifest: Manifest
+    state: ModelState = ModelState.LOADING
+    error: str | None = None
+    request_model: type[PredictRequestBase] | None = None
+    encoder: RowEncoder | None = None
+    batcher: MicroBatcher | None = None
+    class_keys: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> ModelKey:
+        return (self.manifest.name, self.manifest.version)
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    model: str
+    version: int
+    prediction: Prediction
+    class_keys: list[str]
+    with_probabilities: bool
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "predictions": self.prediction.predictions.tolist(),
+        }
+        probabilities = self.prediction.probabilities
+        if self.with_probabilities and probabilities is not None:
+            keys = self.class_keys
+            body["probabilities"] = [
+                dict(zip(keys, row, strict=True)) for row in probabilities.tolist()
+            ]
+        return orjson.dumps(body)
+
+
+def _details(error: ValidationError) -> list[ErrorDetail]:
+    return [
+        ErrorDetail(loc=tuple(e["loc"]), msg=e["msg"], type=e["type"])
+        for e in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+class DataPlane:
+    """Loads the served models into an executor and answers predictions through batchers."""
+
+    def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or ModelStore(settings.store, signing_key=settings.signing_key_bytes)
+        self.models: dict[ModelKey, ServedModel] = {}
+        self.default_version: dict[str, int] = {}
+        self.executor: Executor | None = None
+        self.store_error: str | None = None
+        self.broken_names: dict[str, str] = {}
+        """Models whose versions or production pointer could not be read."""
+        self.unreadable: dict[ModelKey, str] = {}
+        """Versions that should be served but whose manifest could not be read."""
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        """Pick the versions to serve: production (or the latest when none is promoted)."""
+        for name in self.store.names():
+            try:
+                versions = self.store.versions(name)
+                production = self.store.production(name)
+            except (StoreError, OSError) as exc:  # e.g. a corrupt production pointer
+                self.broken_names[name] = f"{type(exc).__name__}: {exc}"
+                log.error("not serving %s: %s", name, self.broken_names[name])
+                continue
+            default = production if production in versions else versions[-1]
+            self.default_version[name] = default
+            chosen = versions if self.settings.serve_all_versions else [default]
+            for version in chosen:
+                try:
+                    manifest = self.store.manifest(name, version)
+                except (StoreError, ValueError, OSError) as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    self.unreadable[(name, version)] = reason
+                    log.error("not serving %s v%s: %s", name, version, reason)
+                    continue
+                self.models[(name, version)] = ServedModel(manifest)
+
+    async def start(self) -> None:
+        """Verify and load every served model, start the executor, build request models."""
+        try:
+            await asyncio.to_thread(self._discover)
+        except (StoreError, OSError) as exc:
+            self.store_error = f"{type(exc).__name__}: {exc}"
+            log.error("cannot read the model store %s: %s", self.settings.store, exc)
+        inline = self.settings.inference == "inline"
+        loaded: dict[ModelKey, LoadedModel] = {}
+        for key, served in self.models.items():
+            try:
+                if inline:
+                    manifest, estimator = await asyncio.to_thread(self.store.load_model, *key)
+                    loaded[key] = LoadedModel(manifest, estimator)
+                else:  # workers unpickle; fail fast here on a bad hash
+                    await asyncio.to_thread(self.store.verify, *key)
+            except Exception as exc:
+                self._fail(served, f"{type(exc).__name__}: {exc}")
+        good = [k for k, s in self.models.items() if s.state != ModelState.FAILED]
+        if inline:
+            self.executor = InlineExecutor(loaded)
+        else:
+            pool = InferencePool(
+                self.store.root,
+                good,
+                self.settings.pool_size,
+                self.settings.startup_timeout_s,
+                signing_key=self.settings.signing_key_bytes,
+            )
+            self.executor = pool
+            await pool.start()
+            for key, reason in pool.failed.items():
+                self._fail(self.models[key], reason)
+        slots = Slots(self.executor.size)
+        titles: set[str] = set()
+        for served in self.models.values():
+            if served.state == ModelState.FAILED:
+                continue
+            # Names like "a-b" and "a_b" share a title; OpenAPI schema names must not clash.
+            title = schema_title(served.manifest)
+            while title in titles:
+                title += "_"
+            titles.add(title)
+            self._ready(served, slots, title)
+            log.info("serving %s v%s", *served.key)
+
+    def _fail(self, served: ServedModel, reason: str) -> None:
+        served.state = ModelState.FAILED
+        served.error = reason
+        log.error("not serving %s v%s: %s", *served.key, reason)
+
+    def _ready(self, served: ServedModel, slots: Slots, title: str) -> None:
+        executor = self.executor
+        assert executor is not None
+        key = served.key
+
+        def run(rows: FloatArray, want: bool) -> asyncio.Future[Prediction]:
+            return executor.submit(key, rows, want)
+
+        served.request_model = build_request_model(
+            served.manifest, self.settings.max_request_rows, title
+        )
+        served.encoder = RowEncoder(served.manifest)
+        served.batcher = MicroBatcher(
+            run, slots, self.settings.max_batch_rows, self.settings.max_batch_delay_ms / 1000
+        )
+        served.class_keys = [str(c) for c in served.manifest.target.classes or []]
+        served.state = ModelState.READY
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def ready_models(self) -> list[ServedModel]:
+        return [s for s in self.models.values() if s.state == ModelState.READY]
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every model that should be served is loaded and the executor is up."""
+        executor_up = self.executor is not None and self.executor.up
+        states: dict[str, dict[str, Any]] = {}
+        for (name, version), served in self.models.items():
+            entry: dict[str, Any] = {"state": served.state.value}
+            if served.error:
+                entry["error"] = served.error
+            states.setdefault(name, {})[str(version)] = entry
+        for (name, version), reason in self.unreadable.items():
+            states.setdefault(name, {})[str(version)] = {"state": "failed", "error": reason}
+        for name, reason in self.broken_names.items():
+            states.setdefault(name, {})["production"] = {"state": "failed", "error": reason}
+        ok = (
+            executor_up
+            and self.store_error is None
+            and not self.unreadable
+            and not self.broken_names
+            and all(s.state == ModelState.READY for s in self.models.values())
+        )
+        detail: dict[str, Any] = {
+            "ready": ok,
+            "executor": {
+                "kind": self.settings.inference,
+                "up": executor_up,
+                "size": self.executor.size if self.executor else 0,
+            },
+            "models": states,
+        }
+        if self.store_error:
+            detail["store_error"] = self.store_error
+        return ok, detail
+
+    def resolve(self, name: str, version: int | None = None) -> ServedModel:
+        """The served model for a name and optional version, or a domain error."""
+        if name in self.broken_names:
+            raise ModelUnavailableError(
+                f"model {name!r} is not available: {self.broken_names[name]}"
+            )
+        if name not in self.default_version:
+            raise UnknownModelError(f"no model named {name!r} is served")
+        if version is None:
+            version = self.default_version[name]
+        served = self.models.get((name, version))
+        if (name, version) in self.unreadable:
+            raise ModelUnavailableError(
+                f"model {name!r} v{version} is not available: {self.unreadable[(name, version)]}"
+            )
+        if served is None:
+            raise UnknownVersionError(f"model {name!r} has no served version {version}")
+        if served.state != ModelState.READY:
+            raise ModelUnavailableError(
+                f"model {name!r} v{version} is not available: {served.error or served.state}"
+            )
+        return served
+
+    # -- predicting ----------------------------------------------------------------------------
+
+    def parse(self, served: ServedModel, body: bytes) -> tuple[FloatArray, bool]:
+        """Validate a request body against the model's schema; return rows and the proba flag."""
+        assert served.request_model is not None
+        assert served.encoder is not None
+        try:
+            request = served.request_model.model_validate_json(body)
+        except ValidationError as exc:
+            details = _details(exc)
+            if any(d.type == "json_invalid" for d in details):
+                raise MalformedRequestError("the request body is not valid JSON", details) from None
+            raise InvalidInputError(
+                "the request does not match the model's input schema", details
+            ) from None
+        want = request.return_probabilities
+        if want and served.manifest.task != Task.CLASSIFICATION:
+            raise InvalidInputError(
+                "return_probabilities is only available for classifiers",
+                [ErrorDetail(("return_probabilities",), f"{served.manifest.name} is a regressor")],
+            )
+        instances = getattr(request, "instances", None)
+        if instances is not None:
+            return served.encoder.records(instances), want
+        return served.encoder.rows(request.rows), want  # type: ignore[attr-defined]
+
+    async def predict(self, served: ServedModel, rows: FloatArray, want: bool) -> PredictionResult:
+        """Run validated rows through the model's batcher."""
+        assert served.batcher is not None
+        if self.executor is None:
+            raise NotReadyError("the inference executor is not running")
+        prediction = await served.batcher.submit(rows, want)
+        return PredictionResult(served.key[0], served.key[1], prediction, served.class_keys, want)
+
+    async def predict_json(self, served: ServedModel, body: bytes) -> bytes:
+        """Request body in, response body out: what every predict transport calls."""
+        rows, want = self.parse(served, body)
+        return (await self.predict(served, rows, want)).to_json()

@@ -1,0 +1,69 @@
+"""Domain errors of the serving core. They carry no transport semantics; exception_handlers
+maps them to HTTP responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ServingError(Exception):
+    """Base class of every error the serving core raises on purpose."""
+
+    type = "serving_error"
+
+
+class UnknownModelError(ServingError):
+    """No served model has this name."""
+
+    type = "model_not_found"
+
+
+class UnknownVersionError(ServingError):
+    """The model exists but this version is not served."""
+
+    type = "version_not_found"
+
+
+class ModelUnavailableError(ServingError):
+    """The model exists but could not be loaded (failed verification or unpickling)."""
+
+    type = "model_unavailable"
+
+
+class NotReadyError(ServingError):
+    """The inference pool is not running (starting, restarting a worker, or stopped)."""
+
+    type = "not_ready"
+
+
+class InferenceError(ServingError):
+    """The estimator raised while predicting a batch, or its worker died."""
+
+    type = "inference_error"
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    """One problem with a request: where (path into the body) and what."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str = "value_error"
+
+
+@dataclass
+class InvalidInputError(ServingError):
+    """The request body does not match the model's input schema."""
+
+    message: str
+    details: list[ErrorDetail] = field(default_factory=list)
+    type = "validation_error"
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+
+class MalformedRequestError(InvalidInputError):
+    """The body is not valid JSON."""
+
+    type = "malformed_json"

@@ -1,0 +1,130 @@
+"""The one place that maps errors to HTTP responses, all in one JSON shape::
+
+    {"error": {"type": "validation_error", "message": "...",
+               "details": [{"loc": ["instances", 3, "petal_length_cm"], "msg": "..."}]}}
+
+Nothing a client sends yields a 500; unexpected failures give a 500 without a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from serving.errors import (
+    ErrorDetail,
+    InferenceError,
+    InvalidInputError,
+    MalformedRequestError,
+    ModelUnavailableError,
+    NotReadyError,
+    ServingError,
+    UnknownModelError,
+    UnknownVersionError,
+)
+
+log = logging.getLogger("servewell")
+
+STATUS: dict[type[ServingError], int] = {
+    UnknownModelError: 404,
+    UnknownVersionError: 404,
+    MalformedRequestError: 400,
+    InvalidInputError: 422,
+    ModelUnavailableError: 503,
+    NotReadyError: 503,
+    InferenceError: 500,
+}
+
+_HTTP_TYPES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_body(type_: str, message: str, details: Iterable[ErrorDetail] = ()) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "type": type_,
+                "message": message,
+                "details": [{"loc": list(d.loc), "msg": d.msg} for d in details],
+            }
+        }
+    )
+
+
+def error_response(
+    status: int,
+    type_: str,
+    message: str,
+    details: Iterable[ErrorDetail] = (),
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        error_body(type_, message, details), status, headers, media_type="application/json"
+    )
+
+
+def _status_of(exc: ServingError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def serving_error_response(exc: ServingError, where: str) -> Response:
+    """The response for a domain error; ``where`` (method and path) is only for the log."""
+    status = _status_of(exc)
+    if status >= 500:
+        log.warning("%s: %s", where, exc)
+    details = exc.details if isinstance(exc, InvalidInputError) else ()
+    message = exc.message if isinstance(exc, InvalidInputError) else str(exc)
+    return error_response(status, exc.type, message, details)
+
+
+async def _serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return serving_error_response(exc, f"{request.method} {request.url.path}")
+
+
+def _loc(loc: Sequence[Any]) -> tuple[str | int, ...]:
+    return tuple(part if isinstance(part, int) else str(part) for part in loc)
+
+
+async def _request_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = [ErrorDetail(_loc(e["loc"]), str(e["msg"])) for e in exc.errors()]
+    return error_response(422, "validation_error", "the request is not valid", details)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(
+        exc.status_code,
+        _HTTP_TYPES.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install(app: FastAPI) -> None:
+    """Register every handler on the app."""
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,86 @@
+"""A lean ASGI path for the hot endpoint: ``POST /models/<name>[/versions/<v>]/predict``.
+
+The per-model FastAPI routes document these operations and answer identically, but each
+request through the router pays for matching every route, dependency solving and scope
+bookkeeping, which costs more than the prediction of a small model. This middleware
+recognises the exact predict paths of the served models with one dict lookup and runs the
+same data-plane calls directly; anything else goes on to the FastAPI app. Domain errors get
+the same responses as through the router (serving.exception_handlers); unexpected ones
+propagate to the app's 500 handler.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving.dataplane import DataPlane, ServedModel
+from serving.errors import ServingError
+from serving.exception_handlers import serving_error_response
+
+_HEADERS = [(b"content-type", b"application/json")]
+
+
+class PredictTable:
+    """Maps each exact predict path to its served model; filled when the models are loaded."""
+
+    def __init__(self) -> None:
+        self.dataplane: DataPlane | None = None
+        self.paths: dict[str, ServedModel] = {}
+
+    def fill(self, dataplane: DataPlane) -> None:
+        paths: dict[str, ServedModel] = {}
+        for served in dataplane.ready_models():
+            name, version = served.key
+            paths[f"/models/{name}/versions/{version}/predict"] = served
+            if dataplane.default_version.get(name) == version:
+                paths[f"/models/{name}/predict"] = served
+        self.paths = paths
+        self.dataplane = dataplane
+
+    def clear(self) -> None:
+        self.paths = {}
+        self.dataplane = None
+
+
+class PredictFastPath:
+    """Serve known predict paths without the router; pass everything else through."""
+
+    def __init__(self, app: ASGIApp, table: PredictTable) -> None:
+        self.app = app
+        self.table = table
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            served = self.table.paths.get(scope["path"])
+            dataplane = self.table.dataplane
+            if served is not None and dataplane is not None:
+                await self._predict(dataplane, served, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _predict(
+        self, dataplane: DataPlane, served: ServedModel, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            payload = await dataplane.predict_json(served, body)
+        except ServingError as exc:
+            response = serving_error_response(exc, f"POST {scope['path']}")
+            await response(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_HEADERS, (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,283 @@
+"""A process pool for inference that keeps the event loop free.
+
+Each worker is a ``spawn``-ed process that loads every served model once at start (verifying
+its sha256 through the store before unpickling) and then answers batches sent over its own
+pipe: ``(task id, (name, version), float64 rows)`` in, arrays out. Models are never pickled
+per request. The parent reads replies with ``loop.add_reader`` (no helper threads), sends work
+only to idle workers and queues the rest, replaces a worker that dies, and on close stops
+every worker it started, so no process outlives the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.errors import InferenceError, NotReadyError
+from serving.runtime import FloatArray, LoadedModel, Prediction
+from serving.store import ModelStore
+
+log = logging.getLogger("servewell.pool")
+
+ModelKey = tuple[str, int]
+_Job = tuple[int, ModelKey, FloatArray, bool]
+
+
+def _worker_main(
+    conn: Connection, store_root: str, keys: list[ModelKey], signing_key: bytes | None
+) -> None:
+    """Entry point of a worker process: load models, then serve batches until told to stop."""
+    # Ctrl-C (and a group-wide SIGTERM) reach every process; the parent decides when workers
+    # stop, and a worker whose parent is gone sees EOF on its pipe and exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import sklearn
+
+    # Finiteness is checked at the edge; skipping sklearn's re-check changes no result.
+    sklearn.set_config(assume_finite=True)
+    store = ModelStore(store_root, signing_key=signing_key)
+    models: dict[ModelKey, LoadedModel] = {}
+    failed: dict[ModelKey, str] = {}
+    for key in keys:
+        try:
+            manifest, estimator = store.load_model(*key)
+            models[key] = LoadedModel(manifest, estimator)
+        except Exception as exc:
+            failed[key] = f"{type(exc).__name__}: {exc}"
+            continue
+        with contextlib.suppress(Exception):  # warm-up only: first calls are slow
+            models[key].predict(np.zeros((1, len(manifest.features))), False)
+    conn.send(("ready", os.getpid(), failed))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if message is None:
+            return
+        task_id, key, rows, want_probabilities = message
+        try:
+            result = models[key].predict(rows, want_probabilities)
+            reply: tuple[Any, ...] = (task_id, True, result.predictions, result.probabilities)
+        except Exception as exc:
+            reply = (task_id, False, f"{type(exc).__name__}: {exc}", None)
+        conn.send(reply)
+
+
+class _Worker:
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.ready = False
+        self.pid: int | None = None
+        self.job: tuple[int, asyncio.Future[Prediction]] | None = None
+
+
+class InferencePool:
+    """Worker processes that each hold every served model; see the module docstring."""
+
+    def __init__(
+        self,
+        store_root: Path,
+        models: list[ModelKey],
+        size: int,
+        startup_timeout: float = 120.0,
+        *,
+        signing_key: bytes | None = None,
+    ) -> None:
+        self._store_root = str(store_root)
+        self._signing_key = signing_key
+        self._models = list(models)
+        self.size = size
+        self._startup_timeout = startup_timeout
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._queue: deque[tuple[_Job, asyncio.Future[Prediction]]] = deque()
+        self._task_ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready_waiters: list[asyncio.Future[None]] = []
+        self._closing = False
+        self.failed: dict[ModelKey, str] = {}
+        """Models some worker could not load, with the reason."""
+        self.restarts = 0
+        self.broken: str | None = None
+        """Why the pool cannot serve: a worker died before it finished loading the models."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has loaded the models."""
+        self._loop = asyncio.get_running_loop()
+        for _ in range(self.size):
+            self._spawn()
+        deadline = time.monotonic() + self._startup_timeout
+        while not all(w.ready for w in self._workers):
+            if self.broken:
+                raise NotReadyError(f"inference workers failed to start: {self.broken}")
+            waiter = self._loop.create_future()
+            self._ready_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise NotReadyError("inference workers did not start in time") from None
+
+    @property
+    def up(self) -> bool:
+        """True when every worker is alive and has loaded the models."""
+        return (
+            not self._closing
+            and self.broken is None
+            and len(self._workers) == self.size
+            and all(w.ready and w.process.is_alive() for w in self._workers)
+        )
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker: ask politely, then kill (workers ignore SIGTERM)."""
+        self._closing = True
+        for worker in self._workers:
+            self._forget(worker)
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1.0)
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+        self._fail_everything(NotReadyError("the inference pool is shut down"))
+        self._workers.clear()
+
+    # -- work ----------------------------------------------------------------------------------
+
+    def submit(
+        self, key: ModelKey, rows: FloatArray, want_probabilities: bool
+    ) -> asyncio.Future[Prediction]:
+        """Run one batch; the future resolves in the event loop with the prediction."""
+        if self._loop is None or self._closing or self.broken:
+            raise NotReadyError("the inference pool is not running")
+        future: asyncio.Future[Prediction] = self._loop.create_future()
+        job: _Job = (next(self._task_ids), key, rows, want_probabilities)
+        for worker in self._workers:
+            if worker.ready and worker.job is None:
+                self._send(worker, job, future)
+                break
+        else:
+            self._queue.append((job, future))
+        return future
+
+    def _send(self, worker: _Worker, job: _Job, future: asyncio.Future[Prediction]) -> None:
+        worker.job = (job[0], future)
+        try:
+            worker.conn.send(job)
+        except (OSError, ValueError):
+            self._on_death(worker)
+
+    # -- worker management -------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        assert self._loop is not None
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_end, self._store_root, self._models, self._signing_key),
+            name="servewell-worker",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        worker = _Worker(process, parent_end)
+        self._workers.append(worker)
+        self._loop.add_reader(parent_end.fileno(), self._on_readable, worker)
+        # uvloop makes a watched fd non-blocking, but Connection.recv/send expect a blocking
+        # one (a big message would fail half-way). Reading only when readable and writing only
+        # to an idle worker, which is reading, keeps the loop from waiting on it for long.
+        os.set_blocking(parent_end.fileno(), True)
+        return worker
+
+    def _forget(self, worker: _Worker) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(worker.conn.fileno())
+
+    def _on_readable(self, worker: _Worker) -> None:
+        try:
+            while worker.conn.poll():
+                self._on_message(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            self._on_death(worker)
+
+    def _on_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        if message[0] == "ready":
+            worker.ready = True
+            worker.pid = message[1]
+            for key, reason in message[2].items():
+                self.failed.setdefault(key, reason)
+            self._wake_starters()
+        else:
+            task_id, ok, payload, probabilities = message
+            job, worker.job = worker.job, None
+            if job is not None and job[0] == task_id and not job[1].done():
+                if ok:
+                    job[1].set_result(Prediction(payload, probabilities))
+                else:
+                    job[1].set_exception(InferenceError(payload))
+        if worker.job is None and worker.ready and self._queue:
+            self._send(worker, *self._queue.popleft())
+
+    def _on_death(self, worker: _Worker) -> None:
+        if worker not in self._workers:
+            return
+        self._forget(worker)
+        self._workers.remove(worker)
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        worker.process.join(0.1)
+        if worker.job is not None and not worker.job[1].done():
+            worker.job[1].set_exception(InferenceError("the inference worker died"))
+        if self._closing:
+            return
+        code = worker.process.exitcode
+        if not worker.ready:
+            # It died while loading models: a replacement would die the same way.
+            self.broken = f"worker {worker.process.pid} exited with code {code} while loading"
+            log.error("inference %s", self.broken)
+            self._wake_starters()
+            self._fail_everything(NotReadyError(f"the inference pool is down: {self.broken}"))
+            return
+        log.error("inference worker %s died (exit code %s); starting a new one", worker.pid, code)
+        self.restarts += 1
+        self._spawn()
+
+    def _wake_starters(self) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail_everything(self, error: Exception) -> None:
+        for worker in self._workers:
+            if worker.job is not None and not worker.job[1].done():
+                worker.job[1].set_exception(error)
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(error)

@@ -1,0 +1,43 @@
+"""Swagger UI and ReDoc served from an installed package, so the docs work offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from starlette.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+
+STATIC_URL = "/docs-static"
+STATIC_DIR = Path(fastapi_offline.__file__).parent / "static"
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/docs")
+async def swagger_ui() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="servewell - Swagger UI",
+        swagger_js_url=f"{STATIC_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{STATIC_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{STATIC_URL}/favicon.png",
+    )
+
+
+@router.get("/redoc")
+async def redoc() -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url="/openapi.json",
+        title="servewell - ReDoc",
+        redoc_js_url=f"{STATIC_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{STATIC_URL}/favicon.png",
+        with_google_fonts=False,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="docs-static")

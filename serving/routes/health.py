@@ -1,0 +1,29 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", summary="The process is up")
+async def live() -> Response:
+    return Response(b'{"status":"alive"}', media_type="application/json")
+
+
+@router.get(
+    "/ready",
+    summary="Every model that should be served is loaded and the pool is up",
+    responses={503: {"description": "Not ready; the body has the state of every model."}},
+)
+async def ready(request: Request) -> Response:
+    dataplane = getattr(request.app.state, "dataplane", None)
+    if dataplane is None:
+        return Response(
+            orjson.dumps({"ready": False, "models": {}}), 503, media_type="application/json"
+        )
+    ok, detail = dataplane.readiness()
+    return Response(orjson.dumps(detail), 200 if ok else 503, media_type="application/json")

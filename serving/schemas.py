@@ -1,0 +1,159 @@
+"""Request and response models; per-model request models are built from a manifest.
+
+A model's request accepts ``{"instances": [{feature: value, ...}, ...]}`` or the positional
+``{"rows": [[...], ...]}`` in manifest feature order. Field types follow the feature kinds
+(numbers must be finite JSON numbers, integers JSON integers, booleans JSON true/false,
+categorical values one of the training categories), unknown fields are rejected, and each
+field documents its training range and carries an example from the training data.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_validator
+from typing_extensions import TypedDict
+
+from serving.store import Feature, FeatureKind, Manifest, Task
+
+# Integers travel as float64; beyond 2**53 they would silently lose precision.
+_MAX_EXACT_INT = 2**53
+
+
+def _describe(feature: Feature) -> str:
+    parts = [f"{feature.kind.value} feature"]
+    if feature.kind == FeatureKind.CATEGORICAL:
+        parts.append(f"one of {len(feature.categories or [])} training categories")
+    elif feature.min is not None and feature.max is not None:
+        parts.append(f"training range [{feature.min:g}, {feature.max:g}]")
+        if feature.mean is not None:
+            parts.append(f"mean {feature.mean:g}")
+    if feature.nullable:
+        parts.append("null allowed (missing value)")
+    return "; ".join(parts)
+
+
+def feature_type(feature: Feature) -> Any:
+    """The pydantic type of one feature value (strict: no coercion from other JSON types)."""
+    kind = feature.kind
+    examples = [feature.example] if feature.example is not None else None
+    info = Field(description=_describe(feature), examples=examples)
+    base: Any
+    if kind == FeatureKind.NUMERIC:
+        base = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    elif kind == FeatureKind.INTEGER:
+        base = Annotated[int, Strict(), Field(ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT)]
+    elif kind == FeatureKind.BOOLEAN:
+        base = Annotated[bool, Strict()]
+    else:
+        base = Literal.__getitem__(tuple(feature.categories or ()))
+    if feature.nullable:
+        base = base | None
+    return Annotated[base, info]
+
+
+def _title(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+
+
+class PredictRequestBase(BaseModel):
+    """Shared shape of every predict request (subclassed per model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    return_probabilities: bool = Field(
+        default=False,
+        strict=True,
+        description="Also return the probability of every class (classifiers only).",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        has_instances = getattr(self, "instances", None) is not None
+        has_rows = getattr(self, "rows", None) is not None
+        if has_instances == has_rows:
+            raise ValueError("give exactly one of 'instances' (records) or 'rows' (positional)")
+        return self
+
+
+def schema_title(manifest: Manifest) -> str:
+    """The OpenAPI name stem of a model version's request schemas, e.g. ``BreastCancerV1``."""
+    return f"{_title(manifest.name)}V{manifest.version}"
+
+
+def build_request_model(
+    manifest: Manifest, max_rows: int, title: str | None = None
+) -> type[PredictRequestBase]:
+    """The request model of one model version, named ``<title>PredictRequest`` (default title:
+    :func:`schema_title`) in the OpenAPI schema."""
+    title = title or schema_title(manifest)
+    fields = {f.name: feature_type(f) for f in manifest.features}
+    make_typed_dict: Any = TypedDict  # a TypedDict built at run time, from the manifest
+    instance: Any = make_typed_dict(f"{title}Instance", fields)
+    instance.__pydantic_config__ = ConfigDict(extra="forbid")
+    row: Any = tuple.__class_getitem__(tuple(fields.values()))
+    example: dict[str, Any] = {f.name: f.example for f in manifest.features}
+    names = ", ".join(manifest.feature_names)
+    model = create_model(
+        f"{title}PredictRequest",
+        __base__=PredictRequestBase,
+        __doc__=f"Rows to predict with {manifest.name} v{manifest.version}.",
+        instances=(
+            list[instance] | None,
+            Field(
+                default=None,
+                min_length=1,
+                max_length=max_rows,
+                description="Rows as records: one object per row, every feature by name.",
+            ),
+        ),
+        rows=(
+            list[row] | None,
+            Field(
+                default=None,
+                min_length=1,
+                max_length=max_rows,
+                description=f"Rows as arrays, values in feature order: {names}.",
+            ),
+        ),
+    )
+    model.model_config["json_schema_extra"] = {"examples": [{"instances": [example]}]}
+    model.model_rebuild(force=True)
+    return model
+
+
+class PredictResponse(BaseModel):
+    """What a predict call returns (documented; built without a validation pass)."""
+
+    model: str = Field(description="Model name.")
+    version: int = Field(description="Model version that made the predictions.")
+    predictions: list[str | int | float | bool] = Field(
+        description="One per row: the class label as trained, or the predicted value."
+    )
+    probabilities: list[dict[str, float]] | None = Field(
+        default=None,
+        description="Classifiers, when asked: one object per row mapping class label to "
+        "probability.",
+    )
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Path into the request body.")
+    msg: str
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(description="Machine-readable error kind, e.g. validation_error.")
+    message: str
+    details: list[ErrorItem] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorInfo
+
+
+def task_label(manifest: Manifest) -> str:
+    return "classifier" if manifest.task == Task.CLASSIFICATION else "regressor"

@@ -1,0 +1,79 @@
+"""Service settings, read from the environment with the ``SERVEWELL_`` prefix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_pool_size() -> int:
+    """One worker per core, less one core for the event loop, and at least one.
+
+    Measured on a 2-core box: the event loop (HTTP parsing, validation, JSON) keeps one core
+    busy under load, so a second worker only competes with it; one worker plus the loop is best.
+    """
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; each field is ``SERVEWELL_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SERVEWELL_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    store: Path = Path("models")
+    """Root of the model store; the production version of every model in it is served."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on (loopback by default: put a proxy in front to expose it)."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port to listen on (0 picks a free one)."""
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """Log level of the service and of uvicorn."""
+
+    access_log: bool = False
+    """Log one line per request (off by default: it costs throughput)."""
+
+    signing_key: SecretStr | None = None
+    """HMAC key of a signed store (the one training used): with it, every manifest must carry
+    a matching signature or its model is not served."""
+
+    serve_all_versions: bool = False
+    """Serve every published version of each model, not only the production one (or the
+    latest, for a model with nothing promoted)."""
+
+    inference: Literal["pool", "inline"] = "pool"
+    """Where batches run: ``pool`` (worker processes, default: keeps the event loop free) or
+    ``inline`` (a thread in the server process; no extra processes, but shares the GIL)."""
+
+    pool_size: int = Field(default_factory=default_pool_size, ge=1)
+    """Worker processes in the inference pool (default: cores - 1, at least 1)."""
+
+    max_batch_rows: int = Field(default=512, ge=1)
+    """Largest number of rows cut into one batch (a bigger single request runs alone)."""
+
+    max_batch_delay_ms: float = Field(default=1.0, ge=0)
+    """Longest wait for more rows before a partly full batch is sent while the pool is busy.
+    A request that finds the pool idle is sent at once."""
+
+    max_request_rows: int = Field(default=10_000, ge=1)
+    """Most rows one predict request may carry."""
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    """Largest request body accepted; bigger bodies get 413 before any parsing."""
+
+    startup_timeout_s: float = Field(default=120.0, gt=0)
+    """How long worker processes may take to start and load every model."""
+
+    @property
+    def signing_key_bytes(self) -> bytes | None:
+        if self.signing_key is None:
+            return None
+        return self.signing_key.get_secret_value().encode("utf-8") or None

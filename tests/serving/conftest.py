@@ -1,0 +1,114 @@
+"""Fixtures for the serving tests: real models trained by the training code into temporary
+stores, and a real server (uvicorn + the process pool) on a free loopback port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from serving.app import create_app
+from serving.settings import Settings
+from serving.store import MODEL_FILE, ModelStore
+from training.run import train
+from training.spec import shipped_spec
+
+# Small models keep the suite fast; the shapes (features, kinds, classes) are the shipped ones.
+SMALL = {"breast_cancer": {"estimator": {"params": {"n_estimators": 10}}}}
+
+
+def _quiet(_: str) -> None:
+    """Echo sink for train()."""
+
+
+def train_into(root: Path, names: list[str]) -> ModelStore:
+    trained_store = ModelStore(root)
+    for name in names:
+        spec = shipped_spec(name)
+        if name in SMALL:
+            spec = spec.with_overrides(SMALL[name])
+        train(spec, trained_store, echo=_quiet)
+    return trained_store
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """Every shipped model, trained once for the session."""
+    return train_into(
+        tmp_path_factory.mktemp("store"), ["iris", "breast_cancer", "diabetes", "churn"]
+    )
+
+
+@pytest.fixture(scope="session")
+def tampered_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """iris is fine; diabetes has one byte of its model file changed after training."""
+    trained_store = train_into(tmp_path_factory.mktemp("tampered"), ["iris", "diabetes"])
+    path = trained_store.version_path("diabetes", 1) / MODEL_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return trained_store
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: Any
+    server: uvicorn.Server
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+def _quiet_settings(trained_store: ModelStore, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"store": trained_store.root, "port": 0, "log_level": "warning"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def start_server(settings: Settings) -> tuple[RunningServer, threading.Thread]:
+    """Run uvicorn with create_app(settings) in a thread; return once it accepts requests."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level=settings.log_level, access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RunningServer(f"http://127.0.0.1:{port}", app, server), thread
+
+
+@pytest.fixture(scope="session")
+def server(trained_store: ModelStore) -> Iterator[RunningServer]:
+    """The real service over the full trained_store, with the process pool."""
+    running, thread = start_server(_quiet_settings(trained_store, pool_size=2))
+    yield running
+    running.server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def tampered_server(tampered_store: ModelStore) -> Iterator[RunningServer]:
+    running, thread = start_server(_quiet_settings(tampered_store, pool_size=1))
+    yield running
+    running.server.should_exit = True
+    thread.join(30)

@@ -1,0 +1,127 @@
+"""`python -m serving` starts, serves, and stops on Ctrl-C without leaving processes behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from serving.store import ModelStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of pid (from /proc), excluding zombies."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _start(trained_store: ModelStore) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SERVEWELL_STORE": str(trained_store.root),
+        "SERVEWELL_PORT": str(port),
+        "SERVEWELL_POOL_SIZE": "2",
+        "SERVEWELL_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(process.communicate()[0])
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the service did not become ready")
+        time.sleep(0.2)
+
+
+def _wait_gone(pids: set[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def test_serve_and_stop_on_sigint(trained_store: ModelStore) -> None:
+    process, url = _start(trained_store)
+    try:
+        workers = _children(process.pid)
+        assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
+        ok = httpx.post(f"{url}/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})
+        assert ok.status_code == 200
+
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+        output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output
+        assert f"{url}/docs" in output
+        assert "Traceback" not in output
+        assert not _wait_gone(workers, 5), "orphaned worker processes"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_workers_exit_when_the_server_is_killed(trained_store: ModelStore) -> None:
+    process, _ = _start(trained_store)
+    workers = _children(process.pid)
+    try:
+        process.kill()  # no chance to clean up: workers must notice on their own
+        process.communicate(timeout=30)
+        assert not _wait_gone(workers, 10), "workers outlived a killed server"
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,128 @@
+"""The process pool with real worker processes and really trained models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import numpy as np
+import pytest
+import uvloop
+
+from serving.errors import InferenceError, NotReadyError
+from serving.pool import InferencePool
+from serving.store import ModelStore
+
+
+def test_workers_answer_like_the_model_in_process(trained_store: ModelStore) -> None:
+    _, iris = trained_store.load_model("iris", 1)
+    rows = np.random.default_rng(3).uniform(0.1, 7.9, size=(64, 4))
+
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1), ("diabetes", 1)], size=2)
+        try:
+            await pool.start()
+            assert pool.up
+            assert len(set(pool.pids)) == 2
+            assert os.getpid() not in pool.pids
+            results = await asyncio.gather(
+                *(pool.submit(("iris", 1), rows[i : i + 8], True) for i in range(0, 64, 8))
+            )
+        finally:
+            pool.close()
+        predictions = np.concatenate([r.predictions for r in results])
+        probabilities = np.concatenate(
+            [r.probabilities for r in results if r.probabilities is not None]
+        )
+        assert predictions.tolist() == iris.predict(rows).tolist()
+        assert np.allclose(probabilities, iris.predict_proba(rows), rtol=0, atol=1e-12)
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_worker_is_replaced(trained_store: ModelStore) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1)], size=1)
+        try:
+            await pool.start()
+            victim = pool.pids[0]
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(200):  # the parent notices on the closed pipe
+                if pool.restarts:
+                    break
+                await asyncio.sleep(0.01)
+            assert pool.restarts == 1
+            result = await pool.submit(("iris", 1), np.array([[5.1, 3.5, 1.4, 0.2]]), False)
+            assert result.predictions.tolist() == ["setosa"]
+            assert pool.up
+            assert victim not in pool.pids
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_estimator_errors_come_back_as_inference_errors(trained_store: ModelStore) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1)], size=1)
+        try:
+            await pool.start()
+            with pytest.raises(InferenceError):
+                await pool.submit(("iris", 1), np.zeros((1, 3)), False)  # wrong width
+            ok = await pool.submit(("iris", 1), np.array([[5.1, 3.5, 1.4, 0.2]]), False)
+            assert ok.predictions.tolist() == ["setosa"]
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_models_that_fail_to_load_are_reported(trained_store: ModelStore) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1), ("iris", 99)], size=1)
+        try:
+            await pool.start()
+            assert ("iris", 99) in pool.failed
+            assert ("iris", 1) not in pool.failed
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_stops_every_worker(trained_store: ModelStore) -> None:
+    async def scenario() -> list[int]:
+        pool = InferencePool(trained_store.root, [("iris", 1)], size=2)
+        await pool.start()
+        pids = pool.pids
+        pool.close()
+        assert not pool.up
+        with pytest.raises(NotReadyError):
+            pool.submit(("iris", 1), np.zeros((1, 4)), False)
+        return pids
+
+    for pid in asyncio.run(scenario()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_large_batches_cross_the_pipe_under_both_loops(trained_store: ModelStore, run: Any) -> None:
+    # uvloop makes watched pipes non-blocking; megabyte messages must still arrive whole.
+    _, cancer = trained_store.load_model("breast_cancer", 1)
+    rows = np.random.default_rng(5).uniform(0, 100, size=(10_000, 30))
+
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("breast_cancer", 1)], size=1)
+        try:
+            await pool.start()
+            result = await pool.submit(("breast_cancer", 1), rows, True)
+        finally:
+            pool.close()
+        assert np.array_equal(result.predictions, cancer.predict(rows))
+        assert result.probabilities is not None
+        assert np.array_equal(result.probabilities, cancer.predict_proba(rows))
+
+    run(scenario())

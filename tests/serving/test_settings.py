@@ -1,0 +1,40 @@
+"""Settings come from SERVEWELL_* variables, and every field is documented."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from serving.settings import Settings, default_pool_size
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("SERVEWELL_")]:
+        monkeypatch.delenv(name)
+    settings = Settings()
+    assert settings.store == Path("models")
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.inference == "pool"
+    assert settings.pool_size == max(1, (os.cpu_count() or 1) - 1) == default_pool_size()
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVEWELL_STORE", "/srv/models")
+    monkeypatch.setenv("SERVEWELL_PORT", "9001")
+    monkeypatch.setenv("SERVEWELL_POOL_SIZE", "3")
+    monkeypatch.setenv("SERVEWELL_MAX_BATCH_DELAY_MS", "0.5")
+    monkeypatch.setenv("SERVEWELL_SIGNING_KEY", "hush-hush")
+    settings = Settings()
+    assert settings.store == Path("/srv/models")
+    assert settings.port == 9001
+    assert settings.pool_size == 3
+    assert settings.max_batch_delay_ms == 0.5
+    assert settings.signing_key_bytes == b"hush-hush"
+    assert "hush-hush" not in repr(settings)  # secrets stay out of logs
+
+
+def test_every_setting_has_a_docstring() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
