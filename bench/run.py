@@ -1,0 +1,372 @@
+"""Load benchmark of the servewell service against baselines, with wrk on loopback.
+
+    .venv/bin/python bench/run.py            # full run, about 4 minutes
+    .venv/bin/python bench/run.py --quick    # about 1 minute, noisier
+
+Trains the default models if the store is empty, starts the service and the baseline apps
+side by side on free loopback ports, measures every scenario with wrk (one warm-up run, then
+``--rounds`` measured runs, the scenarios interleaved round by round), prints a table with the
+issue's targets as ratios computed in this run, and writes ``bench/results/<UTC timestamp>``
+``.json`` and ``.png`` plus copies named ``latest``. See ``bench/README.md``.
+
+Exit status: 0 when every scenario ran, 1 when one could not be measured (or, with
+``--fail-on-miss``, when a target is missed), 2 when wrk or a model is missing. The script
+never installs anything: without wrk it prints how to install it.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script (``python bench/run.py``): make the ``bench`` package importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import measure, report, servers, targets, wrk
+from bench.scenarios import BARE, NAIVE, SERVERS, SERVICE, InProcess, Outcome, Scenario, plan
+from bench.workload import served_version
+from serving.store import ModelStore, StoreError
+
+ROOT = servers.ROOT
+DEFAULT_MODELS = ("iris", "breast_cancer")
+DEFAULT_SERVERS = (SERVICE, BARE, NAIVE)
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in _csv(text)]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="wrk load benchmark: the service vs a bare FastAPI POST and a naive "
+        "inline-predict endpoint, on this box, in one run.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 2 s per scenario, 1 s warm-up"
+    )
+    parser.add_argument("--rounds", type=int, help="measured runs per scenario, interleaved (3)")
+    parser.add_argument("--duration", type=float, help="seconds per measured run (5)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds before each scenario (2)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1; 2 cores shared)")
+    parser.add_argument(
+        "--timeout", type=float, default=2.0, help="wrk request timeout, s (2, wrk's default)"
+    )
+    parser.add_argument("--models", type=_csv, default=list(DEFAULT_MODELS), help="model names")
+    parser.add_argument(
+        "--servers",
+        type=_csv,
+        default=list(DEFAULT_SERVERS),
+        help=f"any of {','.join(SERVERS)} (default {','.join(DEFAULT_SERVERS)})",
+    )
+    parser.add_argument(
+        "--connections", type=_ints, default=[1, 100, 1000], help="service loads (1,100,1000)"
+    )
+    parser.add_argument(
+        "--baseline-connections", type=int, default=100, help="baselines' load (100)"
+    )
+    parser.add_argument("--rows", type=int, default=10_000, help="rows in the rows request")
+    parser.add_argument(
+        "--rows-connections", type=int, default=1, help="concurrent rows requests (1)"
+    )
+    parser.add_argument(
+        "--store", type=Path, help="model store (default: $SERVEWELL_STORE, else models/)"
+    )
+    parser.add_argument(
+        "--no-train", action="store_true", help="do not run `training ensure-default` first"
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    parser.add_argument("--ready-timeout", type=float, default=120.0, help="server start, s")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=2048,
+        help="baselines' listen backlog (2048: uvicorn's default, which the service uses)",
+    )
+    parser.add_argument(
+        "--fail-on-miss", action="store_true", help="exit 1 when a target is missed"
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown --servers {sorted(unknown)}; choose from {', '.join(SERVERS)}")
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 5.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1 or args.duration < 1 or args.threads < 1:
+        parser.error("--rounds, --duration and --threads must be at least 1")
+    if args.warmup is None:
+        args.warmup = 1.0 if args.quick else 2.0
+    return args
+
+
+def _store_path(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg.resolve()
+    return Path(os.environ.get("SERVEWELL_STORE", str(ROOT / "models"))).resolve()
+
+
+def ensure_default_models(store: Path) -> None:
+    """``python -m training ensure-default``: trains the shipped models into an empty store."""
+    cmd = [sys.executable, "-m", "training", "ensure-default"]
+    env = {**os.environ, "SERVEWELL_STORE": str(store)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(
+            f"warning: `{' '.join(cmd[1:])}` failed ({proc.returncode}); using the store as is:\n"
+            + (proc.stderr or proc.stdout).strip()[-1500:],
+            file=sys.stderr,
+        )
+
+
+def _first_line(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def environment(
+    wrk_path: str, store: Path, versions: dict[str, int], load_average: tuple[float, float, float]
+) -> dict[str, Any]:
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    packages: dict[str, str | None] = {}
+    for name in ("fastapi", "uvicorn", "pydantic", "scikit-learn", "numpy", "uvloop", "httptools"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": list(load_average),
+        "python": platform.python_version(),
+        "packages": packages,
+        "wrk": _first_line([wrk_path, "--version"]),
+        "git_commit": _first_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
+        "store": str(store),
+        "model_versions": versions,
+    }
+
+
+def _progress(label: str, key: str, outcome: Outcome) -> None:
+    if outcome.error is not None:
+        print(f"{label} {key}: FAILED: {outcome.error}", flush=True)
+        return
+    r = outcome.runs[-1].result
+    print(
+        f"{label} {key}: {r.requests_per_s:,.0f} req/s, p50 {r.latency.p50:.2f} ms, "
+        f"p99 {r.latency.p99:.2f} ms, errors {r.errors.total}",
+        flush=True,
+    )
+
+
+def _spec(name: str, store: Path, models: list[str], backlog: int) -> servers.ServerSpec:
+    if name == SERVICE:
+        return servers.service_spec(store)
+    return servers.baseline_spec(name, store, models, backlog)
+
+
+def _start_servers(
+    names: list[str], args: argparse.Namespace, store: Path, stack: ExitStack, log_dir: Path
+) -> dict[str, servers.RunningServer | str]:
+    """Every server the plan needs, running side by side (idle ones cost no CPU), or why not."""
+    running: dict[str, servers.RunningServer | str] = {}
+    for name in names:
+        print(f"starting {name} ...", flush=True)
+        try:
+            server = servers.start(
+                _spec(name, store, args.models, args.backlog), log_dir, args.ready_timeout
+            )
+        except servers.ServerError as exc:
+            print(str(exc), file=sys.stderr)
+            running[name] = str(exc).splitlines()[0]
+            continue
+        stack.callback(server.stop)
+        running[name] = server
+    return running
+
+
+def _measure_rounds(
+    scenarios: list[Scenario],
+    running: dict[str, servers.RunningServer | str],
+    bodies: measure.Bodies,
+    load: measure.Load,
+    rounds: int,
+    expected: dict[str, list[Any]],
+) -> list[Outcome]:
+    """Check each scenario once, then measure all of them round after round.
+
+    Rounds interleave the scenarios in time, so a burst of background load hits one round of
+    several scenarios rather than every round of one; the report takes the median round.
+    """
+    outcomes: dict[str, Outcome] = {}
+    for r in range(rounds):
+        for i, s in enumerate(scenarios, 1):
+            label = f"[round {r + 1}/{rounds}, {i}/{len(scenarios)}]"
+            server = running[s.server]
+            if r == 0:
+                if isinstance(server, str):
+                    outcomes[s.key] = Outcome(s, error=f"{s.server} did not start: {server}")
+                else:
+                    want = expected.get(s.model) if s.is_rows else None
+                    outcomes[s.key] = measure.check(server, s, bodies, load, want)
+            outcome = outcomes[s.key]
+            if outcome.error is None and not isinstance(server, str):
+                try:
+                    m = measure.measure_once(server, s, bodies, load, warm_up=r == 0)
+                    outcome = replace(outcome, runs=(*outcome.runs, m))
+                except wrk.WrkError as exc:
+                    outcome = replace(outcome, error=str(exc))
+                    if server.process.poll() is not None:
+                        print(f"{s.server} died; log tail:\n{server.log_tail()}", file=sys.stderr)
+                outcomes[s.key] = outcome
+                _progress(label, s.key, outcome)
+            elif r == 0:
+                _progress(label, s.key, outcome)
+    return [outcomes[s.key] for s in scenarios]
+
+
+def _notes(
+    args: argparse.Namespace,
+    env: dict[str, Any],
+    outcomes: list[Outcome],
+    running: dict[str, servers.RunningServer | str],
+    elapsed_s: float,
+    limit: int,
+) -> list[str]:
+    load_at_start = env["load_average_at_start"][0]
+    notes = [
+        f"wrk: {args.threads} thread(s); per scenario {args.rounds} round(s) of "
+        f"{args.duration:g} s (median round shown; spread = (max - min) / median req/s) after "
+        f"one {args.warmup:g} s warm-up; timeout {args.timeout:g} s; wrk and the servers share "
+        f"{os.cpu_count()} CPUs.",
+        "errors (all rounds) = socket connect/read/write/timeout + HTTP >= 400 (wrk's status "
+        "count); CPU % is of one core; other CPU = everything else on the box (noise).",
+        f"total time {elapsed_s:.0f} s; RLIMIT_NOFILE {limit}; 1-min load average "
+        f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end.",
+    ]
+    if load_at_start > 0.5:
+        notes.append(
+            f"WARNING: the box was busy when the run started (load average {load_at_start:.2f}): "
+            "other processes compete for the CPUs, so every figure is noisier than usual."
+        )
+    mismatched = [o.scenario.key for o in outcomes if o.predictions_match is False]
+    if mismatched:
+        notes.append(f"WARNING: predictions differ from in-process predict: {mismatched}")
+    for name, server in running.items():
+        if not isinstance(server, str) and server.leftovers:
+            notes.append(f"WARNING: {name} left processes {server.leftovers} after shutdown.")
+    return notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    load_average = os.getloadavg()
+    wrk_path = wrk.find_wrk()
+    if wrk_path is None:
+        print(wrk.INSTALL_HINT, file=sys.stderr)
+        return 2
+    store_path = _store_path(args.store)
+    if not args.no_train:
+        ensure_default_models(store_path)
+    store = ModelStore(store_path)
+    try:
+        versions = {m: served_version(store, m) for m in args.models}
+    except StoreError as exc:
+        print(f"error: {exc}\nTrain it first, e.g. `make train MODEL=<name>`.", file=sys.stderr)
+        return 2
+    limit = servers.raise_open_files_limit(max(8192, 4 * max(args.connections, default=0)))
+    scenarios = plan(
+        args.models,
+        args.servers,
+        connections=args.connections,
+        baseline_connections=args.baseline_connections,
+        rows_per_request=args.rows,
+        rows_connections=args.rows_connections,
+    )
+    load = measure.Load(
+        wrk=wrk_path,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        threads=args.threads,
+        timeout_s=args.timeout,
+        single_row_bodies=200 if args.quick else 500,
+        rows_bodies=2 if args.quick else 4,
+    )
+    started = datetime.now(UTC)
+    env = environment(wrk_path, store_path, versions, load_average)
+    local: list[InProcess] = []
+    expected: dict[str, list[Any]] = {}
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="servewell-bench-") as tmp, ExitStack() as stack:
+        bodies = measure.Bodies(store, versions, Path(tmp))
+        # In-process first, while no server exists to compete with it.
+        for s in scenarios:
+            if s.is_rows and s.model not in expected:
+                bodies.prepare(s, load.rows_bodies)
+                result, expected[s.model] = measure.in_process(
+                    store,
+                    s.model,
+                    versions[s.model],
+                    bodies.first_rows(s),
+                    budget_s=1.0 if args.quick else 3.0,
+                )
+                local.append(result)
+        names = [n for n in SERVERS if any(s.server == n for s in scenarios)]
+        running = _start_servers(names, args, store_path, stack, Path(tmp))
+        outcomes = _measure_rounds(scenarios, running, bodies, load, args.rounds, expected)
+        stack.close()  # stop the servers now, to see what they leave behind
+    run = report.Run(
+        timestamp=started.strftime("%Y%m%dT%H%M%SZ"),
+        environment=env,
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        outcomes=outcomes,
+        in_process=local,
+        targets=targets.evaluate(outcomes, local, args.models),
+        notes=_notes(args, env, outcomes, running, time.monotonic() - t0, limit),
+    )
+    print()
+    print(report.render(run))
+    for path in report.write(run, args.results_dir, chart=not args.no_chart):
+        print(f"wrote {path}")
+    failed = any(o.result is None for o in outcomes)
+    missed = any(t.status == "MISS" for t in run.targets)
+    return 1 if failed or (args.fail_on_miss and missed) else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped, nothing written", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,151 @@
+"""What one run measures: scenarios (server x model x load) and their outcomes."""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bench.wrk import Errors, WrkResult
+
+SERVICE = "service"
+BARE = "bare"
+NAIVE = "naive"
+BARE_RAW = "bare_raw"
+BASELINES = (BARE, BARE_RAW, NAIVE)
+"""The apps in ``bench/baselines.py``."""
+SERVERS = (SERVICE, *BASELINES)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    server: str
+    model: str
+    connections: int
+    rows_per_request: int = 1
+    """1: one record in ``{"instances": [...]}``; more: a ``{"rows": [...]}`` request."""
+
+    @property
+    def is_rows(self) -> bool:
+        return self.rows_per_request > 1
+
+    @property
+    def key(self) -> str:
+        shape = f"rows{self.rows_per_request}" if self.is_rows else "row"
+        return f"{self.server}/{self.model}/{shape}/c{self.connections}"
+
+    @property
+    def path(self) -> str:
+        return f"/models/{self.model}/predict"
+
+
+def plan(
+    models: Sequence[str],
+    servers: Iterable[str],
+    *,
+    connections: Sequence[int],
+    baseline_connections: int,
+    rows_per_request: int,
+    rows_connections: int,
+) -> list[Scenario]:
+    """All scenarios in the order they run within a round.
+
+    Per model, runs that are compared with each other (the baselines and the service at the
+    same load) are adjacent, so a change in background load between them is less likely.
+    """
+    wanted = set(servers)
+    out: list[Scenario] = []
+    for model in models:
+        for c in sorted({*connections, baseline_connections}):
+            if c == baseline_connections:
+                out += [Scenario(base, model, c) for base in BASELINES if base in wanted]
+            if SERVICE in wanted and c in connections:
+                out.append(Scenario(SERVICE, model, c))
+        if SERVICE in wanted and rows_per_request > 1:
+            out.append(Scenario(SERVICE, model, rows_connections, rows_per_request))
+    return out
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One wrk run of a scenario, with the CPU time everyone used meanwhile."""
+
+    result: WrkResult
+    server_cpu_s: float
+    """User + system CPU of the server's processes (workers included)."""
+    wrk_cpu_s: float
+    other_cpu_s: float
+    """Everything else on the machine (noise: ideally about 0)."""
+
+    def cpu_percent(self, cpu_s: float) -> float | None:
+        """CPU seconds over the run as % of one core (200 % = both cores of a 2-core box)."""
+        duration = self.result.duration_s
+        return 100.0 * cpu_s / duration if duration > 0 else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """All rounds of one scenario; reported figures come from the median round by req/s."""
+
+    scenario: Scenario
+    runs: tuple[Measurement, ...] = ()
+    error: str | None = None
+    """Why the scenario failed (then no figure of it counts, even from earlier rounds)."""
+    predictions_match: bool | None = None
+    """Whether the service's answer to the first body equals in-process ``predict`` (rows only)."""
+
+    @property
+    def median(self) -> Measurement | None:
+        if self.error is not None or not self.runs:
+            return None
+        ranked = sorted(self.runs, key=lambda m: m.result.requests_per_s)
+        return ranked[(len(ranked) - 1) // 2]  # lower median: a real run, never an average
+
+    @property
+    def result(self) -> WrkResult | None:
+        median = self.median
+        return None if median is None else median.result
+
+    @property
+    def errors(self) -> Errors | None:
+        """Errors summed over every round (a single failed request anywhere counts)."""
+        if self.result is None:
+            return None
+        return Errors(
+            connect=sum(m.result.errors.connect for m in self.runs),
+            read=sum(m.result.errors.read for m in self.runs),
+            write=sum(m.result.errors.write for m in self.runs),
+            timeout=sum(m.result.errors.timeout for m in self.runs),
+            status=sum(m.result.errors.status for m in self.runs),
+        )
+
+    @property
+    def requests_per_s(self) -> float | None:
+        return None if self.result is None else self.result.requests_per_s
+
+    @property
+    def rows_per_s(self) -> float | None:
+        rps = self.requests_per_s
+        return None if rps is None else rps * self.scenario.rows_per_request
+
+    @property
+    def spread(self) -> float | None:
+        """(max - min) / median of req/s over the rounds; None with fewer than two rounds."""
+        rps = self.requests_per_s
+        if rps is None or len(self.runs) < 2 or rps <= 0:
+            return None
+        rates = [m.result.requests_per_s for m in self.runs]
+        return (max(rates) - min(rates)) / rps
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """``model.predict`` called directly in the benchmark process, no HTTP."""
+
+    model: str
+    rows: int
+    batch_s: float
+    """Median seconds for one ``predict`` of ``rows`` rows."""
+    single_row_ms: float
+    """Median milliseconds for one ``predict`` of a single row."""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.batch_s
