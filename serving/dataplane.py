@@ -31,7 +31,7 @@ from serving.errors import (
 )
 from serving.inline import InlineExecutor
 from serving.pool import InferencePool, ModelKey
-from serving.runtime import FloatArray, LoadedModel, Prediction
+from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName, load
 from serving.schemas import PredictRequestBase, build_request_model, schema_title
 from serving.settings import Settings
 from serving.store import FeatureKind, Manifest, ModelStore, StoreError, Task
@@ -101,6 +101,8 @@ class ServedModel:
     encoder: RowEncoder | None = None
     batcher: MicroBatcher | None = None
     class_keys: list[str] = field(default_factory=list)
+    runtime: RuntimeName | None = None
+    """Which runtime serves it (known once loaded)."""
 
     @property
     def key(self) -> ModelKey:
@@ -185,13 +187,14 @@ class DataPlane:
             self.store_error = f"{type(exc).__name__}: {exc}"
             log.error("cannot read the model store %s: %s", self.settings.store, exc)
         inline = self.settings.inference == "inline"
+        policy = self.settings.runtime_policy()
         loaded: dict[ModelKey, LoadedModel] = {}
         for key, served in self.models.items():
             try:
                 if inline:
-                    manifest, estimator = await asyncio.to_thread(self.store.load_model, *key)
-                    loaded[key] = LoadedModel(manifest, estimator)
-                else:  # workers unpickle; fail fast here on a bad hash
+                    loaded[key] = await asyncio.to_thread(load, self.store, *key, policy)
+                    served.runtime = loaded[key].runtime
+                else:  # workers load; fail fast here on a bad hash
                     await asyncio.to_thread(self.store.verify, *key)
             except Exception as exc:
                 self._fail(served, f"{type(exc).__name__}: {exc}")
@@ -205,11 +208,14 @@ class DataPlane:
                 self.settings.pool_size,
                 self.settings.startup_timeout_s,
                 signing_key=self.settings.signing_key_bytes,
+                policy=policy,
             )
             self.executor = pool
             await pool.start()
             for key, reason in pool.failed.items():
                 self._fail(self.models[key], reason)
+            for key, runtime in pool.runtimes.items():
+                self.models[key].runtime = runtime
         slots = Slots(self.executor.size)
         titles: set[str] = set()
         for served in self.models.values():
@@ -221,7 +227,7 @@ class DataPlane:
                 title += "_"
             titles.add(title)
             self._ready(served, slots, title)
-            log.info("serving %s v%s", *served.key)
+            log.info("serving %s v%s with %s", *served.key, served.runtime)
 
     def _fail(self, served: ServedModel, reason: str) -> None:
         served.state = ModelState.FAILED

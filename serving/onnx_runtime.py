@@ -38,14 +38,24 @@ class Signature:
     input_format: Literal["ndarray", "dataframe"]
     features: list[Feature]
     classes: list[Any] | None
+    labels_from_probabilities: bool = False
 
     @classmethod
     def of(cls, manifest: Manifest) -> Signature:
-        return cls(manifest.task, manifest.input_format, manifest.features, manifest.target.classes)
+        return cls(
+            manifest.task,
+            manifest.input_format,
+            manifest.features,
+            manifest.target.classes,
+            manifest.onnx is not None and manifest.onnx.labels_from_probabilities,
+        )
 
 
 class OnnxModel:
-    """Predict with an ONNX graph of a scikit-learn pipeline (float64 inputs, zipmap off)."""
+    """Predict with an ONNX graph of a scikit-learn pipeline (float64 inputs, zipmap off).
+
+    Inputs: a 2-D float64 array (input_format "ndarray"), or anything indexable by feature
+    name (a DataFrame, or a dict of 1-D arrays) for per-column graphs."""
 
     def __init__(self, signature: Signature, onnx: bytes | Path, *, threads: int = 1) -> None:
         try:
@@ -67,6 +77,7 @@ class OnnxModel:
         }
         self._input_names = [i.name for i in self._session.get_inputs()]
         self.task = signature.task
+        self._argmax_labels = signature.labels_from_probabilities
         classes = signature.classes
         self.classes_ = np.asarray(classes) if classes is not None else None
         self.n_features_in_ = len(signature.features)
@@ -76,7 +87,7 @@ class OnnxModel:
             return {self._input_names[0]: np.ascontiguousarray(X, dtype=np.float64)}
         feed: dict[str, Any] = {}
         for name in self._input_names:
-            column = X[name].to_numpy()
+            column = np.asarray(X[name])  # a DataFrame column or a plain array
             if name in self._categorical:
                 # Missing categories go in as an empty string: not a training category, so
                 # the one-hot encoder ignores it exactly as the pipeline's does for None.
@@ -91,13 +102,16 @@ class OnnxModel:
         out = self._session.run(None, self._feed(X))
         if self.task == Task.REGRESSION:
             return np.asarray(out[0], dtype=np.float64).ravel(), None
+        probabilities = np.asarray(out[1], dtype=np.float64)
+        if self._argmax_labels and self.classes_ is not None:
+            return self.classes_[np.argmax(probabilities, axis=1)], probabilities
         labels = np.asarray(out[0]).ravel()
         # Same label dtype as the pipeline's predict: ints stay ints, text becomes object.
         if self.classes_ is not None and self.classes_.dtype.kind in "iub":
             labels = labels.astype(self.classes_.dtype)
         else:
             labels = labels.astype(object)
-        return labels, np.asarray(out[1], dtype=np.float64)
+        return labels, probabilities
 
     def predict(self, X: Any) -> npt.NDArray[Any]:
         return self.predict_both(X)[0]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import InferenceError, NotReadyError
-from serving.runtime import FloatArray, LoadedModel, Prediction
+from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName, RuntimePolicy, load
 from serving.store import ModelStore
 
 log = logging.getLogger("servewell.pool")
@@ -37,7 +37,11 @@ _Job = tuple[int, ModelKey, FloatArray, bool]
 
 
 def _worker_main(
-    conn: Connection, store_root: str, keys: list[ModelKey], signing_key: bytes | None
+    conn: Connection,
+    store_root: str,
+    keys: list[ModelKey],
+    signing_key: bytes | None,
+    policy: RuntimePolicy,
 ) -> None:
     """Entry point of a worker process: load models, then serve batches until told to stop."""
     # Ctrl-C (and a group-wide SIGTERM) reach every process; the parent decides when workers
@@ -53,14 +57,14 @@ def _worker_main(
     failed: dict[ModelKey, str] = {}
     for key in keys:
         try:
-            manifest, estimator = store.load_model(*key)
-            models[key] = LoadedModel(manifest, estimator)
+            models[key] = load(store, *key, policy)
         except Exception as exc:
             failed[key] = f"{type(exc).__name__}: {exc}"
             continue
         with contextlib.suppress(Exception):  # warm-up only: first calls are slow
-            models[key].predict(np.zeros((1, len(manifest.features))), False)
-    conn.send(("ready", os.getpid(), failed))
+            models[key].predict(np.zeros((1, len(models[key].manifest.features))), False)
+    runtimes = {key: model.runtime for key, model in models.items()}
+    conn.send(("ready", os.getpid(), failed, runtimes))
     while True:
         try:
             message = conn.recv()
@@ -97,9 +101,11 @@ class InferencePool:
         startup_timeout: float = 120.0,
         *,
         signing_key: bytes | None = None,
+        policy: RuntimePolicy | None = None,
     ) -> None:
         self._store_root = str(store_root)
         self._signing_key = signing_key
+        self._policy = policy or RuntimePolicy()
         self._models = list(models)
         self.size = size
         self._startup_timeout = startup_timeout
@@ -112,6 +118,8 @@ class InferencePool:
         self._closing = False
         self.failed: dict[ModelKey, str] = {}
         """Models some worker could not load, with the reason."""
+        self.runtimes: dict[ModelKey, RuntimeName] = {}
+        """The runtime each loaded model runs on in the workers."""
         self.restarts = 0
         self.broken: str | None = None
         """Why the pool cannot serve: a worker died before it finished loading the models."""
@@ -198,7 +206,7 @@ class InferencePool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(child_end, self._store_root, self._models, self._signing_key),
+            args=(child_end, self._store_root, self._models, self._signing_key, self._policy),
             name="servewell-worker",
             daemon=True,
         )
@@ -231,6 +239,7 @@ class InferencePool:
             worker.pid = message[1]
             for key, reason in message[2].items():
                 self.failed.setdefault(key, reason)
+            self.runtimes.update(message[3])
             self._wake_starters()
         else:
             task_id, ok, payload, probabilities = message

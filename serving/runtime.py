@@ -1,23 +1,31 @@
-"""Turn encoded rows into estimator input and call the estimator.
+"""Turn encoded rows into model input and run the model: ONNX Runtime or scikit-learn.
 
 Rows travel between processes as one float64 2-D array in manifest feature order: numeric,
 integer and boolean values as numbers (booleans 0/1), categorical values as the index of the
 category in the manifest, missing values as NaN. This keeps inter-process messages small and
-cheap to pickle; the worker turns the array back into what the estimator was trained on.
+cheap to pickle; the worker turns the array back into what the model was trained on.
 Used by pool workers and by inline mode alike.
+
+Which runtime serves a model (:func:`load`): ONNX Runtime when the manifest records an ONNX
+file that passed the parity check at training time and the policy allows it, scikit-learn
+otherwise (no ONNX file, parity failed, onnxruntime missing, or forced by a setting).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from serving.store import FeatureKind, Manifest
+from serving.store import FeatureKind, Manifest, ModelStore
+
+log = logging.getLogger("servewell.runtime")
 
 FloatArray = npt.NDArray[np.float64]
+RuntimeName = Literal["onnx", "sklearn"]
 
 
 @dataclass(frozen=True)
@@ -28,14 +36,29 @@ class Prediction:
     probabilities: FloatArray | None
 
 
-class LoadedModel:
-    """An unpickled estimator with what is needed to feed it encoded rows."""
+@dataclass(frozen=True)
+class RuntimePolicy:
+    """Which runtime may serve which model; sent to every worker process."""
 
-    def __init__(self, manifest: Manifest, estimator: Any) -> None:
+    prefer_onnx: bool = True
+    sklearn_models: frozenset[str] = field(default_factory=frozenset)
+    """Models that always run on scikit-learn, whatever their manifest says."""
+    onnx_threads: int = 1
+    """Intra-op threads of each ONNX Runtime session."""
+
+    def allows_onnx(self, name: str) -> bool:
+        return self.prefer_onnx and name not in self.sklearn_models
+
+
+class LoadedModel:
+    """A model ready to predict encoded rows, with the runtime that serves it."""
+
+    def __init__(self, manifest: Manifest, predictor: Any, runtime: RuntimeName) -> None:
         self.manifest = manifest
-        self.estimator = estimator
-        self._predictor = self._compiled() or estimator
-        self._dataframe = manifest.input_format == "dataframe"
+        self.predictor = predictor
+        """A fitted scikit-learn estimator, or a serving.onnx_runtime.OnnxModel."""
+        self.runtime: RuntimeName = runtime
+        self._by_name = manifest.input_format == "dataframe"
         self._columns = manifest.feature_names
         # Categorical columns: index -> object array of labels (with None for missing at the end).
         self._categorical = {
@@ -44,28 +67,7 @@ class LoadedModel:
             if f.kind == FeatureKind.CATEGORICAL
         }
 
-    def _compiled(self) -> Any:
-        """A faster, result-identical stand-in for tree ensembles (serving.forest), or None."""
-        if self.manifest.input_format != "ndarray":
-            return None
-        from serving.forest import compile_estimator
-
-        lows = np.array([f.min if f.min is not None else 0.0 for f in self.manifest.features])
-        highs = np.array([f.max if f.max is not None else 1.0 for f in self.manifest.features])
-        sample = lows + np.random.default_rng(0).random((256, len(lows))) * (highs - lows)
-        return compile_estimator(self.estimator, sample)
-
-    @property
-    def compiled(self) -> bool:
-        """True when predictions come from the compiled forest (for small batches)."""
-        return self._predictor is not self.estimator
-
-    def estimator_input(self, rows: FloatArray) -> Any:
-        """The float64 array itself, or a DataFrame typed like the training table."""
-        if not self._dataframe:
-            return rows
-        import pandas as pd
-
+    def _columns_of(self, rows: FloatArray) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for i, name in enumerate(self._columns):
             column = rows[:, i]
@@ -76,13 +78,48 @@ class LoadedModel:
                 missing = np.isnan(column)
                 index = np.where(missing, len(labels) - 1, np.nan_to_num(column)).astype(np.intp)
                 data[name] = labels[index]
-        return pd.DataFrame(data, columns=self._columns)
+        return data
+
+    def model_input(self, rows: FloatArray) -> Any:
+        """What the predictor takes: the float array itself, or named columns (a DataFrame
+        typed like the training table for scikit-learn; a dict of arrays for ONNX Runtime,
+        which needs no DataFrame)."""
+        if not self._by_name:
+            return rows
+        columns = self._columns_of(rows)
+        if self.runtime == "onnx":
+            return columns
+        import pandas as pd
+
+        return pd.DataFrame(columns, columns=self._columns)
 
     def predict(self, rows: FloatArray, want_probabilities: bool) -> Prediction:
         """Predict a batch; probabilities only for classifiers and only when asked."""
-        features = self.estimator_input(rows)
-        predictions = np.asarray(self._predictor.predict(features))
+        features = self.model_input(rows)
+        if self.runtime == "onnx":
+            predictions, probabilities = self.predictor.predict_both(features)
+            return Prediction(predictions, probabilities if want_probabilities else None)
+        predictions = np.asarray(self.predictor.predict(features))
         probabilities = None
         if want_probabilities:
-            probabilities = np.asarray(self._predictor.predict_proba(features), dtype=np.float64)
+            probabilities = np.asarray(self.predictor.predict_proba(features), dtype=np.float64)
         return Prediction(predictions, probabilities)
+
+
+def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> LoadedModel:
+    """Verify a version's files, then load it into the runtime the policy and manifest allow."""
+    manifest = store.verify(name, version)
+    path = store.onnx_path(manifest)
+    if policy.allows_onnx(name) and path is not None:
+        from serving.onnx_runtime import OnnxModel, Signature
+
+        try:
+            onnx = OnnxModel(Signature.of(manifest), path, threads=policy.onnx_threads)
+        except Exception as exc:  # e.g. onnxruntime missing or too old for the graph
+            log.warning(
+                "%s v%s: ONNX Runtime unavailable (%s); using scikit-learn", name, version, exc
+            )
+        else:
+            return LoadedModel(manifest, onnx, "onnx")
+    manifest, estimator = store.load_model(name, version)
+    return LoadedModel(manifest, estimator, "sklearn")

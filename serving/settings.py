@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.runtime import RuntimePolicy
+
 
 def default_pool_size() -> int:
     """One worker per core, less one core for the event loop, and at least one.
@@ -71,6 +73,29 @@ class Settings(BaseSettings):
 
     startup_timeout_s: float = Field(default=120.0, gt=0)
     """How long worker processes may take to start and load every model."""
+
+    runtime: Literal["auto", "sklearn"] = "auto"
+    """``auto``: ONNX Runtime serves every model whose manifest records an ONNX file that
+    passed the parity check at training time, scikit-learn the others. ``sklearn``: scikit-learn
+    serves every model."""
+
+    sklearn_models: frozenset[str] = frozenset()
+    """Models always served by scikit-learn, as a JSON list: ``'["iris", "churn"]'``."""
+
+    onnx_threads: int | None = Field(default=None, ge=1)
+    """Intra-op threads per ONNX Runtime session. Default: the cores left after the event loop,
+    shared among the workers (``max(1, (cores - 1) // pool_size)``; inline: ``cores - 1``), so
+    workers never oversubscribe the box."""
+
+    def runtime_policy(self) -> RuntimePolicy:
+        """The runtime choice handed to every process that loads models."""
+        workers = 1 if self.inference == "inline" else self.pool_size
+        threads = self.onnx_threads or max(1, ((os.cpu_count() or 1) - 1) // workers)
+        return RuntimePolicy(
+            prefer_onnx=self.runtime == "auto",
+            sklearn_models=self.sklearn_models,
+            onnx_threads=threads,
+        )
 
     @property
     def signing_key_bytes(self) -> bytes | None:

@@ -137,6 +137,9 @@ class OnnxExport(_Frozen):
     reason: str | None = None
     parity: OnnxParity | None = None
     seconds: float | None = None
+    labels_from_probabilities: bool = False
+    """Class labels are ``classes[argmax(probabilities)]`` (first maximum), as scikit-learn's
+    forests decide, instead of the graph's label output, which breaks ties differently."""
 
 
 class Manifest(_Frozen):
@@ -342,6 +345,12 @@ class ModelStore:
         if not (path / MANIFEST_FILE).is_file():
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
         return path
+
+    def onnx_path(self, manifest: Manifest) -> Path | None:
+        """The version's ONNX file when it passed parity and is hashed; None otherwise."""
+        if not manifest.onnx_ready or manifest.onnx is None or manifest.onnx.file is None:
+            return None
+        return self.version_path(manifest.name, manifest.version) / manifest.onnx.file
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         prod = self.production(name)

@@ -147,11 +147,34 @@ def check_parity(
     )
 
 
+def _argmax_decides(model: Any) -> bool:
+    """True for classifiers whose predict is ``classes_[argmax(predict_proba)]`` by definition
+    (trees and forests); their ties are frequent (votes), so labels must break them the same
+    way."""
+    from sklearn.ensemble import BaggingClassifier, ExtraTreesClassifier, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
+
+    final = model[-1] if hasattr(model, "steps") else model
+    deciders = (
+        RandomForestClassifier,
+        ExtraTreesClassifier,
+        DecisionTreeClassifier,
+        ExtraTreeClassifier,
+        BaggingClassifier,
+    )
+    return isinstance(final, deciders)
+
+
 def export(
     model: Any, signature: Signature, X_holdout: pd.DataFrame, out_dir: Path, seed: int
 ) -> OnnxExport:
     """Write ``model.onnx`` into ``out_dir`` if it converts and passes parity; say why not."""
+    from dataclasses import replace
+
     from serving.onnx_runtime import OnnxModel, OnnxUnavailableError
+
+    argmax = signature.task == Task.CLASSIFICATION and _argmax_decides(model)
+    signature = replace(signature, labels_from_probabilities=argmax)
 
     if converter_version() is None:
         return OnnxExport(status="unavailable", reason="skl2onnx is not installed")
@@ -193,6 +216,13 @@ def export(
                 f"{parity.rows_checked} rows"
             ),
             parity=parity,
+            labels_from_probabilities=argmax,
         )
     (out_dir / ONNX_FILE).write_bytes(onnx_bytes)
-    return OnnxExport(status="ok", file=ONNX_FILE, parity=parity, seconds=round(seconds, 3))
+    return OnnxExport(
+        status="ok",
+        file=ONNX_FILE,
+        parity=parity,
+        seconds=round(seconds, 3),
+        labels_from_probabilities=argmax,
+    )

@@ -67,7 +67,7 @@ class RunningServer:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
 
-def _quiet_settings(trained_store: ModelStore, **overrides: Any) -> Settings:
+def quiet_settings(trained_store: ModelStore, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"store": trained_store.root, "port": 0, "log_level": "warning"}
     values.update(overrides)
     return Settings(**values)
@@ -94,7 +94,7 @@ def start_server(settings: Settings) -> tuple[RunningServer, threading.Thread]:
 @pytest.fixture(scope="session")
 def server(trained_store: ModelStore) -> Iterator[RunningServer]:
     """The real service over the full trained_store, with the process pool."""
-    running, thread = start_server(_quiet_settings(trained_store, pool_size=2))
+    running, thread = start_server(quiet_settings(trained_store, pool_size=2))
     yield running
     running.server.should_exit = True
     thread.join(30)
@@ -108,7 +108,7 @@ def client(server: RunningServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def tampered_server(tampered_store: ModelStore) -> Iterator[RunningServer]:
-    running, thread = start_server(_quiet_settings(tampered_store, pool_size=1))
+    running, thread = start_server(quiet_settings(tampered_store, pool_size=1))
     yield running
     running.server.should_exit = True
     thread.join(30)

@@ -10,6 +10,7 @@ import numpy as np
 
 from serving.store import ModelStore
 from tests.serving.conftest import RunningServer
+from training.onnx_export import PROBA_TOLERANCE
 
 
 async def _post_all(url: str, requests: list[tuple[str, dict[str, Any]]]) -> list[httpx.Response]:
@@ -52,7 +53,7 @@ def test_500_concurrent_requests_get_their_own_answers(
         assert body["predictions"] == [iris_expected[i]]
         if i % 2:
             got = [body["probabilities"][0][c] for c in iris.classes_]
-            assert np.allclose(got, iris_proba[i], rtol=0, atol=1e-12)
+            assert np.allclose(got, iris_proba[i], rtol=0, atol=PROBA_TOLERANCE)
     cancer_expected = cancer.predict(cancer_rows).tolist()
     for j, response in enumerate(responses[400:]):
         assert response.json()["predictions"] == cancer_expected[2 * j : 2 * j + 2]

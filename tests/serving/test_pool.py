@@ -14,6 +14,7 @@ import uvloop
 from serving.errors import InferenceError, NotReadyError
 from serving.pool import InferencePool
 from serving.store import ModelStore
+from training.onnx_export import PROBA_TOLERANCE
 
 
 def test_workers_answer_like_the_model_in_process(trained_store: ModelStore) -> None:
@@ -37,7 +38,7 @@ def test_workers_answer_like_the_model_in_process(trained_store: ModelStore) -> 
             [r.probabilities for r in results if r.probabilities is not None]
         )
         assert predictions.tolist() == iris.predict(rows).tolist()
-        assert np.allclose(probabilities, iris.predict_proba(rows), rtol=0, atol=1e-12)
+        assert np.allclose(probabilities, iris.predict_proba(rows), rtol=0, atol=PROBA_TOLERANCE)
 
     asyncio.run(scenario())
 
@@ -123,6 +124,8 @@ def test_large_batches_cross_the_pipe_under_both_loops(trained_store: ModelStore
             pool.close()
         assert np.array_equal(result.predictions, cancer.predict(rows))
         assert result.probabilities is not None
-        assert np.array_equal(result.probabilities, cancer.predict_proba(rows))
+        assert np.allclose(
+            result.probabilities, cancer.predict_proba(rows), rtol=0, atol=PROBA_TOLERANCE
+        )
 
     run(scenario())

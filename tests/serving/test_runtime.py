@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from serving.dataplane import RowEncoder
-from serving.runtime import LoadedModel
+from serving.runtime import LoadedModel, RuntimePolicy, load
+from serving.settings import Settings
 from serving.store import ModelStore
+from training.onnx_export import PROBA_TOLERANCE
+from training.run import train
+from training.spec import shipped_spec
 
 RECORDS = [
     {
@@ -36,8 +44,8 @@ def test_dataframe_model_round_trip(trained_store: ModelStore) -> None:
     encoded = RowEncoder(manifest).records(RECORDS)
     assert encoded.dtype == np.float64
     assert encoded.shape == (2, len(manifest.features))
-    loaded = LoadedModel(manifest, estimator)
-    frame = loaded.estimator_input(encoded)
+    loaded = LoadedModel(manifest, estimator, "sklearn")
+    frame = loaded.model_input(encoded)
     assert list(frame.columns) == manifest.feature_names
     assert frame["contract"].tolist() == ["month-to-month", "two-year"]
     expected_frame = pd.DataFrame(RECORDS).astype(
@@ -59,6 +67,49 @@ def test_positional_rows_encode_like_records(trained_store: ModelStore) -> None:
 def test_ndarray_model_gets_the_float_array(trained_store: ModelStore) -> None:
     manifest, estimator = trained_store.load_model("iris", 1)
     rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
-    loaded = LoadedModel(manifest, estimator)
-    assert loaded.estimator_input(rows) is rows
+    loaded = LoadedModel(manifest, estimator, "sklearn")
+    assert loaded.model_input(rows) is rows
     assert loaded.predict(rows, False).predictions.tolist() == estimator.predict(rows).tolist()
+
+
+@pytest.mark.parametrize("name", ["iris", "breast_cancer", "diabetes", "churn"])
+def test_load_prefers_onnx_when_parity_passed(trained_store: ModelStore, name: str) -> None:
+    loaded = load(trained_store, name, 1, RuntimePolicy())
+    assert loaded.runtime == "onnx"
+    forced = load(trained_store, name, 1, RuntimePolicy(prefer_onnx=False))
+    assert forced.runtime == "sklearn"
+    per_model = load(trained_store, name, 1, RuntimePolicy(sklearn_models=frozenset({name})))
+    assert per_model.runtime == "sklearn"
+
+
+def test_onnx_and_sklearn_runtimes_agree_on_encoded_rows(trained_store: ModelStore) -> None:
+    manifest = trained_store.manifest("churn", 1)
+    encoded = RowEncoder(manifest).records(RECORDS * 50)
+    onnx = load(trained_store, "churn", 1, RuntimePolicy())
+    sklearn = load(trained_store, "churn", 1, RuntimePolicy(prefer_onnx=False))
+    assert isinstance(onnx.model_input(encoded), dict)  # no DataFrame on the ONNX path
+    a, b = onnx.predict(encoded, True), sklearn.predict(encoded, True)
+    assert a.predictions.tolist() == b.predictions.tolist()
+    assert a.probabilities is not None
+    assert b.probabilities is not None
+    assert np.allclose(a.probabilities, b.probabilities, rtol=0, atol=PROBA_TOLERANCE)
+    assert onnx.predict(encoded, False).probabilities is None
+
+
+def test_model_without_onnx_file_is_served_by_sklearn(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    spec = shipped_spec("diabetes").with_overrides(
+        {"name": "custom", "estimator": {"class": "tests.training.custom_estimators.SquaredRidge"}}
+    )
+    train(spec, store, echo=lambda _: None)
+    assert load(store, "custom", 1, RuntimePolicy()).runtime == "sklearn"
+
+
+def test_onnx_threads_never_oversubscribe() -> None:
+    cores = os.cpu_count() or 1
+    for size in (1, 2, 4):
+        threads = Settings(pool_size=size).runtime_policy().onnx_threads
+        assert threads >= 1
+        assert size * threads <= max(size, cores - 1)
+    assert Settings(onnx_threads=3).runtime_policy().onnx_threads == 3
+    assert Settings(runtime="sklearn").runtime_policy().prefer_onnx is False
