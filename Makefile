@@ -53,20 +53,20 @@ test-slow: $(STAMP) ## Run the slow load/soak tests too
 
 train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col
 	$(PY) -m training train \
-		$(if $(MODEL),--model $(MODEL)) $(if $(SPEC),--spec $(SPEC)) \
-		$(if $(DATA),--data $(DATA)) $(if $(TARGET),--target $(TARGET)) \
-		$(if $(TASK),--task $(TASK)) $(if $(NAME),--name $(NAME)) $(if $(FORCE),--force)
+		$(if $(MODEL),--model "$(MODEL)") $(if $(SPEC),--spec "$(SPEC)") \
+		$(if $(DATA),--data "$(DATA)") $(if $(TARGET),--target "$(TARGET)") \
+		$(if $(TASK),--task "$(TASK)") $(if $(NAME),--name "$(NAME)") $(if $(FORCE),--force)
 
 models: $(STAMP) ## List the store: versions, production, primary metric
 	$(PY) -m training models
 
 promote: $(STAMP) ## Make MODEL=name VERSION=n the production version
 	@test -n "$(MODEL)" -a -n "$(VERSION)" || { echo "usage: make promote MODEL=name VERSION=n"; exit 2; }
-	$(PY) -m training promote $(MODEL) $(VERSION)
+	$(PY) -m training promote "$(MODEL)" "$(VERSION)"
 
 rollback: $(STAMP) ## Return MODEL=name to its previous production version
 	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=name"; exit 2; }
-	$(PY) -m training rollback $(MODEL)
+	$(PY) -m training rollback "$(MODEL)"
 
 serve: $(STAMP) ## Train the default models if the store is empty, then serve on 127.0.0.1:8000
 	$(PY) -m training ensure-default

@@ -35,7 +35,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
@@ -101,7 +109,9 @@ class Feature(_Frozen):
 
 class Target(_Frozen):
     name: str
-    classes: list[str] | list[int] | None = None
+    # Strict types: pydantic would otherwise turn bool labels into ints (and floats into
+    # ints), and the served labels would no longer match their probability keys.
+    classes: list[StrictStr] | list[StrictBool] | list[StrictInt] | list[StrictFloat] | None = None
     """Class labels in the order of ``predict_proba`` columns (classifiers only)."""
 
 
@@ -466,9 +476,11 @@ class ModelStore:
 
         Returns (from_version, to_version). Repeated rollbacks walk further back.
         """
+        published = set(self.versions(name))
+        if not published:
+            raise ModelNotFoundError(f"no model named {name!r} in the store")
         current = self.production(name)
         history = self._history(name)
-        published = set(self.versions(name))
         while history and (history[-1] not in published or history[-1] == current):
             history.pop()
         if current is None or not history:

@@ -6,6 +6,7 @@ row, before anything is fitted or written.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class Dataset:
     origin: str
     fingerprint: str
     """sha256 of the feature table plus target, canonically serialised (CSV, fixed format)."""
+    warnings: tuple[str, ...] = ()
+    """Things that are legal but probably not meant (e.g. an id column used as a category)."""
 
 
 def snake(name: str) -> str:
@@ -68,14 +71,22 @@ def _load_bundled(source: str) -> tuple[pd.DataFrame, str]:
 
 
 def _load_csv(path: Path) -> tuple[pd.DataFrame, str]:
+    if path.is_dir():
+        raise DataError(f"data path {path} is a directory, not a CSV file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
         frame = pd.read_csv(path, skipinitialspace=True)
+        # pandas renames a repeated header ("a", "a.1"); a repeated column is a mistake.
+        with path.open(newline="", encoding="utf-8") as fh:
+            header = [c.strip() for c in next(csv.reader(fh), [])]
     except pd.errors.EmptyDataError:
         raise DataError(f"data file {path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"data file {path} is not a readable CSV: {exc}") from None
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"data file {path} repeats column(s) {repeated} in its header")
     return frame, str(path)
 
 
@@ -210,11 +221,19 @@ def load_dataset(spec: Spec) -> Dataset:
         kind = spec.features.kinds.get(col) or _infer_kind(frame[col])
         kinds[str(col)] = kind
         X[str(col)] = _coerce(frame[col], kind)
+    warnings = tuple(
+        f"categorical feature {col!r} has {X[col].nunique()} distinct values in {len(X)} rows; "
+        "if it is an id or free text, exclude it (features.exclude)"
+        for col, kind in kinds.items()
+        if kind == FeatureKind.CATEGORICAL and X[col].nunique() > max(50, len(X) // 2)
+    )
     if isinstance(y.dtype, pd.StringDtype) or y.dtype == object:
         y = y.astype(str)
     X = X.reset_index(drop=True)
     y = y.reset_index(drop=True).rename(target)
-    return Dataset(X=X, y=y, kinds=kinds, origin=origin, fingerprint=fingerprint(X, y))
+    return Dataset(
+        X=X, y=y, kinds=kinds, origin=origin, fingerprint=fingerprint(X, y), warnings=warnings
+    )
 
 
 def infer_csv_task(path: Path, target: str) -> Task:

@@ -179,6 +179,8 @@ def train(
     with _stage(echo, "load"):
         data = load_dataset(spec)
         echo(f"    {len(data.X)} rows, {len(data.kinds)} features from {data.origin}")
+        for warning in data.warnings:
+            echo(f"    warning: {warning}")
     if task == Task.CLASSIFICATION:
         counts = data.y.value_counts()
         if len(counts) < 2:

@@ -198,3 +198,8 @@ def test_unsigned_version_is_refused_when_a_key_is_set(tmp_path: Path) -> None:
     _publish(ModelStore(tmp_path / "s"))
     with pytest.raises(IntegrityError, match="is not signed"):
         ModelStore(tmp_path / "s", signing_key=b"k1").load_model("m", 1)
+
+
+def test_rollback_of_an_unknown_model_says_so(store: ModelStore) -> None:
+    with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
+        store.rollback("nope")

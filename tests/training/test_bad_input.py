@@ -141,3 +141,24 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_repeated_header_column_is_rejected(tmp_path: Path, store: ModelStore) -> None:
+    spec = load_spec(_csv_spec(tmp_path, _csv(tmp_path, "x,x,y\n" + GOOD_ROWS)))
+    with pytest.raises(DataError, match=r"repeats column\(s\) \['x'\]"):
+        train(spec, store, echo=quiet)
+    assert not store.root.exists() or not list(store.root.rglob("*"))
+
+
+def test_directory_as_data_file(tmp_path: Path, store: ModelStore) -> None:
+    spec = load_spec(_csv_spec(tmp_path, tmp_path))
+    with pytest.raises(DataError, match="is a directory"):
+        train(spec, store, echo=quiet)
+
+
+def test_id_like_category_is_warned_about(tmp_path: Path, store: ModelStore) -> None:
+    rows = "".join(f"{i},id-{i},{'a' if i % 2 else 'b'}\n" for i in range(120))
+    spec = load_spec(_csv_spec(tmp_path, _csv(tmp_path, "x,customer,y\n" + rows)))
+    lines: list[str] = []
+    train(spec, store, echo=lines.append)
+    assert any("'customer' has 120 distinct values" in line for line in lines)
