@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -11,7 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+import uvloop
 
+from serving.__main__ import GreedyAcceptLoop
 from serving.store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +57,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _start(trained_store: ModelStore) -> tuple[subprocess.Popen[str], str]:
+def _start(trained_store: ModelStore, loop: str = "uvloop") -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     env = {
         **os.environ,
@@ -61,6 +65,7 @@ def _start(trained_store: ModelStore) -> tuple[subprocess.Popen[str], str]:
         "SERVEWELL_PORT": str(port),
         "SERVEWELL_POOL_SIZE": "2",
         "SERVEWELL_LOG_LEVEL": "warning",
+        "SERVEWELL_LOOP": loop,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "serving"],
@@ -94,8 +99,9 @@ def _wait_gone(pids: set[int], seconds: float) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
-def test_serve_and_stop_on_sigint(trained_store: ModelStore) -> None:
-    process, url = _start(trained_store)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_serve_and_stop_on_sigint(trained_store: ModelStore, loop: str) -> None:
+    process, url = _start(trained_store, loop)
     try:
         workers = _children(process.pid)
         assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
@@ -125,3 +131,39 @@ def test_workers_exit_when_the_server_is_killed(trained_store: ModelStore) -> No
         for pid in workers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def _accepted_after_a_burst(connections: int, iterations: int) -> int:
+    """Open ``connections`` while the loop is not running, then let it run ``iterations``
+    times; return how many connections the server has by then."""
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.BaseTransport] = []
+
+    class Count(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)
+
+    server = await loop.create_server(Count, "127.0.0.1", 0, backlog=connections)
+    port = server.sockets[0].getsockname()[1]
+    # The kernel completes each handshake; all of them wait in the accept queue.
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    try:
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        return len(made)
+    finally:
+        for client in clients:
+            client.close()
+        for transport in made:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_burst_of_connections_is_accepted_at_once() -> None:
+    # Plain uvloop (libuv) accepts one connection per loop iteration: under load, when an
+    # iteration takes long, a burst of connections would wait seconds in the accept queue.
+    with asyncio.Runner(loop_factory=GreedyAcceptLoop) as runner:
+        assert runner.run(_accepted_after_a_burst(200, 5)) == 200
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(_accepted_after_a_burst(200, 5)) < 200  # what the loop is for

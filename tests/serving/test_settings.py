@@ -17,6 +17,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.store == Path("models")
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.inference == "pool"
+    assert settings.loop == "uvloop"
     assert settings.pool_size == max(1, (os.cpu_count() or 1) - 1) == default_pool_size()
 
 
@@ -26,12 +27,14 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVEWELL_POOL_SIZE", "3")
     monkeypatch.setenv("SERVEWELL_MAX_BATCH_DELAY_MS", "0.5")
     monkeypatch.setenv("SERVEWELL_SIGNING_KEY", "hush-hush")
+    monkeypatch.setenv("SERVEWELL_LOOP", "asyncio")
     settings = Settings()
     assert settings.store == Path("/srv/models")
     assert settings.port == 9001
     assert settings.pool_size == 3
     assert settings.max_batch_delay_ms == 0.5
     assert settings.signing_key_bytes == b"hush-hush"
+    assert settings.loop == "asyncio"
     assert "hush-hush" not in repr(settings)  # secrets stay out of logs
 
 
