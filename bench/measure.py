@@ -83,6 +83,16 @@ def post_json(url: str, body: str, timeout_s: float = 60.0) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", errors="replace")
 
 
+def served_runtime(server: RunningServer, model: str, timeout_s: float = 10.0) -> str | None:
+    """The ``runtime`` that ``GET /models/{model}`` reports (``onnx`` / ``sklearn``), or None."""
+    try:
+        with urllib.request.urlopen(f"{server.url}/models/{model}", timeout=timeout_s) as resp:
+            runtime = json.loads(resp.read()).get("runtime")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return runtime if isinstance(runtime, str) else None
+
+
 def preflight(server: RunningServer, scenario: Scenario, bodies_file: Path) -> list[Any]:
     """POST the first body once; raise ValueError unless it is answered like a prediction."""
     with bodies_file.open(encoding="utf-8") as fh:

@@ -3,14 +3,17 @@
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import runtimes
+from bench.runtimes import RuntimeTiming
 from bench.scenarios import InProcess, Measurement, Outcome
 from bench.targets import Target
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: top-level ``runtimes`` (in-process batch cost per runtime) and ``served_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,10 @@ class Run:
     in_process: list[InProcess]
     targets: list[Target]
     notes: list[str]
+    runtimes: list[RuntimeTiming] = field(default_factory=list)
+    """In-process cost of one batch call per model, runtime and batch size (``bench.runtimes``)."""
+    served_runtimes: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    """server -> model -> the runtime ``GET /models/{name}`` reported (None: no answer)."""
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -92,6 +99,16 @@ def render(run: Run) -> str:
             ],
             right={1, 2, 3},
         )
+    if run.runtimes:
+        out += ["", "in-process batch call (LoadedModel.predict, as a pool worker runs it):"]
+        out.append(runtimes.table(run.runtimes))
+    if run.served_runtimes:
+        out.append("")
+        out += [
+            f"{server} serves: "
+            + ", ".join(f"{model} {runtime or '?'}" for model, runtime in by_model.items())
+            for server, by_model in run.served_runtimes.items()
+        ]
     out.append("")
     out += _table(
         ["target", "measured", "goal", "result"],
@@ -130,6 +147,8 @@ def to_json(run: Run) -> dict[str, Any]:
         "settings": run.settings,
         "scenarios": scenarios,
         "in_process": [{**asdict(p), "rows_per_s": p.rows_per_s} for p in run.in_process],
+        "runtimes": [asdict(t) for t in run.runtimes],
+        "served_runtimes": run.served_runtimes,
         "targets": [{**asdict(t), "measured": t.measured} for t in run.targets],
         "notes": run.notes,
     }
@@ -178,6 +197,7 @@ def draw_chart(run: Run, path: Path) -> None:
     labels = [o.scenario.key for o in measured]
     colors = {
         "service": "tab:blue",
+        "service_sklearn": "tab:purple",
         "bare": "tab:gray",
         "bare_raw": "tab:green",
         "naive": "tab:orange",
@@ -208,8 +228,9 @@ def draw_chart(run: Run, path: Path) -> None:
     for ax in (ax_rps, ax_lat):
         ax.grid(axis="x", which="both", alpha=0.3)
     fig.suptitle(
-        f"servewell bench {run.timestamp}: wrk on loopback, median of rounds "
-        "(blue: service; gray/green/orange: bare/bare_raw/naive baselines)"
+        f"servewell bench {run.timestamp}: wrk on loopback, median of rounds\n"
+        "blue/purple: service on ONNX Runtime/scikit-learn; "
+        "gray/green/orange: bare/bare_raw/naive baselines"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

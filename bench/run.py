@@ -1,10 +1,13 @@
 """Load benchmark of the servewell service against baselines, with wrk on loopback.
 
-    .venv/bin/python bench/run.py            # full run, about 4 minutes
-    .venv/bin/python bench/run.py --quick    # about 1 minute, noisier
+    .venv/bin/python bench/run.py            # full run, about 6 minutes
+    .venv/bin/python bench/run.py --quick    # about 2 minutes, noisier
 
-Trains the default models if the store is empty, starts the service and the baseline apps
-side by side on free loopback ports, measures every scenario with wrk (one warm-up run, then
+Trains the default models if the store is empty, times one batch call of every model under
+scikit-learn and ONNX Runtime in this process (``bench/runtimes.py``), starts the service
+(ONNX Runtime where parity was verified), the service forced onto scikit-learn and the
+baseline apps side by side on free loopback ports, measures every scenario with wrk (one
+warm-up run, then
 ``--rounds`` measured runs, the scenarios interleaved round by round), prints a table with the
 issue's targets as ratios computed in this run, and writes ``bench/results/<UTC timestamp>``
 ``.json`` and ``.png`` plus copies named ``latest``. See ``bench/README.md``.
@@ -33,14 +36,25 @@ if __package__ in (None, ""):
     # Run as a script (``python bench/run.py``): make the ``bench`` package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure, report, servers, targets, wrk
-from bench.scenarios import BARE, NAIVE, SERVERS, SERVICE, InProcess, Outcome, Scenario, plan
+from bench import measure, report, runtimes, servers, targets, wrk
+from bench.scenarios import (
+    BARE,
+    NAIVE,
+    SERVERS,
+    SERVICE,
+    SERVICE_SKLEARN,
+    SERVICES,
+    InProcess,
+    Outcome,
+    Scenario,
+    plan,
+)
 from bench.workload import served_version
 from serving.store import ModelStore, StoreError
 
 ROOT = servers.ROOT
 DEFAULT_MODELS = ("iris", "breast_cancer")
-DEFAULT_SERVERS = (SERVICE, BARE, NAIVE)
+DEFAULT_SERVERS = (SERVICE, SERVICE_SKLEARN, BARE, NAIVE)
 RESULTS_DIR = ROOT / "bench" / "results"
 
 
@@ -55,8 +69,9 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="wrk load benchmark: the service vs a bare FastAPI POST and a naive "
-        "inline-predict endpoint, on this box, in one run.",
+        description="wrk load benchmark: the service (ONNX Runtime, and forced onto "
+        "scikit-learn) vs a bare FastAPI POST and a naive inline-predict endpoint, plus the "
+        "in-process batch cost of each runtime, on this box, in one run.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="1 round of 2 s per scenario, 1 s warm-up"
@@ -79,11 +94,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--connections", type=_ints, default=[1, 100, 1000], help="service loads (1,100,1000)"
     )
     parser.add_argument(
-        "--baseline-connections", type=int, default=100, help="baselines' load (100)"
+        "--baseline-connections",
+        type=int,
+        default=100,
+        help="load of the baselines and of service_sklearn's single-row runs (100)",
     )
     parser.add_argument("--rows", type=int, default=10_000, help="rows in the rows request")
     parser.add_argument(
         "--rows-connections", type=int, default=1, help="concurrent rows requests (1)"
+    )
+    parser.add_argument(
+        "--runtime-models",
+        type=_csv,
+        help="models timed in-process under each runtime (default: every model in the store)",
+    )
+    parser.add_argument(
+        "--runtime-budget",
+        type=float,
+        help="seconds per in-process runtime cell (model x runtime x batch size; 0.5, quick 0.3)",
+    )
+    parser.add_argument(
+        "--no-runtimes", action="store_true", help="skip the in-process runtime comparison"
     )
     parser.add_argument(
         "--store", type=Path, help="model store (default: $SERVEWELL_STORE, else models/)"
@@ -115,6 +146,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--rounds, --duration and --threads must be at least 1")
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 2.0
+    if args.runtime_budget is None:
+        args.runtime_budget = 0.3 if args.quick else 0.5
     return args
 
 
@@ -158,7 +191,17 @@ def environment(
     except OSError:
         pass
     packages: dict[str, str | None] = {}
-    for name in ("fastapi", "uvicorn", "pydantic", "scikit-learn", "numpy", "uvloop", "httptools"):
+    for name in (
+        "fastapi",
+        "uvicorn",
+        "pydantic",
+        "scikit-learn",
+        "numpy",
+        "onnxruntime",
+        "skl2onnx",
+        "uvloop",
+        "httptools",
+    ):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -192,7 +235,9 @@ def _progress(label: str, key: str, outcome: Outcome) -> None:
 
 def _spec(name: str, store: Path, models: list[str], backlog: int) -> servers.ServerSpec:
     if name == SERVICE:
-        return servers.service_spec(store)
+        return servers.service_spec(store, name=SERVICE, runtime="auto")
+    if name == SERVICE_SKLEARN:
+        return servers.service_spec(store, name=SERVICE_SKLEARN, runtime="sklearn")
     return servers.baseline_spec(name, store, models, backlog)
 
 
@@ -256,6 +301,43 @@ def _measure_rounds(
     return [outcomes[s.key] for s in scenarios]
 
 
+def _runtimes(
+    args: argparse.Namespace, store: ModelStore
+) -> tuple[list[runtimes.RuntimeTiming], str | None]:
+    """In-process batch cost per model, runtime and batch size; or why it could not run."""
+    if args.no_runtimes:
+        return [], None
+    models = args.runtime_models or store.names()
+    missing = sorted(set(models) - set(store.names()))
+    if missing:
+        print(f"in-process runtimes: not in the store: {missing}", file=sys.stderr)
+        return [], f"--runtime-models not in the store: {missing}"
+    print(
+        f"in-process runtimes: {', '.join(models)} x batch sizes "
+        f"{', '.join(map(str, runtimes.BATCH_SIZES))}, {args.runtime_budget:g} s per cell ...",
+        flush=True,
+    )
+    start = time.monotonic()
+    try:
+        timings = runtimes.measure(store, models, budget_s=args.runtime_budget)
+    except Exception as exc:  # report it and go on with the load benchmark
+        print(f"in-process runtime comparison failed: {exc!r}", file=sys.stderr)
+        return [], f"{type(exc).__name__}: {exc}"
+    print(f"in-process runtimes: {time.monotonic() - start:.0f} s", flush=True)
+    return timings, None
+
+
+def _served_runtimes(
+    running: dict[str, servers.RunningServer | str], models: list[str]
+) -> dict[str, dict[str, str | None]]:
+    """The runtime each service reports (``GET /models/{name}``) for each model."""
+    return {
+        name: {model: measure.served_runtime(server, model) for model in models}
+        for name, server in running.items()
+        if name in SERVICES and not isinstance(server, str)
+    }
+
+
 def _notes(
     args: argparse.Namespace,
     env: dict[str, Any],
@@ -263,6 +345,8 @@ def _notes(
     running: dict[str, servers.RunningServer | str],
     elapsed_s: float,
     limit: int,
+    served: dict[str, dict[str, str | None]],
+    runtimes_error: str | None,
 ) -> list[str]:
     load_at_start = env["load_average_at_start"][0]
     notes = [
@@ -283,6 +367,17 @@ def _notes(
     mismatched = [o.scenario.key for o in outcomes if o.predictions_match is False]
     if mismatched:
         notes.append(f"WARNING: predictions differ from in-process predict: {mismatched}")
+    for name, by_model in served.items():
+        for model, runtime in by_model.items():
+            if runtime is None:
+                notes.append(f"WARNING: {name} did not report the runtime serving {model}.")
+            elif targets.wrong_runtime(served, name, model):
+                notes.append(
+                    f"WARNING: {name} serves {model} with {runtime}, not "
+                    f"{targets.RUNTIME_OF[name]}: its runtime targets are N/A."
+                )
+    if runtimes_error is not None:
+        notes.append(f"WARNING: the in-process runtime comparison failed: {runtimes_error}")
     for name, server in running.items():
         if not isinstance(server, str) and server.leftovers:
             notes.append(f"WARNING: {name} left processes {server.leftovers} after shutdown.")
@@ -342,8 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     budget_s=1.0 if args.quick else 3.0,
                 )
                 local.append(result)
+        timings, runtimes_error = _runtimes(args, store)
         names = [n for n in SERVERS if any(s.server == n for s in scenarios)]
         running = _start_servers(names, args, store_path, stack, Path(tmp))
+        served = _served_runtimes(running, args.models)
         outcomes = _measure_rounds(scenarios, running, bodies, load, args.rounds, expected)
         stack.close()  # stop the servers now, to see what they leave behind
     run = report.Run(
@@ -352,8 +449,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         outcomes=outcomes,
         in_process=local,
-        targets=targets.evaluate(outcomes, local, args.models),
-        notes=_notes(args, env, outcomes, running, time.monotonic() - t0, limit),
+        targets=targets.evaluate(outcomes, local, args.models, served),
+        notes=_notes(
+            args,
+            env,
+            outcomes,
+            running,
+            time.monotonic() - t0,
+            limit,
+            served,
+            runtimes_error,
+        ),
+        runtimes=timings,
+        served_runtimes=served,
     )
     print()
     print(report.render(run))

@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from bench.wrk import Errors, WrkResult
 
 SERVICE = "service"
+SERVICE_SKLEARN = "service_sklearn"
+"""The service with ``SERVEWELL_RUNTIME=sklearn``: every model on scikit-learn."""
+SERVICES = (SERVICE, SERVICE_SKLEARN)
+"""Servers that run ``python -m serving`` (one per runtime setting)."""
 BARE = "bare"
 NAIVE = "naive"
 BARE_RAW = "bare_raw"
 BASELINES = (BARE, BARE_RAW, NAIVE)
 """The apps in ``bench/baselines.py``."""
-SERVERS = (SERVICE, *BASELINES)
+SERVERS = (*SERVICES, *BASELINES)
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,10 @@ def plan(
 ) -> list[Scenario]:
     """All scenarios in the order they run within a round.
 
-    Per model, runs that are compared with each other (the baselines and the service at the
-    same load) are adjacent, so a change in background load between them is less likely.
+    Per model, runs that are compared with each other are adjacent, so a change in background
+    load between them is less likely: the baselines, the service and the service on
+    scikit-learn at the baseline load; the rows request of the service and of the service on
+    scikit-learn. The service on scikit-learn runs only those two comparisons.
     """
     wanted = set(servers)
     out: list[Scenario] = []
@@ -58,8 +64,14 @@ def plan(
                 out += [Scenario(base, model, c) for base in BASELINES if base in wanted]
             if SERVICE in wanted and c in connections:
                 out.append(Scenario(SERVICE, model, c))
-        if SERVICE in wanted and rows_per_request > 1:
-            out.append(Scenario(SERVICE, model, rows_connections, rows_per_request))
+            if c == baseline_connections and SERVICE_SKLEARN in wanted:
+                out.append(Scenario(SERVICE_SKLEARN, model, c))
+        if rows_per_request > 1:
+            out += [
+                Scenario(server, model, rows_connections, rows_per_request)
+                for server in SERVICES
+                if server in wanted
+            ]
     return out
 
 

@@ -36,20 +36,25 @@ class ServerSpec:
     env: dict[str, str]
 
 
-def service_spec(store: Path, log_level: str = "warning") -> ServerSpec:
+def service_spec(
+    store: Path, log_level: str = "warning", *, name: str = "service", runtime: str = "auto"
+) -> ServerSpec:
     """``python -m serving``, configured through its ``SERVEWELL_*`` settings.
 
-    The service has no backlog setting; uvicorn's default (2048) is enough for c=1000, and the
-    baselines get the same number through ``--backlog``.
+    ``runtime`` is ``SERVEWELL_RUNTIME``, set explicitly so that an inherited value cannot
+    change what a server measures: ``auto`` (ONNX Runtime where training verified parity) or
+    ``sklearn``. The service has no backlog setting; uvicorn's default (2048) is enough for
+    c=1000, and the baselines get the same number through ``--backlog``.
     """
     return ServerSpec(
-        name="service",
+        name=name,
         argv=[sys.executable, "-m", "serving"],
         env={
             "SERVEWELL_STORE": str(store),
             "SERVEWELL_HOST": HOST,
             "SERVEWELL_PORT": "{port}",
             "SERVEWELL_LOG_LEVEL": log_level,
+            "SERVEWELL_RUNTIME": runtime,
         },
     )
 

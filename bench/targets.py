@@ -1,15 +1,24 @@
 """The issue's performance targets, evaluated as ratios within one run.
 
 Absolute numbers depend on the machine; ratios against baselines measured on the same box in
-the same run do much less. A target whose inputs were not measured is ``N/A``; comparisons
-the issue sets no threshold for are reported as ``INFO``.
+the same run do much less. A target whose inputs were not measured is ``N/A`` (so is a runtime
+target when the server did not serve the model with the runtime it compares); comparisons the
+issues set no threshold for are reported as ``INFO``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.scenarios import BARE, BARE_RAW, NAIVE, SERVICE, InProcess, Outcome
+from bench.scenarios import (
+    BARE,
+    BARE_RAW,
+    NAIVE,
+    SERVICE,
+    SERVICE_SKLEARN,
+    InProcess,
+    Outcome,
+)
 
 Status = Literal["PASS", "MISS", "N/A", "INFO"]
 
@@ -21,6 +30,17 @@ CLEAN_CONNECTIONS = 1000
 LOW_LOAD_CONNECTIONS = 1
 LOW_LOAD_MAX_P50_MS = 3.0
 RATIO_CONNECTIONS = 100
+# Issue 4 (ONNX Runtime): the model's cost no longer shows in single-row throughput, and
+# 10 000-row requests run at least twice as fast as on scikit-learn.
+FLAT_MODEL = "breast_cancer"
+FLAT_REFERENCE_MODEL = "iris"
+FLAT_MIN_RATIO = 0.85
+ONNX_ROWS_MIN_RATIO = 2.0
+RUNTIME_OF = {SERVICE: "onnx", SERVICE_SKLEARN: "sklearn"}
+"""The runtime each service server is meant to serve every model with."""
+
+Served = Mapping[str, Mapping[str, str | None]]
+"""server -> model -> runtime that ``GET /models/{name}`` reported (None: unknown)."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +89,121 @@ def _ratio(
     return (service.requests_per_s or 0.0) / base.requests_per_s
 
 
+def _rows_outcome(outcomes: Sequence[Outcome], server: str, model: str) -> Outcome | None:
+    """The measured rows request (more than one row per request) of ``server`` for ``model``."""
+    for outcome in outcomes:
+        s = outcome.scenario
+        if s.server == server and s.model == model and s.is_rows and outcome.result is not None:
+            return outcome
+    return None
+
+
+def _rows_per_request(outcomes: Sequence[Outcome], model: str) -> int | None:
+    """Rows per request of ``model``'s rows scenarios (measured or not), for target names."""
+    return next(
+        (
+            o.scenario.rows_per_request
+            for o in outcomes
+            if o.scenario.model == model and o.scenario.is_rows
+        ),
+        None,
+    )
+
+
+def _div(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def wrong_runtime(served: Served | None, server: str, model: str) -> bool:
+    """Whether ``server`` reported serving ``model`` with another runtime than it is meant to.
+
+    Unknown (not reported, or not asked) is not wrong: the target is evaluated as measured.
+    """
+    if served is None:
+        return False
+    runtime = served.get(server, {}).get(model)
+    return runtime is not None and runtime != RUNTIME_OF.get(server, runtime)
+
+
 def _at_least(value: float | None, minimum: float) -> Status:
     return "N/A" if value is None else ("PASS" if value >= minimum else "MISS")
 
 
-def evaluate(
-    outcomes: Sequence[Outcome], in_process: Sequence[InProcess], models: Sequence[str]
+def runtime_targets(
+    outcomes: Sequence[Outcome], models: Sequence[str], served: Served | None = None
 ) -> list[Target]:
+    """Issue 4: the service on ONNX Runtime (``service``) vs on scikit-learn (``service_sklearn``).
+
+    - ``FLAT_MODEL`` single-row req/s >= ``FLAT_MIN_RATIO`` x ``FLAT_REFERENCE_MODEL``'s, both
+      on the service at ``RATIO_CONNECTIONS`` (the same ratio on scikit-learn is ``INFO``);
+    - per model, single-row req/s of the service vs the service on scikit-learn (``INFO``);
+    - per model, rows/s of the rows request: service >= ``ONNX_ROWS_MIN_RATIO`` x the service
+      on scikit-learn.
+    """
+    c = RATIO_CONNECTIONS
+    targets: list[Target] = []
+    status: Status
+    if FLAT_MODEL in models and FLAT_REFERENCE_MODEL in models:
+        for server in (SERVICE, SERVICE_SKLEARN):
+            model_out = _find(outcomes, server, FLAT_MODEL, c)
+            reference = _find(outcomes, server, FLAT_REFERENCE_MODEL, c)
+            ratio = _div(
+                None if model_out is None else model_out.requests_per_s,
+                None if reference is None else reference.requests_per_s,
+            )
+            pct = None if ratio is None else 100 * ratio
+            name = f"{FLAT_MODEL} req/s vs {FLAT_REFERENCE_MODEL}, {server}"
+            if server == SERVICE:
+                wrong = any(
+                    wrong_runtime(served, server, m) for m in (FLAT_MODEL, FLAT_REFERENCE_MODEL)
+                )
+                status = "N/A" if wrong else _at_least(ratio, FLAT_MIN_RATIO)
+                goal = f">= {100 * FLAT_MIN_RATIO:.0f} %"
+                name += f" (ONNX Runtime), c={c}"
+            else:
+                status, goal = ("N/A" if ratio is None else "INFO"), "-"
+                name += f" (scikit-learn), c={c}"
+            targets.append(Target(name, goal, pct, "%", status))
+    for model in models:
+        onnx = _find(outcomes, SERVICE, model, c)
+        sklearn = _find(outcomes, SERVICE_SKLEARN, model, c)
+        ratio = _div(
+            None if onnx is None else onnx.requests_per_s,
+            None if sklearn is None else sklearn.requests_per_s,
+        )
+        name = f"{model} req/s, service vs service_sklearn, c={c}"
+        targets.append(Target(name, "-", ratio, "x", "N/A" if ratio is None else "INFO"))
+    for model in models:
+        onnx = _rows_outcome(outcomes, SERVICE, model)
+        sklearn = _rows_outcome(outcomes, SERVICE_SKLEARN, model)
+        ratio = _div(
+            None if onnx is None else onnx.rows_per_s,
+            None if sklearn is None else sklearn.rows_per_s,
+        )
+        wrong = any(wrong_runtime(served, server, model) for server in (SERVICE, SERVICE_SKLEARN))
+        rows = _rows_per_request(outcomes, model)
+        shape = "rows request" if rows is None else f"{rows}-row request"
+        targets.append(
+            Target(
+                f"{model} {shape} rows/s, service vs service_sklearn",
+                f">= {ONNX_ROWS_MIN_RATIO:g}x",
+                ratio,
+                "x",
+                "N/A" if wrong else _at_least(ratio, ONNX_ROWS_MIN_RATIO),
+            )
+        )
+    return targets
+
+
+def evaluate(
+    outcomes: Sequence[Outcome],
+    in_process: Sequence[InProcess],
+    models: Sequence[str],
+    served: Served | None = None,
+) -> list[Target]:
+    """Every target of the run; ``served``: the runtime each service reported per model."""
     targets: list[Target] = []
     c = RATIO_CONNECTIONS
     status: Status
@@ -150,4 +278,4 @@ def evaluate(
                 "N/A" if pct is None else "INFO",
             )
         )
-    return targets
+    return targets + runtime_targets(outcomes, models, served)

@@ -1,8 +1,18 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from bench import report
-from bench.scenarios import BARE, SERVICE, InProcess, Measurement, Outcome, Scenario
+from bench.runtimes import RuntimeTiming
+from bench.scenarios import (
+    BARE,
+    SERVICE,
+    SERVICE_SKLEARN,
+    InProcess,
+    Measurement,
+    Outcome,
+    Scenario,
+)
 from bench.targets import evaluate
 from bench.wrk import Errors, Latency, WrkResult
 
@@ -58,3 +68,38 @@ def test_write_json_chart_and_latest_copies(tmp_path: Path) -> None:
     assert service["rounds"] == []
     assert data["in_process"][0]["rows_per_s"] == 5_000_000
     assert {t["status"] for t in data["targets"]} <= {"PASS", "MISS", "N/A", "INFO"}
+
+
+def _run_with_runtimes() -> report.Run:
+    timings = [
+        RuntimeTiming("iris", 1, "sklearn", 64, call_ms=1.0, rows_per_s=64_000),
+        RuntimeTiming("iris", 1, "onnx", 64, call_ms=0.04, rows_per_s=1_600_000),
+    ]
+    served: dict[str, dict[str, str | None]] = {
+        SERVICE: {"iris": "onnx"},
+        SERVICE_SKLEARN: {"iris": None},
+    }
+    return replace(_run(), runtimes=timings, served_runtimes=served)
+
+
+def test_render_shows_the_runtime_table_and_what_serves_each_model() -> None:
+    text = report.render(_run_with_runtimes())
+    assert "in-process batch call" in text
+    assert "25.0x" in text  # 1 ms on scikit-learn / 0.04 ms on ONNX Runtime
+    assert "1,600,000" in text
+    assert "service serves: iris onnx" in text
+    assert "service_sklearn serves: iris ?" in text
+    assert "in-process batch call" not in report.render(_run())  # none measured: no table
+
+
+def test_json_has_the_runtime_timings(tmp_path: Path) -> None:
+    report.write(_run_with_runtimes(), tmp_path, chart=False)
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert data["schema_version"] == 2
+    sklearn, onnx = data["runtimes"]
+    assert (sklearn["runtime"], sklearn["batch_rows"], sklearn["call_ms"]) == ("sklearn", 64, 1.0)
+    assert onnx["rows_per_s"] == 1_600_000
+    assert data["served_runtimes"] == {
+        "service": {"iris": "onnx"},
+        "service_sklearn": {"iris": None},
+    }
