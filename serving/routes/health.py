@@ -9,11 +9,14 @@ from starlette.responses import Response
 router = APIRouter(prefix="/health", tags=["health"])
 
 
+# HEAD too (some load balancers probe with it), kept out of the schema: one operation per path.
+@router.head("/live", include_in_schema=False)
 @router.get("/live", summary="The process is up")
 async def live() -> Response:
     return Response(b'{"status":"alive"}', media_type="application/json")
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get(
     "/ready",
     summary="Every model that should be served is loaded and the pool is up",

@@ -239,6 +239,8 @@ def test_health(client: httpx.Client) -> None:
     ready = client.get("/health/ready")
     assert ready.status_code == 200
     assert ready.json()["models"]["iris"]["1"]["state"] == "ready"
+    assert client.head("/health/live").status_code == 200
+    assert client.head("/health/ready").status_code == 200
 
 
 def test_openapi_has_one_typed_operation_per_model(client: httpx.Client) -> None:
