@@ -13,8 +13,9 @@ from fastapi.openapi.utils import get_openapi
 from serving import exception_handlers
 from serving.dataplane import DataPlane
 from serving.fastpath import PredictFastPath, PredictTable
+from serving.lifecycle import Lifecycle
 from serving.middleware import BodyLimitMiddleware
-from serving.routes import docs, health, models
+from serving.routes import admin, docs, health, models
 from serving.routes.predict import model_router
 from serving.settings import Settings
 
@@ -43,10 +44,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             dataplane.close()
             raise
-        app.include_router(model_router(dataplane))
+        lifecycle = Lifecycle(dataplane)
+        model_routes: list[Any] = []
+
+        def follow_models() -> None:
+            """Routes, fast path and OpenAPI follow the served set (start and every swap)."""
+            before = len(app.router.routes)
+            app.include_router(model_router(dataplane))
+            added = app.router.routes[before:]
+            stale = {id(route) for route in model_routes}
+            app.router.routes[:] = [r for r in app.router.routes if id(r) not in stale]
+            model_routes[:] = added
+            predict_table.fill(dataplane)
+            app.openapi_schema = None
+
         app.state.dataplane = dataplane
-        predict_table.fill(dataplane)
-        app.openapi_schema = None
+        follow_models()
+        lifecycle.listeners.append(follow_models)
+        app.state.lifecycle = lifecycle
+        lifecycle.start_polling()
         ok, _ = dataplane.readiness()
         log.log(
             logging.INFO if ok else logging.WARNING,
@@ -57,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await lifecycle.stop()
+            app.state.lifecycle = None
             predict_table.clear()
             app.state.dataplane = None
             dataplane.close()
@@ -71,12 +89,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.dataplane = None
+    app.state.lifecycle = None
     # Added first = innermost: the body limit applies to the fast path too.
     app.add_middleware(PredictFastPath, table=predict_table)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(admin.router, include_in_schema=settings.admin_enabled)
     docs.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

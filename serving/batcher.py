@@ -73,6 +73,28 @@ class MicroBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self.batches = 0
         """Batches sent so far (for tests and metrics)."""
+        self.in_flight = 0
+        """Batches sent whose results have not come back yet."""
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight: safe to unload the model behind it."""
+        return not self._pending and self.in_flight == 0
+
+    async def drain(self) -> None:
+        """Wait until :attr:`idle` (bound it with ``asyncio.timeout``)."""
+        while not self.idle:
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
+
+    def _wake_drainers(self) -> None:
+        if self.idle:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def submit(self, rows: FloatArray, want_probabilities: bool) -> asyncio.Future[Prediction]:
         """Queue validated rows; the future resolves with exactly these rows' outputs."""
@@ -128,18 +150,23 @@ class MicroBatcher:
         matrix = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])
         self._slots.in_use += 1
         self.batches += 1
+        self.in_flight += 1
         try:
             result = self._run(matrix, want)
         except BaseException as exc:
+            self.in_flight -= 1
             self._slots.release()
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
+            self._wake_drainers()
             return
         result.add_done_callback(lambda done: self._deliver(batch, done))
 
     def _deliver(self, batch: list[_Pending], done: asyncio.Future[Prediction]) -> None:
+        self.in_flight -= 1
         self._slots.release()
+        self._wake_drainers()
         if done.cancelled():
             error: BaseException | None = asyncio.CancelledError()
         else:

@@ -8,6 +8,7 @@ and turn its results (or its domain errors) into responses.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import operator
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from serving.batcher import MicroBatcher, Slots
 from serving.errors import (
+    ArtifactRefusedError,
     ErrorDetail,
     InvalidInputError,
     MalformedRequestError,
@@ -55,7 +57,16 @@ class Executor(Protocol):
         self, key: ModelKey, rows: FloatArray, want_probabilities: bool
     ) -> asyncio.Future[Prediction]: ...
 
+    async def load_model(self, key: ModelKey) -> RuntimeName: ...
+
+    async def unload_model(self, key: ModelKey) -> None: ...
+
     def close(self) -> None: ...
+
+
+def serving_sklearn_version() -> str:
+    """The scikit-learn version of this installation (read without importing sklearn)."""
+    return importlib.metadata.version("scikit-learn")
 
 
 class RowEncoder:
@@ -103,6 +114,12 @@ class ServedModel:
     class_keys: list[str] = field(default_factory=list)
     runtime: RuntimeName | None = None
     """Which runtime serves it (known once loaded)."""
+    warnings: list[str] = field(default_factory=list)
+    """Served, but worth a look: e.g. trained with another scikit-learn version."""
+    title: str | None = None
+    """Stem of its OpenAPI schema names (unique among served versions)."""
+    retired: bool = False
+    """Swapped out: no longer resolvable; requests that still hold it are re-resolved."""
 
     @property
     def key(self) -> ModelKey:
@@ -132,6 +149,29 @@ class PredictionResult:
         return orjson.dumps(body)
 
 
+def _class_key(label: object) -> str:
+    """Probability keys: text labels as they are, other labels as JSON writes them
+    (``1``, ``2.5``, ``true``), so a key reads like the matching prediction."""
+    return label if isinstance(label, str) else orjson.dumps(label).decode()
+
+
+def _refuse_non_finite(prediction: Prediction) -> None:
+    """Inputs far outside the training range can overflow the model (a scaler times 1e308):
+    its output is then NaN or infinite, which JSON cannot carry. Say so, row by row."""
+    bad = np.zeros(len(prediction.predictions), dtype=bool)
+    if prediction.predictions.dtype.kind == "f":
+        bad |= ~np.isfinite(prediction.predictions)
+    if prediction.probabilities is not None:
+        bad |= ~np.isfinite(prediction.probabilities).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
+        raise InvalidInputError(
+            "the model's output is not a finite number for some rows; their values are far "
+            "outside the training ranges (see GET /models/{name})",
+            [ErrorDetail((i,), "output is NaN or infinite for this row") for i in rows[:50]],
+        )
+
+
 def _details(error: ValidationError) -> list[ErrorDetail]:
     return [
         ErrorDetail(loc=tuple(e["loc"]), msg=e["msg"], type=e["type"])
@@ -153,6 +193,11 @@ class DataPlane:
         """Models whose versions or production pointer could not be read."""
         self.unreadable: dict[ModelKey, str] = {}
         """Versions that should be served but whose manifest could not be read."""
+        self.rejected: dict[ModelKey, str] = {}
+        """Versions the store asks for that failed to load during a hot swap, while an older
+        version keeps serving (reported, but the service stays ready)."""
+        self.slots: Slots | None = None
+        self.sklearn_version = serving_sklearn_version()
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -191,6 +236,7 @@ class DataPlane:
         loaded: dict[ModelKey, LoadedModel] = {}
         for key, served in self.models.items():
             try:
+                self.check_environment(served)
                 if inline:
                     loaded[key] = await asyncio.to_thread(load, self.store, *key, policy)
                     served.runtime = loaded[key].runtime
@@ -200,7 +246,12 @@ class DataPlane:
                 self._fail(served, f"{type(exc).__name__}: {exc}")
         good = [k for k, s in self.models.items() if s.state != ModelState.FAILED]
         if inline:
-            self.executor = InlineExecutor(loaded)
+            store = self.store
+
+            def loader(key: ModelKey) -> LoadedModel:
+                return load(store, *key, policy)
+
+            self.executor = InlineExecutor(loaded, loader)
         else:
             pool = InferencePool(
                 self.store.root,
@@ -216,28 +267,45 @@ class DataPlane:
                 self._fail(self.models[key], reason)
             for key, runtime in pool.runtimes.items():
                 self.models[key].runtime = runtime
-        slots = Slots(self.executor.size)
-        titles: set[str] = set()
+        self.slots = Slots(self.executor.size)
         for served in self.models.values():
             if served.state == ModelState.FAILED:
                 continue
-            # Names like "a-b" and "a_b" share a title; OpenAPI schema names must not clash.
-            title = schema_title(served.manifest)
-            while title in titles:
-                title += "_"
-            titles.add(title)
-            self._ready(served, slots, title)
+            self.make_ready(served)
             log.info("serving %s v%s with %s", *served.key, served.runtime)
+
+    def check_environment(self, served: ServedModel) -> None:
+        """Flag a model trained with another scikit-learn; refuse it when that is strict."""
+        trained = served.manifest.environment.sklearn
+        if trained == self.sklearn_version:
+            return
+        message = f"trained with scikit-learn {trained}, serving with {self.sklearn_version}"
+        if self.settings.strict_sklearn_version:
+            raise ArtifactRefusedError(f"{message}; refused (strict_sklearn_version)")
+        log.warning("%s v%s: %s", *served.key, message)
+        served.warnings = [message]
 
     def _fail(self, served: ServedModel, reason: str) -> None:
         served.state = ModelState.FAILED
         served.error = reason
         log.error("not serving %s v%s: %s", *served.key, reason)
 
-    def _ready(self, served: ServedModel, slots: Slots, title: str) -> None:
+    def _unique_title(self, served: ServedModel) -> str:
+        # Names like "a-b" and "a_b" share a title; OpenAPI schema names must not clash.
+        taken = {s.title for s in self.models.values() if s is not served}
+        title = schema_title(served.manifest)
+        while title in taken:
+            title += "_"
+        return title
+
+    def make_ready(self, served: ServedModel) -> None:
+        """Build what serving a loaded model needs (request model, encoder, batcher)."""
         executor = self.executor
+        slots = self.slots
         assert executor is not None
+        assert slots is not None
         key = served.key
+        title = served.title = self._unique_title(served)
 
         def run(rows: FloatArray, want: bool) -> asyncio.Future[Prediction]:
             return executor.submit(key, rows, want)
@@ -249,7 +317,7 @@ class DataPlane:
         served.batcher = MicroBatcher(
             run, slots, self.settings.max_batch_rows, self.settings.max_batch_delay_ms / 1000
         )
-        served.class_keys = [str(c) for c in served.manifest.target.classes or []]
+        served.class_keys = [_class_key(c) for c in served.manifest.target.classes or []]
         served.state = ModelState.READY
 
     def close(self) -> None:
@@ -269,7 +337,11 @@ class DataPlane:
             entry: dict[str, Any] = {"state": served.state.value}
             if served.error:
                 entry["error"] = served.error
+            if served.warnings:
+                entry["warnings"] = served.warnings
             states.setdefault(name, {})[str(version)] = entry
+        for (name, version), reason in self.rejected.items():
+            states.setdefault(name, {})[str(version)] = {"state": "rejected", "error": reason}
         for (name, version), reason in self.unreadable.items():
             states.setdefault(name, {})[str(version)] = {"state": "failed", "error": reason}
         for name, reason in self.broken_names.items():
@@ -310,7 +382,11 @@ class DataPlane:
                 f"model {name!r} v{version} is not available: {self.unreadable[(name, version)]}"
             )
         if served is None:
-            raise UnknownVersionError(f"model {name!r} has no served version {version}")
+            served_versions = sorted(v for (n, v) in self.models if n == name)
+            raise UnknownVersionError(
+                f"model {name!r} has no served version {version};"
+                f" served: {', '.join(map(str, served_versions)) or 'none'}"
+            )
         if served.state != ModelState.READY:
             raise ModelUnavailableError(
                 f"model {name!r} v{version} is not available: {served.error or served.state}"
@@ -353,5 +429,11 @@ class DataPlane:
 
     async def predict_json(self, served: ServedModel, body: bytes) -> bytes:
         """Request body in, response body out: what every predict transport calls."""
+        if served.retired:
+            # It was swapped out while this request was on its way (e.g. reading the body):
+            # production answers, or a clean 404 when the model is gone.
+            served = self.resolve(served.key[0])
         rows, want = self.parse(served, body)
-        return (await self.predict(served, rows, want)).to_json()
+        result = await self.predict(served, rows, want)
+        _refuse_non_finite(result.prediction)
+        return result.to_json()

@@ -42,6 +42,26 @@ class InferenceError(ServingError):
     type = "inference_error"
 
 
+class InvalidModelNameError(ServingError):
+    """A model name that is not a single safe store path component (e.g. ``..``)."""
+
+    type = "invalid_name"
+
+
+class ArtifactRefusedError(ServingError):
+    """A model version was refused: failed verification (hash, signature), could not be
+    loaded, or was trained with another scikit-learn while that is strict."""
+
+    type = "artifact_refused"
+
+
+class LifecycleConflictError(ServingError):
+    """A lifecycle operation that the store's state does not allow (e.g. nothing to roll
+    back to)."""
+
+    type = "conflict"
+
+
 @dataclass(frozen=True)
 class ErrorDetail:
     """One problem with a request: where (path into the body) and what."""

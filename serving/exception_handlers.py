@@ -19,9 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from serving.errors import (
+    ArtifactRefusedError,
     ErrorDetail,
     InferenceError,
     InvalidInputError,
+    InvalidModelNameError,
+    LifecycleConflictError,
     MalformedRequestError,
     ModelUnavailableError,
     NotReadyError,
@@ -40,10 +43,15 @@ STATUS: dict[type[ServingError], int] = {
     ModelUnavailableError: 503,
     NotReadyError: 503,
     InferenceError: 500,
+    InvalidModelNameError: 400,
+    ArtifactRefusedError: 409,
+    LifecycleConflictError: 409,
 }
 
 _HTTP_TYPES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",

@@ -7,11 +7,12 @@ the GIL with the event loop. Kept as a setting for small deployments and debuggi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from serving.errors import InferenceError, NotReadyError
 from serving.pool import ModelKey
-from serving.runtime import FloatArray, LoadedModel, Prediction
+from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName
 
 
 def _configure_thread() -> None:
@@ -25,8 +26,13 @@ class InlineExecutor:
 
     size = 1
 
-    def __init__(self, models: dict[ModelKey, LoadedModel]) -> None:
+    def __init__(
+        self,
+        models: dict[ModelKey, LoadedModel],
+        loader: Callable[[ModelKey], LoadedModel] | None = None,
+    ) -> None:
         self._models = models
+        self._loader = loader
         self._threads = ThreadPoolExecutor(
             1, thread_name_prefix="servewell-inline", initializer=_configure_thread
         )
@@ -58,6 +64,18 @@ class InlineExecutor:
 
         self._threads.submit(run)
         return future
+
+    async def load_model(self, key: ModelKey) -> RuntimeName:
+        """Load a model (hot swap); errors propagate with their reason."""
+        if self._closed or self._loader is None:
+            raise NotReadyError("the inline executor cannot load models")
+        model = await asyncio.to_thread(self._loader, key)
+        self._models[key] = model
+        return model.runtime
+
+    async def unload_model(self, key: ModelKey) -> None:
+        """Forget a model; batches already submitted hold their own reference."""
+        self._models.pop(key, None)
 
     def close(self) -> None:
         self._closed = True

@@ -3,7 +3,9 @@
 Each worker is a ``spawn``-ed process that loads every served model once at start (verifying
 its sha256 through the store before unpickling) and then answers batches sent over its own
 pipe: ``(task id, (name, version), float64 rows)`` in, arrays out. Models are never pickled
-per request. The parent reads replies with ``loop.add_reader`` (no helper threads), sends work
+per request. Control messages ``("load" | "unload", task id, key)`` change a running worker's
+models (hot swap); a worker started later, e.g. after a crash, loads the current set.
+The parent reads replies with ``loop.add_reader`` (no helper threads), sends work
 only to idle workers and queues the rest, replaces a worker that dies, and on close stops
 every worker it started, so no process outlives the service.
 """
@@ -57,12 +59,9 @@ def _worker_main(
     failed: dict[ModelKey, str] = {}
     for key in keys:
         try:
-            models[key] = load(store, *key, policy)
+            models[key] = _load_warm(store, key, policy)
         except Exception as exc:
             failed[key] = f"{type(exc).__name__}: {exc}"
-            continue
-        with contextlib.suppress(Exception):  # warm-up only: first calls are slow
-            models[key].predict(np.zeros((1, len(models[key].manifest.features))), False)
     runtimes = {key: model.runtime for key, model in models.items()}
     conn.send(("ready", os.getpid(), failed, runtimes))
     while True:
@@ -72,6 +71,9 @@ def _worker_main(
             return  # the parent is gone
         if message is None:
             return
+        if message[0] in _CONTROL:
+            conn.send(_control(message, models, store, policy))
+            continue
         task_id, key, rows, want_probabilities = message
         try:
             result = models[key].predict(rows, want_probabilities)
@@ -81,13 +83,43 @@ def _worker_main(
         conn.send(reply)
 
 
+_CONTROL = ("load", "unload")
+
+
+def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
+    model = load(store, *key, policy)
+    with contextlib.suppress(Exception):  # warm-up only: first calls are slow
+        model.predict(np.zeros((1, len(model.manifest.features))), False)
+    return model
+
+
+def _control(
+    message: tuple[Any, ...],
+    models: dict[ModelKey, LoadedModel],
+    store: ModelStore,
+    policy: RuntimePolicy,
+) -> tuple[Any, ...]:
+    """Load or unload one model in a running worker; reply ``("control", id, ok, payload)``."""
+    op, task_id, key = message
+    if op == "unload":
+        models.pop(key, None)
+        return ("control", task_id, True, None)
+    try:
+        models[key] = _load_warm(store, key, policy)
+    except Exception as exc:
+        return ("control", task_id, False, f"{type(exc).__name__}: {exc}")
+    return ("control", task_id, True, models[key].runtime)
+
+
 class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.ready = False
         self.pid: int | None = None
-        self.job: tuple[int, asyncio.Future[Prediction]] | None = None
+        self.job: tuple[int, asyncio.Future[Any]] | None = None
+        self.controls: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
+        """Load/unload messages waiting until this worker is idle."""
 
 
 class InferencePool:
@@ -192,8 +224,54 @@ class InferencePool:
             self._queue.append((job, future))
         return future
 
-    def _send(self, worker: _Worker, job: _Job, future: asyncio.Future[Prediction]) -> None:
-        worker.job = (job[0], future)
+    async def load_model(self, key: ModelKey) -> RuntimeName:
+        """Load a model into every running worker (and into every worker started later).
+
+        Raises InferenceError with the reason when a worker cannot load it; the model is then
+        unloaded again everywhere, so no worker holds a half-deployed version.
+        """
+        if key not in self._models:
+            self._models.append(key)
+        self.failed.pop(key, None)
+        results = await self._broadcast("load", key)
+        errors = [payload for ok, payload in results if not ok]
+        if errors:
+            await self.unload_model(key)
+            raise InferenceError(errors[0])
+        runtime = next((payload for _, payload in results if payload is not None), None)
+        runtime = runtime or self.runtimes.get(key) or "sklearn"
+        self.runtimes[key] = runtime
+        return runtime
+
+    async def unload_model(self, key: ModelKey) -> None:
+        """Drop a model from every worker. Batches already sent to a worker finish first (each
+        worker handles its pipe in order); the caller must not submit new ones for the key."""
+        if key in self._models:
+            self._models.remove(key)
+        self.runtimes.pop(key, None)
+        self.failed.pop(key, None)
+        await self._broadcast("unload", key)
+
+    async def _broadcast(self, op: str, key: ModelKey) -> list[tuple[bool, Any]]:
+        """Send a control message to every worker; each answers ``(ok, runtime or reason)``.
+        A worker that dies meanwhile is replaced by one that loads the current model set, so
+        its answer counts as done, ``(True, None)``."""
+        if self._loop is None or self._closing or self.broken:
+            raise NotReadyError("the inference pool is not running")
+        futures: list[asyncio.Future[Any]] = []
+        for worker in list(self._workers):
+            future: asyncio.Future[Any] = self._loop.create_future()
+            message = (op, next(self._task_ids), key)
+            if worker.ready and worker.job is None:
+                self._send(worker, message, future)
+            else:
+                worker.controls.append((message, future))
+            futures.append(future)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [(True, None) if isinstance(r, BaseException) else r for r in results]
+
+    def _send(self, worker: _Worker, job: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        worker.job = (job[1] if job[0] in _CONTROL else job[0], future)
         try:
             worker.conn.send(job)
         except (OSError, ValueError):
@@ -241,6 +319,13 @@ class InferencePool:
                 self.failed.setdefault(key, reason)
             self.runtimes.update(message[3])
             self._wake_starters()
+        elif message[0] == "control":
+            _, task_id, ok, payload = message
+            job, worker.job = worker.job, None
+            if job is not None and job[0] == task_id and not job[1].done():
+                job[1].set_result((ok, payload))
+                if not ok:
+                    log.error("worker %s could not load a model: %s", worker.pid, payload)
         else:
             task_id, ok, payload, probabilities = message
             job, worker.job = worker.job, None
@@ -249,8 +334,11 @@ class InferencePool:
                     job[1].set_result(Prediction(payload, probabilities))
                 else:
                     job[1].set_exception(InferenceError(payload))
-        if worker.job is None and worker.ready and self._queue:
-            self._send(worker, *self._queue.popleft())
+        if worker.job is None and worker.ready:
+            if worker.controls:
+                self._send(worker, *worker.controls.popleft())
+            elif self._queue:
+                self._send(worker, *self._queue.popleft())
 
     def _on_death(self, worker: _Worker) -> None:
         if worker not in self._workers:
@@ -262,6 +350,9 @@ class InferencePool:
         worker.process.join(0.1)
         if worker.job is not None and not worker.job[1].done():
             worker.job[1].set_exception(InferenceError("the inference worker died"))
+        for _, future in worker.controls:
+            if not future.done():
+                future.set_exception(InferenceError("the inference worker died"))
         if self._closing:
             return
         code = worker.process.exitcode
@@ -286,6 +377,9 @@ class InferencePool:
         for worker in self._workers:
             if worker.job is not None and not worker.job[1].done():
                 worker.job[1].set_exception(error)
+            for _, future in worker.controls:
+                if not future.done():
+                    future.set_exception(error)
         while self._queue:
             _, future = self._queue.popleft()
             if not future.done():

@@ -58,6 +58,24 @@ class Settings(BaseSettings):
     """Serve every published version of each model, not only the production one (or the
     latest, for a model with nothing promoted)."""
 
+    poll_interval_s: float = Field(default=5.0, ge=0)
+    """Seconds between checks of the store for a changed production pointer, new and removed
+    models; a change is hot-swapped in without dropping requests. 0 disables polling (the admin
+    API can still trigger a reload)."""
+
+    keep_previous_versions: int = Field(default=0, ge=0)
+    """How many earlier production versions of a model stay loaded after a swap, addressable
+    at ``/models/{name}/versions/{v}/predict`` (e.g. 1, for comparison or a rollback that needs
+    no load)."""
+
+    admin_token: SecretStr | None = None
+    """Bearer token of the admin API (``/admin/...``: reload, promote, rollback, versions).
+    Unset (default): the admin API is disabled and answers 404."""
+
+    strict_sklearn_version: bool = False
+    """Refuse a model whose manifest records another scikit-learn version than the one serving
+    (default: serve it, with a warning in ``/health/ready`` and ``GET /models/{name}``)."""
+
     inference: Literal["pool", "inline"] = "pool"
     """Where batches run: ``pool`` (worker processes, default: keeps the event loop free) or
     ``inline`` (a thread in the server process; no extra processes, but shares the GIL)."""
@@ -103,6 +121,11 @@ class Settings(BaseSettings):
             sklearn_models=self.sklearn_models,
             onnx_threads=threads,
         )
+
+    @property
+    def admin_enabled(self) -> bool:
+        """True when an admin token is set (the admin API answers 404 otherwise)."""
+        return self.admin_token is not None and bool(self.admin_token.get_secret_value())
 
     @property
     def signing_key_bytes(self) -> bytes | None:

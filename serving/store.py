@@ -71,6 +71,10 @@ class IntegrityError(StoreError):
     """An artifact file does not match the sha256 recorded in its manifest."""
 
 
+class ArtifactLoadError(StoreError):
+    """A verified artifact file could not be unpickled (e.g. written by incompatible code)."""
+
+
 class InvalidNameError(StoreError):
     """A model name that could escape the store root or is otherwise unusable."""
 
@@ -406,7 +410,13 @@ class ModelStore:
         import joblib  # heavy; only readers that unpickle pay for it
 
         manifest = self.verify(name, version)
-        model = joblib.load(self._version_dir(name, version) / MODEL_FILE)
+        path = self._version_dir(name, version) / MODEL_FILE
+        try:
+            model = joblib.load(path)
+        except Exception as exc:
+            raise ArtifactLoadError(
+                f"{name} v{version}: cannot unpickle {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         return manifest, model
 
     # -- writing -----------------------------------------------------------------------------

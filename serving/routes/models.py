@@ -32,6 +32,8 @@ def _summary(served: ServedModel, default: bool) -> dict[str, Any]:
         entry["classes"] = m.target.classes
     if served.error:
         entry["error"] = served.error
+    if served.warnings:
+        entry["warnings"] = served.warnings
     return entry
 
 
@@ -88,5 +90,7 @@ async def get_model(name: str, dataplane: DataPlaneDep) -> Response:
         "created": m.created.isoformat(),
         "data_fingerprint": m.data_fingerprint,
         "n_train_rows": m.n_train_rows,
+        "sklearn": m.environment.sklearn,
+        "warnings": served.warnings,
     }
     return Response(orjson.dumps(body), media_type="application/json")

@@ -185,3 +185,25 @@ def test_a_cancelled_request_does_not_break_its_batch() -> None:
         assert (await kept).predictions.tolist() == [20]
 
     run(scenario)
+
+
+def test_drain_waits_for_queued_and_in_flight_batches() -> None:
+    async def scenario() -> None:
+        executor = Executor()
+        batcher = MicroBatcher(executor.run, Slots(1), max_rows=100, max_delay=60.0)
+        first = batcher.submit(rows(1), False)
+        queued = batcher.submit(rows(2), False)  # waits for the only slot
+        assert not batcher.idle
+        drained = asyncio.ensure_future(batcher.drain())
+        await asyncio.sleep(0)
+        executor.finish(0)
+        await first
+        await asyncio.sleep(0)
+        assert not drained.done()  # the queued request went out and is in flight
+        assert batcher.in_flight == 1
+        executor.finish(1)
+        await queued
+        await asyncio.wait_for(drained, 1)
+        assert batcher.idle
+
+    run(scenario)

@@ -129,3 +129,41 @@ def test_large_batches_cross_the_pipe_under_both_loops(trained_store: ModelStore
         )
 
     run(scenario())
+
+
+def test_models_load_and_unload_in_running_workers_and_restarts_keep_them(
+    trained_store: ModelStore,
+) -> None:
+    row = np.array([[5.1, 3.5, 1.4, 0.2]])
+
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("diabetes", 1)], size=2)
+        try:
+            await pool.start()
+            with pytest.raises(InferenceError):  # not loaded yet: the worker says so
+                await pool.submit(("iris", 1), row, False)
+            assert await pool.load_model(("iris", 1)) in {"onnx", "sklearn"}
+            results = await asyncio.gather(
+                *(pool.submit(("iris", 1), row, False) for _ in range(8))
+            )
+            assert {r.predictions.tolist()[0] for r in results} == {"setosa"}
+            # A worker started after the load (here: after a crash) loads the current set.
+            os.kill(pool.pids[0], signal.SIGKILL)
+            for _ in range(500):
+                if pool.restarts and pool.up:
+                    break
+                await asyncio.sleep(0.01)
+            results = await asyncio.gather(
+                *(pool.submit(("iris", 1), row, False) for _ in range(8))
+            )
+            assert {r.predictions.tolist()[0] for r in results} == {"setosa"}
+            with pytest.raises(InferenceError, match="ModelNotFoundError"):
+                await pool.load_model(("iris", 99))
+            await pool.unload_model(("iris", 1))
+            with pytest.raises(InferenceError):
+                await pool.submit(("iris", 1), row, False)
+            assert pool.up
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())

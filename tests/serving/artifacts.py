@@ -1,0 +1,62 @@
+"""Helpers for lifecycle tests: publish versions without training, tamper with them, and a
+pickle whose unpickling would leave a marker file (proof that nothing was executed)."""
+
+from __future__ import annotations
+
+import pathlib
+import pickle
+import shutil
+from typing import Any
+
+from serving.store import MODEL_FILE, PRODUCTION_FILE, ModelStore
+
+
+class TouchOnUnpickle:
+    """Unpickling this creates ``path``: if the marker exists, the artifact was executed."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def malicious_pickle(marker: pathlib.Path) -> bytes:
+    return pickle.dumps(TouchOnUnpickle(marker))
+
+
+def publish_copy(
+    store: ModelStore,
+    name: str,
+    source: ModelStore,
+    source_name: str,
+    source_version: int,
+    *,
+    manifest_changes: dict[str, Any] | None = None,
+    model_bytes: bytes | None = None,
+    with_onnx: bool = True,
+) -> int:
+    """Publish a copy of ``source_name`` v``source_version`` as the next version of ``name``,
+    without promoting it (training would apply the gate). Returns the new version number."""
+    manifest = source.manifest(source_name, source_version)
+    src = source.version_path(source_name, source_version)
+    fields = manifest.model_dump(mode="json", exclude={"name", "version", "files"})
+    onnx_file = manifest.onnx.file if manifest.onnx and with_onnx else None
+    if not with_onnx:
+        fields["onnx"] = None
+    fields.update(manifest_changes or {})
+    with store.create_version(name, fields) as staged:
+        if model_bytes is None:
+            shutil.copyfile(src / MODEL_FILE, staged.model_path)
+        else:
+            staged.model_path.write_bytes(model_bytes)
+        if onnx_file is not None:
+            shutil.copyfile(src / onnx_file, staged.path / onnx_file)
+    assert staged.version is not None
+    return staged.version
+
+
+def set_production(store: ModelStore, name: str, version: int) -> None:
+    """Move the pointer without the store's verification, as a careless script or an
+    attacker with write access to the store could."""
+    (store.root / name / PRODUCTION_FILE).write_text(f"{version}\n", encoding="utf-8")

@@ -1,0 +1,405 @@
+"""Hot swap in the running service: real server, real pool, really trained models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.store import MODEL_FILE, ModelStore
+from tests.serving.artifacts import malicious_pickle, publish_copy, set_production
+from tests.serving.conftest import RunningServer, quiet_settings, start_server, train_into
+from training.run import train
+from training.spec import shipped_spec
+
+TOKEN = "lifecycle-test-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+PHASE_REQUESTS = 150
+"""Requests completed before, between and after the swaps (each phase waits for them, so a slow
+box gets a longer phase instead of an empty one)."""
+DIABETES_ROW = [0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]
+
+
+def _quiet(_: str) -> None:
+    """Echo sink for train()."""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    return train_into(tmp_path_factory.mktemp("lifecycle"), ["iris", "diabetes"])
+
+
+@pytest.fixture(scope="module")
+def live(store: ModelStore) -> Iterator[RunningServer]:
+    """Pool of two workers, polling every 0.2 s, admin API on, nothing kept loaded."""
+    settings = quiet_settings(store, pool_size=2, poll_interval_s=0.2, admin_token=TOKEN)
+    running, thread = start_server(settings)
+    yield running
+    running.server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def http(live: RunningServer) -> Iterator[httpx.Client]:
+    with live.client() as c:
+        yield c
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def served_version(http: httpx.Client, name: str, row: list[float]) -> int:
+    response = http.post(f"/models/{name}/predict", json={"rows": [row]})
+    assert response.status_code == 200, response.text
+    version: int = response.json()["version"]
+    return version
+
+
+def readiness(http: httpx.Client) -> tuple[int, dict[str, Any]]:
+    response = http.get("/health/ready")
+    return response.status_code, response.json()
+
+
+# -- continuous load across promote and rollback -----------------------------------------------
+
+
+async def _load_across_swaps(url: str, store: ModelStore, new_version: int) -> dict[str, Any]:
+    results: list[tuple[float, float, int, Any]] = []
+    stop = asyncio.Event()
+    # The client drops idle connections well before uvicorn's 5 s keep-alive timeout: otherwise
+    # a connection left idle while the box is starved can be reused just as the server closes
+    # it (a reset that has nothing to do with swapping, seen as ReadError under CPU stress).
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=1.0)
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client,
+        httpx.AsyncClient(base_url=url, timeout=60, headers=AUTH) as admin,
+    ):
+
+        async def user() -> None:
+            while not stop.is_set():
+                start = time.monotonic()
+                try:
+                    response = await client.post(
+                        "/models/iris/predict", json={"rows": [IRIS_ROW, IRIS_ROW]}
+                    )
+                    outcome: Any = response.json().get("version", response.text)
+                    status = response.status_code
+                except httpx.HTTPError as exc:  # counted as a failure below
+                    outcome, status = repr(exc), -1
+                results.append((start, time.monotonic(), status, outcome))
+
+        async def phase(since: float) -> None:
+            """Let the load run until PHASE_REQUESTS requests sent after ``since`` are done."""
+            while True:
+                if sum(r[0] > since for r in results) >= PHASE_REQUESTS:
+                    return
+                await asyncio.sleep(0.05)
+
+        users = [asyncio.create_task(user()) for _ in range(200)]
+        await phase(time.monotonic())
+        promote_start = time.monotonic()
+        promoted = await admin.post(f"/admin/models/iris/promote/{new_version}")
+        promote_end = time.monotonic()
+        await phase(promote_end)
+        rollback_start = time.monotonic()
+        rolled_back = await admin.post("/admin/models/iris/rollback")
+        rollback_end = time.monotonic()
+        await phase(rollback_end)
+        stop.set()
+        await asyncio.gather(*users)
+    return {
+        "results": results,
+        "promoted": promoted,
+        "rolled_back": rolled_back,
+        "windows": (promote_start, promote_end, rollback_start, rollback_end),
+    }
+
+
+def test_continuous_load_across_promote_and_rollback_drops_nothing(
+    live: RunningServer, http: httpx.Client, store: ModelStore
+) -> None:
+    old = served_version(http, "iris", IRIS_ROW)
+    new = publish_copy(store, "iris", store, "iris", old)
+
+    run = asyncio.run(_load_across_swaps(live.url, store, new))
+
+    assert run["promoted"].status_code == 200, run["promoted"].text
+    assert run["promoted"].json()["default_version"] == new
+    assert run["rolled_back"].status_code == 200, run["rolled_back"].text
+    assert run["rolled_back"].json()["default_version"] == old
+    results = run["results"]
+    failures = [r for r in results if r[2] != 200]
+    assert not failures, (failures[:5], run["windows"])
+    assert len(results) >= 3 * PHASE_REQUESTS
+    promote_start, promote_end, rollback_start, rollback_end = run["windows"]
+    before = {r[3] for r in results if r[1] < promote_start}
+    during = {r[3] for r in results if r[0] > promote_end and r[1] < rollback_start}
+    after = {r[3] for r in results if r[0] > rollback_end}
+    # Each window is non-empty and answered by exactly one version.
+    assert before == {old}
+    assert during == {new}
+    assert after == {old}
+    # The swapped-out version was unloaded: only the production one is served.
+    assert http.get("/models/iris").json()["served_versions"] == [old]
+    assert (
+        http.post(f"/models/iris/versions/{new}/predict", json={"rows": [IRIS_ROW]})
+        .json()["error"]["message"]
+        .endswith(f"served: {old}")
+    )
+
+
+def test_polling_picks_up_a_moved_pointer_and_a_restarted_worker_loads_it(
+    live: RunningServer, http: httpx.Client, store: ModelStore
+) -> None:
+    old = served_version(http, "diabetes", DIABETES_ROW)
+    new = publish_copy(store, "diabetes", store, "diabetes", old)
+    store.promote("diabetes", new)  # as `make promote` would; the service polls
+    wait_for(lambda: served_version(http, "diabetes", DIABETES_ROW) == new)
+
+    pool = live.app.state.dataplane.executor
+    victim = pool.pids[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in pool.pids and pool.up)
+    # Every worker, the new one included, answers with the swapped-in version.
+    for _ in range(20):
+        assert served_version(http, "diabetes", DIABETES_ROW) == new
+    assert readiness(http)[0] == 200
+
+    store.rollback("diabetes")
+    wait_for(lambda: served_version(http, "diabetes", DIABETES_ROW) == old)
+
+
+# -- refused versions ---------------------------------------------------------------------------
+
+
+def test_tampered_model_file_is_refused_unexecuted_and_the_old_version_keeps_serving(
+    http: httpx.Client, store: ModelStore, tmp_path: Path
+) -> None:
+    marker = tmp_path / "executed"
+    payload = malicious_pickle(marker)
+    probe = tmp_path / "probe"
+    pickle.loads(malicious_pickle(probe))  # the payload is live...
+    assert probe.exists()
+
+    old = served_version(http, "iris", IRIS_ROW)
+    new = publish_copy(store, "iris", store, "iris", old)
+    model_file = store.version_path("iris", new) / MODEL_FILE
+    model_file.write_bytes(payload)  # the manifest still has the original's hash
+
+    refused = http.post(f"/admin/models/iris/promote/{new}", headers=AUTH)
+    assert refused.status_code == 409, refused.text
+    assert str(model_file) in refused.json()["error"]["message"]
+
+    set_production(store, "iris", new)  # bypassing the store's check; the service re-checks
+    reloaded = http.post("/admin/models/iris/reload", headers=AUTH)
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["default_version"] == old
+    assert str(model_file) in reloaded.json()["rejected"][str(new)]
+    assert served_version(http, "iris", IRIS_ROW) == old
+    status, detail = readiness(http)
+    assert status == 200  # the old version serves: still ready, and the refusal is reported
+    assert detail["models"]["iris"][str(new)]["state"] == "rejected"
+    time.sleep(0.5)  # a few polls later: still refused, never retried into execution
+    assert served_version(http, "iris", IRIS_ROW) == old
+    assert not marker.exists()
+
+    assert http.post(f"/admin/models/iris/promote/{old}", headers=AUTH).status_code == 200
+    assert list(readiness(http)[1]["models"]["iris"]) == [str(old)]  # the report is cleared
+
+
+def test_unpicklable_model_with_matching_hash_is_refused(
+    http: httpx.Client, store: ModelStore
+) -> None:
+    old = served_version(http, "diabetes", DIABETES_ROW)
+    # Hashes match (the store hashed the garbage), but the file is no pickle; no ONNX graph,
+    # so scikit-learn would have to unpickle it.
+    new = publish_copy(
+        store, "diabetes", store, "diabetes", old, model_bytes=b"not a pickle", with_onnx=False
+    )
+    set_production(store, "diabetes", new)
+    response = http.post("/admin/models/diabetes/reload", headers=AUTH)
+    assert response.status_code == 200
+    reason = response.json()["rejected"][str(new)]
+    assert f"cannot unpickle {store.version_path('diabetes', new) / MODEL_FILE}" in reason
+    assert served_version(http, "diabetes", DIABETES_ROW) == old
+    assert http.post(f"/admin/models/diabetes/promote/{old}", headers=AUTH).status_code == 200
+
+
+def test_sklearn_version_mismatch_is_flagged(http: httpx.Client, store: ModelStore) -> None:
+    old = served_version(http, "diabetes", DIABETES_ROW)
+    env = store.manifest("diabetes", old).environment.model_dump()
+    new = publish_copy(
+        store,
+        "diabetes",
+        store,
+        "diabetes",
+        old,
+        manifest_changes={"environment": {**env, "sklearn": "0.0.1"}},
+    )
+    assert http.post(f"/admin/models/diabetes/promote/{new}", headers=AUTH).status_code == 200
+    assert served_version(http, "diabetes", DIABETES_ROW) == new
+    body = http.get("/models/diabetes").json()
+    assert body["sklearn"] == "0.0.1"
+    assert "scikit-learn 0.0.1" in body["warnings"][0]
+    status, detail = readiness(http)
+    assert status == 200
+    assert "scikit-learn 0.0.1" in detail["models"]["diabetes"][str(new)]["warnings"][0]
+    assert http.post(f"/admin/models/diabetes/promote/{old}", headers=AUTH).status_code == 200
+
+
+# -- schema change, add and remove ---------------------------------------------------------------
+
+
+def _request_schema(http: httpx.Client, path: str) -> dict[str, Any]:
+    spec = http.get("/openapi.json").json()
+    ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    name = ref["$ref"].rsplit("/", 1)[1]
+    schema: dict[str, Any] = spec["components"]["schemas"][name]
+    return schema
+
+
+def test_schema_change_across_versions_updates_openapi_and_validation(
+    http: httpx.Client, store: ModelStore, tmp_path: Path
+) -> None:
+    old = served_version(http, "iris", IRIS_ROW)
+    before = str(_request_schema(http, "/models/iris/predict"))
+    assert "sepal_width_cm" in before
+    scratch = ModelStore(tmp_path / "scratch")
+    spec = shipped_spec("iris").with_overrides({"features": {"exclude": ["sepal_width_cm"]}})
+    train(spec, scratch, echo=_quiet)
+    new = publish_copy(store, "iris", scratch, "iris", 1)
+    names = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+    old_record = dict(zip(names, IRIS_ROW, strict=True))
+
+    assert http.post(f"/admin/models/iris/promote/{new}", headers=AUTH).status_code == 200
+    after = str(_request_schema(http, "/models/iris/predict"))
+    assert "sepal_width_cm" not in after
+    assert "petal_length_cm" in after
+    stale = http.post("/models/iris/predict", json={"instances": [old_record]})
+    assert stale.status_code == 422, stale.text
+    assert http.post("/models/iris/predict", json={"rows": [IRIS_ROW]}).status_code == 422
+    fresh = {k: v for k, v in old_record.items() if k != "sepal_width_cm"}
+    response = http.post("/models/iris/predict", json={"instances": [fresh]})
+    assert response.status_code == 200
+    assert response.json()["version"] == new
+
+    assert http.post("/admin/models/iris/rollback", headers=AUTH).json()["default_version"] == old
+    assert "sepal_width_cm" in str(_request_schema(http, "/models/iris/predict"))
+    assert http.post("/models/iris/predict", json={"instances": [old_record]}).status_code == 200
+
+
+def test_models_added_to_and_removed_from_the_store_appear_and_disappear(
+    http: httpx.Client, store: ModelStore
+) -> None:
+    publish_copy(store, "flowers", store, "iris", 1)
+    wait_for(lambda: http.post("/models/flowers/predict", json={"rows": [IRIS_ROW]}).is_success)
+    response = http.post("/models/flowers/predict", json={"rows": [IRIS_ROW]})
+    assert response.json()["model"] == "flowers"
+    assert "/models/flowers/predict" in http.get("/openapi.json").json()["paths"]
+    assert any(m["name"] == "flowers" for m in http.get("/models").json()["models"])
+
+    shutil.rmtree(store.root / "flowers")
+    wait_for(
+        lambda: http.post("/models/flowers/predict", json={"rows": [IRIS_ROW]}).status_code == 404
+    )
+    assert http.get("/models/flowers").status_code == 404
+    assert "/models/flowers/predict" not in http.get("/openapi.json").json()["paths"]
+    assert all(m["name"] != "flowers" for m in http.get("/models").json()["models"]), http.get(
+        "/models"
+    ).json()
+    assert readiness(http)[0] == 200
+    assert served_version(http, "iris", IRIS_ROW) >= 1
+
+
+# -- inline executor, strict scikit-learn versions, previous version kept loaded ---------------
+
+
+@pytest.fixture(scope="module")
+def strict_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    store = train_into(tmp_path_factory.mktemp("strict"), ["iris"])
+    env = store.manifest("iris", 1).environment.model_dump()
+    old_env = {"environment": {**env, "sklearn": "0.0.1"}}
+    publish_copy(store, "oldsk", store, "iris", 1, manifest_changes=old_env)
+    return store
+
+
+@pytest.fixture(scope="module")
+def strict_http(strict_store: ModelStore) -> Iterator[httpx.Client]:
+    settings = quiet_settings(
+        strict_store,
+        inference="inline",
+        poll_interval_s=0.1,
+        keep_previous_versions=1,
+        strict_sklearn_version=True,
+    )
+    running, thread = start_server(settings)
+    with running.client() as c:
+        yield c
+    running.server.should_exit = True
+    thread.join(30)
+
+
+def test_previous_version_stays_loaded_and_unserved_versions_say_what_is_served(
+    strict_http: httpx.Client, strict_store: ModelStore
+) -> None:
+    new = publish_copy(strict_store, "iris", strict_store, "iris", 1)
+    strict_store.promote("iris", new)
+    wait_for(lambda: served_version(strict_http, "iris", IRIS_ROW) == new)
+    kept = strict_http.post("/models/iris/versions/1/predict", json={"rows": [IRIS_ROW]})
+    assert kept.status_code == 200
+    assert kept.json()["version"] == 1
+    missing = strict_http.post("/models/iris/versions/99/predict", json={"rows": [IRIS_ROW]})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"].endswith(f"served: 1, {new}")
+    paths = strict_http.get("/openapi.json").json()["paths"]
+    assert "/models/iris/versions/1/predict" in paths
+    assert f"/models/iris/versions/{new}/predict" in paths
+
+
+def test_strict_sklearn_version_refuses_at_start_and_at_swap(
+    strict_http: httpx.Client, strict_store: ModelStore
+) -> None:
+    refused = strict_http.post("/models/oldsk/predict", json={"rows": [IRIS_ROW]})
+    assert refused.status_code == 503
+    assert "scikit-learn 0.0.1" in refused.json()["error"]["message"]
+    status, detail = readiness(strict_http)
+    assert status == 503
+    assert "strict" in detail["models"]["oldsk"]["1"]["error"]
+
+    current = served_version(strict_http, "iris", IRIS_ROW)
+    env = strict_store.manifest("iris", current).environment.model_dump()
+    old_env = {"environment": {**env, "sklearn": "0.0.1"}}
+    new = publish_copy(strict_store, "iris", strict_store, "iris", 1, manifest_changes=old_env)
+    strict_store.promote("iris", new)
+    wait_for(lambda: str(new) in readiness(strict_http)[1]["models"]["iris"])
+    entry = readiness(strict_http)[1]["models"]["iris"][str(new)]
+    assert entry["state"] == "rejected"
+    assert "scikit-learn 0.0.1" in entry["error"]
+    assert served_version(strict_http, "iris", IRIS_ROW) == current
+
+
+def test_admin_api_is_disabled_without_a_token(strict_http: httpx.Client) -> None:
+    for method, path in [
+        ("GET", "/admin/models/iris/versions"),
+        ("POST", "/admin/models/iris/reload"),
+        ("POST", "/admin/models/iris/promote/1"),
+        ("POST", "/admin/models/iris/rollback"),
+    ]:
+        response = strict_http.request(method, path, headers={"authorization": "Bearer x"})
+        assert response.status_code == 404, (path, response.text)
+    assert not any(p.startswith("/admin") for p in strict_http.get("/openapi.json").json()["paths"])
