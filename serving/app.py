@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # A trailing slash gets a JSON 404 rather than a bodiless redirect.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.dataplane = None

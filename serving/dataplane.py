@@ -226,6 +226,8 @@ class DataPlane:
 
     async def start(self) -> None:
         """Verify and load every served model, start the executor, build request models."""
+        if not self.store.root.is_dir():
+            log.error("the model store %s does not exist; train models into it", self.store.root)
         try:
             await asyncio.to_thread(self._discover)
         except (StoreError, OSError) as exc:
@@ -346,8 +348,11 @@ class DataPlane:
             states.setdefault(name, {})[str(version)] = {"state": "failed", "error": reason}
         for name, reason in self.broken_names.items():
             states.setdefault(name, {})["production"] = {"state": "failed", "error": reason}
+        # A typo in the store path must not pass for a healthy service that 404s everything.
+        empty = not self.models and not self.unreadable and not self.broken_names
         ok = (
             executor_up
+            and not empty
             and self.store_error is None
             and not self.unreadable
             and not self.broken_names
@@ -364,6 +369,10 @@ class DataPlane:
         }
         if self.store_error:
             detail["store_error"] = self.store_error
+        elif empty:
+            detail["store_error"] = (
+                f"no models to serve: the store {self.store.root} is empty or missing"
+            )
         return ok, detail
 
     def resolve(self, name: str, version: int | None = None) -> ServedModel:

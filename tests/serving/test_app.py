@@ -282,3 +282,9 @@ def test_every_openapi_reference_resolves(client: httpx.Client) -> None:
     refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text))
     assert refs
     assert refs <= set(schema["components"]["schemas"])
+
+
+def test_trailing_slash_is_a_json_404_not_a_redirect(client: httpx.Client) -> None:
+    response = client.get("/models/")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found"

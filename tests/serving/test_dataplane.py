@@ -93,15 +93,6 @@ def test_a_wrong_signing_key_means_not_served(two_versions: ModelStore) -> None:
         dataplane.close()
 
 
-def test_an_empty_store_is_ready_with_nothing_to_serve(tmp_path: Path) -> None:
-    dataplane = _start(ModelStore(tmp_path))
-    try:
-        assert dataplane.models == {}
-        assert dataplane.readiness()[0]
-    finally:
-        dataplane.close()
-
-
 def test_a_corrupt_production_pointer_fails_only_that_model(
     tmp_path: Path, trained_store: ModelStore
 ) -> None:
@@ -119,5 +110,18 @@ def test_a_corrupt_production_pointer_fails_only_that_model(
         with pytest.raises(ModelUnavailableError):
             dataplane.resolve("diabetes")
         assert dataplane.resolve("iris").manifest.name == "iris"
+    finally:
+        dataplane.close()
+
+
+@pytest.mark.parametrize("folder", ["empty", "typo"])
+def test_an_empty_or_missing_store_is_not_ready(tmp_path: Path, folder: str) -> None:
+    (tmp_path / "empty").mkdir()
+    dataplane = _start(ModelStore(tmp_path / folder))
+    try:
+        assert dataplane.models == {}
+        ok, detail = dataplane.readiness()
+        assert not ok  # a typo in the store path must not look healthy
+        assert "empty or missing" in detail["store_error"]
     finally:
         dataplane.close()
