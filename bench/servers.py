@@ -138,7 +138,12 @@ class RunningServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5.0)
-        # Workers that outlive their parent would skew the next scenario and leak: kill them.
+        # multiprocessing's resource tracker exits a moment after its parent: give the group
+        # 2 s to empty by itself. Workers that outlive that would skew the next scenario and
+        # leak: kill them.
+        deadline = time.monotonic() + 2.0
+        while _group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.leftovers = _group_members(proc.pid)
         for pid in self.leftovers:
             with contextlib.suppress(ProcessLookupError):
