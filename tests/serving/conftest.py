@@ -3,6 +3,7 @@ stores, and a real server (uvicorn + the process pool) on a free loopback port."
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -91,13 +92,22 @@ def start_server(settings: Settings) -> tuple[RunningServer, threading.Thread]:
     return RunningServer(f"http://127.0.0.1:{port}", app, server), thread
 
 
+@contextlib.contextmanager
+def running_server(settings: Settings) -> Iterator[RunningServer]:
+    """The real service, running for the duration of the block, then shut down."""
+    running, thread = start_server(settings)
+    try:
+        yield running
+    finally:
+        running.server.should_exit = True
+        thread.join(30)
+
+
 @pytest.fixture(scope="session")
 def server(trained_store: ModelStore) -> Iterator[RunningServer]:
     """The real service over the full trained_store, with the process pool."""
-    running, thread = start_server(quiet_settings(trained_store, pool_size=2))
-    yield running
-    running.server.should_exit = True
-    thread.join(30)
+    with running_server(quiet_settings(trained_store, pool_size=2)) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +118,5 @@ def client(server: RunningServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def tampered_server(tampered_store: ModelStore) -> Iterator[RunningServer]:
-    running, thread = start_server(quiet_settings(tampered_store, pool_size=1))
-    yield running
-    running.server.should_exit = True
-    thread.join(30)
+    with running_server(quiet_settings(tampered_store, pool_size=1)) as running:
+        yield running

@@ -15,7 +15,7 @@ import pytest
 
 from serving.store import MANIFEST_FILE, MODEL_FILE, ModelStore, sha256_file
 from tests.serving.artifacts import malicious_pickle, publish_copy, set_production
-from tests.serving.conftest import RunningServer, quiet_settings, start_server
+from tests.serving.conftest import RunningServer, quiet_settings, running_server
 from training.run import train
 from training.spec import shipped_spec
 
@@ -41,10 +41,8 @@ def live(store: ModelStore) -> Iterator[RunningServer]:
     settings = quiet_settings(
         store, pool_size=1, poll_interval_s=0, admin_token=TOKEN, signing_key=KEY.decode()
     )
-    running, thread = start_server(settings)
-    yield running
-    running.server.should_exit = True
-    thread.join(30)
+    with running_server(settings) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

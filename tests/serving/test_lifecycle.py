@@ -17,7 +17,7 @@ import pytest
 
 from serving.store import MODEL_FILE, ModelStore
 from tests.serving.artifacts import malicious_pickle, publish_copy, set_production
-from tests.serving.conftest import RunningServer, quiet_settings, start_server, train_into
+from tests.serving.conftest import RunningServer, quiet_settings, running_server, train_into
 from training.run import train
 from training.spec import shipped_spec
 
@@ -43,10 +43,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 def live(store: ModelStore) -> Iterator[RunningServer]:
     """Pool of two workers, polling every 0.2 s, admin API on, nothing kept loaded."""
     settings = quiet_settings(store, pool_size=2, poll_interval_s=0.2, admin_token=TOKEN)
-    running, thread = start_server(settings)
-    yield running
-    running.server.should_exit = True
-    thread.join(30)
+    with running_server(settings) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -347,11 +345,8 @@ def strict_http(strict_store: ModelStore) -> Iterator[httpx.Client]:
         keep_previous_versions=1,
         strict_sklearn_version=True,
     )
-    running, thread = start_server(settings)
-    with running.client() as c:
+    with running_server(settings) as running, running.client() as c:
         yield c
-    running.server.should_exit = True
-    thread.join(30)
 
 
 def test_previous_version_stays_loaded_and_unserved_versions_say_what_is_served(

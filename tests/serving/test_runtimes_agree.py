@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving.store import ModelStore
-from tests.serving.conftest import RunningServer, quiet_settings, start_server
+from tests.serving.conftest import RunningServer, quiet_settings, running_server
 from training.onnx_export import PROBA_TOLERANCE, generated_rows
 
 MODELS = ["iris", "breast_cancer", "diabetes", "churn"]
@@ -18,10 +18,8 @@ MODELS = ["iris", "breast_cancer", "diabetes", "churn"]
 
 @pytest.fixture(scope="module")
 def sklearn_server(trained_store: ModelStore) -> Iterator[RunningServer]:
-    running, thread = start_server(quiet_settings(trained_store, pool_size=1, runtime="sklearn"))
-    yield running
-    running.server.should_exit = True
-    thread.join(30)
+    with running_server(quiet_settings(trained_store, pool_size=1, runtime="sklearn")) as running:
+        yield running
 
 
 def _rows(trained_store: ModelStore, name: str) -> list[list[Any]]:
