@@ -59,16 +59,25 @@ _HTTP_TYPES = {
 }
 
 
+MAX_DETAILS = 50
+"""An error lists at most this many problems (a 10 000-row request of text would otherwise
+get a response many times its own size); a last entry says how many were left out."""
+_MAX_LOC_CHARS = 80
+
+
+def _short(part: str | int) -> str | int:
+    """Echo what the client sent in ``loc`` (e.g. an unknown key), but never at length."""
+    if isinstance(part, str) and len(part) > _MAX_LOC_CHARS:
+        return part[:_MAX_LOC_CHARS] + "…"
+    return part
+
+
 def error_body(type_: str, message: str, details: Iterable[ErrorDetail] = ()) -> bytes:
-    return orjson.dumps(
-        {
-            "error": {
-                "type": type_,
-                "message": message,
-                "details": [{"loc": list(d.loc), "msg": d.msg} for d in details],
-            }
-        }
-    )
+    listed = list(details)
+    shown = [{"loc": [_short(p) for p in d.loc], "msg": d.msg} for d in listed[:MAX_DETAILS]]
+    if len(listed) > MAX_DETAILS:
+        shown.append({"loc": [], "msg": f"... and {len(listed) - MAX_DETAILS} more problems"})
+    return orjson.dumps({"error": {"type": type_, "message": message, "details": shown}})
 
 
 def error_response(

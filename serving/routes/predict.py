@@ -8,9 +8,9 @@ operations and answer whenever the fast path does not.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from serving.dataplane import DataPlane, ServedModel
@@ -95,11 +95,15 @@ def _add(router: APIRouter, dataplane: DataPlane, served: ServedModel, path: str
     )
 
 
+# Versions are written one way only: "01", "+1" or "1.0" are not version 1.
+VersionPath = Annotated[str, Path(pattern=r"^[1-9][0-9]{0,17}$")]
+
+
 def _generic(dataplane: DataPlane, versioned: bool) -> Any:
     if versioned:
 
-        async def predict_version(name: str, version: int, request: Request) -> Response:
-            served = dataplane.resolve(name, version)
+        async def predict_version(name: str, version: VersionPath, request: Request) -> Response:
+            served = dataplane.resolve(name, int(version))
             return _json(await dataplane.predict_json(served, await request.body()))
 
         return predict_version

@@ -288,3 +288,25 @@ def test_trailing_slash_is_a_json_404_not_a_redirect(client: httpx.Client) -> No
     response = client.get("/models/")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found"
+
+
+@pytest.mark.parametrize("version", ["01", "+1", "1.0", "0", "-1", "1e0"])
+def test_versions_are_written_one_way(client: httpx.Client, version: str) -> None:
+    response = client.post(
+        f"/models/iris/versions/{version}/predict", json={"rows": [[1, 2, 3, 4]]}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["loc"] == ["path", "version"]
+
+
+def test_error_bodies_stay_small(client: httpx.Client) -> None:
+    rows = [["x", "y", "z", "w"]] * 5000
+    response = client.post("/models/iris/predict", json={"rows": rows})
+    assert response.status_code == 422
+    details = response.json()["error"]["details"]
+    assert len(details) == 51
+    assert details[-1]["msg"] == "... and 19950 more problems"
+    long_key = "k" * 100_000
+    typo = client.post("/models/iris/predict", json={"instances": [{long_key: 1}]})
+    assert typo.status_code == 422
+    assert len(typo.content) < 5_000
