@@ -21,6 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from serving.batcher import MicroBatcher, Slots
+from serving.bulk_rows import parse_numeric_rows
 from serving.errors import (
     ArtifactRefusedError,
     ErrorDetail,
@@ -120,6 +121,8 @@ class ServedModel:
     """Stem of its OpenAPI schema names (unique among served versions)."""
     retired: bool = False
     """Swapped out: no longer resolvable; requests that still hold it are re-resolved."""
+    all_numeric: bool = False
+    """Every feature is a float: large ``rows`` bodies may take the bulk lane."""
 
     @property
     def key(self) -> ModelKey:
@@ -320,6 +323,7 @@ class DataPlane:
             run, slots, self.settings.max_batch_rows, self.settings.max_batch_delay_ms / 1000
         )
         served.class_keys = [_class_key(c) for c in served.manifest.target.classes or []]
+        served.all_numeric = all(f.kind == FeatureKind.NUMERIC for f in served.manifest.features)
         served.state = ModelState.READY
 
     def close(self) -> None:
@@ -406,6 +410,23 @@ class DataPlane:
 
     def parse(self, served: ServedModel, body: bytes) -> tuple[FloatArray, bool]:
         """Validate a request body against the model's schema; return rows and the proba flag."""
+        bulk = (
+            parse_numeric_rows(body, len(served.manifest.features), self.settings.max_request_rows)
+            if served.all_numeric
+            else None
+        )
+        if bulk is not None:
+            rows, want = bulk
+        else:
+            rows, want = self._parse_with_schema(served, body)
+        if want and served.manifest.task != Task.CLASSIFICATION:
+            raise InvalidInputError(
+                "return_probabilities is only available for classifiers",
+                [ErrorDetail(("return_probabilities",), f"{served.manifest.name} is a regressor")],
+            )
+        return rows, want
+
+    def _parse_with_schema(self, served: ServedModel, body: bytes) -> tuple[FloatArray, bool]:
         assert served.request_model is not None
         assert served.encoder is not None
         try:
@@ -418,11 +439,6 @@ class DataPlane:
                 "the request does not match the model's input schema", details
             ) from None
         want = request.return_probabilities
-        if want and served.manifest.task != Task.CLASSIFICATION:
-            raise InvalidInputError(
-                "return_probabilities is only available for classifiers",
-                [ErrorDetail(("return_probabilities",), f"{served.manifest.name} is a regressor")],
-            )
         instances = getattr(request, "instances", None)
         if instances is not None:
             return served.encoder.records(instances), want
