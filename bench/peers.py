@@ -96,8 +96,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def plan(models: Sequence[str], connections: Sequence[int]) -> list[Scenario]:
-    """Per model and connection count, servewell then MLServer (adjacent: same background)."""
-    return [Scenario(peer, m, c) for m in models for c in connections for peer in PEERS]
+    """Per connection count (lowest first: overload comes last in a round) and model,
+    servewell then MLServer (adjacent, so they see the same background load)."""
+    return [Scenario(peer, m, c) for c in sorted(connections) for m in models for peer in PEERS]
+
+
+def settle(
+    server: servers.RunningServer,
+    *,
+    idle_percent: float = 10.0,
+    window_s: float = 0.5,
+    limit_s: float = 60.0,
+) -> float:
+    """Wait until ``server`` is idle (its processes use < ``idle_percent`` of one core over
+    ``window_s``), at most ``limit_s``; return the seconds waited.
+
+    A server that fell behind at c=1000 goes on answering requests whose clients are gone;
+    measuring the next scenario before it is done would charge that backlog to it.
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        before = server.cpu_seconds()
+        time.sleep(window_s)
+        if 100.0 * (server.cpu_seconds() - before) / window_s < idle_percent:
+            break
+    return time.monotonic() - start
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -212,7 +235,8 @@ def table_rows(run: Run) -> list[list[str]]:
                 f"{r.latency.p99:.1f}",
                 str(e.total),
             ]
-        cells.append(_fmt(ratio(run.outcomes, model, c), ".2f") + "x")
+        times = ratio(run.outcomes, model, c)
+        cells.append("-" if times is None else f"{times:.2f}x")
         rows.append(cells)
     return rows
 
@@ -525,6 +549,9 @@ def measure_rounds(
                 continue
             server = running[s.server]
             label = f"[round {r + 1}/{args.rounds}, {i}/{len(scenarios)}] {s.key}"
+            waited = max(settle(other) for other in running.values())
+            if waited > 2.0:
+                print(f"{label}: waited {waited:.0f} s for the servers to go idle", flush=True)
             try:
                 m = measure_once(
                     server, s, bodies.files[(s.server, s.model)], args, wrk_path, warm_up=r == 0

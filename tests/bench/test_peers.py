@@ -36,15 +36,15 @@ def _run() -> peers.Run:
     )
 
 
-def test_plan_puts_the_two_servers_next_to_each_other() -> None:
+def test_plan_puts_the_two_servers_next_to_each_other_and_overload_last() -> None:
     keys = [s.key for s in peers.plan(["iris", "breast_cancer"], [100, 1000])]
     assert keys == [
         "servewell/iris/row/c100",
         "mlserver/iris/row/c100",
-        "servewell/iris/row/c1000",
-        "mlserver/iris/row/c1000",
         "servewell/breast_cancer/row/c100",
         "mlserver/breast_cancer/row/c100",
+        "servewell/iris/row/c1000",
+        "mlserver/iris/row/c1000",
         "servewell/breast_cancer/row/c1000",
         "mlserver/breast_cancer/row/c1000",
     ]
@@ -76,7 +76,7 @@ def test_table_is_side_by_side_with_the_ratio() -> None:
     rows = peers.table_rows(_run())
     assert rows == [
         ["iris", "100", "3,000", "4.2", "12.5", "0", "800", "4.2", "12.5", "0", "3.75x"],
-        ["iris", "1000", "2,500", "4.2", "12.5", "3", "FAILED", "-", "-", "-", "-x"],
+        ["iris", "1000", "2,500", "4.2", "12.5", "3", "FAILED", "-", "-", "-", "-"],
     ]
     markdown = peers.markdown_table(_run()).splitlines()
     assert markdown[0].startswith("| model | conns | servewell req/s")
