@@ -41,6 +41,7 @@ if __package__ in (None, ""):
 from bench import mlserver_peer, servers, workload, wrk
 from bench.measure import SEED, post_json
 from bench.scenarios import Measurement, Outcome, Scenario
+from bench.wrk import Errors, Latency, WrkResult
 from serving.store import ModelStore, StoreError
 
 ROOT = servers.ROOT
@@ -87,6 +88,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: print the table of a results file and redraw its chart",
+    )
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -356,6 +364,41 @@ def to_json(run: Run) -> dict[str, Any]:
     }
 
 
+def from_json(doc: dict[str, Any]) -> Run:
+    """The run a results file holds (``to_json``'s inverse, enough to re-render and re-plot)."""
+    outcomes = []
+    for sc in doc["scenarios"]:
+        runs = tuple(
+            Measurement(
+                result=WrkResult(
+                    duration_s=m["duration_s"],
+                    requests=m["requests"],
+                    bytes=0,
+                    errors=Errors(**{k: v for k, v in m["errors"].items() if k != "total"}),
+                    latency=Latency(**m["latency_ms"]),
+                ),
+                server_cpu_s=(m["server_cpu_percent"] or 0.0) * m["duration_s"] / 100,
+                wrk_cpu_s=(m["wrk_cpu_percent"] or 0.0) * m["duration_s"] / 100,
+                other_cpu_s=(m["other_cpu_percent"] or 0.0) * m["duration_s"] / 100,
+            )
+            for m in sc["rounds"]
+        )
+        scenario = Scenario(sc["server"], sc["model"], sc["connections"])
+        outcomes.append(Outcome(scenario, runs=runs, error=sc["error"]))
+    return Run(
+        timestamp=doc["timestamp"],
+        environment=doc["environment"],
+        settings=doc["settings"],
+        outcomes=outcomes,
+        parity=[
+            Parity(p["model"], p["rows"], p["matches"], p["matches_in_process"], p["error"])
+            for p in doc["parity"]
+        ],
+        targets=[Target(**t) for t in doc["targets"]],
+        notes=doc["notes"],
+    )
+
+
 def draw_chart(run: Run, path: Path) -> None:
     """Grouped bars per (model, connections): req/s, and p50/p99 latency, both peers."""
     import matplotlib
@@ -389,7 +432,8 @@ def draw_chart(run: Run, path: Path) -> None:
     for ax in (ax_rps, ax_lat):
         ax.set_xticks(xs, labels)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8)
+    ax_rps.set_ylim(top=1.12 * max(ax_rps.get_ylim()[1], 1.0))  # room for the bar labels
     ax_rps.set_ylabel("requests/s (median round)")
     ax_lat.set_ylabel("latency ms: p50 (solid), p99 (light)")
     ax_lat.set_yscale("log")
@@ -648,8 +692,21 @@ def _preconditions(args: argparse.Namespace) -> str | None:
     return None
 
 
+def replot(path: Path) -> int:
+    run = from_json(json.loads(path.read_text(encoding="utf-8")))
+    print(render(run))
+    print()
+    print(markdown_table(run))
+    png = path.with_suffix(".png")
+    draw_chart(run, png)
+    print(f"wrote {png}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot is not None:
+        return replot(args.replot)
     wrk_path = wrk.find_wrk()
     if wrk_path is None:
         print(wrk.INSTALL_HINT, file=sys.stderr)

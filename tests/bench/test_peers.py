@@ -127,3 +127,13 @@ def test_missing_venv_is_reported_before_anything_starts(tmp_path: Path) -> None
     problem = peers._preconditions(args)
     assert problem is not None
     assert "make bench-peers" in problem
+
+
+def test_a_results_file_renders_and_replots_as_the_run_did(tmp_path: Path) -> None:
+    run = _run()
+    (json_path, *_) = peers.write(run, tmp_path, chart=False)
+    loaded = peers.from_json(json.loads(json_path.read_text()))
+    assert peers.table_rows(loaded) == peers.table_rows(run)
+    assert peers.render(loaded) == peers.render(run)
+    assert peers.main(["--replot", str(json_path)]) == 0
+    assert json_path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
