@@ -237,10 +237,13 @@ def table_rows(run: Run) -> list[list[str]]:
             if r is None or e is None:
                 cells += ["FAILED", "-", "-", "-"]
                 continue
+            # wrk leaves answers slower than its timeout out of the percentiles: with none
+            # faster, there are no percentiles to show.
+            timed = r.latency.max > 0
             cells += [
                 f"{r.requests_per_s:,.0f}",
-                f"{r.latency.p50:.1f}",
-                f"{r.latency.p99:.1f}",
+                f"{r.latency.p50:.1f}" if timed else "-",
+                f"{r.latency.p99:.1f}" if timed else "-",
                 str(e.total),
             ]
         times = ratio(run.outcomes, model, c)
@@ -286,6 +289,7 @@ def markdown_table(run: Run) -> str:
 def render(run: Run) -> str:
     out = ["servewell vs Seldon MLServer: single-row requests, wrk on loopback, median round", ""]
     out += _table(TABLE_HEADER, table_rows(run))
+    out.append("(p50/p99 '-': no answer within wrk's timeout in that round; those count as errors)")
     out += ["", "Predictions for the same rows:"]
     for p in run.parity:
         if p.error is not None:

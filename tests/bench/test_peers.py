@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from bench import peers
@@ -85,6 +86,23 @@ def test_table_is_side_by_side_with_the_ratio() -> None:
     assert "MLServer = servewell on 500/500 rows" in text
     assert "mlserver/iris/row/c1000: wrk exited with 1" in text
     assert "a note" in text
+
+
+def test_latency_of_a_round_with_no_answer_within_the_timeout_is_not_shown() -> None:
+    slow = WrkResult(
+        duration_s=5.0,
+        requests=100,
+        bytes=1,
+        errors=Errors(connect=0, read=0, write=0, timeout=100, status=0),
+        latency=Latency(mean=0, p50=0, p90=0, p99=0, p999=0, max=0),
+    )
+    run = _run()
+    outcomes = [
+        *run.outcomes[:3],
+        Outcome(Scenario(peers.MLSERVER, "iris", 1000), runs=(Measurement(slow, 1, 1, 1),)),
+    ]
+    rows = peers.table_rows(replace(run, outcomes=outcomes))
+    assert rows[1][6:10] == ["20", "-", "-", "100"]
 
 
 def test_write_json_and_chart(tmp_path: Path) -> None:
