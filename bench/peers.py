@@ -237,8 +237,8 @@ def table_rows(run: Run) -> list[list[str]]:
             if r is None or e is None:
                 cells += ["FAILED", "-", "-", "-"]
                 continue
-            # wrk leaves answers slower than its timeout out of the percentiles: with none
-            # faster, there are no percentiles to show.
+            # wrk leaves answers slower than its timeout out of the percentiles (and counts
+            # them as timeouts): with none faster, there are no percentiles to show.
             timed = r.latency.max > 0
             cells += [
                 f"{r.requests_per_s:,.0f}",
@@ -429,6 +429,17 @@ def draw_chart(run: Run, path: Path) -> None:
         ax_rps.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=8)
         ax_lat.bar([x + offset for x in xs], p99, width, color=colors[peer], alpha=0.45)
         ax_lat.bar([x + offset for x in xs], p50, width, color=colors[peer], label=f"{label}")
+        for x, (model, c) in zip(xs, keys, strict=True):
+            o = _find(run.outcomes, peer, model, c)
+            if o is not None and o.result is not None and o.result.latency.max == 0:
+                ax_lat.annotate(
+                    "no answer\nwithin the\ntimeout",
+                    (x + offset, 0.5),
+                    xycoords=("data", "axes fraction"),
+                    ha="center",
+                    fontsize=7,
+                    color=colors[peer],
+                )
     labels = []
     for m, c in keys:
         times = ratio(run.outcomes, m, c)
