@@ -289,7 +289,10 @@ def markdown_table(run: Run) -> str:
 def render(run: Run) -> str:
     out = ["servewell vs Seldon MLServer: single-row requests, wrk on loopback, median round", ""]
     out += _table(TABLE_HEADER, table_rows(run))
-    out.append("(p50/p99 '-': no answer within wrk's timeout in that round; those count as errors)")
+    out.append(
+        "(p50/p99 '-': every answer in that round was slower than wrk's timeout, which counts "
+        "it as a timeout error and leaves it out of the percentiles)"
+    )
     out += ["", "Predictions for the same rows:"]
     for p in run.parity:
         if p.error is not None:
@@ -433,7 +436,7 @@ def draw_chart(run: Run, path: Path) -> None:
             o = _find(run.outcomes, peer, model, c)
             if o is not None and o.result is not None and o.result.latency.max == 0:
                 ax_lat.annotate(
-                    "no answer\nwithin the\ntimeout",
+                    "every answer\nslower than\nthe timeout",
                     (x + offset, 0.5),
                     xycoords=("data", "axes fraction"),
                     ha="center",
