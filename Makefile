@@ -92,6 +92,6 @@ $(PEERS_STAMP): bench/peers-requirements.txt $(STAMP)
 		"scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')"
 	@touch $(PEERS_STAMP)
 
-bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~3 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
+bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~5 min; PEERS_ARGS=--quick ~2 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/peers.py --venv $(PEERS_VENV) $(PEERS_ARGS)

@@ -1,7 +1,7 @@
 """servewell against Seldon MLServer, with wrk on loopback, in one run.
 
-    make bench-peers                                  # builds .venv-peers once, ~3 min run
-    .venv/bin/python bench/peers.py --quick           # ~1.5 min, noisier
+    make bench-peers                                  # builds .venv-peers once, ~5 min run
+    .venv/bin/python bench/peers.py --quick           # ~2 min, noisier
     .venv/bin/python bench/peers.py --help
 
 Both servers serve the same ``model.joblib`` files of the store (MLServer through its
