@@ -20,7 +20,7 @@ FORCE ?=
 STORE ?= models
 export SERVEWELL_STORE ?= $(STORE)
 
-.PHONY: help venv test lint typecheck unit test-slow serve train models promote rollback bench clean
+.PHONY: help venv test lint typecheck unit test-slow serve train models promote rollback bench clean bench-peers
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,3 +79,19 @@ bench: $(STAMP) ## Load benchmark, wrk on loopback (~4 min; BENCH_ARGS=--quick ~
 
 clean: ## Remove the virtualenv and caches (keeps the model store)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Seldon MLServer in its own virtualenv, with servewell's exact scikit-learn (joblib files load
+# only with the version that wrote them).
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-stamp
+PEERS_ARGS ?=
+$(PEERS_STAMP): bench/peers-requirements.txt $(STAMP)
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers-requirements.txt \
+		"scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')"
+	@touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~5 min; PEERS_ARGS=--quick ~2 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
+	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/peers.py --venv $(PEERS_VENV) $(PEERS_ARGS)

@@ -34,6 +34,8 @@ class ServerSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
+    ready_path: str = READY_PATH
+    """Answers 200 once the server can serve (another server's readiness endpoint for peers)."""
 
 
 def service_spec(
@@ -184,10 +186,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / _CLK_TCK
 
 
-def is_ready(url: str) -> bool:
-    """Whether ``GET /health/ready`` answers 200."""
+def is_ready(url: str, path: str = READY_PATH) -> bool:
+    """Whether ``GET <path>`` (``/health/ready`` by default) answers 200."""
     try:
-        with urllib.request.urlopen(url + READY_PATH, timeout=2) as resp:
+        with urllib.request.urlopen(url + path, timeout=2) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -195,7 +197,7 @@ def is_ready(url: str) -> bool:
 
 def _wait_ready(server: RunningServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while not is_ready(server.url):
+    while not is_ready(server.url, server.spec.ready_path):
         if server.process.poll() is not None:
             raise ServerError(
                 f"{server.spec.name} exited with {server.process.returncode} before it was "
