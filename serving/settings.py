@@ -112,6 +112,30 @@ class Settings(BaseSettings):
     shared among the workers (``max(1, (cores - 1) // pool_size)``; inline: ``cores - 1``), so
     workers never oversubscribe the box."""
 
+    workers: int = Field(default=1, ge=1)
+    """Server processes ``python -m serving`` starts (uvicorn workers sharing the port), each
+    with its own inference pool of ``pool_size`` workers. Metrics add up over all of them."""
+
+    metrics: bool = True
+    """Prometheus metrics at ``GET /metrics`` and input drift tracking (``GET
+    /models/{name}/drift``, out-of-range counters, response warnings). Off: none of these."""
+
+    input_warnings: bool = True
+    """Predict responses carry a ``warnings`` list naming the features of the request with a
+    value outside their training range (only when there is one; needs ``metrics``)."""
+
+    drift_window_rows: int = Field(default=10_000, ge=100)
+    """Most recent input rows per model version that ``GET /models/{name}/drift`` compares
+    with training."""
+
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """``json``: one JSON object per line. ``text``: human-readable lines. ``auto`` (default):
+    text when stderr is a terminal (``make serve``), JSON otherwise."""
+
+    metrics_dir: Path | None = None
+    """Directory where the server processes share their metrics; ``python -m serving`` sets it
+    (a fresh temporary directory) when ``workers`` > 1."""
+
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
         workers = 1 if self.inference == "inline" else self.pool_size
