@@ -198,6 +198,7 @@ class Observability:
         dataplane = self._dataplane
         if metrics is None or dataplane is None:
             return
+        self.process_drift()  # a scrape sees every row answered before it
         depth: dict[tuple[str, ...], float] = {}
         info: dict[tuple[str, ...], float] = {}
         for served in dataplane.ready_models():
