@@ -130,7 +130,7 @@ def test_request_ids_are_accepted_generated_and_on_every_response(http: httpx.Cl
     assert http.get("/nowhere").headers["x-request-id"]  # 404s too
     assert http.post("/models/iris/predict", content=b"{").headers["x-request-id"]
     for bad in ("has space", "x" * 129, "semi;colon", "é"):
-        response = http.get("/health/live", headers={"x-request-id": bad.encode()})
+        response = http.get("/health/live", headers={b"x-request-id": bad.encode()})
         assert response.status_code == 400, bad
         assert "X-Request-ID" in response.json()["error"]["message"]
         assert response.headers["x-request-id"] != bad
