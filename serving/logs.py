@@ -31,8 +31,20 @@ def resolve_format(setting: str, stream: IO[str] | None = None) -> LogFormat:
     return "text" if stream.isatty() else "json"
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(created: float) -> str:
-    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    """ISO 8601 in UTC with milliseconds; the part up to the second is formatted once."""
+    global _second
+    second = int(created)
+    cached = _second  # one tuple, replaced whole: safe to share between threads
+    if cached[0] != second:
+        cached = _second = (
+            second,
+            datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+    return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
@@ -158,21 +170,18 @@ class AccessLog:
 
     @staticmethod
     def _json(e: AccessEntry) -> str:
+        # Built as text (several times cheaper than a dict through orjson): the request id
+        # (validated), method, model name (a store name) and numbers need no escaping; the
+        # path, which the client chose, is escaped by orjson.
         ts, rid, method, path, status, seconds, model, version, rows = e
-        entry: dict[str, Any] = {
-            "ts": _timestamp(ts),
-            "level": "INFO",
-            "logger": "servewell.access",
-            "message": f"{method} {path} {status}",
-            "request_id": rid,
-            "method": method,
-            "path": path,
-            "status": status,
-            "latency_ms": round(seconds * 1000, 3),
-        }
-        if model:
-            entry.update(model=model, version=int(version), rows=rows)
-        return orjson.dumps(entry).decode() + "\n"
+        quoted = orjson.dumps(path).decode()
+        message = orjson.dumps(f"{method} {path} {status}").decode()
+        what = f',"model":"{model}","version":{version},"rows":{rows}' if model else ""
+        return (
+            f'{{"ts":"{_timestamp(ts)}","level":"INFO","logger":"servewell.access",'
+            f'"message":{message},"request_id":"{rid}","method":"{method}","path":{quoted},'
+            f'"status":{status},"latency_ms":{seconds * 1000:.3f}{what}}}\n'
+        )
 
     @staticmethod
     def _text(e: AccessEntry) -> str:

@@ -132,9 +132,6 @@ class Metrics:
         self.in_flight = Family(
             "servewell_requests_in_flight", "Requests being answered now.", "gauge", ()
         )
-        self.rows = Family(
-            "servewell_predicted_rows", "Rows sent to a model for prediction.", "counter", mv
-        )
         self.batch_rows = Family(
             "servewell_batch_rows",
             "Rows per batch sent to the inference executor.",
@@ -220,7 +217,6 @@ class Metrics:
             self.requests,
             self.latency,
             self.in_flight,
-            self.rows,
             self.batch_rows,
             self.queue_wait,
             self.queue_depth,
@@ -236,7 +232,9 @@ class Metrics:
         ]
         self.refreshers: list[Callable[[], None]] = []
         """Called before every snapshot: set gauges that mirror live state."""
-        self._latency: dict[Labels, Histogram] = {}
+        self._requests: dict[tuple[str, str, str, int], Histogram] = {}
+        """Latency per model, version, endpoint and status: one lookup per request; the
+        request counter and the status-free histogram are derived from it at scrape time."""
         self.in_flight_now = 0
 
     # -- hot path ---------------------------------------------------------------------------
@@ -244,11 +242,10 @@ class Metrics:
     def request_done(
         self, model: str, version: str, endpoint: str, status: int, seconds: float
     ) -> None:
-        self.requests.inc((model, version, endpoint, status))  # type: ignore[arg-type]
-        key = (model, version, endpoint)
-        hist = self._latency.get(key)
+        key = (model, version, endpoint, status)
+        hist = self._requests.get(key)
         if hist is None:
-            hist = self._latency[key] = self.latency.histogram(key)
+            hist = self._requests[key] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
 
     # -- scrape -----------------------------------------------------------------------------
@@ -256,6 +253,17 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         """Every family's current values, as plain data (also what other processes read)."""
         self.in_flight.values[()] = float(self.in_flight_now)
+        requests: dict[Labels, Any] = {}
+        latency: dict[Labels, Histogram] = {}
+        for (model, version, endpoint, status), hist in list(self._requests.items()):
+            requests[(model, version, endpoint, str(status))] = float(sum(hist.counts))
+            merged = latency.get((model, version, endpoint))
+            if merged is None:
+                merged = latency[(model, version, endpoint)] = Histogram(LATENCY_BUCKETS)
+            merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
+            merged.sum += hist.sum
+        self.requests.values = requests
+        self.latency.values = latency
         for refresh in self.refreshers:
             refresh()
         return {f.name: f.snapshot() for f in self.families}

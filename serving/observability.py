@@ -20,7 +20,7 @@ import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.dataplane import DataPlane, ServedModel
-from serving.drift import DriftTracker, ModelKey
+from serving.drift import DriftTracker, ModelDrift, ModelKey
 from serving.exception_handlers import error_body
 from serving.inline import InlineExecutor
 from serving.logs import AccessLog, resolve_format
@@ -39,6 +39,7 @@ from serving.settings import Settings
 log = logging.getLogger("servewell")
 
 BACKGROUND_INTERVAL_S = 1.0
+_Bound = tuple[ServedModel, ModelDrift | None, str, str]
 
 
 class _BatchMetrics:
@@ -83,6 +84,7 @@ class Observability:
             self.access = AccessLog(resolve_format(settings.log_format))
         self.warn = settings.input_warnings
         self._task: asyncio.Task[None] | None = None
+        self._bound: dict[int, _Bound] = {}
         self._dataplane: DataPlane | None = None
 
     # -- wiring -----------------------------------------------------------------------------
@@ -123,6 +125,8 @@ class Observability:
                 served.batcher.observer = _BatchMetrics(self.metrics, served)
         if self.drift is not None:
             self.drift.forget({s.key for s in ready})
+        live = {id(s) for s in ready}
+        self._bound = {k: b for k, b in self._bound.items() if k in live}
 
     def model_loaded(self, key: ModelKey, seconds: float, error: str | None) -> None:
         """Lifecycle listener: one load attempt of a version during a hot swap."""
@@ -148,19 +152,26 @@ class Observability:
     # -- hot path ---------------------------------------------------------------------------
 
     def _observe_rows(self, served: ServedModel, rows: FloatArray) -> list[str]:
-        name, version = served.key
+        bound = self._bound.get(id(served))
+        if bound is None or bound[0] is not served:
+            bound = self._bind(served)
+        _, drift, name, version = bound
         info = CURRENT.get()
         if info is not None:
             info.model = name
-            info.version = str(version)
+            info.version = version
             info.rows += len(rows)
-        if self.metrics is None:
+        if drift is None:
             return []
-        self.metrics.rows.inc((name, str(version)), len(rows))
-        tracker = self.drift
-        assert tracker is not None
-        drift = tracker.models.get(served.key) or tracker.track(served.manifest)
-        return tracker.observe(drift, rows, self.warn)
+        assert self.drift is not None
+        return self.drift.observe(drift, rows, self.warn)
+
+    def _bind(self, served: ServedModel) -> _Bound:
+        """What the hot path needs of a served version, looked up once."""
+        name, version = served.key
+        drift = self.drift.track(served.manifest) if self.drift is not None else None
+        bound = self._bound[id(served)] = (served, drift, name, str(version))
+        return bound
 
     # -- background -------------------------------------------------------------------------
 

@@ -96,7 +96,6 @@ def test_counts_and_histogram_sums_match_the_traffic(live: RunningServer, http: 
     assert delta("servewell_request_duration_seconds_count", **plain) == 8
     latency = delta("servewell_request_duration_seconds_sum", **plain)
     assert 0 < latency < elapsed
-    assert delta("servewell_predicted_rows_total", **iris) == 10
     # Every row goes through exactly one batch, whatever the batching.
     assert delta("servewell_batch_rows_sum", **iris) == 10
     batches = delta("servewell_batch_rows_count", **iris)
@@ -296,7 +295,7 @@ def test_two_server_processes_add_up_and_log_json_lines_with_request_ids(
         assert value(last, "servewell_inference_workers") == 2  # one pool worker per process
         iris = {"model": "iris", "version": "1"}
         assert value(last, "servewell_batch_rows_sum", **iris) == 20
-        assert value(last, "servewell_predicted_rows_total", **iris) == 20
+        assert value(last, "servewell_input_rows_checked_total", model="iris") == 20
         info = [v for (n, ls), v in last.items() if n == "servewell_model_info"]
         assert info == [1]  # one served version, whichever process reports it
     finally:
