@@ -59,8 +59,14 @@ DEFAULT_SERVERS = (SERVICE, SERVICE_SKLEARN, BARE, NAIVE, SERVICE_QUIET)
 RESULTS_DIR = ROOT / "bench" / "results"
 QUIET_ENV = {"SERVEWELL_METRICS": "false", "SERVEWELL_ACCESS_LOG": "false"}
 """``service_quiet``: the service without metrics, drift tracking and access log."""
-OBSERVED_ENV = {"SERVEWELL_METRICS": "true", "SERVEWELL_ACCESS_LOG": "true"}
-"""``service``: with them, whatever the environment says (the default too)."""
+OBSERVED_ENV = {
+    "SERVEWELL_METRICS": "true",
+    "SERVEWELL_ACCESS_LOG": "true",
+    "SERVEWELL_LOG_LEVEL": "info",
+    "SERVEWELL_LOG_FORMAT": "json",
+}
+"""``service``: with them (the defaults), whatever the environment says: a JSON access line
+per request into the server's log file."""
 
 
 def _csv(text: str) -> list[str]:

@@ -208,6 +208,9 @@ class DataPlane:
         self.slots: Slots | None = None
         self.sklearn_version = serving_sklearn_version()
         self.input_observer: InputObserver | None = None
+        self.refusal_observer: Callable[[ServedModel, list[ErrorDetail]], None] | None = None
+        """Sees the problems of every request body that does not match its model's schema
+        (e.g. to count categories unseen in training)."""
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -424,6 +427,8 @@ class DataPlane:
             details = _details(exc)
             if any(d.type == "json_invalid" for d in details):
                 raise MalformedRequestError("the request body is not valid JSON", details) from None
+            if self.refusal_observer is not None:
+                self.refusal_observer(served, details)
             raise InvalidInputError(
                 "the request does not match the model's input schema", details
             ) from None

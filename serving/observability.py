@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.dataplane import DataPlane, ServedModel
 from serving.drift import DriftTracker, ModelDrift, ModelKey
+from serving.errors import ErrorDetail
 from serving.exception_handlers import error_body
 from serving.inline import InlineExecutor
 from serving.logs import AccessLog, resolve_format
@@ -35,6 +36,7 @@ from serving.request_context import (
 )
 from serving.runtime import FloatArray
 from serving.settings import Settings
+from serving.store import FeatureKind
 
 log = logging.getLogger("servewell")
 
@@ -80,7 +82,7 @@ class Observability:
             MetricsCollector(self.metrics, self.shared) if self.metrics is not None else None
         )
         self.access: AccessLog | None = None
-        if settings.access_log:
+        if settings.access_log and settings.log_level in ("info", "debug"):
             self.access = AccessLog(resolve_format(settings.log_format))
         self.warn = settings.input_warnings
         self._task: asyncio.Task[None] | None = None
@@ -100,6 +102,7 @@ class Observability:
         dataplane.input_observer = self._observe_rows
         if metrics is None:
             return
+        dataplane.refusal_observer = self._count_unseen
         for (name, version), served in dataplane.models.items():
             if served.state.value == "ready":
                 metrics.load_seconds.values[(name, str(version))] = startup_s
@@ -147,6 +150,7 @@ class Observability:
             self.access.stop()
         if self._dataplane is not None:
             self._dataplane.input_observer = None
+            self._dataplane.refusal_observer = None
             self._dataplane = None
 
     # -- hot path ---------------------------------------------------------------------------
@@ -172,6 +176,23 @@ class Observability:
         drift = self.drift.track(served.manifest) if self.drift is not None else None
         bound = self._bound[id(served)] = (served, drift, name, str(version))
         return bound
+
+    def _count_unseen(self, served: ServedModel, details: list[ErrorDetail]) -> None:
+        """Count values of categorical features that are not a training category (the schema
+        refuses them; the count says which features clients send new values for)."""
+        assert self.metrics is not None
+        manifest = served.manifest
+        categorical = {f.name for f in manifest.features if f.kind == FeatureKind.CATEGORICAL}
+        if not categorical:
+            return
+        names = manifest.feature_names
+        for detail in details:
+            if detail.type != "literal_error" or len(detail.loc) < 3:
+                continue
+            where = detail.loc[2]
+            feature = names[where] if isinstance(where, int) and where < len(names) else where
+            if feature in categorical:
+                self.metrics.unseen_categories.inc((manifest.name, str(feature)))
 
     # -- background -------------------------------------------------------------------------
 

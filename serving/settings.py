@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
 
-    access_log: bool = False
-    """Log one line per request (off by default: it costs throughput)."""
+    access_log: bool = True
+    """Log one line per request (``servewell.access``, at ``info`` level: silent at
+    ``warning`` and above): request id, method, path, status, latency, and the model, version
+    and rows of predictions. Formatted and written by a background thread."""
 
     loop: Literal["uvloop", "asyncio", "uvloop-libuv-accept"] = "uvloop"
     """Event loop of the server. ``uvloop`` (default): uvloop, with connections accepted as

@@ -32,6 +32,7 @@ def test_quiet_server_turns_metrics_and_access_log_off() -> None:
     assert quiet["SERVEWELL_ACCESS_LOG"] == "false"
     assert observed["SERVEWELL_METRICS"] == "true"
     assert observed["SERVEWELL_ACCESS_LOG"] == "true"
+    assert observed["SERVEWELL_LOG_LEVEL"] == "info"  # the access log is at info level
 
 
 def test_observability_cost_target() -> None:

@@ -52,9 +52,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def store(trained_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    """iris and diabetes, copied from the session's trained store (no training here)."""
+    """iris, diabetes and churn, copied from the session's trained store (no training here)."""
     own = ModelStore(tmp_path_factory.mktemp("metrics"))
-    for name in ("iris", "diabetes"):
+    for name in ("iris", "diabetes", "churn"):
         set_production(own, name, publish_copy(own, name, trained_store, name, 1))
     return own
 
@@ -166,6 +166,24 @@ def test_out_of_range_inputs_move_the_drift_counters_and_warn(
     )
     checked = "servewell_input_rows_checked_total"
     assert value(after, checked, model="iris") - value(before, checked, model="iris") == 6
+
+
+def test_unseen_categories_are_counted_by_feature(http: httpx.Client, store: ModelStore):
+    manifest = store.manifest("churn", 1)
+    known = {f.name: f.example for f in manifest.features}
+    position = manifest.feature_names.index("payment_method")
+    before = scrape(http)
+    assert http.post("/models/churn/predict", json={"instances": [known]}).status_code == 200
+    unseen = {**known, "contract": "decade-long"}
+    assert http.post("/models/churn/predict", json={"instances": [unseen]}).status_code == 422
+    row = [known[name] for name in manifest.feature_names]
+    row[position] = "barter"
+    assert http.post("/models/churn/predict", json={"rows": [row, row]}).status_code == 422
+    after = scrape(http)
+    counter = "servewell_input_unseen_category_total"
+    for feature, added in (("contract", 1), ("payment_method", 2), ("internet_service", 0)):
+        labels = {"model": "churn", "feature": feature}
+        assert value(after, counter, **labels) - value(before, counter, **labels) == added
 
 
 def test_drift_endpoint_reports_window_share_and_psi(http: httpx.Client, store: ModelStore):
