@@ -312,4 +312,23 @@ def observability_targets(outcomes: Sequence[Outcome], models: Sequence[str]) ->
                 _at_least(ratio, OBSERVED_MIN_RATIO),
             )
         )
+        # CPU time per request depends much less on what else runs on a shared box.
+        cpu = _div(_cpu_per_request(observed), _cpu_per_request(quiet))
+        targets.append(
+            Target(
+                f"{model} server CPU per request with metrics + access log vs without, c={c}",
+                "-",
+                None if cpu is None else 100 * cpu,
+                "%",
+                "N/A" if cpu is None else "INFO",
+            )
+        )
     return targets
+
+
+def _cpu_per_request(outcome: Outcome | None) -> float | None:
+    """Server CPU seconds (workers included) per request, summed over every round."""
+    if outcome is None or outcome.result is None:
+        return None
+    requests = sum(m.result.requests for m in outcome.runs)
+    return _div(sum(m.server_cpu_s for m in outcome.runs), requests)

@@ -45,6 +45,10 @@ def test_observability_cost_target() -> None:
         [_outcome(SERVICE, "iris", 900), _outcome(SERVICE_QUIET, "iris", 1000)], ["iris"]
     )
     assert _named(slow, NAME).status == "MISS"
+    cpu = _named(slow, "iris server CPU per request with metrics + access log vs without, c=100")
+    assert cpu.status == "INFO"
+    assert cpu.value is not None
+    assert abs(cpu.value - 100 * 1000 / 900) < 1e-9  # same CPU for fewer requests
     # Without the quiet service in the run there is no row at all.
     assert observability_targets([_outcome(SERVICE, "iris", 900)], ["iris"]) == []
     assert all(t.name != NAME for t in evaluate([_outcome(SERVICE, "iris", 900)], [], ["iris"]))
