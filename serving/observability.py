@@ -272,7 +272,7 @@ class ObservabilityMiddleware:
         header = (b"x-request-id", request_id.encode("ascii"))
         info = RequestInfo(request_id)
         CURRENT.set(info)
-        status = 500
+        status = 499  # stays so when the client leaves before any response (nginx's code)
         started = False
 
         async def send_with_id(message: Message) -> None:

@@ -230,6 +230,15 @@ def test_a_failed_hot_swap_load_is_counted(http: httpx.Client, store: ModelStore
     assert http.post("/admin/models/diabetes/reload", headers=AUTH).status_code == 200
 
 
+def test_a_model_refused_at_startup_is_counted(tampered_server: RunningServer):
+    with tampered_server.client() as http:
+        samples = scrape(http)
+    assert value(samples, "servewell_model_load_failures_total", model="diabetes") == 1
+    assert value(samples, "servewell_model_load_failures_total", model="iris") == 0
+    served = [labels for (n, labels), v in samples.items() if n == "servewell_model_info"]
+    assert [dict(labels)["model"] for labels in served] == ["iris"]
+
+
 def test_metrics_off_means_no_metrics_no_drift_no_warnings(store: ModelStore, tmp_path: Path):
     settings = quiet_settings(store, inference="inline", poll_interval_s=0, metrics=False)
     with running_server(settings) as running, running.client() as off:
