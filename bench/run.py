@@ -42,6 +42,7 @@ from bench.scenarios import (
     NAIVE,
     SERVERS,
     SERVICE,
+    SERVICE_QUIET,
     SERVICE_SKLEARN,
     SERVICES,
     InProcess,
@@ -54,8 +55,18 @@ from serving.store import ModelStore, StoreError
 
 ROOT = servers.ROOT
 DEFAULT_MODELS = ("iris", "breast_cancer")
-DEFAULT_SERVERS = (SERVICE, SERVICE_SKLEARN, BARE, NAIVE)
+DEFAULT_SERVERS = (SERVICE, SERVICE_SKLEARN, BARE, NAIVE, SERVICE_QUIET)
 RESULTS_DIR = ROOT / "bench" / "results"
+QUIET_ENV = {"SERVEWELL_METRICS": "false", "SERVEWELL_ACCESS_LOG": "false"}
+"""``service_quiet``: the service without metrics, drift tracking and access log."""
+OBSERVED_ENV = {
+    "SERVEWELL_METRICS": "true",
+    "SERVEWELL_ACCESS_LOG": "true",
+    "SERVEWELL_LOG_LEVEL": "info",
+    "SERVEWELL_LOG_FORMAT": "json",
+}
+"""``service``: with them (the defaults), whatever the environment says: a JSON access line
+per request into the server's log file."""
 
 
 def _csv(text: str) -> list[str]:
@@ -235,9 +246,11 @@ def _progress(label: str, key: str, outcome: Outcome) -> None:
 
 def _spec(name: str, store: Path, models: list[str], backlog: int) -> servers.ServerSpec:
     if name == SERVICE:
-        return servers.service_spec(store, name=SERVICE, runtime="auto")
+        return servers.service_spec(store, name=SERVICE, runtime="auto", extra_env=OBSERVED_ENV)
     if name == SERVICE_SKLEARN:
         return servers.service_spec(store, name=SERVICE_SKLEARN, runtime="sklearn")
+    if name == SERVICE_QUIET:
+        return servers.service_spec(store, name=SERVICE_QUIET, extra_env=QUIET_ENV)
     return servers.baseline_spec(name, store, models, backlog)
 
 

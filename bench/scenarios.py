@@ -15,7 +15,9 @@ NAIVE = "naive"
 BARE_RAW = "bare_raw"
 BASELINES = (BARE, BARE_RAW, NAIVE)
 """The apps in ``bench/baselines.py``."""
-SERVERS = (*SERVICES, *BASELINES)
+SERVICE_QUIET = "service_quiet"
+"""The service with metrics, drift tracking and the access log off (what they cost)."""
+SERVERS = (*SERVICES, *BASELINES, SERVICE_QUIET)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def plan(
                 out += [Scenario(base, model, c) for base in BASELINES if base in wanted]
             if SERVICE in wanted and c in connections:
                 out.append(Scenario(SERVICE, model, c))
+            if c == baseline_connections and SERVICE_QUIET in wanted:
+                out.append(Scenario(SERVICE_QUIET, model, c))
             if c == baseline_connections and SERVICE_SKLEARN in wanted:
                 out.append(Scenario(SERVICE_SKLEARN, model, c))
         if rows_per_request > 1:

@@ -39,7 +39,12 @@ class ServerSpec:
 
 
 def service_spec(
-    store: Path, log_level: str = "warning", *, name: str = "service", runtime: str = "auto"
+    store: Path,
+    log_level: str = "warning",
+    *,
+    name: str = "service",
+    runtime: str = "auto",
+    extra_env: dict[str, str] | None = None,
 ) -> ServerSpec:
     """``python -m serving``, configured through its ``SERVEWELL_*`` settings.
 
@@ -57,6 +62,7 @@ def service_spec(
             "SERVEWELL_PORT": "{port}",
             "SERVEWELL_LOG_LEVEL": log_level,
             "SERVEWELL_RUNTIME": runtime,
+            **(extra_env or {}),
         },
     )
 

@@ -15,6 +15,7 @@ from bench.scenarios import (
     BARE_RAW,
     NAIVE,
     SERVICE,
+    SERVICE_QUIET,
     SERVICE_SKLEARN,
     InProcess,
     Outcome,
@@ -37,6 +38,8 @@ FLAT_REFERENCE_MODEL = "iris"
 FLAT_MIN_RATIO = 0.85
 ONNX_ROWS_MIN_RATIO = 2.0
 RUNTIME_OF = {SERVICE: "onnx", SERVICE_SKLEARN: "sklearn"}
+# Issue 8 (observability): metrics, drift tracking and the access log cost at most 5 %.
+OBSERVED_MIN_RATIO = 0.95
 """The runtime each service server is meant to serve every model with."""
 
 Served = Mapping[str, Mapping[str, str | None]]
@@ -278,4 +281,54 @@ def evaluate(
                 "N/A" if pct is None else "INFO",
             )
         )
-    return targets + runtime_targets(outcomes, models, served)
+    return (
+        targets
+        + runtime_targets(outcomes, models, served)
+        + observability_targets(outcomes, models)
+    )
+
+
+def observability_targets(outcomes: Sequence[Outcome], models: Sequence[str]) -> list[Target]:
+    """Issue 8: per model, single-row req/s of the service (metrics, drift tracking and JSON
+    access log on) >= ``OBSERVED_MIN_RATIO`` x the same service with them off
+    (``service_quiet``), at ``RATIO_CONNECTIONS``. No rows unless ``service_quiet`` ran."""
+    c = RATIO_CONNECTIONS
+    targets: list[Target] = []
+    for model in models:
+        quiet = _find(outcomes, SERVICE_QUIET, model, c)
+        if quiet is None and not any(o.scenario.server == SERVICE_QUIET for o in outcomes):
+            continue
+        observed = _find(outcomes, SERVICE, model, c)
+        ratio = _div(
+            None if observed is None else observed.requests_per_s,
+            None if quiet is None else quiet.requests_per_s,
+        )
+        targets.append(
+            Target(
+                f"{model} req/s with metrics + access log vs without, c={c}",
+                f">= {100 * OBSERVED_MIN_RATIO:.0f} %",
+                None if ratio is None else 100 * ratio,
+                "%",
+                _at_least(ratio, OBSERVED_MIN_RATIO),
+            )
+        )
+        # CPU time per request depends much less on what else runs on a shared box.
+        cpu = _div(_cpu_per_request(observed), _cpu_per_request(quiet))
+        targets.append(
+            Target(
+                f"{model} server CPU per request with metrics + access log vs without, c={c}",
+                "-",
+                None if cpu is None else 100 * cpu,
+                "%",
+                "N/A" if cpu is None else "INFO",
+            )
+        )
+    return targets
+
+
+def _cpu_per_request(outcome: Outcome | None) -> float | None:
+    """Server CPU seconds (workers included) per request, summed over every round."""
+    if outcome is None or outcome.result is None:
+        return None
+    requests = sum(m.result.requests for m in outcome.runs)
+    return _div(sum(m.server_cpu_s for m in outcome.runs), requests)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
+import os
+import shutil
 import socket
+import tempfile
 from typing import Any
 
 import uvicorn
 import uvloop
 
+from serving.logs import log_config, resolve_format
 from serving.settings import Settings
 
 log = logging.getLogger("servewell")
@@ -119,23 +124,35 @@ _LOOPS = {
 def main() -> None:
     """Start the service with the settings from the environment; Ctrl-C stops it cleanly."""
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging_config = log_config(settings.log_level, resolve_format(settings.log_format))
+    logging.config.dictConfig(logging_config)
+    shared_dir = None
+    if settings.workers > 1 and settings.metrics and settings.metrics_dir is None:
+        # The worker processes read their settings from the environment: share a fresh
+        # directory for their metrics snapshots (removed on exit).
+        shared_dir = tempfile.mkdtemp(prefix="servewell-metrics-")
+        os.environ["SERVEWELL_METRICS_DIR"] = shared_dir
     print(
         f"servewell: serving {settings.store.resolve()} on http://{settings.host}:{settings.port}"
     )
     print(f"servewell: API docs at http://{settings.host}:{settings.port}/docs", flush=True)
-    uvicorn.run(
-        "serving.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        loop=_LOOPS[settings.loop],
-        timeout_graceful_shutdown=10,
-    )
+    try:
+        uvicorn.run(
+            "serving.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            log_config=logging_config,
+            # The service writes its own access log (SERVEWELL_ACCESS_LOG), off the hot path.
+            access_log=False,
+            loop=_LOOPS[settings.loop],
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if shared_dir is not None:
+            shutil.rmtree(shared_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

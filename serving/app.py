@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,8 @@ from serving.dataplane import DataPlane
 from serving.fastpath import PredictFastPath, PredictTable
 from serving.lifecycle import Lifecycle
 from serving.middleware import BodyLimitMiddleware
-from serving.routes import admin, docs, health, models
+from serving.observability import Observability, ObservabilityMiddleware
+from serving.routes import admin, docs, health, models, observe
 from serving.routes.predict import model_router
 from serving.settings import Settings
 
@@ -35,10 +37,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     log.setLevel(settings.log_level.upper())
     predict_table = PredictTable()
+    observability = Observability(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dataplane = DataPlane(settings)
+        started = time.monotonic()
         try:
             await dataplane.start()
         except BaseException:
@@ -61,6 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dataplane = dataplane
         follow_models()
         lifecycle.listeners.append(follow_models)
+        observability.start(dataplane, time.monotonic() - started)
+        lifecycle.listeners.append(observability.follow)
+        lifecycle.load_listeners.append(observability.model_loaded)
         app.state.lifecycle = lifecycle
         lifecycle.start_polling()
         ok, _ = dataplane.readiness()
@@ -74,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await lifecycle.stop()
+            await observability.stop()
             app.state.lifecycle = None
             predict_table.clear()
             app.state.dataplane = None
@@ -92,12 +100,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.dataplane = None
     app.state.lifecycle = None
+    app.state.observability = observability
     # Added first = innermost: the body limit applies to the fast path too.
     app.add_middleware(PredictFastPath, table=predict_table)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outermost: request ids, metrics and the access log see every response.
+    app.add_middleware(ObservabilityMiddleware, observability=observability)
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(observe.router)
     app.include_router(admin.router, include_in_schema=settings.admin_enabled)
     docs.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]

@@ -18,13 +18,24 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from serving.runtime import FloatArray, Prediction
 
 RunBatch = Callable[[FloatArray, bool], "asyncio.Future[Prediction]"]
+
+
+class BatchObserver(Protocol):
+    """Told about every batch (metrics); both calls happen in the event loop."""
+
+    def batch_sent(self, rows: int, waits: list[float]) -> None:
+        """A batch of ``rows`` rows went to the executor; ``waits``: seconds each of its
+        requests waited in the queue."""
+
+    def batch_done(self, seconds: float) -> None:
+        """A batch's result came back ``seconds`` after it was sent."""
 
 
 class Slots:
@@ -57,6 +68,7 @@ class _Pending(NamedTuple):
     rows: FloatArray
     want_probabilities: bool
     future: asyncio.Future[Prediction]
+    queued: float
 
 
 class MicroBatcher:
@@ -76,6 +88,12 @@ class MicroBatcher:
         self.in_flight = 0
         """Batches sent whose results have not come back yet."""
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self.observer: BatchObserver | None = None
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a batch."""
+        return self._pending_rows
 
     @property
     def idle(self) -> bool:
@@ -100,9 +118,10 @@ class MicroBatcher:
         """Queue validated rows; the future resolves with exactly these rows' outputs."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Prediction] = loop.create_future()
+        now = time.monotonic()
         if not self._pending:
-            self._oldest = time.monotonic()
-        self._pending.append(_Pending(rows, want_probabilities, future))
+            self._oldest = now
+        self._pending.append(_Pending(rows, want_probabilities, future, now))
         self._pending_rows += len(rows)
         self._dispatch(loop, waited=False)
         return future
@@ -151,6 +170,10 @@ class MicroBatcher:
         self._slots.in_use += 1
         self.batches += 1
         self.in_flight += 1
+        observer = self.observer
+        sent = time.monotonic()
+        if observer is not None:
+            observer.batch_sent(rows, [sent - item.queued for item in batch])
         try:
             result = self._run(matrix, want)
         except BaseException as exc:
@@ -161,9 +184,13 @@ class MicroBatcher:
                     item.future.set_exception(exc)
             self._wake_drainers()
             return
-        result.add_done_callback(lambda done: self._deliver(batch, done))
+        result.add_done_callback(lambda done: self._deliver(batch, done, sent))
 
-    def _deliver(self, batch: list[_Pending], done: asyncio.Future[Prediction]) -> None:
+    def _deliver(
+        self, batch: list[_Pending], done: asyncio.Future[Prediction], sent: float = 0.0
+    ) -> None:
+        if self.observer is not None and not done.cancelled() and done.exception() is None:
+            self.observer.batch_done(time.monotonic() - sent)
         self.in_flight -= 1
         self._slots.release()
         self._wake_drainers()

@@ -136,6 +136,8 @@ class PredictionResult:
     prediction: Prediction
     class_keys: list[str]
     with_probabilities: bool
+    warnings: Sequence[str] = ()
+    """Input features of this request outside their training range (see InputObserver)."""
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
@@ -149,6 +151,8 @@ class PredictionResult:
             body["probabilities"] = [
                 dict(zip(keys, row, strict=True)) for row in probabilities.tolist()
             ]
+        if self.warnings:
+            body["warnings"] = list(self.warnings)
         return orjson.dumps(body)
 
 
@@ -182,6 +186,11 @@ def _details(error: ValidationError) -> list[ErrorDetail]:
     ]
 
 
+InputObserver = Callable[[ServedModel, FloatArray], Sequence[str]]
+"""Sees the validated rows of every prediction before they are batched (metrics, drift);
+returns warnings for the response (e.g. features outside their training range)."""
+
+
 class DataPlane:
     """Loads the served models into an executor and answers predictions through batchers."""
 
@@ -201,6 +210,10 @@ class DataPlane:
         version keeps serving (reported, but the service stays ready)."""
         self.slots: Slots | None = None
         self.sklearn_version = serving_sklearn_version()
+        self.input_observer: InputObserver | None = None
+        self.refusal_observer: Callable[[ServedModel, list[ErrorDetail]], None] | None = None
+        """Sees the problems of every request body that does not match its model's schema
+        (e.g. to count categories unseen in training)."""
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -435,6 +448,8 @@ class DataPlane:
             details = _details(exc)
             if any(d.type == "json_invalid" for d in details):
                 raise MalformedRequestError("the request body is not valid JSON", details) from None
+            if self.refusal_observer is not None:
+                self.refusal_observer(served, details)
             raise InvalidInputError(
                 "the request does not match the model's input schema", details
             ) from None
@@ -449,8 +464,12 @@ class DataPlane:
         assert served.batcher is not None
         if self.executor is None:
             raise NotReadyError("the inference executor is not running")
+        observer = self.input_observer
+        warnings = observer(served, rows) if observer is not None else ()
         prediction = await served.batcher.submit(rows, want)
-        return PredictionResult(served.key[0], served.key[1], prediction, served.class_keys, want)
+        return PredictionResult(
+            served.key[0], served.key[1], prediction, served.class_keys, want, warnings
+        )
 
     async def predict_json(self, served: ServedModel, body: bytes) -> bytes:
         """Request body in, response body out: what every predict transport calls."""

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.dataplane import DataPlane, ServedModel
 from serving.errors import ServingError
 from serving.exception_handlers import serving_error_response
+from serving.request_context import note_model
 
 _HEADERS = [(b"content-type", b"application/json")]
 
@@ -70,6 +71,7 @@ class PredictFastPath:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        note_model(*served.key)  # metrics and logs name the model even if the body is refused
         try:
             payload = await dataplane.predict_json(served, body)
         except ServingError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,9 @@ class Lifecycle:
         self.settings = dataplane.settings
         self.listeners: list[Callable[[], None]] = []
         """Called (synchronously) right after the served set changed."""
+        self.load_listeners: list[Callable[[ModelKey, float, str | None], None]] = []
+        """Called after every load attempt: the version, seconds it took, and why it failed
+        (None when it loaded)."""
         self._previous: dict[str, list[int]] = {}
         """Earlier production versions kept loaded, most recent first."""
         self._store_errors: dict[str, str] = {}
@@ -256,6 +260,7 @@ class Lifecycle:
     async def _load(self, key: ModelKey) -> ServedModel | str:
         """Verify and load one version into the executor: the ready model, or why not."""
         dp = self.dataplane
+        started = time.monotonic()
         try:
             manifest = await asyncio.to_thread(self.store.verify, *key)
             served = ServedModel(manifest)
@@ -265,10 +270,16 @@ class Lifecycle:
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
             log.error("not serving %s v%s: %s", *key, reason)
+            self._loaded(key, started, reason)
             return reason
+        self._loaded(key, started, None)
         dp.make_ready(served)
         log.info("loaded %s v%s with %s", *key, served.runtime)
         return served
+
+    def _loaded(self, key: ModelKey, started: float, error: str | None) -> None:
+        for listener in self.load_listeners:
+            listener(key, time.monotonic() - started, error)
 
     # -- admin operations ---------------------------------------------------------------------
 

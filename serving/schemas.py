@@ -136,6 +136,11 @@ class PredictResponse(BaseModel):
         description="Classifiers, when asked: one object per row mapping class label to "
         "probability.",
     )
+    warnings: list[str] | None = Field(
+        default=None,
+        description="Present when some input value lies outside its feature's training range: "
+        "one message per such feature (the prediction is made anyway, but may be unreliable).",
+    )
 
 
 class ErrorItem(BaseModel):

@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
 
-    access_log: bool = False
-    """Log one line per request (off by default: it costs throughput)."""
+    access_log: bool = True
+    """Log one line per request (``servewell.access``, at ``info`` level: silent at
+    ``warning`` and above): request id, method, path, status, latency, and the model, version
+    and rows of predictions. Formatted and written by a background thread."""
 
     loop: Literal["uvloop", "asyncio", "uvloop-libuv-accept"] = "uvloop"
     """Event loop of the server. ``uvloop`` (default): uvloop, with connections accepted as
@@ -111,6 +113,30 @@ class Settings(BaseSettings):
     """Intra-op threads per ONNX Runtime session. Default: the cores left after the event loop,
     shared among the workers (``max(1, (cores - 1) // pool_size)``; inline: ``cores - 1``), so
     workers never oversubscribe the box."""
+
+    workers: int = Field(default=1, ge=1)
+    """Server processes ``python -m serving`` starts (uvicorn workers sharing the port), each
+    with its own inference pool of ``pool_size`` workers. Metrics add up over all of them."""
+
+    metrics: bool = True
+    """Prometheus metrics at ``GET /metrics`` and input drift tracking (``GET
+    /models/{name}/drift``, out-of-range counters, response warnings). Off: none of these."""
+
+    input_warnings: bool = True
+    """Predict responses carry a ``warnings`` list naming the features of the request with a
+    value outside their training range (only when there is one; needs ``metrics``)."""
+
+    drift_window_rows: int = Field(default=10_000, ge=100)
+    """Most recent input rows per model version that ``GET /models/{name}/drift`` compares
+    with training."""
+
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """``json``: one JSON object per line. ``text``: human-readable lines. ``auto`` (default):
+    text when stderr is a terminal (``make serve``), JSON otherwise."""
+
+    metrics_dir: Path | None = None
+    """Directory where the server processes share their metrics; ``python -m serving`` sets it
+    (a fresh temporary directory) when ``workers`` > 1."""
 
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""

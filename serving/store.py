@@ -109,6 +109,13 @@ class Feature(_Frozen):
     std: float | None = None
     example: float | int | bool | str | None = None
     """A value taken from the training data, for documentation."""
+    bin_edges: list[float] | None = None
+    """Numeric, integer and boolean features: the distinct deciles of the training values,
+    cutting them into ``len(bin_edges) + 1`` bins (bin ``i`` holds values ``v`` with
+    ``bin_edges[i-1] < v <= bin_edges[i]``). Used to compare live inputs with training (PSI).
+    None for versions trained before it was recorded."""
+    bin_shares: list[float] | None = None
+    """Share of the (non-null) training values in each bin of ``bin_edges``."""
 
 
 class Target(_Frozen):

@@ -125,9 +125,23 @@ def feature_schema(data: Dataset, X_train: pd.DataFrame) -> list[Feature]:
                 mean=float(non_null.mean()),
                 std=float(non_null.std(ddof=0)),
                 example=example,
+                **_training_bins(non_null.to_numpy(dtype=float)),
             )
         )
     return features
+
+
+def _training_bins(values: np.ndarray[Any, Any]) -> dict[str, list[float]]:
+    """Decile bins of the training values and the share of them in each bin, so the service
+    can compare the distribution of live inputs with training (population stability index)."""
+    if len(values) == 0:
+        return {}
+    edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    return {
+        "bin_edges": [float(e) for e in edges],
+        "bin_shares": [float(c) for c in counts / len(values)],
+    }
 
 
 def _compile_onnx(

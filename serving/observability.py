@@ -1,0 +1,358 @@
+"""Wires metrics, drift tracking, request ids and the access log into the app.
+
+:class:`Observability` attaches observers to the data plane (rows of every prediction), to
+each model version's batcher (batch sizes, queue waits, inference time) and to the lifecycle
+(loads and load failures), and runs the background pass (drift counting, snapshots for other
+server processes). :class:`ObservabilityMiddleware` is the outermost ASGI layer: it gives
+every request its id, answers it in ``X-Request-ID``, and counts and logs every response,
+including those of the predict fast path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.dataplane import DataPlane, ServedModel
+from serving.drift import DriftTracker, ModelDrift, ModelKey
+from serving.errors import ErrorDetail
+from serving.exception_handlers import error_body
+from serving.inline import InlineExecutor
+from serving.logs import AccessLog, resolve_format
+from serving.metrics import Histogram, Metrics, MetricsCollector, SnapshotDir, SnapshotWriter
+from serving.pool import InferencePool
+from serving.request_context import (
+    CURRENT,
+    REQUEST_ID_RULE,
+    RequestInfo,
+    new_request_id,
+    valid_request_id,
+)
+from serving.runtime import FloatArray
+from serving.settings import Settings
+from serving.store import FeatureKind
+
+log = logging.getLogger("servewell")
+
+BACKGROUND_INTERVAL_S = 1.0
+_Bound = tuple[ServedModel, ModelDrift | None, str, str]
+
+
+class _BatchMetrics:
+    """One model version's batcher observer, with its histograms bound once."""
+
+    __slots__ = ("inference", "rows", "wait")
+
+    def __init__(self, metrics: Metrics, served: ServedModel) -> None:
+        name, version = served.key
+        labels = (name, str(version))
+        self.rows = metrics.batch_rows.histogram(labels)
+        self.wait = metrics.queue_wait.histogram(labels)
+        self.inference: Histogram = metrics.inference.histogram((name, served.runtime or "?"))
+
+    def batch_sent(self, rows: int, waits: list[float]) -> None:
+        self.rows.observe(rows)
+        observe = self.wait.observe
+        for wait in waits:
+            observe(wait)
+
+    def batch_done(self, seconds: float) -> None:
+        self.inference.observe(seconds)
+
+
+class Observability:
+    """Metrics and drift of one server process (both None when ``metrics`` is off)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics: Metrics | None = Metrics() if settings.metrics else None
+        self.drift: DriftTracker | None = None
+        self.shared: SnapshotDir | None = None
+        if self.metrics is not None:
+            self.drift = DriftTracker(settings.drift_window_rows, self._count_drift)
+            if settings.metrics_dir is not None:
+                self.shared = SnapshotDir(settings.metrics_dir)
+        self.collector = (
+            MetricsCollector(self.metrics, self.shared) if self.metrics is not None else None
+        )
+        self.access: AccessLog | None = None
+        if settings.access_log and settings.log_level in ("info", "debug"):
+            self.access = AccessLog(resolve_format(settings.log_format))
+        self.warn = settings.input_warnings
+        self._task: asyncio.Task[None] | None = None
+        self._bound: dict[int, _Bound] = {}
+        self._dataplane: DataPlane | None = None
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def start(self, dataplane: DataPlane, startup_s: float) -> None:
+        """Attach to a started data plane; start the access log and the background pass."""
+        self._dataplane = dataplane
+        if self.access is not None:
+            self.access.start()
+        metrics = self.metrics
+        if metrics is None and self.access is None:
+            return
+        dataplane.input_observer = self._observe_rows
+        if metrics is None:
+            return
+        dataplane.refusal_observer = self._count_unseen
+        for (name, version), served in dataplane.models.items():
+            if served.state.value == "ready":
+                metrics.load_seconds.values[(name, str(version))] = startup_s
+            else:
+                metrics.load_failures.inc((name,))
+        for name, _ in dataplane.unreadable:
+            metrics.load_failures.inc((name,))
+        for name in dataplane.broken_names:
+            metrics.load_failures.inc((name,))
+        metrics.refreshers.append(self._refresh)
+        self.follow()
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._background())
+
+    def follow(self) -> None:
+        """Observe the batchers of newly served versions; forget swapped-out ones."""
+        dataplane = self._dataplane
+        if self.metrics is None or dataplane is None:
+            return
+        ready = dataplane.ready_models()
+        for served in ready:
+            if served.batcher is not None and served.batcher.observer is None:
+                served.batcher.observer = _BatchMetrics(self.metrics, served)
+        if self.drift is not None:
+            self.drift.forget({s.key for s in ready})
+        live = {id(s) for s in ready}
+        self._bound = {k: b for k, b in self._bound.items() if k in live}
+
+    def model_loaded(self, key: ModelKey, seconds: float, error: str | None) -> None:
+        """Lifecycle listener: one load attempt of a version during a hot swap."""
+        if self.metrics is None:
+            return
+        if error is None:
+            self.metrics.load_seconds.values[(key[0], str(key[1]))] = seconds
+        else:
+            self.metrics.load_failures.inc((key[0],))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.access is not None:
+            self.access.stop()
+        if self._dataplane is not None:
+            self._dataplane.input_observer = None
+            self._dataplane.refusal_observer = None
+            self._dataplane = None
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def _observe_rows(self, served: ServedModel, rows: FloatArray) -> list[str]:
+        bound = self._bound.get(id(served))
+        if bound is None or bound[0] is not served:
+            bound = self._bind(served)
+        _, drift, name, version = bound
+        info = CURRENT.get()
+        if info is not None:
+            info.model = name
+            info.version = version
+            info.rows += len(rows)
+        if drift is None:
+            return []
+        assert self.drift is not None
+        return self.drift.observe(drift, rows, self.warn)
+
+    def _bind(self, served: ServedModel) -> _Bound:
+        """What the hot path needs of a served version, looked up once."""
+        name, version = served.key
+        drift = self.drift.track(served.manifest) if self.drift is not None else None
+        bound = self._bound[id(served)] = (served, drift, name, str(version))
+        return bound
+
+    def _count_unseen(self, served: ServedModel, details: list[ErrorDetail]) -> None:
+        """Count values of categorical features that are not a training category (the schema
+        refuses them; the count says which features clients send new values for)."""
+        assert self.metrics is not None
+        manifest = served.manifest
+        categorical = {f.name for f in manifest.features if f.kind == FeatureKind.CATEGORICAL}
+        if not categorical:
+            return
+        names = manifest.feature_names
+        for detail in details:
+            if detail.type != "literal_error" or len(detail.loc) < 3:
+                continue
+            where = detail.loc[2]
+            feature = names[where] if isinstance(where, int) and where < len(names) else where
+            if feature in categorical:
+                self.metrics.unseen_categories.inc((manifest.name, str(feature)))
+
+    # -- background -------------------------------------------------------------------------
+
+    async def _background(self) -> None:
+        writer = (
+            SnapshotWriter(self.metrics, self.shared)
+            if self.metrics is not None and self.shared is not None
+            else None
+        )
+        while True:
+            await asyncio.sleep(BACKGROUND_INTERVAL_S)
+            try:
+                self.process_drift()
+                if writer is not None:
+                    writer.tick()
+            except Exception:  # never let metrics take the service down
+                log.exception("metrics background pass failed")
+
+    def process_drift(self) -> None:
+        """Count and window the rows queued since the last pass (runs in the event loop:
+        a few vectorised operations per model version)."""
+        if self.drift is not None:
+            self.drift.process(self.drift.take())
+
+    def _count_drift(self, key: ModelKey, names: list[str], counts: Any, rows: int) -> None:
+        assert self.metrics is not None
+        name = key[0]
+        self.metrics.rows_checked.inc((name,), rows)
+        for i in np.flatnonzero(counts):
+            self.metrics.out_of_range.inc((name, names[i]), int(counts[i]))
+
+    def _refresh(self) -> None:
+        """Gauges mirroring live state, read at scrape (and snapshot) time."""
+        metrics = self.metrics
+        dataplane = self._dataplane
+        if metrics is None or dataplane is None:
+            return
+        self.process_drift()  # a scrape sees every row answered before it
+        depth: dict[tuple[str, ...], float] = {}
+        info: dict[tuple[str, ...], float] = {}
+        for served in dataplane.ready_models():
+            name, version = served.key
+            if served.batcher is not None:
+                depth[(name, str(version))] = float(served.batcher.queued_rows)
+            default = "true" if dataplane.default_version.get(name) == version else "false"
+            info[(name, str(version), served.runtime or "unknown", default)] = 1.0
+        metrics.queue_depth.values = depth
+        metrics.model_info.values = info
+        executor = dataplane.executor
+        if isinstance(executor, InferencePool):
+            metrics.workers.values[()] = float(len(executor.pids))
+            metrics.restarts.values[()] = float(executor.restarts)
+        elif isinstance(executor, InlineExecutor):
+            metrics.workers.values[()] = 1.0 if executor.up else 0.0
+
+
+class ObservabilityMiddleware:
+    """Request id, metrics and access log for every HTTP request (pure ASGI, outermost)."""
+
+    def __init__(self, app: ASGIApp, observability: Observability) -> None:
+        self.app = app
+        self.metrics = observability.metrics
+        self.access = observability.access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        given = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value
+                break
+        bad_id = given is not None and not valid_request_id(given)
+        request_id = given.decode("ascii") if given is not None and not bad_id else new_request_id()
+        header = (b"x-request-id", request_id.encode("ascii"))
+        info = RequestInfo(request_id)
+        CURRENT.set(info)
+        status = 499  # stays so when the client leaves before any response (nginx's code)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight_now += 1
+        try:
+            if bad_id:
+                await _reject_request_id(send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            await _internal_error(send_with_id)
+        finally:
+            seconds = time.perf_counter() - start
+            endpoint = _endpoint(scope, info)
+            if metrics is not None:
+                metrics.in_flight_now -= 1
+                metrics.request_done(info.model, info.version, endpoint, status, seconds)
+            if self.access is not None:
+                self.access.add(
+                    (
+                        time.time(),
+                        request_id,
+                        scope["method"],
+                        scope["path"],
+                        status,
+                        seconds,
+                        info.model,
+                        info.version,
+                        info.rows,
+                    )
+                )
+
+
+def _endpoint(scope: Scope, info: RequestInfo) -> str:
+    """A bounded label: the route's path template, the predict templates for the fast path,
+    ``unmatched`` for paths no route knows."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        if not info.model:
+            return "unmatched"
+        path = scope["path"]  # the fast path
+    # Each served model has its own documented predict route: one label for all of them.
+    if path.startswith("/models/") and path.endswith("/predict"):
+        if "/versions/" in path:
+            return "/models/{name}/versions/{version}/predict"
+        return "/models/{name}/predict"
+    return path
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _reject_request_id(send: Send) -> None:
+    body = error_body("bad_request", f"the X-Request-ID header must be {REQUEST_ID_RULE}")
+    await _send_json(send, 400, body)
+
+
+async def _internal_error(send: Send) -> None:
+    await _send_json(send, 500, error_body("internal_error", "internal server error"))

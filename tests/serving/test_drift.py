@@ -1,0 +1,67 @@
+"""Drift arithmetic on a really trained model's manifest: ranges, window, PSI."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.datasets import load_iris
+
+from serving.drift import DriftTracker, ModelDrift
+from serving.store import ModelStore
+
+
+def test_training_bins_hold_the_training_distribution(trained_store: ModelStore) -> None:
+    manifest = trained_store.manifest("iris", 1)
+    for feature in manifest.features:
+        assert feature.bin_edges is not None
+        assert feature.bin_shares is not None
+        assert len(feature.bin_shares) == len(feature.bin_edges) + 1
+        assert abs(sum(feature.bin_shares) - 1) < 1e-9
+        assert feature.bin_edges == sorted(set(feature.bin_edges))
+
+
+def test_psi_is_small_for_training_like_data_and_large_for_shifted(
+    trained_store: ModelStore,
+) -> None:
+    manifest = trained_store.manifest("iris", 1)
+    data = load_iris().data
+    model = ModelDrift(manifest, window_rows=1000)
+    model.append(data)
+    same = {f["name"]: f for f in model.report(model.window[: model.filled])["features"]}
+    shifted_model = ModelDrift(manifest, window_rows=1000)
+    shifted_model.append(data + np.array([0.0, 0.0, 2.0, 0.0]))
+    window = shifted_model.window[: shifted_model.filled]
+    shifted = {f["name"]: f for f in shifted_model.report(window)["features"]}
+    for name, entry in same.items():
+        assert entry["psi"] < 0.1, name  # the training split is most of this data
+    assert shifted["petal_length_cm"]["psi"] > 0.25
+    assert shifted["sepal_length_cm"]["psi"] < 0.1
+    assert shifted["petal_length_cm"]["out_of_range_share"] > 0
+
+
+def test_window_keeps_the_most_recent_rows(trained_store: ModelStore) -> None:
+    model = ModelDrift(trained_store.manifest("iris", 1), window_rows=5)
+    for i in range(7):
+        model.append(np.full((1, 4), float(i)))
+    assert model.filled == 5
+    assert sorted(model.window[:, 0].tolist()) == [2.0, 3.0, 4.0, 5.0, 6.0]
+    model.append(np.arange(40.0).reshape(10, 4))
+    assert model.window[:, 0].tolist() == [20.0, 24.0, 28.0, 32.0, 36.0]
+
+
+def test_out_of_range_warnings_and_counts(trained_store: ModelStore) -> None:
+    manifest = trained_store.manifest("iris", 1)
+    counted: list[tuple[str, list[int], int]] = []
+    tracker = DriftTracker(
+        100, lambda key, names, counts, rows: counted.append((key[0], counts.tolist(), rows))
+    )
+    model = tracker.track(manifest)
+    inside = np.array([[5.1, 3.5, 1.4, 0.2]])
+    far = np.array([[5.1, 3.5, 100.0, -1.0], [5.1, 3.5, 1.4, 0.2]])
+    assert tracker.observe(model, inside, warn=True) == []
+    warnings = tracker.observe(model, far, warn=True)
+    assert [w.split()[0] for w in warnings] == ["petal_length_cm", "petal_width_cm"]
+    assert tracker.observe(model, far[:1], warn=False) == []
+    nan_row = np.array([[np.nan, 3.5, 1.4, 0.2]])
+    assert tracker.observe(model, nan_row, warn=True) == []  # missing is not out of range
+    tracker.process(tracker.take())
+    assert counted == [("iris", [0, 0, 2, 2], 5)]
