@@ -79,3 +79,25 @@ bench: $(STAMP) ## Load benchmark, wrk on loopback (~4 min; BENCH_ARGS=--quick ~
 
 clean: ## Remove the virtualenv and caches (keeps the model store)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# -- Ray Serve (optional extra `.[ray]`: large wheels, so not part of `make venv`) -------------
+RAY_STAMP := $(VENV)/.ray-installed-stamp
+.PHONY: venv-ray serve-ray test-ray bench-ray
+RAY_CPUS ?= $(shell nproc)
+
+$(RAY_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	@touch $(RAY_STAMP)
+
+venv-ray: $(RAY_STAMP) ## Install the ray extra into .venv (Ray Serve; ~1 GB, a few minutes)
+
+serve-ray: $(RAY_STAMP) ## Train defaults if the store is empty; local Ray head (loopback) + deploy/ray-serve.yaml on 127.0.0.1:8000
+	$(PY) -m training ensure-default
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m serving.ray_local --config deploy/ray-serve.yaml --num-cpus $(RAY_CPUS)
+
+test-ray: $(RAY_STAMP) ## Ray Serve tests: two real replicas on a local Ray instance (~1.5 min)
+	$(PY) -m pytest -q tests/serving/test_ray_deployment.py
+
+bench-ray: $(RAY_STAMP) ## Benchmark the Ray Serve proxy vs the single-box service (BENCH_ARGS as for bench)
+	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/run.py --servers service,ray $(BENCH_ARGS)

@@ -15,7 +15,11 @@ NAIVE = "naive"
 BARE_RAW = "bare_raw"
 BASELINES = (BARE, BARE_RAW, NAIVE)
 """The apps in ``bench/baselines.py``."""
-SERVERS = (*SERVICES, *BASELINES)
+RAY = "ray"
+"""The service as Ray Serve replicas behind Ray's proxy (``bench/ray_serve.py``)."""
+RAY_CONNECTIONS = (1, 100)
+"""Loads at which the Ray scenario runs (when the service runs at them too)."""
+SERVERS = (*SERVICES, *BASELINES, RAY)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ def plan(
                 out += [Scenario(base, model, c) for base in BASELINES if base in wanted]
             if SERVICE in wanted and c in connections:
                 out.append(Scenario(SERVICE, model, c))
+            if RAY in wanted and c in connections and c in RAY_CONNECTIONS:
+                out.append(Scenario(RAY, model, c))
             if c == baseline_connections and SERVICE_SKLEARN in wanted:
                 out.append(Scenario(SERVICE_SKLEARN, model, c))
         if rows_per_request > 1:
