@@ -14,6 +14,7 @@ counted over its process tree (every descendant of the launcher), not its proces
 import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,8 @@ class RayServer(servers.RunningServer):
 
     tree: list[int]
     """Descendants seen while running (Ray's actors leave the launcher's process group)."""
+    temp_dir: str | None = None
+    """Ray's session dir of this instance, removed after the stop."""
 
     def cpu_seconds(self) -> float:
         pids = [self.process.pid, *_ps_tree(self.process.pid)]
@@ -75,6 +78,8 @@ class RayServer(servers.RunningServer):
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def start(
@@ -101,6 +106,7 @@ def start(
             start_new_session=True,
         )
     server = RayServer(spec=spec, port=port, process=process, log_path=log_path)
+    server.temp_dir = temp_dir
     try:
         servers._wait_ready(server, max(ready_timeout_s, 300.0))  # Ray takes ~1 min here
     except BaseException:

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 DEPLOYMENT_NAME = "servewell"
 REPLICA_HEADER = b"x-servewell-replica"
 
-# Measured on a 2-core box (README, "Ray Serve"): with Ray's process per replica doing the
-# parallelism, each replica runs batches inline by default; an extra pool process per replica
-# only competes for the same cores. ``settings: {inference: pool}`` brings the pool back.
+# Measured on a 2-core box (README, "Ray Serve"): behind Ray's proxy a one-worker pool per
+# replica was no faster than inline, so replicas run batches inline by default: Ray already
+# gives each replica its own process, and no process runs outside the CPUs Ray reserves for it.
+# ``settings: {inference: pool}`` brings the pool back (big models, large ``rows`` requests).
 REPLICA_DEFAULTS: dict[str, Any] = {"inference": "inline"}
 
 
