@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     # Unix socket paths under the temp dir must stay short: a short private dir under /tmp.
     own_temp_dir = args.temp_dir is None
     temp_dir = args.temp_dir or Path(tempfile.mkdtemp(prefix="ray-sw-", dir="/tmp"))
-    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="servewell-serve-") as file:
         yaml.safe_dump(config, file)
         file.flush()
@@ -80,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             _temp_dir=str(temp_dir),
             namespace="serve",
         )
+        # After ray.init, which installs its own SIGTERM handler: SIGINT (even when inherited
+        # as ignored, e.g. from a background job) and SIGTERM both take serve run's Ctrl-C path.
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
         http = config["http_options"]
         print(
             f"servewell on Ray Serve: http://{http['host']}:{http.get('port', 8000)} "
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
+            # A second Ctrl-C must not cut the teardown short and leave Ray processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             from ray import serve
 
             # Both untyped in ray (and Any when it is not installed): called as Any.
