@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -293,3 +294,29 @@ def test_two_ray_replicas_serve_the_models_and_follow_the_production_pointer(
             break
         time.sleep(0.5)
     assert not alive, f"left behind: {alive}"
+
+
+@pytest.mark.ray
+@needs_ray
+def test_ray_accepts_the_deployment_options() -> None:
+    from serving.ray_deployment import build
+
+    with warnings.catch_warnings():  # ray's own deprecation warnings on import
+        warnings.simplefilter("ignore")
+        import ray.serve  # noqa: F401
+
+    app = build(
+        {
+            "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 16},
+            "num_cpus": 0.5,
+            "settings": {"store": "models", "max_batch_delay_ms": 2.0},
+        }
+    )
+    deployment: Any = app._bound_deployment  # typed only when ray is installed
+    config = deployment._deployment_config
+    assert deployment.name == "servewell"
+    assert config.autoscaling_config.min_replicas == 1
+    assert config.autoscaling_config.max_replicas == 3
+    assert config.autoscaling_config.target_ongoing_requests == 16
+    assert config.max_ongoing_requests == 256
+    assert deployment.ray_actor_options["num_cpus"] == 0.5
