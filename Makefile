@@ -95,3 +95,25 @@ $(PEERS_STAMP): bench/peers-requirements.txt $(STAMP)
 bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~5 min; PEERS_ARGS=--quick ~2 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/peers.py --venv $(PEERS_VENV) $(PEERS_ARGS)
+
+# -- Ray Serve (optional extra `.[ray]`: large wheels, so not part of `make venv`) -------------
+RAY_STAMP := $(VENV)/.ray-installed-stamp
+.PHONY: venv-ray serve-ray test-ray bench-ray
+RAY_CPUS ?= $(shell nproc)
+
+$(RAY_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	@touch $(RAY_STAMP)
+
+venv-ray: $(RAY_STAMP) ## Install the ray extra into .venv (Ray Serve; ~1 GB, a few minutes)
+
+serve-ray: $(RAY_STAMP) ## Train defaults if the store is empty; local Ray head (loopback) + serving/ray-serve.yaml on 127.0.0.1:8000
+	$(PY) -m training ensure-default
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m serving.ray_local --config serving/ray-serve.yaml --num-cpus $(RAY_CPUS)
+
+test-ray: $(RAY_STAMP) ## Ray Serve tests: two real replicas on a local Ray instance (~1.5 min)
+	$(PY) -m pytest -q tests/serving/test_ray_deployment.py
+
+bench-ray: $(RAY_STAMP) ## Benchmark the Ray Serve proxy vs the single-box service (BENCH_ARGS as for bench)
+	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/run.py --servers service,ray $(BENCH_ARGS)

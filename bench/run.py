@@ -36,10 +36,11 @@ if __package__ in (None, ""):
     # Run as a script (``python bench/run.py``): make the ``bench`` package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure, report, runtimes, servers, targets, wrk
+from bench import measure, ray_serve, report, runtimes, servers, targets, wrk
 from bench.scenarios import (
     BARE,
     NAIVE,
+    RAY,
     SERVERS,
     SERVICE,
     SERVICE_QUIET,
@@ -55,7 +56,15 @@ from serving.store import ModelStore, StoreError
 
 ROOT = servers.ROOT
 DEFAULT_MODELS = ("iris", "breast_cancer")
-DEFAULT_SERVERS = (SERVICE, SERVICE_SKLEARN, BARE, NAIVE, SERVICE_QUIET)
+# The Ray scenario runs whenever the ray extra is installed.
+DEFAULT_SERVERS = (
+    SERVICE,
+    SERVICE_SKLEARN,
+    BARE,
+    NAIVE,
+    SERVICE_QUIET,
+    *([RAY] if ray_serve.available() else []),
+)
 RESULTS_DIR = ROOT / "bench" / "results"
 QUIET_ENV = {"SERVEWELL_METRICS": "false", "SERVEWELL_ACCESS_LOG": "false"}
 """``service_quiet``: the service without metrics, drift tracking and access log."""
@@ -134,6 +143,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-train", action="store_true", help="do not run `training ensure-default` first"
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--ray-config", type=Path, default=ray_serve.DEFAULT_CONFIG, help="Serve config of ray"
+    )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="server start, s")
     parser.add_argument(
@@ -261,10 +273,14 @@ def _start_servers(
     running: dict[str, servers.RunningServer | str] = {}
     for name in names:
         print(f"starting {name} ...", flush=True)
+        server: servers.RunningServer
         try:
-            server = servers.start(
-                _spec(name, store, args.models, args.backlog), log_dir, args.ready_timeout
-            )
+            if name == RAY:
+                server = ray_serve.start(store, log_dir, args.ready_timeout, args.ray_config)
+            else:
+                server = servers.start(
+                    _spec(name, store, args.models, args.backlog), log_dir, args.ready_timeout
+                )
         except servers.ServerError as exc:
             print(str(exc), file=sys.stderr)
             running[name] = str(exc).splitlines()[0]
@@ -391,6 +407,14 @@ def _notes(
                 )
     if runtimes_error is not None:
         notes.append(f"WARNING: the in-process runtime comparison failed: {runtimes_error}")
+    notes += ray_serve.overhead_notes(outcomes)
+    if RAY in running:
+        notes.append(
+            f"{RAY}: a local Ray instance ({args.ray_config.name}); it ran during every "
+            "scenario, so its idle CPU counts as other CPU in the others."
+        )
+    elif not ray_serve.available():
+        notes.append(f"no Ray scenario: {ray_serve.INSTALL_HINT}.")
     for name, server in running.items():
         if not isinstance(server, str) and server.leftovers:
             notes.append(f"WARNING: {name} left processes {server.leftovers} after shutdown.")

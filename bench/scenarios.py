@@ -17,7 +17,11 @@ BASELINES = (BARE, BARE_RAW, NAIVE)
 """The apps in ``bench/baselines.py``."""
 SERVICE_QUIET = "service_quiet"
 """The service with metrics, drift tracking and the access log off (what they cost)."""
-SERVERS = (*SERVICES, *BASELINES, SERVICE_QUIET)
+RAY = "ray"
+"""The service as Ray Serve replicas behind Ray's proxy (``bench/ray_serve.py``)."""
+RAY_CONNECTIONS = (1, 100)
+"""Loads at which the Ray scenario runs (when the service runs at them too)."""
+SERVERS = (*SERVICES, *BASELINES, SERVICE_QUIET, RAY)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def plan(
                 out.append(Scenario(SERVICE, model, c))
             if c == baseline_connections and SERVICE_QUIET in wanted:
                 out.append(Scenario(SERVICE_QUIET, model, c))
+            if RAY in wanted and c in connections and c in RAY_CONNECTIONS:
+                out.append(Scenario(RAY, model, c))
             if c == baseline_connections and SERVICE_SKLEARN in wanted:
                 out.append(Scenario(SERVICE_SKLEARN, model, c))
         if rows_per_request > 1:
