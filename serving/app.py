@@ -15,9 +15,11 @@ from serving.dataplane import DataPlane
 from serving.fastpath import PredictFastPath, PredictTable
 from serving.lifecycle import Lifecycle
 from serving.middleware import BodyLimitMiddleware
-from serving.routes import admin, docs, health, models
+from serving.oip.service import InferenceService
+from serving.routes import admin, docs, health, models, v2
 from serving.routes.predict import model_router
 from serving.settings import Settings
+from serving.v2_fastpath import InferFastPath, InferTable
 
 log = logging.getLogger("servewell")
 
@@ -35,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     log.setLevel(settings.log_level.upper())
     predict_table = PredictTable()
+    infer_table = InferTable()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dataplane.close()
             raise
         lifecycle = Lifecycle(dataplane)
+        inference_service = InferenceService(dataplane)
         model_routes: list[Any] = []
 
         def follow_models() -> None:
@@ -56,9 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.router.routes[:] = [r for r in app.router.routes if id(r) not in stale]
             model_routes[:] = added
             predict_table.fill(dataplane)
+            infer_table.fill(inference_service)
             app.openapi_schema = None
 
         app.state.dataplane = dataplane
+        app.state.inference_service = inference_service
         follow_models()
         lifecycle.listeners.append(follow_models)
         app.state.lifecycle = lifecycle
@@ -76,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await lifecycle.stop()
             app.state.lifecycle = None
             predict_table.clear()
+            infer_table.clear()
+            app.state.inference_service = None
             app.state.dataplane = None
             dataplane.close()
 
@@ -92,13 +100,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.dataplane = None
     app.state.lifecycle = None
+    app.state.inference_service = None
     # Added first = innermost: the body limit applies to the fast path too.
     app.add_middleware(PredictFastPath, table=predict_table)
+    app.add_middleware(InferFastPath, table=infer_table)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(admin.router, include_in_schema=settings.admin_enabled)
+    app.include_router(v2.router)
     docs.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
