@@ -146,7 +146,15 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         raise _malformed(f"the inference request is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise _bad("the inference request must be a JSON object")
-    unknown = set(document) - {"id", "parameters", "inputs", "outputs"}
+    # Some clients repeat the model's name and version in the body (Triton's own examples do).
+    unknown = set(document) - {
+        "id",
+        "parameters",
+        "inputs",
+        "outputs",
+        "model_name",
+        "model_version",
+    }
     if unknown:
         raise _bad(f"unknown field(s) in the inference request: {', '.join(sorted(unknown))}")
     request_id = document.get("id")
