@@ -16,6 +16,10 @@ BARE_RAW = "bare_raw"
 BASELINES = (BARE, BARE_RAW, NAIVE)
 """The apps in ``bench/baselines.py``."""
 SERVERS = (*SERVICES, *BASELINES)
+TYPED = "typed"
+"""The service's own predict endpoint; the other protocols are in ``bench/v2.py``."""
+V2_PROTOCOLS = ("v2json", "v2binary")
+"""Open Inference Protocol requests to the service: JSON, and JSON + binary tensor data."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class Scenario:
     connections: int
     rows_per_request: int = 1
     """1: one record in ``{"instances": [...]}``; more: a ``{"rows": [...]}`` request."""
+    protocol: str = TYPED
+    """``typed`` (``/models/{name}/predict``) or one of ``V2_PROTOCOLS`` (``/v2/.../infer``)."""
 
     @property
     def is_rows(self) -> bool:
@@ -33,10 +39,17 @@ class Scenario:
     @property
     def key(self) -> str:
         shape = f"rows{self.rows_per_request}" if self.is_rows else "row"
-        return f"{self.server}/{self.model}/{shape}/c{self.connections}"
+        key = f"{self.server}/{self.model}/{shape}/c{self.connections}"
+        return key if self.protocol == TYPED else f"{key}/{self.protocol}"
+
+    @property
+    def is_v2(self) -> bool:
+        return self.protocol != TYPED
 
     @property
     def path(self) -> str:
+        if self.is_v2:
+            return f"/v2/models/{self.model}/infer"
         return f"/models/{self.model}/predict"
 
 
@@ -48,22 +61,27 @@ def plan(
     baseline_connections: int,
     rows_per_request: int,
     rows_connections: int,
+    v2_connections: Sequence[int] = (),
 ) -> list[Scenario]:
     """All scenarios in the order they run within a round.
 
     Per model, runs that are compared with each other are adjacent, so a change in background
     load between them is less likely: the baselines, the service and the service on
     scikit-learn at the baseline load; the rows request of the service and of the service on
-    scikit-learn. The service on scikit-learn runs only those two comparisons.
+    scikit-learn. The service on scikit-learn runs only those two comparisons. With
+    ``v2_connections``, the service's Open Inference Protocol requests (JSON, binary) follow
+    its typed single-row run at those loads, and its typed rows request.
     """
     wanted = set(servers)
     out: list[Scenario] = []
     for model in models:
-        for c in sorted({*connections, baseline_connections}):
+        for c in sorted({*connections, baseline_connections, *v2_connections}):
             if c == baseline_connections:
                 out += [Scenario(base, model, c) for base in BASELINES if base in wanted]
             if SERVICE in wanted and c in connections:
                 out.append(Scenario(SERVICE, model, c))
+            if SERVICE in wanted and c in v2_connections:
+                out += [Scenario(SERVICE, model, c, protocol=p) for p in V2_PROTOCOLS]
             if c == baseline_connections and SERVICE_SKLEARN in wanted:
                 out.append(Scenario(SERVICE_SKLEARN, model, c))
         if rows_per_request > 1:
@@ -72,6 +90,11 @@ def plan(
                 for server in SERVICES
                 if server in wanted
             ]
+            if SERVICE in wanted and v2_connections:
+                out += [
+                    Scenario(SERVICE, model, rows_connections, rows_per_request, protocol=p)
+                    for p in V2_PROTOCOLS
+                ]
     return out
 
 
