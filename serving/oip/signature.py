@@ -17,6 +17,7 @@ given in the model metadata's parameters).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,12 +34,13 @@ from serving.oip.tensors import (
     Tensor,
 )
 from serving.runtime import FloatArray, Prediction
-from serving.store import FeatureKind, Manifest, Task
+from serving.store import Feature, FeatureKind, Manifest, Task
 
 MATRIX_INPUT = "input"
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
 _MAX_EXACT_INT = 2**53
+_NUMERIC = FLOAT_TYPES | INT_TYPES
 _KIND_DATATYPE = {
     FeatureKind.NUMERIC: "FP64",
     FeatureKind.INTEGER: "INT64",
@@ -46,7 +48,7 @@ _KIND_DATATYPE = {
     FeatureKind.CATEGORICAL: BYTES,
 }
 _ACCEPTED = {
-    FeatureKind.NUMERIC: FLOAT_TYPES | INT_TYPES,
+    FeatureKind.NUMERIC: _NUMERIC,
     FeatureKind.INTEGER: INT_TYPES,
     FeatureKind.BOOLEAN: frozenset({BOOL}),
     FeatureKind.CATEGORICAL: frozenset({BYTES}),
@@ -87,10 +89,9 @@ class Signature:
             for i, f in enumerate(self.features)
             if f.kind == FeatureKind.CATEGORICAL
         }
-        kinds = np.array([f.kind.value for f in self.features])
-        self.integer_columns = np.flatnonzero(kinds == FeatureKind.INTEGER.value)
-        self.boolean_columns = np.flatnonzero(kinds == FeatureKind.BOOLEAN.value)
-        self.nullable = np.array([f.nullable for f in self.features], dtype=bool)
+        # What to check in a block of columns, worked out once: the whole matrix, or one.
+        self._matrix_block = _Block.of(self.features, list(range(self.width)))
+        self._column_blocks = [_Block.of(self.features, [i]) for i in range(self.width)]
         self.classifier = manifest.task == Task.CLASSIFICATION
         self.label_datatype = _label_datatype(manifest)
         self.outputs = [PREDICT, PREDICT_PROBA] if self.classifier else [PREDICT]
@@ -199,7 +200,7 @@ class Signature:
                 ) from None
         assert isinstance(tensor.values, np.ndarray)
         column = tensor.values.astype(np.float64)
-        self._check_values(column[:, None], np.array([i]), tensor.where)
+        self._check_values(column[:, None], self._column_blocks[i], tensor.where)
         return column
 
     def _matrix(self, tensor: Tensor) -> FloatArray:
@@ -215,42 +216,40 @@ class Signature:
                 f"{', '.join(self.index)}), not {list(shape)}"
             )
         self._check_rows(shape[0], tensor.where)
-        if tensor.datatype not in FLOAT_TYPES | INT_TYPES:
+        if tensor.datatype not in _NUMERIC:
             raise _bad(
                 f"{tensor.where}: takes a numeric datatype (FP*, INT*, UINT*), "
                 f"not {tensor.datatype}"
             )
         assert isinstance(tensor.values, np.ndarray)
-        rows = tensor.values.astype(np.float64).reshape(shape)
-        self._check_values(rows, np.arange(self.width), tensor.where)
+        rows = tensor.values.astype(np.float64, copy=False).reshape(shape)
+        self._check_values(rows, self._matrix_block, tensor.where)
         return rows
 
-    def _check_values(self, block: FloatArray, columns: npt.NDArray[Any], where: str) -> None:
+    def _check_values(self, values: FloatArray, block: _Block, where: str) -> None:
         """Vectorised checks of a block of columns: finite (NaN only where nullable), whole
         numbers for integer features, 0/1 for boolean ones."""
-        finite = np.isfinite(block)
+        finite = np.isfinite(values)
         if not finite.all():
-            allowed = np.isnan(block) & self.nullable[columns]
-            bad = ~(finite | allowed)
+            bad = ~(finite | (np.isnan(values) & block.nullable))
             if bad.any():
                 row, col = np.argwhere(bad)[0]
-                name = self.features[columns[col]].name
+                name = block.names[col]
                 raise _bad(
-                    f"{where}: row {row}, {name}: {block[row, col]} is not a finite number"
-                    + ("" if self.nullable[columns[col]] else " (NaN only for nullable features)")
+                    f"{where}: row {row}, {name}: {values[row, col]} is not a finite number"
+                    + ("" if block.nullable[col] else " (NaN only for nullable features)")
                 )
-        for kind_columns, test, what in (
-            (self.integer_columns, _not_whole, "a whole number within ±2**53"),
-            (self.boolean_columns, _not_boolean, "0 or 1"),
+        for positions, test, what in (
+            (block.integer, _not_whole, "a whole number within ±2**53"),
+            (block.boolean, _not_boolean, "0 or 1"),
         ):
-            hit = np.isin(columns, kind_columns)
-            if not hit.any():
+            if not positions:
                 continue
-            sub = block[:, hit]
+            sub = values[:, positions]
             bad = test(sub) & ~np.isnan(sub)
             if bad.any():
                 row, col = np.argwhere(bad)[0]
-                name = self.features[columns[hit][col]].name
+                name = block.names[positions[col]]
                 raise _bad(f"{where}: row {row}, {name}: {sub[row, col]} is not {what}")
 
     # -- outputs -------------------------------------------------------------------------------
@@ -288,12 +287,34 @@ class Signature:
 
     def _labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
         if self.label_datatype == BYTES:
-            return np.array([str(v) for v in labels.tolist()], dtype=object)
+            # Text classes (the manifest's classes are strictly str): already text.
+            return labels
         if self.label_datatype == BOOL:
             return labels.astype(np.bool_)
         if self.label_datatype == "INT64":
             return labels.astype(np.int64)
         return labels.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Some columns of the model's input, and what their values must satisfy."""
+
+    names: list[str]
+    nullable: npt.NDArray[np.bool_]
+    integer: list[int]
+    """Positions (within the block) of integer features."""
+    boolean: list[int]
+
+    @classmethod
+    def of(cls, features: list[Feature], columns: list[int]) -> _Block:
+        chosen = [features[i] for i in columns]
+        return cls(
+            names=[f.name for f in chosen],
+            nullable=np.array([f.nullable for f in chosen], dtype=bool),
+            integer=[p for p, f in enumerate(chosen) if f.kind == FeatureKind.INTEGER],
+            boolean=[p for p, f in enumerate(chosen) if f.kind == FeatureKind.BOOLEAN],
+        )
 
 
 def _not_whole(values: FloatArray) -> npt.NDArray[np.bool_]:

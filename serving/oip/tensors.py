@@ -52,9 +52,15 @@ HEADER_LENGTH = "inference-header-content-length"
 
 _LENGTH = struct.Struct("<I")
 _MAX_ELEMENTS = 1 << 31
+# Some clients repeat the model's name and version in the body (Triton's own examples do).
+_REQUEST_FIELDS = frozenset(
+    {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
+)
+_INPUT_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+_OUTPUT_FIELDS = frozenset({"name", "parameters"})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Tensor:
     """One input tensor of a request, decoded."""
 
@@ -67,14 +73,14 @@ class Tensor:
     """Where it is in the request, for messages (``inputs[0] 'x'``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestedOutput:
     name: str
     binary: bool | None
     """``parameters.binary_data`` of the output; None when not given."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferRequest:
     id: str | None
     inputs: list[Tensor]
@@ -84,7 +90,7 @@ class InferRequest:
     """``parameters.binary_data_output``: outputs not asked for explicitly come in binary."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OutputTensor:
     name: str
     datatype: str
@@ -146,15 +152,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         raise _malformed(f"the inference request is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise _bad("the inference request must be a JSON object")
-    # Some clients repeat the model's name and version in the body (Triton's own examples do).
-    unknown = set(document) - {
-        "id",
-        "parameters",
-        "inputs",
-        "outputs",
-        "model_name",
-        "model_version",
-    }
+    unknown = document.keys() - _REQUEST_FIELDS
     if unknown:
         raise _bad(f"unknown field(s) in the inference request: {', '.join(sorted(unknown))}")
     request_id = document.get("id")
@@ -195,7 +193,7 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
         where = f"outputs[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _bad(f"{where} must be an object with a name")
-        unknown = set(item) - {"name", "parameters"}
+        unknown = item.keys() - _OUTPUT_FIELDS
         if unknown:
             raise _bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         name = item["name"]
@@ -218,7 +216,7 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
     if not isinstance(name, str):
         raise _bad(f"{where}.name must be a string")
     where = f"{where} {name!r}"
-    unknown = set(raw) - {"name", "shape", "datatype", "parameters", "data"}
+    unknown = raw.keys() - _INPUT_FIELDS
     if unknown:
         raise _bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     datatype = raw.get("datatype")
@@ -349,15 +347,13 @@ def _from_json(
 
 
 def _bytes_blob(values: Sequence[str]) -> bytes:
-    cache: dict[str, bytes] = {}
-    parts: list[bytes] = []
-    for value in values:
-        blob = cache.get(value)
-        if blob is None:
-            raw = value.encode("utf-8")
-            blob = cache[value] = _LENGTH.pack(len(raw)) + raw
-        parts.append(blob)
-    return b"".join(parts)
+    """BYTES elements framed with their 4-byte lengths; each distinct value is framed once
+    (labels repeat), the rest is C-level lookups and one join."""
+    framed = {}
+    for value in set(values):
+        raw = value.encode("utf-8")
+        framed[value] = _LENGTH.pack(len(raw)) + raw
+    return b"".join(map(framed.__getitem__, values))
 
 
 def _binary(tensor: OutputTensor) -> bytes:
