@@ -83,7 +83,10 @@ class Signature:
         self.features = manifest.features
         self.width = len(self.features)
         self.index = {f.name: i for i, f in enumerate(self.features)}
-        self.matrix_ok = all(f.kind != FeatureKind.CATEGORICAL for f in self.features)
+        # A feature named like the 2-D tensor would make one-tensor requests ambiguous.
+        self.matrix_ok = MATRIX_INPUT not in self.index and all(
+            f.kind != FeatureKind.CATEGORICAL for f in self.features
+        )
         self.categories = {
             i: {c: float(n) for n, c in enumerate(f.categories or [])}
             for i, f in enumerate(self.features)
