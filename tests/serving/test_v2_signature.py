@@ -79,7 +79,7 @@ def test_nan_only_for_nullable_features(numeric_churn: Manifest) -> None:
 def test_per_feature_form_of_a_mixed_model(churn: Manifest) -> None:
     signature = Signature(churn, "sklearn", 100)
     assert not signature.matrix_ok
-    inputs = [
+    inputs: list[dict[str, object]] = [
         {"name": "tenure_months", "shape": [2], "datatype": "INT32", "data": [12, 3]},
         {"name": "monthly_charges", "shape": [2, 1], "datatype": "FP32", "data": [[70.5], [20]]},
         {"name": "support_calls", "shape": [2], "datatype": "UINT8", "data": [2, 0]},
