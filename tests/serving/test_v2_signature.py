@@ -133,3 +133,28 @@ def test_outputs_of_a_regressor(store: ModelStore) -> None:
     assert meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 10]}]
     assert "classes" not in meta["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("classes", "datatype", "labels"),
+    [
+        ([False, True], "BOOL", [True, False]),
+        ([0, 1], "INT64", [1, 0]),
+        ([0.5, 1.5], "FP64", [1.5, 0.5]),
+        (["no", "yes"], "BYTES", ["yes", "no"]),
+    ],
+)
+def test_label_datatype_follows_the_classes(
+    churn: Manifest, classes: list[object], datatype: str, labels: list[object]
+) -> None:
+    target = churn.target.model_copy(update={"classes": classes})
+    signature = Signature(churn.model_copy(update={"target": target}), "sklearn", 100)
+    assert signature.metadata([1])["outputs"][0]["datatype"] == datatype
+    proba = np.array([[0.2, 0.8], [0.9, 0.1]])
+    predict, probabilities = signature.output_tensors(
+        Prediction(np.array(labels, dtype=object), proba), signature.wanted(None), False
+    )
+    assert predict.datatype == datatype
+    assert predict.values.tolist() == labels
+    assert [type(v) for v in predict.values.tolist()] == [type(v) for v in labels]
+    assert probabilities.values is proba
