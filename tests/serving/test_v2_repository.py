@@ -14,16 +14,16 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from serving.store import ModelStore
-from tests.serving.conftest import RunningServer, quiet_settings, running_server, train_into
+from tests.serving.conftest import RunningServer, quiet_settings, running_server
 
 TOKEN = "v2-repository-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    store: ModelStore = train_into(tmp_path_factory.mktemp("v2repo"), ["iris", "diabetes"])
-    settings = quiet_settings(store, pool_size=1, poll_interval_s=0, admin_token=TOKEN)
+def live(trained_store: ModelStore) -> Iterator[RunningServer]:
+    # Unloading changes what this server serves, never the store: the shared store will do.
+    settings = quiet_settings(trained_store, pool_size=1, poll_interval_s=0, admin_token=TOKEN)
     with running_server(settings) as running:
         yield running
 
@@ -60,8 +60,7 @@ def test_index_unload_load(tc: triton.InferenceServerClient, live: RunningServer
     assert "model_repository" in tc.get_server_metadata()["extensions"]
     index = tc.get_model_repository_index(headers=AUTH)
     assert {(e["name"], e["version"], e["state"]) for e in index} == {
-        ("diabetes", "1", "READY"),
-        ("iris", "1", "READY"),
+        (name, "1", "READY") for name in ("breast_cancer", "churn", "diabetes", "iris")
     }
     before = _iris(tc)
 
@@ -74,7 +73,7 @@ def test_index_unload_load(tc: triton.InferenceServerClient, live: RunningServer
     assert index["iris"]["state"] == "UNAVAILABLE"
     with live.client() as client:
         ready_only = client.post("/v2/repository/index", json={"ready": True}, headers=AUTH)
-        assert [e["name"] for e in ready_only.json()] == ["diabetes"]
+        assert [e["name"] for e in ready_only.json()] == ["breast_cancer", "churn", "diabetes"]
         # Unloading what is not served is a clean 404.
         again = client.post("/v2/repository/models/iris/unload", headers=AUTH)
         assert again.status_code == 404

@@ -13,17 +13,11 @@ from serving.oip.signature import Signature
 from serving.oip.tensors import RequestedOutput, Tensor, parse_request
 from serving.runtime import Prediction
 from serving.store import FeatureKind, Manifest, ModelStore
-from tests.serving.conftest import train_into
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    return train_into(tmp_path_factory.mktemp("v2sig"), ["churn", "diabetes"])
-
-
-@pytest.fixture(scope="module")
-def churn(store: ModelStore) -> Manifest:
-    return store.manifest("churn", 1)
+def churn(trained_store: ModelStore) -> Manifest:
+    return trained_store.manifest("churn", 1)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +114,8 @@ def test_per_feature_form_of_a_mixed_model(churn: Manifest) -> None:
         signature.rows(_tensors([*inputs, inputs[0]]))
 
 
-def test_outputs_of_a_regressor(store: ModelStore) -> None:
-    signature = Signature(store.manifest("diabetes", 1), "onnxruntime_onnx", 100)
+def test_outputs_of_a_regressor(trained_store: ModelStore) -> None:
+    signature = Signature(trained_store.manifest("diabetes", 1), "onnxruntime_onnx", 100)
     assert signature.outputs == ["predict"]
     with pytest.raises(InvalidInputError, match="unknown output 'predict_proba'"):
         signature.wanted([RequestedOutput("predict_proba", None)])
