@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import workload, wrk
+from bench import v2, workload, wrk
 from bench.scenarios import InProcess, Measurement, Outcome, Scenario
 from bench.servers import RunningServer, host_busy_cpu_seconds
 from serving.store import Manifest, ModelStore
@@ -38,7 +38,7 @@ class Bodies:
         self._store = store
         self._versions = versions
         self.workdir = workdir
-        self._files: dict[tuple[str, int], Path] = {}
+        self._files: dict[tuple[str, int, str], Path] = {}
         self._first_rows: dict[tuple[str, int], list[workload.Row]] = {}
 
     def manifest(self, model: str) -> Manifest:
@@ -47,8 +47,18 @@ class Bodies:
     def prepare(self, scenario: Scenario, count: int) -> Path:
         """The bodies file of ``scenario``, written with ``count`` bodies on first use."""
         key = (scenario.model, scenario.rows_per_request)
-        if key not in self._files:
+        file_key = (*key, scenario.protocol)
+        if file_key not in self._files:
             manifest = self.manifest(scenario.model)
+            if scenario.is_v2:  # the same rows (same seeds), in that protocol's bodies
+                v2_bodies = []
+                for i in range(count):
+                    rows = workload.sample_rows(manifest, scenario.rows_per_request, SEED + i)
+                    self._first_rows.setdefault(key, rows)
+                    v2_bodies.append(v2.body(manifest, rows, scenario.protocol))
+                name = f"{scenario.model}-{scenario.rows_per_request}.{scenario.protocol}"
+                self._files[file_key] = v2.write_bodies(self.workdir / name, v2_bodies)
+                return self._files[file_key]
             bodies = []
             for i in range(count):
                 rows = workload.sample_rows(manifest, scenario.rows_per_request, SEED + i)
@@ -60,12 +70,12 @@ class Bodies:
                     else workload.instances_body(manifest, rows)
                 )
             name = f"{scenario.model}-{scenario.rows_per_request}.jsonl"
-            self._files[key] = workload.write_bodies(self.workdir / name, bodies)
-        return self._files[key]
+            self._files[file_key] = workload.write_bodies(self.workdir / name, bodies)
+        return self._files[file_key]
 
     def path(self, scenario: Scenario) -> Path:
         """The bodies file :meth:`prepare` wrote for ``scenario``."""
-        return self._files[(scenario.model, scenario.rows_per_request)]
+        return self._files[(scenario.model, scenario.rows_per_request, scenario.protocol)]
 
     def first_rows(self, scenario: Scenario) -> list[workload.Row]:
         """The rows of the first body of ``scenario`` (after :meth:`prepare`)."""
@@ -124,7 +134,11 @@ def check(
     count = load.rows_bodies if scenario.is_rows else load.single_row_bodies
     bodies_file = bodies.prepare(scenario, count)
     try:
-        predictions = preflight(server, scenario, bodies_file)
+        if scenario.is_v2:
+            url = server.url + scenario.path
+            predictions = v2.preflight(url, bodies_file, scenario.rows_per_request)
+        else:
+            predictions = preflight(server, scenario, bodies_file)
     except (ValueError, OSError) as exc:
         return Outcome(scenario, error=str(exc))
     match = None
@@ -152,6 +166,7 @@ def measure_once(
             threads=load.threads,
             duration_s=duration_s,
             timeout_s=load.timeout_s,
+            script=v2.LUA_SCRIPT if scenario.is_v2 else wrk.LUA_SCRIPT,
         )
 
     if warm_up and load.warmup_s > 0:

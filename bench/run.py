@@ -124,6 +124,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rows-connections", type=int, default=1, help="concurrent rows requests (1)"
     )
     parser.add_argument(
+        "--v2-connections",
+        type=_ints,
+        default=[1, 100],
+        help="loads of the service's single-row Open Inference Protocol runs (JSON and binary) "
+        "next to its typed ones; the rows request runs over both too (1,100; empty: no v2)",
+    )
+    parser.add_argument(
         "--runtime-models",
         type=_csv,
         help="models timed in-process under each runtime (default: every model in the store)",
@@ -445,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline_connections=args.baseline_connections,
         rows_per_request=args.rows,
         rows_connections=args.rows_connections,
+        v2_connections=args.v2_connections,
     )
     load = measure.Load(
         wrk=wrk_path,

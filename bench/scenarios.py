@@ -22,6 +22,10 @@ RAY = "ray"
 RAY_CONNECTIONS = (1, 100)
 """Loads at which the Ray scenario runs (when the service runs at them too)."""
 SERVERS = (*SERVICES, *BASELINES, SERVICE_QUIET, RAY)
+TYPED = "typed"
+"""The service's own predict endpoint; the other protocols are in ``bench/v2.py``."""
+V2_PROTOCOLS = ("v2json", "v2binary")
+"""Open Inference Protocol requests to the service: JSON, and JSON + binary tensor data."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Scenario:
     connections: int
     rows_per_request: int = 1
     """1: one record in ``{"instances": [...]}``; more: a ``{"rows": [...]}`` request."""
+    protocol: str = TYPED
+    """``typed`` (``/models/{name}/predict``) or one of ``V2_PROTOCOLS`` (``/v2/.../infer``)."""
 
     @property
     def is_rows(self) -> bool:
@@ -39,10 +45,17 @@ class Scenario:
     @property
     def key(self) -> str:
         shape = f"rows{self.rows_per_request}" if self.is_rows else "row"
-        return f"{self.server}/{self.model}/{shape}/c{self.connections}"
+        key = f"{self.server}/{self.model}/{shape}/c{self.connections}"
+        return key if self.protocol == TYPED else f"{key}/{self.protocol}"
+
+    @property
+    def is_v2(self) -> bool:
+        return self.protocol != TYPED
 
     @property
     def path(self) -> str:
+        if self.is_v2:
+            return f"/v2/models/{self.model}/infer"
         return f"/models/{self.model}/predict"
 
 
@@ -54,18 +67,21 @@ def plan(
     baseline_connections: int,
     rows_per_request: int,
     rows_connections: int,
+    v2_connections: Sequence[int] = (),
 ) -> list[Scenario]:
     """All scenarios in the order they run within a round.
 
     Per model, runs that are compared with each other are adjacent, so a change in background
     load between them is less likely: the baselines, the service and the service on
     scikit-learn at the baseline load; the rows request of the service and of the service on
-    scikit-learn. The service on scikit-learn runs only those two comparisons.
+    scikit-learn. The service on scikit-learn runs only those two comparisons. With
+    ``v2_connections``, the service's Open Inference Protocol requests (JSON, binary) follow
+    its typed single-row run at those loads, and its typed rows request.
     """
     wanted = set(servers)
     out: list[Scenario] = []
     for model in models:
-        for c in sorted({*connections, baseline_connections}):
+        for c in sorted({*connections, baseline_connections, *v2_connections}):
             if c == baseline_connections:
                 out += [Scenario(base, model, c) for base in BASELINES if base in wanted]
             if SERVICE in wanted and c in connections:
@@ -74,6 +90,8 @@ def plan(
                 out.append(Scenario(SERVICE_QUIET, model, c))
             if RAY in wanted and c in connections and c in RAY_CONNECTIONS:
                 out.append(Scenario(RAY, model, c))
+            if SERVICE in wanted and c in v2_connections:
+                out += [Scenario(SERVICE, model, c, protocol=p) for p in V2_PROTOCOLS]
             if c == baseline_connections and SERVICE_SKLEARN in wanted:
                 out.append(Scenario(SERVICE_SKLEARN, model, c))
         if rows_per_request > 1:
@@ -82,6 +100,11 @@ def plan(
                 for server in SERVICES
                 if server in wanted
             ]
+            if SERVICE in wanted and v2_connections:
+                out += [
+                    Scenario(SERVICE, model, rows_connections, rows_per_request, protocol=p)
+                    for p in V2_PROTOCOLS
+                ]
     return out
 
 

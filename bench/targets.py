@@ -72,11 +72,12 @@ def _find(
 ) -> Outcome | None:
     for outcome in outcomes:
         s = outcome.scenario
-        if (s.server, s.model, s.connections, s.rows_per_request) == (
+        if (s.server, s.model, s.connections, s.rows_per_request, s.is_v2) == (
             server,
             model,
             connections,
             rows,
+            False,
         ):
             return outcome if outcome.result is not None else None
     return None
@@ -96,7 +97,13 @@ def _rows_outcome(outcomes: Sequence[Outcome], server: str, model: str) -> Outco
     """The measured rows request (more than one row per request) of ``server`` for ``model``."""
     for outcome in outcomes:
         s = outcome.scenario
-        if s.server == server and s.model == model and s.is_rows and outcome.result is not None:
+        if (
+            s.server == server
+            and s.model == model
+            and s.is_rows
+            and not s.is_v2
+            and outcome.result is not None
+        ):
             return outcome
     return None
 
@@ -264,6 +271,7 @@ def evaluate(
                 o
                 for o in outcomes
                 if o.scenario.server == SERVICE
+                and not o.scenario.is_v2
                 and o.scenario.model == local.model
                 and o.scenario.rows_per_request == local.rows
                 and o.result is not None
@@ -285,6 +293,7 @@ def evaluate(
         targets
         + runtime_targets(outcomes, models, served)
         + observability_targets(outcomes, models)
+        + v2_targets(outcomes, models)
     )
 
 
@@ -332,3 +341,75 @@ def _cpu_per_request(outcome: Outcome | None) -> float | None:
         return None
     requests = sum(m.result.requests for m in outcome.runs)
     return _div(sum(m.server_cpu_s for m in outcome.runs), requests)
+
+
+# Open Inference Protocol: single-row JSON requests within 10 % of the typed endpoint's req/s;
+# a 10 000-row request with binary tensor data at 3x the rows/s of the typed rows request.
+V2_SINGLE_MIN_RATIO = 0.9
+V2_BINARY_ROWS_MIN_RATIO = 3.0
+
+
+def _protocol_outcome(
+    outcomes: Sequence[Outcome], model: str, protocol: str, rows: bool, connections: int | None
+) -> Outcome | None:
+    for outcome in outcomes:
+        s = outcome.scenario
+        if (
+            s.server == SERVICE
+            and s.model == model
+            and s.protocol == protocol
+            and s.is_rows == rows
+            and (connections is None or s.connections == connections)
+            and outcome.result is not None
+        ):
+            return outcome
+    return None
+
+
+def v2_targets(outcomes: Sequence[Outcome], models: Sequence[str]) -> list[Target]:
+    """The service's v2 requests against its typed requests, same model, load and rows.
+
+    Single row, per load measured over v2: JSON >= ``V2_SINGLE_MIN_RATIO`` x typed req/s
+    (binary: ``INFO``). Rows request: binary >= ``V2_BINARY_ROWS_MIN_RATIO`` x typed rows/s
+    (JSON: ``INFO``). No rows at all when no v2 scenario was planned.
+    """
+    targets: list[Target] = []
+    planned = [o.scenario for o in outcomes if o.scenario.server == SERVICE and o.scenario.is_v2]
+    for model in models:
+        loads = sorted({s.connections for s in planned if s.model == model and not s.is_rows})
+        for c in loads:
+            typed = _protocol_outcome(outcomes, model, "typed", False, c)
+            for protocol, goal in (("v2json", V2_SINGLE_MIN_RATIO), ("v2binary", None)):
+                other = _protocol_outcome(outcomes, model, protocol, False, c)
+                ratio = _div(
+                    None if other is None else other.requests_per_s,
+                    None if typed is None else typed.requests_per_s,
+                )
+                pct = None if ratio is None else 100 * ratio
+                name = f"{model} 1-row req/s, {protocol} vs typed, c={c}"
+                if goal is None:
+                    status: Status = "N/A" if ratio is None else "INFO"
+                    targets.append(Target(name, "-", pct, "%", status))
+                else:
+                    targets.append(
+                        Target(name, f">= {100 * goal:.0f} %", pct, "%", _at_least(ratio, goal))
+                    )
+        if any(s.model == model and s.is_rows for s in planned):
+            typed = _protocol_outcome(outcomes, model, "typed", True, None)
+            rows = _rows_per_request(outcomes, model)
+            for protocol, goal in (("v2binary", V2_BINARY_ROWS_MIN_RATIO), ("v2json", None)):
+                other = _protocol_outcome(outcomes, model, protocol, True, None)
+                ratio = _div(
+                    None if other is None else other.rows_per_s,
+                    None if typed is None else typed.rows_per_s,
+                )
+                name = f"{model} {rows}-row request rows/s, {protocol} vs typed rows"
+                if goal is None:
+                    targets.append(
+                        Target(name, "-", ratio, "x", "N/A" if ratio is None else "INFO")
+                    )
+                else:
+                    targets.append(
+                        Target(name, f">= {goal:g}x", ratio, "x", _at_least(ratio, goal))
+                    )
+    return targets

@@ -124,6 +124,7 @@ def command(
     threads: int,
     duration_s: float,
     timeout_s: float,
+    script: Path = LUA_SCRIPT,
 ) -> list[str]:
     """The wrk command line; ``url`` is the server base (``http://host:port``)."""
     return [
@@ -132,7 +133,7 @@ def command(
         f"--threads={min(threads, connections)}",
         f"--duration={max(1, round(duration_s))}s",
         f"--timeout={max(1, round(timeout_s))}s",
-        f"--script={LUA_SCRIPT}",
+        f"--script={script}",
         url + path,
         "--",
         str(bodies_file),
@@ -150,6 +151,7 @@ def run(
     threads: int,
     duration_s: float,
     timeout_s: float,
+    script: Path = LUA_SCRIPT,
 ) -> WrkRun:
     """Run wrk once and return its parsed result and its own CPU time."""
     cmd = command(
@@ -161,6 +163,7 @@ def run(
         threads=threads,
         duration_s=duration_s,
         timeout_s=timeout_s,
+        script=script,
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:

@@ -17,9 +17,11 @@ from serving.fastpath import PredictFastPath, PredictTable
 from serving.lifecycle import Lifecycle
 from serving.middleware import BodyLimitMiddleware
 from serving.observability import Observability, ObservabilityMiddleware
-from serving.routes import admin, docs, health, models, observe
+from serving.oip.service import InferenceService
+from serving.routes import admin, docs, health, models, observe, v2
 from serving.routes.predict import model_router
 from serving.settings import Settings
+from serving.v2_fastpath import InferFastPath, InferTable
 
 log = logging.getLogger("servewell")
 
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     log.setLevel(settings.log_level.upper())
     predict_table = PredictTable()
     observability = Observability(settings)
+    infer_table = InferTable()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dataplane.close()
             raise
         lifecycle = Lifecycle(dataplane)
+        inference_service = InferenceService(dataplane)
         model_routes: list[Any] = []
 
         def follow_models() -> None:
@@ -60,9 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.router.routes[:] = [r for r in app.router.routes if id(r) not in stale]
             model_routes[:] = added
             predict_table.fill(dataplane)
+            infer_table.fill(inference_service)
             app.openapi_schema = None
 
         app.state.dataplane = dataplane
+        app.state.inference_service = inference_service
         follow_models()
         lifecycle.listeners.append(follow_models)
         observability.start(dataplane, time.monotonic() - started)
@@ -84,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await observability.stop()
             app.state.lifecycle = None
             predict_table.clear()
+            infer_table.clear()
+            app.state.inference_service = None
             app.state.dataplane = None
             dataplane.close()
 
@@ -101,8 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = None
     app.state.lifecycle = None
     app.state.observability = observability
+    app.state.inference_service = None
     # Added first = innermost: the body limit applies to the fast path too.
     app.add_middleware(PredictFastPath, table=predict_table)
+    app.add_middleware(InferFastPath, table=infer_table)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Outermost: request ids, metrics and the access log see every response.
     app.add_middleware(ObservabilityMiddleware, observability=observability)
@@ -111,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(observe.router)
     app.include_router(admin.router, include_in_schema=settings.admin_enabled)
+    app.include_router(v2.router)
     docs.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

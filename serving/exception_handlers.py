@@ -4,6 +4,9 @@
                "details": [{"loc": ["instances", 3, "petal_length_cm"], "msg": "..."}]}}
 
 Nothing a client sends yields a 500; unexpected failures give a 500 without a stack trace.
+
+Under ``/v2`` (the Open Inference Protocol) errors have that protocol's shape instead,
+``{"error": "message"}``, and a request the protocol rejects is a 400.
 """
 
 from __future__ import annotations
@@ -99,6 +102,33 @@ def _status_of(exc: ServingError) -> int:
     return 500
 
 
+def is_v2(path: str) -> bool:
+    """Whether a path belongs to the Open Inference Protocol endpoints."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def v2_error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def v2_error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(v2_error_body(message), status, headers, media_type="application/json")
+
+
+def v2_serving_error_response(exc: ServingError, where: str) -> Response:
+    """A domain error in the protocol's shape; invalid requests are 400 there."""
+    status = 400 if isinstance(exc, InvalidInputError) else _status_of(exc)
+    if status >= 500:
+        log.warning("%s: %s", where, exc)
+    message = exc.message if isinstance(exc, InvalidInputError) else str(exc)
+    if isinstance(exc, InvalidInputError) and exc.details:
+        shown = "; ".join(
+            f"{'.'.join(map(str, map(_short, d.loc)))}: {d.msg}" for d in exc.details[:5]
+        )
+        message = f"{message}: {shown}"
+    return v2_error_response(status, message)
+
+
 def serving_error_response(exc: ServingError, where: str) -> Response:
     """The response for a domain error; ``where`` (method and path) is only for the log."""
     status = _status_of(exc)
@@ -111,6 +141,8 @@ def serving_error_response(exc: ServingError, where: str) -> Response:
 
 async def _serving_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
+    if is_v2(request.url.path):
+        return v2_serving_error_response(exc, f"{request.method} {request.url.path}")
     return serving_error_response(exc, f"{request.method} {request.url.path}")
 
 
@@ -121,11 +153,17 @@ def _loc(loc: Sequence[Any]) -> tuple[str | int, ...]:
 async def _request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     details = [ErrorDetail(_loc(e["loc"]), str(e["msg"])) for e in exc.errors()]
+    if is_v2(request.url.path):
+        where = "; ".join(f"{'.'.join(map(str, d.loc))}: {d.msg}" for d in details[:5])
+        return v2_error_response(400, f"the request is not valid: {where}")
     return error_response(422, "validation_error", "the request is not valid", details)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if is_v2(request.url.path):
+        headers = dict(exc.headers) if exc.headers else None
+        return v2_error_response(exc.status_code, str(exc.detail), headers)
     return error_response(
         exc.status_code,
         _HTTP_TYPES.get(exc.status_code, "http_error"),
@@ -136,6 +174,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
+    if is_v2(request.url.path):
+        return v2_error_response(500, "internal server error")
     return error_response(500, "internal_error", "internal server error")
 
 

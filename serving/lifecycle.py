@@ -79,6 +79,9 @@ class Lifecycle:
         self._poller: asyncio.Task[None] | None = None
         self.swaps = 0
         """Completed changes of the served set (for tests and metrics)."""
+        self.unloaded: set[str] = set()
+        """Models unloaded on request (``unload``): not served, whatever the store says, until
+        ``load`` (kept in memory only: a restart serves them again)."""
 
     # -- polling ------------------------------------------------------------------------------
 
@@ -148,6 +151,8 @@ class Lifecycle:
             chosen = set(versions) if self.settings.serve_all_versions else {default}
             kept = [v for v in self._previous.get(name, []) if v in versions]
             out[name] = _Wanted(default, frozenset(chosen | set(kept)))
+        for name in self.unloaded & set(out):
+            out[name] = None
         return out
 
     async def _apply(self, name: str, wanted: _Wanted | None, retry: bool) -> bool:
@@ -302,6 +307,22 @@ class Lifecycle:
         _, target = await _store_call(self.store.rollback, name)
         await self.sync(name, retry=True)
         return self._require(name, expect=target)
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        """Stop serving a model (every version) until :meth:`load`; the store is unchanged."""
+        _check_name(name)
+        dp = self.dataplane
+        if name not in dp.default_version and name not in dp.broken_names:
+            raise UnknownModelError(f"no model named {name!r} is served")
+        self.unloaded.add(name)
+        await self.sync(name)
+        return self.state(name)
+
+    async def load(self, name: str) -> dict[str, Any]:
+        """Serve a model again after :meth:`unload` (or load it anew): like :meth:`reload`."""
+        _check_name(name)
+        self.unloaded.discard(name)
+        return await self.reload(name)
 
     async def versions(self, name: str) -> dict[str, Any]:
         """Every published version: production or not, served or not, and why not."""

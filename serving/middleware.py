@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.exception_handlers import error_body
+from serving.exception_handlers import error_body, is_v2, v2_error_body
 
 
 class _BodyTooLargeError(Exception):
@@ -33,7 +33,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     too_large = False  # the server rejects a malformed length itself
                 if too_large:
-                    await self._reject(send)
+                    await self._reject(scope, send)
                     return
         received = 0
         started = False
@@ -57,12 +57,14 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLargeError:
             if not started:
-                await self._reject(send)
+                await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = error_body(
-            "payload_too_large", f"the request body exceeds the limit of {self.max_bytes} bytes"
-        )
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        message = f"the request body exceeds the limit of {self.max_bytes} bytes"
+        if is_v2(scope["path"]):  # the Open Inference Protocol's error shape
+            body = v2_error_body(message)
+        else:
+            body = error_body("payload_too_large", message)
         await send(
             {
                 "type": "http.response.start",

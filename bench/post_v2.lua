@@ -1,0 +1,58 @@
+-- wrk script for Open Inference Protocol bodies, which may carry binary tensor data.
+--
+-- Usage: wrk -s bench/post_v2.lua <url> -- <bodies file> <request path>
+-- The bodies file holds records "<json header length> <body length>\n<body bytes>" (binary
+-- safe; written by bench/v2.py). A header length of 0 means a plain JSON body; otherwise the
+-- request carries Inference-Header-Content-Length. As in post.lua, requests are formatted once
+-- in init() and no response() function is defined.
+
+local requests = {}
+local next_index = 0
+local threads_set_up = 0
+
+function setup(thread)
+   thread:set("thread_index", threads_set_up)
+   threads_set_up = threads_set_up + 1
+end
+
+function init(args)
+   local bodies_file, path = args[1], args[2]
+   local f = assert(io.open(bodies_file, "rb"))
+   while true do
+      local line = f:read("*l")
+      if not line then break end
+      local header_length, body_length = line:match("^(%d+) (%d+)$")
+      if not header_length then error("bad record header in " .. bodies_file) end
+      local body = f:read(tonumber(body_length))
+      local headers = { ["Content-Type"] = "application/json" }
+      if tonumber(header_length) > 0 then
+         headers["Content-Type"] = "application/octet-stream"
+         headers["Inference-Header-Content-Length"] = header_length
+      end
+      requests[#requests + 1] = wrk.format("POST", path, headers, body)
+   end
+   f:close()
+   if #requests == 0 then
+      error("no request bodies in " .. bodies_file)
+   end
+   next_index = ((thread_index or 0) * 97) % #requests
+end
+
+function request()
+   next_index = next_index % #requests + 1
+   return requests[next_index]
+end
+
+function done(summary, latency, _)
+   local e = summary.errors
+   io.write(string.format(
+      '@@WRK_JSON {"duration_us":%d,"requests":%d,"bytes":%d,' ..
+      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
+      '"latency_us":{"min":%d,"mean":%.1f,"max":%d,"stdev":%.1f,' ..
+      '"p50":%d,"p90":%d,"p99":%d,"p999":%d}}\n',
+      summary.duration, summary.requests, summary.bytes,
+      e.connect, e.read, e.write, e.status, e.timeout,
+      latency.min, latency.mean, latency.max, latency.stdev,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99),
+      latency:percentile(99.9)))
+end

@@ -1,0 +1,393 @@
+"""Tensors of the Open Inference Protocol: datatypes, inference requests in, responses out.
+
+A request body is JSON, or, with Triton's binary tensor data extension, JSON followed by raw
+tensor bytes: the ``Inference-Header-Content-Length`` header gives the length of the JSON
+part, and each input that travels in binary says how many bytes it takes with
+``parameters.binary_data_size`` (inputs' bytes follow one another in input order). Binary
+elements are little-endian and row-major; BOOL is one byte per element; BYTES elements are
+each a 4-byte little-endian length followed by that many bytes. Responses work the same way
+for outputs asked for in binary (``binary_data`` per output, ``binary_data_output`` for all).
+
+Binary inputs are decoded with ``numpy.frombuffer`` (no per-element Python, except BYTES,
+whose framing must be walked). Every problem is an ``InvalidInputError`` (or its
+``MalformedRequestError`` for framing and JSON syntax) whose message says where.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from serving.errors import InvalidInputError, MalformedRequestError
+
+NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+"""Wire dtype of every fixed-size numeric datatype (binary data is little-endian)."""
+BOOL = "BOOL"
+BYTES = "BYTES"
+DATATYPES = frozenset({*NUMERIC_DTYPES, BOOL, BYTES})
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+INT_TYPES = frozenset(NUMERIC_DTYPES) - FLOAT_TYPES
+
+HEADER_LENGTH = "inference-header-content-length"
+"""Length of the JSON part of a body that carries binary tensor data (header, lower case)."""
+
+_LENGTH = struct.Struct("<I")
+_MAX_ELEMENTS = 1 << 31
+# Some clients repeat the model's name and version in the body (Triton's own examples do).
+_REQUEST_FIELDS = frozenset(
+    {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
+)
+_INPUT_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+_OUTPUT_FIELDS = frozenset({"name", "parameters"})
+
+
+@dataclass(slots=True)
+class Tensor:
+    """One input tensor of a request, decoded."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: npt.NDArray[Any] | list[str]
+    """Flat, row-major: a numpy array (bool, integer or float), or text for BYTES."""
+    where: str
+    """Where it is in the request, for messages (``inputs[0] 'x'``)."""
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None
+    """``parameters.binary_data`` of the output; None when not given."""
+
+
+@dataclass(slots=True)
+class InferRequest:
+    id: str | None
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None
+    """None: every output of the model."""
+    binary_output: bool
+    """``parameters.binary_data_output``: outputs not asked for explicitly come in binary."""
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: npt.NDArray[Any]
+    """Row-major values: numbers, bools, or str (BYTES)."""
+    binary: bool
+
+
+def _bad(message: str) -> InvalidInputError:
+    return InvalidInputError(message)
+
+
+def _malformed(message: str) -> MalformedRequestError:
+    return MalformedRequestError(message)
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON part and the binary part of a request body."""
+    if header_length is None:
+        return body, memoryview(b"")
+    text = header_length.strip()
+    if not text.isdigit() or len(text) > 12:
+        raise _malformed(
+            f"the Inference-Header-Content-Length header must be a byte count, not {text[:40]!r}"
+        )
+    length = int(text)
+    if length > len(body):
+        raise _malformed(
+            f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes"
+        )
+    view = memoryview(body)
+    return bytes(view[:length]), view[length:]
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"{where}.parameters must be an object")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str) -> bool | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise _bad(f"{where}.parameters.{key} must be true or false")
+    return value
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Decode an inference request body (JSON, with or without binary tensor data)."""
+    head, binary = split_body(body, header_length)
+    try:
+        document = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise _malformed(f"the inference request is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise _bad("the inference request must be a JSON object")
+    unknown = document.keys() - _REQUEST_FIELDS
+    if unknown:
+        raise _bad(f"unknown field(s) in the inference request: {', '.join(sorted(unknown))}")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _bad("id must be a string")
+    parameters = _parameters(document.get("parameters"), "request")
+    if "classification" in parameters:
+        raise _bad("the classification extension is not supported; ask for predict_proba")
+    binary_output = _flag(parameters, "binary_data_output", "request") or False
+
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _bad("inputs must be a non-empty list of tensors")
+    inputs: list[Tensor] = []
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        tensor, size = _input(raw, i, binary, offset)
+        inputs.append(tensor)
+        offset += size
+    if offset != len(binary):
+        if header_length is None:
+            raise _bad("binary_data_size is given but there is no Inference-Header-Content-Length")
+        raise _malformed(
+            f"the body carries {len(binary)} bytes of binary tensor data after the JSON "
+            f"header but the inputs' binary_data_size add up to {offset}"
+        )
+    return InferRequest(request_id, inputs, _outputs(document.get("outputs")), binary_output)
+
+
+def _outputs(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise _bad("outputs must be a list")
+    out: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"outputs[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _bad(f"{where} must be an object with a name")
+        unknown = item.keys() - _OUTPUT_FIELDS
+        if unknown:
+            raise _bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        name = item["name"]
+        if name in seen:
+            raise _bad(f"{where}: output {name!r} is asked for twice")
+        seen.add(name)
+        parameters = _parameters(item.get("parameters"), where)
+        if parameters.get("classification"):
+            raise _bad(f"{where}: the classification extension is not supported")
+        out.append(RequestedOutput(name, _flag(parameters, "binary_data", where)))
+    return out
+
+
+def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+    """One input tensor, and how many bytes of the binary part it used."""
+    where = f"inputs[{i}]"
+    if not isinstance(raw, dict):
+        raise _bad(f"{where} must be an object with name, shape, datatype and data")
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise _bad(f"{where}.name must be a string")
+    where = f"{where} {name!r}"
+    unknown = raw.keys() - _INPUT_FIELDS
+    if unknown:
+        raise _bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise _bad(f"{where}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}")
+    shape_raw = raw.get("shape")
+    if (
+        not isinstance(shape_raw, list)
+        or not shape_raw
+        or not all(type(d) is int and d >= 0 for d in shape_raw)
+    ):
+        raise _bad(f"{where}: shape must be a non-empty list of non-negative integers")
+    shape = tuple(shape_raw)
+    count = math.prod(shape)
+    if count > _MAX_ELEMENTS:
+        raise _bad(f"{where}: shape {list(shape)} has too many elements")
+    parameters = _parameters(raw.get("parameters"), where)
+    size = parameters.get("binary_data_size")
+    has_data = "data" in raw
+    if size is None:
+        if not has_data:
+            raise _bad(f"{where}: no data and no parameters.binary_data_size")
+        values = _from_json(raw["data"], datatype, shape, count, where)
+        return Tensor(name, datatype, shape, values, where), 0
+    if has_data:
+        raise _bad(f"{where}: give data or parameters.binary_data_size, not both")
+    if type(size) is not int or size < 0:
+        raise _bad(f"{where}: parameters.binary_data_size must be a non-negative integer")
+    if offset + size > len(binary):
+        raise _malformed(
+            f"{where}: binary_data_size {size} runs past the end of the body "
+            f"({len(binary) - offset} bytes of binary data left)"
+        )
+    chunk = binary[offset : offset + size]
+    values = _from_binary(chunk, datatype, count, where)
+    return Tensor(name, datatype, shape, values, where), size
+
+
+def _from_binary(
+    chunk: memoryview, datatype: str, count: int, where: str
+) -> npt.NDArray[Any] | list[str]:
+    if datatype == BYTES:
+        return _bytes_elements(chunk, count, where)
+    dtype = NUMERIC_DTYPES.get(datatype, np.dtype(np.uint8))  # BOOL: one byte each
+    if len(chunk) != count * dtype.itemsize:
+        raise _malformed(
+            f"{where}: binary_data_size is {len(chunk)} bytes but shape and datatype "
+            f"{datatype} need {count * dtype.itemsize}"
+        )
+    array = np.frombuffer(chunk, dtype=dtype)
+    if datatype == BOOL:
+        if array.size and array.max() > 1:
+            raise _bad(f"{where}: BOOL elements must be bytes 0 or 1")
+        return array.view(np.bool_)
+    return array
+
+
+def _bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]:
+    out: list[str] = []
+    position = 0
+    end = len(chunk)
+    for i in range(count):
+        if position + 4 > end:
+            raise _malformed(f"{where}: BYTES element {i} has no complete 4-byte length prefix")
+        (length,) = _LENGTH.unpack_from(chunk, position)
+        position += 4
+        if position + length > end:
+            raise _malformed(f"{where}: BYTES element {i} of {length} bytes runs past its data")
+        try:
+            out.append(str(chunk[position : position + length], "utf-8"))
+        except UnicodeDecodeError:
+            raise _bad(f"{where}: BYTES element {i} is not UTF-8 text") from None
+        position += length
+    if position != end:
+        raise _malformed(f"{where}: {end - position} bytes left over after {count} BYTES elements")
+    return out
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if not any(isinstance(x, list) for x in data):
+        return data
+    out: list[Any] = []
+    for x in data:
+        out.extend(_flatten(x) if isinstance(x, list) else [x])
+    return out
+
+
+def _from_json(
+    data: Any, datatype: str, shape: tuple[int, ...], count: int, where: str
+) -> npt.NDArray[Any] | list[str]:
+    if not isinstance(data, list):
+        raise _bad(f"{where}: data must be a list (flat or nested like the shape)")
+    if datatype == BYTES:
+        flat = _flatten(data)
+        if len(flat) != count:
+            raise _bad(
+                f"{where}: shape {list(shape)} needs {count} elements but data has {len(flat)}"
+            )
+        for i, value in enumerate(flat):
+            if not isinstance(value, str):
+                raise _bad(f"{where}: BYTES element {i} must be a string, not {value!r:.40}")
+        return flat
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError):
+        raise _bad(f"{where}: data is not a flat or evenly nested list of numbers") from None
+    if array.ndim > 1 and array.shape != shape:
+        raise _bad(f"{where}: data is nested as {list(array.shape)}, not as shape {list(shape)}")
+    if array.size != count:
+        raise _bad(f"{where}: shape {list(shape)} needs {count} elements but data has {array.size}")
+    array = array.reshape(-1)
+    kind = array.dtype.kind if array.size else ("b" if datatype == BOOL else "i")
+    if datatype == BOOL:
+        if kind != "b":
+            raise _bad(f"{where}: BOOL data must be true or false")
+        return array.astype(np.bool_, copy=False)
+    if kind not in "iuf" or (kind == "f" and datatype in INT_TYPES):
+        wanted = "integers" if datatype in INT_TYPES else "numbers"
+        raise _bad(f"{where}: {datatype} data must be JSON {wanted}")
+    if datatype in INT_TYPES and array.size:
+        info = np.iinfo(NUMERIC_DTYPES[datatype])
+        if array.min() < info.min or array.max() > info.max:
+            raise _bad(f"{where}: a value is out of the range of {datatype}")
+    return array
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def _bytes_blob(values: Sequence[str]) -> bytes:
+    """BYTES elements framed with their 4-byte lengths; each distinct value is framed once
+    (labels repeat), the rest is C-level lookups and one join."""
+    framed = {}
+    for value in set(values):
+        raw = value.encode("utf-8")
+        framed[value] = _LENGTH.pack(len(raw)) + raw
+    return b"".join(map(framed.__getitem__, values))
+
+
+def _binary(tensor: OutputTensor) -> bytes:
+    if tensor.datatype == BYTES:
+        return _bytes_blob(tensor.values.reshape(-1).tolist())
+    if tensor.datatype == BOOL:
+        return tensor.values.astype(np.uint8).tobytes()
+    return tensor.values.astype(NUMERIC_DTYPES[tensor.datatype], copy=False).tobytes()
+
+
+def encode_response(
+    model: str, version: int, request_id: str | None, outputs: Sequence[OutputTensor]
+) -> tuple[bytes, int | None]:
+    """The response body, and the length of its JSON part when binary data follows it."""
+    document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
+    if request_id is not None:
+        document["id"] = request_id
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for tensor in outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if tensor.binary:
+            blob = _binary(tensor)
+            blobs.append(blob)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+        else:
+            entry["data"] = tensor.values.reshape(-1).tolist()
+        entries.append(entry)
+    document["outputs"] = entries
+    head = orjson.dumps(document)
+    if not blobs:
+        return head, None
+    return b"".join([head, *blobs]), len(head)

@@ -1,0 +1,121 @@
+"""A lean ASGI path for ``POST /v2/models/<name>[/versions/<v>]/infer`` (Open Inference
+Protocol), like serving.fastpath for the typed predict paths: one dict lookup recognises the
+exact infer paths of the served models, and the same calls as the documented routes in
+serving.routes.v2 answer without the router. Anything else goes on to the FastAPI app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving.dataplane import DataPlane, ServedModel
+from serving.errors import MalformedRequestError, ServingError
+from serving.exception_handlers import v2_serving_error_response
+from serving.oip.service import InferenceService
+from serving.oip.tensors import HEADER_LENGTH
+
+_HEADER = HEADER_LENGTH.encode()
+
+
+def infer_paths(dataplane: DataPlane) -> dict[str, ServedModel]:
+    """Every exact infer path of the served models."""
+    paths: dict[str, ServedModel] = {}
+    for served in dataplane.ready_models():
+        name, version = served.key
+        paths[f"/v2/models/{name}/versions/{version}/infer"] = served
+        if dataplane.default_version.get(name) == version:
+            paths[f"/v2/models/{name}/infer"] = served
+    return paths
+
+
+def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The JSON header length of a binary request (None: all JSON); refuses compression."""
+    length: str | None = None
+    for key, value in headers:
+        if key == _HEADER:
+            length = value.decode("latin-1")
+        elif key == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            raise MalformedRequestError(
+                f"Content-Encoding {value.decode('latin-1')[:20]!r} is not supported; "
+                "send the request uncompressed"
+            )
+    return length
+
+
+def response_headers(length: int, json_length: int | None) -> list[tuple[bytes, bytes]]:
+    if json_length is None:
+        return [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+    return [
+        (b"content-type", b"application/octet-stream"),
+        (b"content-length", str(length).encode()),
+        (_HEADER, str(json_length).encode()),
+    ]
+
+
+class InferTable:
+    """Maps each exact infer path to its served model; filled when the models change."""
+
+    def __init__(self) -> None:
+        self.service: InferenceService | None = None
+        self.paths: dict[str, ServedModel] = {}
+
+    def fill(self, service: InferenceService) -> None:
+        self.paths = infer_paths(service.dataplane)
+        self.service = service
+
+    def clear(self) -> None:
+        self.paths = {}
+        self.service = None
+
+
+class InferFastPath:
+    """Serve known infer paths without the router; pass everything else through."""
+
+    def __init__(self, app: ASGIApp, table: InferTable) -> None:
+        self.app = app
+        self.table = table
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            served = self.table.paths.get(scope["path"])
+            service = self.table.service
+            if served is not None and service is not None:
+                await self._infer(service, served, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(
+        self,
+        service: InferenceService,
+        served: ServedModel,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            payload, json_length = await service.infer(
+                served, body, infer_headers(scope["headers"])
+            )
+        except ServingError as exc:
+            response = v2_serving_error_response(exc, f"POST {scope['path']}")
+            await response(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": response_headers(len(payload), json_length),
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,199 @@
+"""The Open Inference Protocol codec: JSON and binary tensors in, responses out, and every
+malformed request refused with a message that says where. Binary framing is checked against
+tritonclient's own (de)serialisers, so the formats cannot drift apart silently."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import orjson
+import pytest
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+from serving.errors import InvalidInputError, MalformedRequestError
+from serving.oip.tensors import OutputTensor, encode_response, parse_request
+
+
+def _binary_request(
+    inputs: list[tuple[str, str, list[int], bytes]], extra: dict[str, object] | None = None
+) -> tuple[bytes, str]:
+    head = {
+        "inputs": [
+            {"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(b)}}
+            for n, d, s, b in inputs
+        ],
+        **(extra or {}),
+    }
+    raw = orjson.dumps(head)
+    return raw + b"".join(b for *_, b in inputs), str(len(raw))
+
+
+def test_json_flat_and_nested_data_decode_alike() -> None:
+    flat = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2.5, 3, 4]}]}
+    nested = {
+        "id": "r1",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2.5], [3, 4]]}],
+    }
+    a = parse_request(orjson.dumps(flat), None)
+    b = parse_request(orjson.dumps(nested), None)
+    assert b.id == "r1"
+    assert a.inputs[0].shape == b.inputs[0].shape == (2, 2)
+    np.testing.assert_array_equal(a.inputs[0].values, [1, 2.5, 3, 4])
+    np.testing.assert_array_equal(b.inputs[0].values, [1, 2.5, 3, 4])
+    assert a.outputs is None
+
+
+def test_binary_inputs_every_datatype() -> None:
+    f64 = np.arange(6, dtype="<f8")
+    i8 = np.array([-1, 2, 3], dtype="<i1")
+    u16 = np.array([1, 65535], dtype="<u2")
+    booleans = np.array([True, False, True])
+    text = serialize_byte_tensor(np.array([b"dsl", "fibre \u00e9".encode()], dtype=object))
+    body, length = _binary_request(
+        [
+            ("a", "FP64", [2, 3], f64.tobytes()),
+            ("b", "INT8", [3], i8.tobytes()),
+            ("c", "UINT16", [2], u16.tobytes()),
+            ("d", "BOOL", [3], booleans.tobytes()),
+            ("e", "BYTES", [2], text.item()),
+        ]
+    )
+    request = parse_request(body, length)
+    a, b, c, d, e = request.inputs
+    np.testing.assert_array_equal(a.values, f64)
+    np.testing.assert_array_equal(b.values, i8)
+    np.testing.assert_array_equal(c.values, u16)
+    np.testing.assert_array_equal(d.values, booleans)
+    assert e.values == ["dsl", "fibre \u00e9"]
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
+        ({"inputs": []}, "non-empty list"),
+        ({"inputs": [{"name": "x", "datatype": "FP8", "shape": [1], "data": [1]}]}, "FP8"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [3], "data": [1, 2]}]}, "needs 3"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [-1], "data": [1]}]}, "shape"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2, 2], "data": [[1, 2, 3]]}]},
+            "nested",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [[1], [2, 3]]}]},
+            "evenly nested",
+        ),
+        ({"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}]}, "integers"),
+        ({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]}, "range"),
+        ({"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [-1]}]}, "range"),
+        ({"inputs": [{"name": "x", "datatype": "BOOL", "shape": [1], "data": [1]}]}, "true or"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": ["a"]}]}, "numbers"),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}]}, "string"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1]}]}, "no data"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": 1}]}, "list"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1], "y": 1}]}, "y"),
+        ({"inputs": [1]}, "must be an object"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}], "z": 0}, "z"),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}],
+                "outputs": [{"name": "p"}, {"name": "p"}],
+            },
+            "twice",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}],
+                "outputs": [{"name": "p", "parameters": {"classification": 2}}],
+            },
+            "classification",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}],
+                "parameters": {"binary_data_output": "yes"},
+            },
+            "true or false",
+        ),
+    ],
+)
+def test_invalid_json_requests_are_refused_with_where(
+    document: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        parse_request(orjson.dumps(document), None)
+    assert fragment in info.value.message
+
+
+def test_not_json_is_malformed() -> None:
+    with pytest.raises(MalformedRequestError):
+        parse_request(b"{nope", None)
+
+
+def test_malformed_binary_framing() -> None:
+    data = np.arange(4, dtype="<f4").tobytes()
+    body, length = _binary_request([("x", "FP32", [4], data)])
+    # Header longer than the body, not a number, negative.
+    for bad in (str(len(body) + 1), "abc", "-1", ""):
+        with pytest.raises(MalformedRequestError, match="Inference-Header-Content-Length"):
+            parse_request(body, bad)
+    # Size that does not match shape x datatype.
+    short, short_length = _binary_request([("x", "FP32", [5], data)])
+    with pytest.raises(MalformedRequestError, match="need 20"):
+        parse_request(short, short_length)
+    # binary_data_size past the end of the body.
+    with pytest.raises(MalformedRequestError, match="runs past"):
+        parse_request(body[:-1], length)
+    # Bytes left over after every input.
+    with pytest.raises(MalformedRequestError, match="add up to"):
+        parse_request(body + b"\0", length)
+    # binary_data_size without the header.
+    with pytest.raises(InvalidInputError):
+        parse_request(body[: int(length)], None)
+    # BOOL bytes other than 0/1; BYTES with a broken length prefix.
+    flags, flags_length = _binary_request([("b", "BOOL", [2], b"\x00\x07")])
+    with pytest.raises(InvalidInputError, match="0 or 1"):
+        parse_request(flags, flags_length)
+    broken = struct.pack("<I", 10) + b"abc"
+    text, text_length = _binary_request([("t", "BYTES", [1], broken)])
+    with pytest.raises(MalformedRequestError, match="runs past"):
+        parse_request(text, text_length)
+    extra = struct.pack("<I", 1) + b"a" + b"zz"
+    text, text_length = _binary_request([("t", "BYTES", [1], extra)])
+    with pytest.raises(MalformedRequestError, match="left over"):
+        parse_request(text, text_length)
+
+
+def test_response_binary_and_json_outputs() -> None:
+    labels = np.array(["setosa", "virginica", "setosa"], dtype=object)
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [1.0, 0.0]])
+    flags = np.array([True, False, True])
+    outputs = [
+        OutputTensor("predict", "BYTES", (3,), labels, binary=True),
+        OutputTensor("predict_proba", "FP64", (3, 2), proba, binary=True),
+        OutputTensor("flags", "BOOL", (3,), flags, binary=True),
+        OutputTensor("json", "FP64", (3, 2), proba, binary=False),
+    ]
+    body, json_length = encode_response("iris", 2, "abc", outputs)
+    assert json_length is not None
+    head = orjson.loads(body[:json_length])
+    assert head["model_name"] == "iris"
+    assert head["model_version"] == "2"
+    assert head["id"] == "abc"
+    sizes = [o.get("parameters", {}).get("binary_data_size") for o in head["outputs"]]
+    assert head["outputs"][3]["data"] == proba.reshape(-1).tolist()
+    rest = body[json_length:]
+    assert len(rest) == sum(s for s in sizes if s)
+    text = deserialize_bytes_tensor(rest[: sizes[0]])
+    assert [t.decode() for t in text] == labels.tolist()
+    got = np.frombuffer(rest[sizes[0] : sizes[0] + sizes[1]], dtype="<f8").reshape(3, 2)
+    np.testing.assert_array_equal(got, proba)
+    np.testing.assert_array_equal(np.frombuffer(rest[-3:], dtype=np.bool_), flags)
+
+
+def test_response_all_json_has_no_header_length() -> None:
+    body, json_length = encode_response(
+        "d", 1, None, [OutputTensor("predict", "FP64", (2,), np.array([1.5, 2.0]), binary=False)]
+    )
+    assert json_length is None
+    assert orjson.loads(body)["outputs"][0]["data"] == [1.5, 2.0]
