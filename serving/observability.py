@@ -332,6 +332,10 @@ def _endpoint(scope: Scope, info: RequestInfo) -> str:
         if "/versions/" in path:
             return "/models/{name}/versions/{version}/predict"
         return "/models/{name}/predict"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        if "/versions/" in path:
+            return "/v2/models/{name}/versions/{version}/infer"
+        return "/v2/models/{name}/infer"
     return path
 
 

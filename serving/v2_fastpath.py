@@ -15,6 +15,7 @@ from serving.errors import MalformedRequestError, ServingError
 from serving.exception_handlers import v2_serving_error_response
 from serving.oip.service import InferenceService
 from serving.oip.tensors import HEADER_LENGTH
+from serving.request_context import note_model
 
 _HEADER = HEADER_LENGTH.encode()
 
@@ -103,6 +104,7 @@ class InferFastPath:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        note_model(*served.key)  # metrics and logs name the model even if the body is refused
         try:
             payload, json_length = await service.infer(
                 served, body, infer_headers(scope["headers"])

@@ -352,3 +352,20 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_open_inference_protocol_requests_are_counted_by_model(http: httpx.Client) -> None:
+    before = scrape(http)
+    tensor = {
+        "name": "input",
+        "shape": [2, 4],
+        "datatype": "FP64",
+        "data": [5.1, 3.5, 1.4, 0.2] * 2,
+    }
+    assert http.post("/v2/models/iris/infer", json={"inputs": [tensor]}).status_code == 200
+    assert http.post("/v2/models/iris/infer", json={"inputs": []}).status_code == 400
+    after = scrape(http)
+    labels = {"model": "iris", "version": "1", "endpoint": "/v2/models/{name}/infer"}
+    for status, count in (("200", 1), ("400", 1)):
+        counted = value(after, "servewell_requests_total", **labels, status=status)
+        assert counted - value(before, "servewell_requests_total", **labels, status=status) == count
