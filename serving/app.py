@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from serving import exception_handlers
 from serving.dataplane import DataPlane
+from serving.deadlines import RequestDeadlineMiddleware
 from serving.fastpath import PredictFastPath, PredictTable
 from serving.lifecycle import Lifecycle
 from serving.middleware import BodyLimitMiddleware
@@ -95,6 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added first = innermost: the body limit applies to the fast path too.
     app.add_middleware(PredictFastPath, table=predict_table)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestDeadlineMiddleware,
+        default_s=settings.request_timeout_s,
+        max_s=settings.max_request_timeout_s,
+    )
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)

@@ -10,6 +10,8 @@ requests. A batch is cut by rows (never splitting a request) up to ``max_rows`` 
 Several batches may be in flight, up to the executor's capacity (:class:`Slots`, shared by
 every batcher that uses the same executor). Results are split back to their requests in order.
 Rows are validated before they get here, so one request's bad data cannot fail its batch-mates.
+A request whose future is cancelled before its rows are sent (deadline passed, client gone)
+is withdrawn: its rows never reach the executor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 
@@ -53,10 +54,17 @@ class Slots:
             self._waiters.popleft().on_slot_free()
 
 
-class _Pending(NamedTuple):
-    rows: FloatArray
-    want_probabilities: bool
-    future: asyncio.Future[Prediction]
+class _Pending:
+    __slots__ = ("future", "gone", "rows", "want_probabilities")
+
+    def __init__(
+        self, rows: FloatArray, want_probabilities: bool, future: asyncio.Future[Prediction]
+    ) -> None:
+        self.rows = rows
+        self.want_probabilities = want_probabilities
+        self.future = future
+        self.gone = False
+        """Sent in a batch, or withdrawn: no longer counts as queued."""
 
 
 class MicroBatcher:
@@ -69,6 +77,10 @@ class MicroBatcher:
         self.max_delay = max_delay
         self._pending: deque[_Pending] = deque()
         self._pending_rows = 0
+        self._live = 0
+        """Queued requests not withdrawn (``_pending`` may still hold withdrawn ones)."""
+        self.withdrawn = 0
+        """Requests cancelled before their rows were sent (for tests and metrics)."""
         self._oldest = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self.batches = 0
@@ -80,7 +92,12 @@ class MicroBatcher:
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing in flight: safe to unload the model behind it."""
-        return not self._pending and self.in_flight == 0
+        return self._live == 0 and self.in_flight == 0
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows queued and not yet sent to the executor."""
+        return self._pending_rows
 
     async def drain(self) -> None:
         """Wait until :attr:`idle` (bound it with ``asyncio.timeout``)."""
@@ -100,12 +117,30 @@ class MicroBatcher:
         """Queue validated rows; the future resolves with exactly these rows' outputs."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Prediction] = loop.create_future()
-        if not self._pending:
+        if not self._live:
+            self._pending.clear()  # only withdrawn requests left
             self._oldest = time.monotonic()
-        self._pending.append(_Pending(rows, want_probabilities, future))
+        item = _Pending(rows, want_probabilities, future)
+        self._pending.append(item)
         self._pending_rows += len(rows)
+        self._live += 1
+        future.add_done_callback(lambda done: self._withdraw(item, done))
         self._dispatch(loop, waited=False)
         return future
+
+    def _withdraw(self, item: _Pending, future: asyncio.Future[Prediction]) -> None:
+        if item.gone or not future.cancelled():
+            return
+        item.gone = True
+        self._pending_rows -= len(item.rows)
+        self._live -= 1
+        self.withdrawn += 1
+        if not self._live:
+            self._pending.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._wake_drainers()
 
     def on_slot_free(self) -> None:
         """A slot freed up after this batcher had to wait for one: send what is queued."""
@@ -116,7 +151,7 @@ class MicroBatcher:
         self._dispatch(asyncio.get_running_loop(), waited=True)
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop, waited: bool) -> None:
-        while self._pending:
+        while self._live:
             if not self._slots.free:
                 self._slots.wait(self)
                 return
@@ -137,14 +172,22 @@ class MicroBatcher:
             self._timer = None
 
     def _send_one(self) -> None:
-        batch = [self._pending.popleft()]
-        rows = len(batch[0].rows)
-        while self._pending and rows + len(self._pending[0].rows) <= self.max_rows:
-            item = self._pending.popleft()
+        batch: list[_Pending] = []
+        rows = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.gone:  # withdrawn
+                self._pending.popleft()
+                continue
+            if batch and rows + len(item.rows) > self.max_rows:
+                break
+            self._pending.popleft()
+            item.gone = True
             batch.append(item)
             rows += len(item.rows)
         self._pending_rows -= rows
-        if self._pending:
+        self._live -= len(batch)
+        if self._live:
             self._oldest = time.monotonic()
         want = any(item.want_probabilities for item in batch)
         matrix = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])

@@ -14,6 +14,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.dataplane import DataPlane, ServedModel
+from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import ServingError
 from serving.exception_handlers import serving_error_response
 
@@ -71,7 +72,9 @@ class PredictFastPath:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            payload = await dataplane.predict_json(served, body)
+            payload = await unless_disconnected(receive, dataplane.predict_json(served, body))
+        except ClientGoneError:
+            return
         except ServingError as exc:
             response = serving_error_response(exc, f"POST {scope['path']}")
             await response(scope, receive, send)

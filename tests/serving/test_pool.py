@@ -8,13 +8,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import uvloop
 
 from serving.errors import InferenceError, NotReadyError, WorkerLostError
+from serving.exception_handlers import serving_error_response
 from serving.pool import InferencePool
 from serving.store import ModelStore
+from tests.serving.conftest import quiet_settings, running_server
 from training.onnx_export import PROBA_TOLERANCE
 
 
@@ -287,3 +290,67 @@ def test_a_replacement_that_dies_while_loading_is_started_again(
             pool.close()
 
     asyncio.run(scenario())
+
+
+async def _load_while(url: str, stop: asyncio.Event, statuses: list[int], ready: list[int]) -> None:
+    """Concurrent clients (single-row and 1000-row iris requests) and a readiness prober,
+    until ``stop`` is set."""
+    single = {"rows": [IRIS_ROW]}
+    bulk = {"rows": [IRIS_ROW] * 1000}
+    limits = httpx.Limits(max_connections=50)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def user(i: int) -> None:
+            while not stop.is_set():
+                response = await client.post("/models/iris/predict", json=bulk if i % 4 else single)
+                statuses.append(response.status_code)
+
+        async def prober() -> None:
+            while not stop.is_set():
+                ready.append((await client.get("/health/ready")).status_code)
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(user(i) for i in range(16)), prober())
+
+
+def test_sigkill_of_a_worker_under_load_fails_no_request(trained_store: ModelStore) -> None:
+    settings = quiet_settings(trained_store, pool_size=2)
+    with running_server(settings) as server:
+        pool = server.app.state.dataplane.executor
+        statuses: list[int] = []
+        ready: list[int] = []
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            load = asyncio.ensure_future(_load_while(server.url, stop, statuses, ready))
+            await _until(lambda: len(statuses) > 50)
+            victim = pool.pids[0]
+            await _until(lambda: any(w.batch and w.process.pid == victim for w in pool._workers))
+            os.kill(victim, signal.SIGKILL)
+            await _until(lambda: pool.restarts == 1 and pool.workers_ready == 2)
+            served = len(statuses)
+            await _until(lambda: len(statuses) > served + 50)  # and after the rebuild
+            stop.set()
+            await load
+
+        asyncio.run(scenario())
+        assert len(pool.pids) == 2
+        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+        assert set(ready) == {200}  # the other worker kept serving: ready throughout
+        with server.client() as client:
+            detail = client.get("/health/ready").json()
+            assert detail["executor"]["workers_ready"] == 2
+            assert detail["executor"]["restarts"] == 1
+            for path, body in [
+                ("/models/iris/predict", {"rows": [IRIS_ROW]}),
+                ("/models/diabetes/predict", {"rows": [[0.0] * 10]}),
+                ("/models/breast_cancer/predict", {"rows": [[1.0] * 30]}),
+            ]:
+                assert client.post(path, json=body).status_code == 200, path
+
+
+def test_a_lost_batch_is_a_503_with_retry_after() -> None:
+    response = serving_error_response(WorkerLostError("the worker died, twice", 1.5), "test")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert b'"worker_lost"' in response.body
