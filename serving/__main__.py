@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from typing import Any
 
@@ -11,6 +12,7 @@ import uvicorn
 import uvloop
 
 from serving.settings import Settings
+from serving.shutdown import exit_cleanly_on_signals
 
 log = logging.getLogger("servewell")
 
@@ -126,16 +128,23 @@ def main() -> None:
         f"servewell: serving {settings.store.resolve()} on http://{settings.host}:{settings.port}"
     )
     print(f"servewell: API docs at http://{settings.host}:{settings.port}/docs", flush=True)
-    uvicorn.run(
-        "serving.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        loop=_LOOPS[settings.loop],
-        timeout_graceful_shutdown=10,
-    )
+    with exit_cleanly_on_signals() as received:
+        uvicorn.run(
+            "serving.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+            loop=_LOOPS[settings.loop],
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+            timeout_keep_alive=settings.timeout_keep_alive_s,
+            h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
+            limit_concurrency=settings.limit_concurrency,
+            backlog=settings.backlog,
+        )
+    if received:
+        print(f"servewell: stopped on {signal.Signals(received[0]).name}", flush=True)
 
 
 if __name__ == "__main__":

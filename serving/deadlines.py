@@ -1,22 +1,28 @@
 """Give every HTTP request its deadline: the default, or what the client asks for with
-``X-Request-Timeout: <seconds>`` (cut to the configured maximum). See serving.admission."""
+``X-Request-Timeout: <seconds>`` (cut to the configured maximum). See serving.admission.
+
+The deadline bounds reading the body too: a client that sends its body slowly (slowloris)
+gets 408 and its connection closed when the deadline passes, so it cannot hold the server.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.admission import current_deadline, deadline_in
 from serving.errors import ErrorDetail
-from serving.exception_handlers import error_response
+from serving.exception_handlers import error_body, error_response
 
 HEADER = b"x-request-timeout"
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
 class RequestDeadlineMiddleware:
-    """Set :data:`serving.admission.current_deadline` for the request; a malformed
-    ``X-Request-Timeout`` gets 400."""
+    """Set :data:`serving.admission.current_deadline` for the request and bound its body
+    read; a malformed ``X-Request-Timeout`` gets 400."""
 
     def __init__(self, app: ASGIApp, default_s: float, max_s: float) -> None:
         self.app = app
@@ -46,6 +52,71 @@ class RequestDeadlineMiddleware:
                 seconds = min(asked, self.max_s)
         token = current_deadline.set(deadline_in(seconds))
         try:
-            await self.app(scope, receive, send)
+            if scope["method"] in _WITH_BODY:
+                await self._bounded_body(scope, receive, send, seconds)
+            else:
+                await self.app(scope, receive, send)
         finally:
             current_deadline.reset(token)
+
+    async def _bounded_body(
+        self, scope: Scope, receive: Receive, send: Send, seconds: float
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        body_done = False
+        expired = False
+        started = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not body_done:
+                expired = True
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(seconds, expire)
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if not body_done and not (
+                message["type"] == "http.request" and message.get("more_body", False)
+            ):
+                body_done = True
+                timer.cancel()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracking_send)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            task.uncancel()
+            if not started:
+                await _send_408(send, seconds)
+        finally:
+            timer.cancel()
+
+
+async def _send_408(send: Send, seconds: float) -> None:
+    body = error_body(
+        "request_timeout", f"the request body did not arrive within the deadline of {seconds:g} s"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 408,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

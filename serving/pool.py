@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import itertools
 import logging
 import multiprocessing
@@ -51,12 +53,14 @@ def _worker_main(
     keys: list[ModelKey],
     signing_key: bytes | None,
     policy: RuntimePolicy,
+    parent: int,
 ) -> None:
     """Entry point of a worker process: load models, then serve batches until told to stop."""
     # Ctrl-C (and a group-wide SIGTERM) reach every process; the parent decides when workers
     # stop, and a worker whose parent is gone sees EOF on its pipe and exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent)
     import sklearn
 
     # Finiteness is checked at the edge; skipping sklearn's re-check changes no result.
@@ -91,6 +95,19 @@ def _worker_main(
 
 
 _CONTROL = ("load", "unload")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the server process dies (Linux), even while it
+    is busy or stuck in a batch and so not reading the pipe whose EOF tells it otherwise."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
@@ -334,7 +351,14 @@ class InferencePool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(child_end, self._store_root, self._models, self._signing_key, self._policy),
+            args=(
+                child_end,
+                self._store_root,
+                self._models,
+                self._signing_key,
+                self._policy,
+                os.getpid(),
+            ),
             name="servewell-worker",
             daemon=True,
         )

@@ -121,8 +121,10 @@ class Settings(BaseSettings):
     gets 503 with ``Retry-After`` at once (one request alone is always admitted)."""
 
     request_timeout_s: float = Field(default=10.0, gt=0)
-    """Default deadline of a predict request, from when its body is read: past it the client
-    gets 504 and, if its rows have not been sent to a worker yet, they never are."""
+    """Default deadline of a request, from when its headers arrive. A body still not fully
+    received by then gets 408 and the connection is closed (slow clients cannot hold the
+    server); a prediction not ready by then gets 504 and, if its rows have not been sent to
+    a worker yet, they never are."""
 
     max_request_timeout_s: float = Field(default=60.0, gt=0)
     """Longest deadline a client may ask for with the ``X-Request-Timeout`` header (seconds);
@@ -131,15 +133,16 @@ class Settings(BaseSettings):
     retry_after_s: float = Field(default=1.0, gt=0)
     """The ``Retry-After`` of a 503 (queue full, worker lost), rounded up to whole seconds."""
 
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    shutdown_grace_s: int = Field(default=10, ge=0)
     """On SIGTERM or Ctrl-C: how long requests in flight may take to finish after the
     server stops accepting connections; then the pool is shut down and the process exits."""
 
-    timeout_keep_alive_s: float = Field(default=5.0, gt=0)
+    timeout_keep_alive_s: int = Field(default=5, ge=1)
     """An idle keep-alive connection is closed after this many seconds."""
 
     h11_max_incomplete_event_size: int = Field(default=64 * 1024, ge=1024)
-    """Largest request line plus headers (bytes) accepted before the body."""
+    """Largest request line plus headers (bytes) accepted before the body, when uvicorn
+    runs its h11 parser (httptools, the default when installed, has its own limits)."""
 
     limit_concurrency: int | None = Field(default=None, ge=1)
     """Most connections (plus requests) served at once; beyond it uvicorn answers 503 at once.
