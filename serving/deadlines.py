@@ -3,6 +3,8 @@
 
 The deadline bounds reading the body too: a client that sends its body slowly (slowloris)
 gets 408 and its connection closed when the deadline passes, so it cannot hold the server.
+Predict requests with a body that is declared as something other than JSON, or compressed,
+get 415 before anything reads it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.admission import current_deadline, deadline_in
@@ -18,6 +21,36 @@ from serving.exception_handlers import error_body, error_response
 
 HEADER = b"x-request-timeout"
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+_BODY_HEADERS = frozenset({b"content-type", b"content-encoding"})
+
+
+def _is_predict(path: str) -> bool:
+    return path.startswith("/models/") and path.endswith("/predict")
+
+
+def _acceptable(name: bytes, value: bytes) -> bool:
+    """Predict bodies are JSON (no header: taken as JSON), never compressed (a small gzip
+    body can expand to gigabytes: none is decoded, so none is accepted)."""
+    media = value.split(b";", 1)[0].strip().lower()
+    if name == b"content-encoding":
+        return media in (b"", b"identity")
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _unsupported(name: bytes, value: bytes) -> Response:
+    header = name.decode()
+    shown = value[:80].decode("latin-1")
+    wanted = "application/json" if header == "content-type" else "identity (no compression)"
+    return error_response(
+        415,
+        "unsupported_media_type",
+        f"{header} {shown!r} is not accepted; send {wanted}",
+        [ErrorDetail(("header", header), f"expected {wanted}")],
+    )
 
 
 class RequestDeadlineMiddleware:
@@ -34,7 +67,11 @@ class RequestDeadlineMiddleware:
             await self.app(scope, receive, send)
             return
         seconds = self.default_s
+        predict = scope["method"] == "POST" and _is_predict(scope["path"])
         for name, value in scope["headers"]:
+            if predict and name in _BODY_HEADERS and not _acceptable(name, value):
+                await _unsupported(name, value)(scope, receive, send)
+                return
             if name == HEADER:
                 try:
                     asked = float(value)

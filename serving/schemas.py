@@ -2,9 +2,10 @@
 
 A model's request accepts ``{"instances": [{feature: value, ...}, ...]}`` or the positional
 ``{"rows": [[...], ...]}`` in manifest feature order. Field types follow the feature kinds
-(numbers must be finite JSON numbers, integers JSON integers, booleans JSON true/false,
-categorical values one of the training categories), unknown fields are rejected, and each
-field documents its training range and carries an example from the training data.
+(numbers must be finite JSON numbers, integers whole JSON numbers (49 or 49.0, not 49.5),
+booleans JSON true/false, categorical values one of the training categories), unknown fields
+are rejected, and each field documents its training range and carries an example from the
+training data.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 from typing_extensions import TypedDict
 
 from serving.store import Feature, FeatureKind, Manifest, Task
@@ -34,6 +44,12 @@ def _describe(feature: Feature) -> str:
     return "; ".join(parts)
 
 
+def _whole(value: float) -> float:
+    if not value.is_integer():
+        raise ValueError("Input should be a whole number")
+    return value
+
+
 def feature_type(feature: Feature) -> Any:
     """The pydantic type of one feature value (strict: no coercion from other JSON types)."""
     kind = feature.kind
@@ -43,7 +59,17 @@ def feature_type(feature: Feature) -> Any:
     if kind == FeatureKind.NUMERIC:
         base = Annotated[float, Strict(), Field(allow_inf_nan=False)]
     elif kind == FeatureKind.INTEGER:
-        base = Annotated[int, Strict(), Field(ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT)]
+        # Like MLServer and KServe, which cast to arrays, and like JSON Schema's own
+        # "integer" (1.0 is one): a whole number written 49.0 is 49; 49.5 is refused.
+        base = Annotated[
+            float,
+            Strict(),
+            Field(allow_inf_nan=False, ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT),
+            AfterValidator(_whole),
+            WithJsonSchema(
+                {"type": "integer", "minimum": -_MAX_EXACT_INT, "maximum": _MAX_EXACT_INT}
+            ),
+        ]
     elif kind == FeatureKind.BOOLEAN:
         base = Annotated[bool, Strict()]
     else:
