@@ -10,12 +10,13 @@ training data.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
@@ -44,8 +45,12 @@ def _describe(feature: Feature) -> str:
     return "; ".join(parts)
 
 
-def _whole(value: float) -> float:
-    if not value.is_integer():
+def _whole(value: Any) -> Any:
+    """Checks the raw JSON value, before it becomes a float: a JSON integer beyond 2**53
+    would otherwise round into range; a float must have no fractional part."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_EXACT_INT:
+        raise ValueError(f"Input should be between -{_MAX_EXACT_INT} and {_MAX_EXACT_INT}")
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
         raise ValueError("Input should be a whole number")
     return value
 
@@ -65,7 +70,7 @@ def feature_type(feature: Feature) -> Any:
             float,
             Strict(),
             Field(allow_inf_nan=False, ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT),
-            AfterValidator(_whole),
+            BeforeValidator(_whole),
             WithJsonSchema(
                 {"type": "integer", "minimum": -_MAX_EXACT_INT, "maximum": _MAX_EXACT_INT}
             ),
@@ -125,8 +130,9 @@ def build_request_model(
         f"{title}PredictRequest",
         __base__=PredictRequestBase,
         __doc__=f"Rows to predict with {manifest.name} v{manifest.version}.",
+        # Not nullable: a request gives one of the two (the schema says so with oneOf).
         instances=(
-            list[instance] | None,
+            list[instance],
             Field(
                 default=None,
                 min_length=1,
@@ -135,7 +141,7 @@ def build_request_model(
             ),
         ),
         rows=(
-            list[row] | None,
+            list[row],
             Field(
                 default=None,
                 min_length=1,
@@ -144,7 +150,16 @@ def build_request_model(
             ),
         ),
     )
-    model.model_config["json_schema_extra"] = {"examples": [{"instances": [example]}]}
+
+    def exactly_one_form(schema: dict[str, Any]) -> None:
+        for key in ("instances", "rows"):
+            schema["properties"][key].pop("default", None)
+        schema["oneOf"] = [{"required": ["instances"]}, {"required": ["rows"]}]
+        if manifest.task != Task.CLASSIFICATION:  # refused for a regressor: say so
+            schema["properties"]["return_probabilities"]["enum"] = [False]
+        schema["examples"] = [{"instances": [example]}]
+
+    model.model_config["json_schema_extra"] = exactly_one_form
     model.model_rebuild(force=True)
     return model
 
