@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     """A pool worker busy on one batch for longer than this is killed and replaced; its batch
     is retried once on another worker (a second failure answers 503 with ``Retry-After``)."""
 
-    max_queue_rows: int = Field(default=20_000, ge=1)
+    max_queue_rows: int = Field(default=100_000, ge=1)
     """Rows that may wait for the pool per model version. A request that would go beyond
     gets 503 with ``Retry-After`` at once (one request alone is always admitted)."""
 
