@@ -6,12 +6,14 @@ always for a bounded duration.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench import wrk
@@ -21,6 +23,8 @@ from tests.serving.test_main import _children, _start
 pytestmark = pytest.mark.slow
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+PREDICT = "/models/iris/predict"
+JSON = {"content-type": "application/json"}
 
 
 def _rss_kib(pid: int) -> int:
@@ -106,3 +110,99 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
         os.kill(process.pid, signal.SIGTERM)
         process.communicate(timeout=60)
     assert process.returncode == 0
+
+
+async def _closed_loop(url: str, body: bytes, clients: int, seconds: float) -> int:
+    """Requests completed by ``clients`` sending back to back for ``seconds``."""
+    done = 0
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        stop = asyncio.get_running_loop().time() + seconds
+
+        async def one() -> None:
+            nonlocal done
+            while asyncio.get_running_loop().time() < stop:
+                response = await client.post(PREDICT, content=body, headers=JSON)
+                assert response.status_code == 200, response.text
+                done += 1
+
+        await asyncio.gather(*(one() for _ in range(clients)))
+    return done
+
+
+async def _open_loop(
+    url: str, body: bytes, rate: float, seconds: float
+) -> tuple[list[tuple[int, float]], list[int]]:
+    """Send ``rate`` requests per second for ``seconds`` whatever happens to earlier ones (as
+    independent users do); return (status, latency s) per request and readiness probes."""
+    results: list[tuple[int, float]] = []
+    ready: list[int] = []
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        loop = asyncio.get_running_loop()
+
+        async def one() -> None:
+            started = loop.time()
+            response = await client.post(PREDICT, content=body, headers=JSON)
+            results.append((response.status_code, loop.time() - started))
+
+        async def probe() -> None:
+            ready.append((await client.get("/health/ready")).status_code)
+
+        tasks = []
+        start = loop.time()
+        sent = 0
+        while (now := loop.time()) < start + seconds:
+            due = int((now - start) * rate) + 1
+            while sent < due:
+                tasks.append(asyncio.ensure_future(one()))
+                sent += 1
+                if sent % 50 == 0:
+                    tasks.append(asyncio.ensure_future(probe()))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+    return results, ready
+
+
+def _p(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+
+
+def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadline(
+    trained_store: ModelStore,
+) -> None:
+    deadline_s = 2.0
+    process, url = _start(
+        trained_store,
+        pool_size="1",
+        request_timeout_s=str(deadline_s),
+        max_queue_rows="5000",  # 5 requests of 1000 rows waiting
+    )
+    body = json.dumps({"rows": [IRIS_ROW] * 1000}).encode()
+    try:
+        # Sustainable load: what 4 back-to-back clients complete (all answered 200).
+        seconds = 10.0
+        sustainable = asyncio.run(_closed_loop(url, body, 4, seconds)) / seconds
+        results, ready = asyncio.run(_open_loop(url, body, 3 * sustainable, 20.0))
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.communicate(timeout=60)
+    statuses = [status for status, _ in results]
+    accepted = [latency for status, latency in results if status == 200]
+    shed = [latency for status, latency in results if status == 503]
+    report = {
+        "sustainable_rps": sustainable,
+        "offered_rps": 3 * sustainable,
+        "counts": {s: statuses.count(s) for s in set(statuses)},
+        "accepted_p50_s": _p(accepted, 0.5) if accepted else None,
+        "accepted_p99_s": _p(accepted, 0.99) if accepted else None,
+        "shed_p50_s": _p(shed, 0.5) if shed else None,
+        "shed_p99_s": _p(shed, 0.99) if shed else None,
+    }
+    print(json.dumps(report))
+    assert set(statuses) <= {200, 503, 504}, report
+    assert shed, report  # overload was reached and shed
+    assert len(accepted) >= 0.5 * sustainable * 20, report  # goodput held up
+    assert statuses.count(504) <= 0.05 * len(statuses), report  # shed early, not timed out
+    assert _p(accepted, 0.99) <= deadline_s, report
+    assert _p(shed, 0.99) < _p(accepted, 0.5), report  # shedding is fast: it does no work
+    assert set(ready) == {200}, report
