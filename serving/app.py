@@ -100,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestDeadlineMiddleware,
         default_s=settings.request_timeout_s,
         max_s=settings.max_request_timeout_s,
+        max_inflight_bytes=settings.max_inflight_body_bytes,
+        retry_after_s=settings.retry_after_s,
     )
     exception_handlers.install(app)
     app.include_router(health.router)

@@ -16,8 +16,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.admission import current_deadline, deadline_in
-from serving.errors import ErrorDetail
-from serving.exception_handlers import error_body, error_response
+from serving.errors import ErrorDetail, OverloadedError
+from serving.exception_handlers import error_body, error_response, serving_error_response
 
 HEADER = b"x-request-timeout"
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -57,10 +57,21 @@ class RequestDeadlineMiddleware:
     """Set :data:`serving.admission.current_deadline` for the request and bound its body
     read; a malformed ``X-Request-Timeout`` gets 400."""
 
-    def __init__(self, app: ASGIApp, default_s: float, max_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        default_s: float,
+        max_s: float,
+        max_inflight_bytes: int | None = None,
+        retry_after_s: float = 1.0,
+    ) -> None:
         self.app = app
         self.default_s = default_s
         self.max_s = max_s
+        self.max_inflight_bytes = max_inflight_bytes
+        self.retry_after_s = retry_after_s
+        self.inflight_bytes = 0
+        """Declared body bytes of the predict requests being handled now."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,10 +79,13 @@ class RequestDeadlineMiddleware:
             return
         seconds = self.default_s
         predict = scope["method"] == "POST" and _is_predict(scope["path"])
+        length = 0
         for name, value in scope["headers"]:
             if predict and name in _BODY_HEADERS and not _acceptable(name, value):
                 await _unsupported(name, value)(scope, receive, send)
                 return
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
             if name == HEADER:
                 try:
                     asked = float(value)
@@ -87,6 +101,12 @@ class RequestDeadlineMiddleware:
                     await response(scope, receive, send)
                     return
                 seconds = min(asked, self.max_s)
+        if predict and self._over_budget(length):
+            shed = OverloadedError("the service is at capacity; retry later", self.retry_after_s)
+            await serving_error_response(shed, "POST predict")(scope, receive, send)
+            return
+        if predict:
+            self.inflight_bytes += length
         token = current_deadline.set(deadline_in(seconds))
         try:
             if scope["method"] in _WITH_BODY:
@@ -95,6 +115,17 @@ class RequestDeadlineMiddleware:
                 await self.app(scope, receive, send)
         finally:
             current_deadline.reset(token)
+            if predict:
+                self.inflight_bytes -= length
+
+    def _over_budget(self, length: int) -> bool:
+        """Shed before reading or parsing the body: when the event loop is what saturates
+        (parsing big bodies), the model queues stay short and cannot tell. One request alone
+        is always admitted."""
+        budget = self.max_inflight_bytes
+        return (
+            budget is not None and self.inflight_bytes > 0 and self.inflight_bytes + length > budget
+        )
 
     async def _bounded_body(
         self, scope: Scope, receive: Receive, send: Send, seconds: float

@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     backlog: int = Field(default=4096, ge=1)
     """Connections the kernel may queue before the server accepts them."""
 
+    max_inflight_body_bytes: int | None = Field(default=8 * 1024 * 1024, ge=1)
+    """Declared body bytes of predict requests handled at once. Beyond it a request gets 503
+    with ``Retry-After`` before its body is read or parsed, so that overload from big bodies
+    (parsing is event-loop work) is shed cheaply. Unset (``null``): no limit."""
+
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
         workers = 1 if self.inference == "inline" else self.pool_size

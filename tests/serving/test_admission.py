@@ -114,3 +114,54 @@ def test_over_http_full_queues_are_503_and_deadlines_504(trained_store: ModelSto
         with server.client() as client:  # the worker resumes: later requests are served
             ok = client.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
             assert ok.status_code == 200
+
+
+def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_read() -> None:
+    from starlette.types import Message, Receive, Scope, Send
+
+    from serving.deadlines import RequestDeadlineMiddleware
+
+    release = asyncio.Event()
+    reads = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal reads
+        await receive()
+        reads += 1
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = RequestDeadlineMiddleware(app, 10.0, 60.0, max_inflight_bytes=100, retry_after_s=3)
+
+    async def call(length: int) -> list[Message]:
+        sent: list[Message] = []
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/models/iris/predict",
+            "headers": [(b"content-length", str(length).encode())],
+        }
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"x" * length, "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await guard(scope, receive, send)
+        return sent
+
+    async def scenario() -> None:
+        alone = asyncio.ensure_future(call(500))  # over the budget, but alone: admitted
+        await asyncio.sleep(0.01)
+        shed = await call(10)
+        assert shed[0]["status"] == 503
+        assert (b"retry-after", b"3") in shed[0]["headers"]
+        assert reads == 1  # the shed body was never read
+        release.set()
+        assert (await alone)[0]["status"] == 200
+        assert guard.inflight_bytes == 0
+        assert (await call(10))[0]["status"] == 200
+
+    asyncio.run(scenario())
