@@ -4,7 +4,8 @@
 The deadline bounds reading the body too: a client that sends its body slowly (slowloris)
 gets 408 and its connection closed when the deadline passes, so it cannot hold the server.
 Predict requests with a body that is declared as something other than JSON, or compressed,
-get 415 before anything reads it.
+get 415 before anything reads it; and beyond a budget of body bytes in flight, 503 (shed
+before the body is read or parsed).
 """
 
 from __future__ import annotations

@@ -234,6 +234,7 @@ def test_sigterm_stops_accepting_finishes_requests_in_flight_and_exits_0(
             process.communicate()
 
 
+@pytest.mark.slow  # a server process of its own: kept out of the default run
 def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
     process, url = _start(trained_store, pool_size="1", shutdown_grace_s="1")
     everything = _children(process.pid)
@@ -260,6 +261,7 @@ def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # a server process of its own: kept out of the default run
 def test_a_stuck_worker_dies_with_a_killed_server(trained_store: ModelStore) -> None:
     process, _ = _start(trained_store, pool_size="1")
     everything = _children(process.pid)
