@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,6 +74,8 @@ class RequestDeadlineMiddleware:
         self.retry_after_s = retry_after_s
         self.inflight_bytes = 0
         """Declared body bytes of the predict requests being handled now."""
+        self._reading: set[_Reading] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,44 +136,55 @@ class RequestDeadlineMiddleware:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        body_done = False
-        expired = False
-        started = False
-
-        def expire() -> None:
-            nonlocal expired
-            if not body_done:
-                expired = True
-                task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(seconds, expire)
+        reading = _Reading(task, asyncio.get_running_loop().time() + seconds)
 
         async def timed_receive() -> Message:
-            nonlocal body_done
             message = await receive()
-            if not body_done and not (
-                message["type"] == "http.request" and message.get("more_body", False)
-            ):
-                body_done = True
-                timer.cancel()
+            if not (message["type"] == "http.request" and message.get("more_body", False)):
+                self._reading.discard(reading)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        self._reading.add(reading)
+        self._arm_sweeper()
         try:
-            await self.app(scope, timed_receive, tracking_send)
+            await self.app(scope, timed_receive, send)
         except asyncio.CancelledError:
-            if not expired:
+            if not reading.expired:
                 raise
             task.uncancel()
-            if not started:
-                await _send_408(send, seconds)
+            await _send_408(send, seconds)
         finally:
-            timer.cancel()
+            self._reading.discard(reading)
+
+    def _arm_sweeper(self) -> None:
+        # One periodic check for every request still reading its body, rather than a timer
+        # per request: timers measurably cost throughput on the hot path.
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for reading in [r for r in self._reading if r.deadline <= now]:
+            self._reading.discard(reading)
+            reading.expired = True
+            reading.task.cancel()
+        if self._reading:
+            self._arm_sweeper()
+
+
+_SWEEP_S = 0.1
+
+
+class _Reading:
+    """A request whose body is still arriving."""
+
+    __slots__ = ("deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.expired = False
 
 
 async def _send_408(send: Send, seconds: float) -> None:

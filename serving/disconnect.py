@@ -20,12 +20,19 @@ class ClientGoneError(Exception):
     """The client disconnected before its answer was ready; there is no one to answer."""
 
 
+WATCH_AFTER_S = 0.05
+"""Start watching only for work that takes longer: most requests finish sooner, and a
+watcher task per request would cost them measurable throughput."""
+
+
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise ClientGoneError.
     Call only after the whole body was received."""
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
     gone = False
+    watcher: asyncio.Future[None] | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -34,7 +41,11 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         gone = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         return await work
     except asyncio.CancelledError:
@@ -43,4 +54,6 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
             raise ClientGoneError from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
