@@ -7,6 +7,7 @@ import logging
 import logging.config
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from typing import Any
@@ -16,6 +17,7 @@ import uvloop
 
 from serving.logs import log_config, resolve_format
 from serving.settings import Settings
+from serving.shutdown import exit_cleanly_on_signals
 
 log = logging.getLogger("servewell")
 
@@ -136,23 +138,30 @@ def main() -> None:
         f"servewell: serving {settings.store.resolve()} on http://{settings.host}:{settings.port}"
     )
     print(f"servewell: API docs at http://{settings.host}:{settings.port}/docs", flush=True)
-    try:
-        uvicorn.run(
-            "serving.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level,
-            log_config=logging_config,
-            # The service writes its own access log (SERVEWELL_ACCESS_LOG), off the hot path.
-            access_log=False,
-            loop=_LOOPS[settings.loop],
-            timeout_graceful_shutdown=10,
-        )
-    finally:
-        if shared_dir is not None:
-            shutil.rmtree(shared_dir, ignore_errors=True)
+    with exit_cleanly_on_signals() as received:
+        try:
+            uvicorn.run(
+                "serving.app:create_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_level=settings.log_level,
+                log_config=logging_config,
+                # The service writes its own access log (SERVEWELL_ACCESS_LOG), off the hot path.
+                access_log=False,
+                loop=_LOOPS[settings.loop],
+                timeout_graceful_shutdown=settings.shutdown_grace_s,
+                timeout_keep_alive=settings.timeout_keep_alive_s,
+                h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
+                limit_concurrency=settings.limit_concurrency,
+                backlog=settings.backlog,
+            )
+        finally:
+            if shared_dir is not None:
+                shutil.rmtree(shared_dir, ignore_errors=True)
+    if received:
+        print(f"servewell: stopped on {signal.Signals(received[0]).name}", flush=True)
 
 
 if __name__ == "__main__":

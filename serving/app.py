@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from serving import exception_handlers
 from serving.dataplane import DataPlane
+from serving.deadlines import RequestDeadlineMiddleware
 from serving.fastpath import PredictFastPath, PredictTable
 from serving.lifecycle import Lifecycle
 from serving.middleware import BodyLimitMiddleware
@@ -114,6 +115,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PredictFastPath, table=predict_table)
     app.add_middleware(InferFastPath, table=infer_table)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestDeadlineMiddleware,
+        default_s=settings.request_timeout_s,
+        max_s=settings.max_request_timeout_s,
+        max_inflight_bytes=settings.max_inflight_body_bytes,
+        retry_after_s=settings.retry_after_s,
+    )
     # Outermost: request ids, metrics and the access log see every response.
     app.add_middleware(ObservabilityMiddleware, observability=observability)
     exception_handlers.install(app)

@@ -10,6 +10,8 @@ requests. A batch is cut by rows (never splitting a request) up to ``max_rows`` 
 Several batches may be in flight, up to the executor's capacity (:class:`Slots`, shared by
 every batcher that uses the same executor). Results are split back to their requests in order.
 Rows are validated before they get here, so one request's bad data cannot fail its batch-mates.
+A request whose future is cancelled before its rows are sent (deadline passed, client gone)
+is withdrawn: its rows never reach the executor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -64,11 +66,23 @@ class Slots:
             self._waiters.popleft().on_slot_free()
 
 
-class _Pending(NamedTuple):
-    rows: FloatArray
-    want_probabilities: bool
-    future: asyncio.Future[Prediction]
-    queued: float
+class _Pending:
+    __slots__ = ("future", "gone", "queued", "rows", "want_probabilities")
+
+    def __init__(
+        self,
+        rows: FloatArray,
+        want_probabilities: bool,
+        future: asyncio.Future[Prediction],
+        queued: float,
+    ) -> None:
+        self.rows = rows
+        self.want_probabilities = want_probabilities
+        self.future = future
+        self.queued = queued
+        """When it was queued (monotonic seconds)."""
+        self.gone = False
+        """Sent in a batch, or withdrawn: no longer counts as queued."""
 
 
 class MicroBatcher:
@@ -81,6 +95,10 @@ class MicroBatcher:
         self.max_delay = max_delay
         self._pending: deque[_Pending] = deque()
         self._pending_rows = 0
+        self._live = 0
+        """Queued requests not withdrawn (``_pending`` may still hold withdrawn ones)."""
+        self.withdrawn = 0
+        """Requests cancelled before their rows were sent (for tests and metrics)."""
         self._oldest = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self.batches = 0
@@ -92,13 +110,13 @@ class MicroBatcher:
 
     @property
     def queued_rows(self) -> int:
-        """Rows waiting for a batch."""
+        """Rows queued and not yet sent to the executor."""
         return self._pending_rows
 
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing in flight: safe to unload the model behind it."""
-        return not self._pending and self.in_flight == 0
+        return self._live == 0 and self.in_flight == 0
 
     async def drain(self) -> None:
         """Wait until :attr:`idle` (bound it with ``asyncio.timeout``)."""
@@ -119,12 +137,30 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Prediction] = loop.create_future()
         now = time.monotonic()
-        if not self._pending:
+        if not self._live:
+            self._pending.clear()  # only withdrawn requests left
             self._oldest = now
-        self._pending.append(_Pending(rows, want_probabilities, future, now))
+        item = _Pending(rows, want_probabilities, future, now)
+        self._pending.append(item)
         self._pending_rows += len(rows)
+        self._live += 1
+        future.add_done_callback(lambda done: self._withdraw(item, done))
         self._dispatch(loop, waited=False)
         return future
+
+    def _withdraw(self, item: _Pending, future: asyncio.Future[Prediction]) -> None:
+        if item.gone or not future.cancelled():
+            return
+        item.gone = True
+        self._pending_rows -= len(item.rows)
+        self._live -= 1
+        self.withdrawn += 1
+        if not self._live:
+            self._pending.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._wake_drainers()
 
     def on_slot_free(self) -> None:
         """A slot freed up after this batcher had to wait for one: send what is queued."""
@@ -135,7 +171,7 @@ class MicroBatcher:
         self._dispatch(asyncio.get_running_loop(), waited=True)
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop, waited: bool) -> None:
-        while self._pending:
+        while self._live:
             if not self._slots.free:
                 self._slots.wait(self)
                 return
@@ -156,14 +192,22 @@ class MicroBatcher:
             self._timer = None
 
     def _send_one(self) -> None:
-        batch = [self._pending.popleft()]
-        rows = len(batch[0].rows)
-        while self._pending and rows + len(self._pending[0].rows) <= self.max_rows:
-            item = self._pending.popleft()
+        batch: list[_Pending] = []
+        rows = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.gone:  # withdrawn
+                self._pending.popleft()
+                continue
+            if batch and rows + len(item.rows) > self.max_rows:
+                break
+            self._pending.popleft()
+            item.gone = True
             batch.append(item)
             rows += len(item.rows)
         self._pending_rows -= rows
-        if self._pending:
+        self._live -= len(batch)
+        if self._live:
             self._oldest = time.monotonic()
         want = any(item.want_probabilities for item in batch)
         matrix = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
+from serving.admission import admit, current_deadline, deadline_in, within
 from serving.batcher import MicroBatcher, Slots
 from serving.bulk_rows import parse_numeric_rows
 from serving.errors import (
@@ -278,6 +279,7 @@ class DataPlane:
                 self.settings.startup_timeout_s,
                 signing_key=self.settings.signing_key_bytes,
                 policy=policy,
+                hang_timeout=self.settings.worker_hang_timeout_s,
             )
             self.executor = pool
             await pool.start()
@@ -381,6 +383,9 @@ class DataPlane:
                 "kind": self.settings.inference,
                 "up": executor_up,
                 "size": self.executor.size if self.executor else 0,
+                # While a dead or hung worker is replaced: fewer ready than size.
+                "workers_ready": getattr(self.executor, "workers_ready", int(executor_up)),
+                "restarts": getattr(self.executor, "restarts", 0),
             },
             "models": states,
         }
@@ -464,9 +469,12 @@ class DataPlane:
         assert served.batcher is not None
         if self.executor is None:
             raise NotReadyError("the inference executor is not running")
+        settings = self.settings
+        admit(served.batcher, len(rows), settings.max_queue_rows, settings.retry_after_s)
         observer = self.input_observer
         warnings = observer(served, rows) if observer is not None else ()
-        prediction = await served.batcher.submit(rows, want)
+        deadline = current_deadline.get() or deadline_in(settings.request_timeout_s)
+        prediction = await within(served.batcher.submit(rows, want), deadline)
         return PredictionResult(
             served.key[0], served.key[1], prediction, served.class_keys, want, warnings
         )

@@ -42,6 +42,37 @@ class InferenceError(ServingError):
     type = "inference_error"
 
 
+class RetryableError(ServingError):
+    """Temporarily unable to take this request; the same request may succeed shortly.
+
+    ``retry_after`` says in how many seconds a retry is worth trying."""
+
+    type = "unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WorkerLostError(RetryableError):
+    """The inference worker running this request's batch died or hung, and the batch had
+    already been retried once (a batch that kills workers must not kill them all)."""
+
+    type = "worker_lost"
+
+
+class OverloadedError(RetryableError):
+    """The model's queue is full: the request is shed at once instead of waiting."""
+
+    type = "overloaded"
+
+
+class DeadlineExceededError(ServingError):
+    """The request's deadline passed before its predictions were ready."""
+
+    type = "deadline_exceeded"
+
+
 class InvalidModelNameError(ServingError):
     """A model name that is not a single safe store path component (e.g. ``..``)."""
 

@@ -12,6 +12,7 @@ Under ``/v2`` (the Open Inference Protocol) errors have that protocol's shape in
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from starlette.responses import Response
 
 from serving.errors import (
     ArtifactRefusedError,
+    DeadlineExceededError,
     ErrorDetail,
     InferenceError,
     InvalidInputError,
@@ -31,6 +33,8 @@ from serving.errors import (
     MalformedRequestError,
     ModelUnavailableError,
     NotReadyError,
+    OverloadedError,
+    RetryableError,
     ServingError,
     UnknownModelError,
     UnknownVersionError,
@@ -49,6 +53,8 @@ STATUS: dict[type[ServingError], int] = {
     InvalidModelNameError: 400,
     ArtifactRefusedError: 409,
     LifecycleConflictError: 409,
+    RetryableError: 503,
+    DeadlineExceededError: 504,
 }
 
 _HTTP_TYPES = {
@@ -132,11 +138,16 @@ def v2_serving_error_response(exc: ServingError, where: str) -> Response:
 def serving_error_response(exc: ServingError, where: str) -> Response:
     """The response for a domain error; ``where`` (method and path) is only for the log."""
     status = _status_of(exc)
-    if status >= 500:
+    # Shedding is the service working as designed: under overload it would flood the log.
+    if status >= 500 and not isinstance(exc, OverloadedError | DeadlineExceededError):
         log.warning("%s: %s", where, exc)
     details = exc.details if isinstance(exc, InvalidInputError) else ()
     message = exc.message if isinstance(exc, InvalidInputError) else str(exc)
-    return error_response(status, exc.type, message, details)
+    headers = None
+    if isinstance(exc, RetryableError):
+        # Whole seconds, as HTTP requires; at least 1 so clients do not retry in a tight loop.
+        headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+    return error_response(status, exc.type, message, details, headers)
 
 
 async def _serving_error(request: Request, exc: Exception) -> Response:

@@ -14,11 +14,25 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.dataplane import DataPlane, ServedModel
+from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import ServingError
 from serving.exception_handlers import serving_error_response
 from serving.request_context import note_model
 
 _HEADERS = [(b"content-type", b"application/json")]
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client disconnected before sending it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class PredictTable:
@@ -62,18 +76,14 @@ class PredictFastPath:
     async def _predict(
         self, dataplane: DataPlane, served: ServedModel, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return
         note_model(*served.key)  # metrics and logs name the model even if the body is refused
         try:
-            payload = await dataplane.predict_json(served, body)
+            payload = await unless_disconnected(receive, dataplane.predict_json(served, body))
+        except ClientGoneError:
+            return
         except ServingError as exc:
             response = serving_error_response(exc, f"POST {scope['path']}")
             await response(scope, receive, send)

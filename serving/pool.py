@@ -6,14 +6,23 @@ pipe: ``(task id, (name, version), float64 rows)`` in, arrays out. Models are ne
 per request. Control messages ``("load" | "unload", task id, key)`` change a running worker's
 models (hot swap); a worker started later, e.g. after a crash, loads the current set.
 The parent reads replies with ``loop.add_reader`` (no helper threads), sends work
-only to idle workers and queues the rest, replaces a worker that dies, and on close stops
-every worker it started, so no process outlives the service.
+only to idle workers and queues the rest, and on close stops every worker it started, so no
+process outlives the service.
+
+Faults: a worker that dies (SIGKILL, a crash in native code) or hangs on a batch longer than
+``hang_timeout`` (it is then killed) is replaced by a new worker that loads the current model
+set. Its batch is retried once, on the next free worker; if that one dies too, the batch
+fails with :class:`WorkerLostError` (retryable), so a batch that kills workers cannot take
+them all down. A replacement that dies while loading is started again after a growing
+delay: once started, the pool never gives up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import itertools
 import logging
 import multiprocessing
@@ -28,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import InferenceError, NotReadyError
+from serving.errors import InferenceError, NotReadyError, WorkerLostError
 from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName, RuntimePolicy, load
 from serving.store import ModelStore
 
@@ -44,12 +53,14 @@ def _worker_main(
     keys: list[ModelKey],
     signing_key: bytes | None,
     policy: RuntimePolicy,
+    parent: int,
 ) -> None:
     """Entry point of a worker process: load models, then serve batches until told to stop."""
     # Ctrl-C (and a group-wide SIGTERM) reach every process; the parent decides when workers
     # stop, and a worker whose parent is gone sees EOF on its pipe and exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent)
     import sklearn
 
     # Finiteness is checked at the edge; skipping sklearn's re-check changes no result.
@@ -86,6 +97,19 @@ def _worker_main(
 _CONTROL = ("load", "unload")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the server process dies (Linux), even while it
+    is busy or stuck in a batch and so not reading the pipe whose EOF tells it otherwise."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
     model = load(store, *key, policy)
     with contextlib.suppress(Exception):  # warm-up only: first calls are slow
@@ -111,13 +135,31 @@ def _control(
     return ("control", task_id, True, models[key].runtime)
 
 
+class _Queued:
+    """A batch waiting for a worker (``retried``: it was on a worker that died)."""
+
+    __slots__ = ("future", "message", "retried")
+
+    def __init__(
+        self, message: _Job, future: asyncio.Future[Prediction], retried: bool = False
+    ) -> None:
+        self.message = message
+        self.future = future
+        self.retried = retried
+
+
 class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.ready = False
+        self.started = time.monotonic()
         self.pid: int | None = None
         self.job: tuple[int, asyncio.Future[Any]] | None = None
+        self.batch: _Queued | None = None
+        """The predict batch it is running (``job`` covers control messages too)."""
+        self.sent = 0.0
+        """When the current job was sent (monotonic), for the hang check."""
         self.controls: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         """Load/unload messages waiting until this worker is idle."""
 
@@ -134,6 +176,7 @@ class InferencePool:
         *,
         signing_key: bytes | None = None,
         policy: RuntimePolicy | None = None,
+        hang_timeout: float | None = None,
     ) -> None:
         self._store_root = str(store_root)
         self._signing_key = signing_key
@@ -143,7 +186,13 @@ class InferencePool:
         self._startup_timeout = startup_timeout
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
-        self._queue: deque[tuple[_Job, asyncio.Future[Prediction]]] = deque()
+        self._queue: deque[_Queued] = deque()
+        self._hang_timeout = hang_timeout
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._respawns: list[asyncio.TimerHandle] = []
+        self._failed_loads = 0
+        """Replacements in a row that died while loading (sets the delay of the next one)."""
+        self._started = False
         self._task_ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
@@ -153,8 +202,13 @@ class InferencePool:
         self.runtimes: dict[ModelKey, RuntimeName] = {}
         """The runtime each loaded model runs on in the workers."""
         self.restarts = 0
+        """Workers replaced after they died or hung."""
+        self.retried_batches = 0
+        """Batches sent again after their worker died or hung."""
+        self.lost_batches = 0
+        """Batches failed with WorkerLostError (their worker died on the retry too)."""
         self.broken: str | None = None
-        """Why the pool cannot serve: a worker died before it finished loading the models."""
+        """Why the pool could not start: a worker died before it finished loading the models."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -173,16 +227,20 @@ class InferencePool:
                 await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise NotReadyError("inference workers did not start in time") from None
+        self._started = True
+        self._arm_watchdog()
 
     @property
     def up(self) -> bool:
-        """True when every worker is alive and has loaded the models."""
-        return (
-            not self._closing
-            and self.broken is None
-            and len(self._workers) == self.size
-            and all(w.ready and w.process.is_alive() for w in self._workers)
-        )
+        """True when some worker can take a batch now. While a dead worker is being replaced
+        the others keep serving; with none left, batches queue until the replacement is
+        ready, and the pool reports down meanwhile."""
+        return not self._closing and self.broken is None and self.workers_ready > 0
+
+    @property
+    def workers_ready(self) -> int:
+        """Workers alive and holding the models."""
+        return sum(1 for w in self._workers if w.ready and w.process.is_alive())
 
     @property
     def pids(self) -> list[int]:
@@ -191,6 +249,10 @@ class InferencePool:
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker: ask politely, then kill (workers ignore SIGTERM)."""
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for handle in self._respawns:
+            handle.cancel()
         for worker in self._workers:
             self._forget(worker)
             with contextlib.suppress(OSError, ValueError):
@@ -215,13 +277,13 @@ class InferencePool:
         if self._loop is None or self._closing or self.broken:
             raise NotReadyError("the inference pool is not running")
         future: asyncio.Future[Prediction] = self._loop.create_future()
-        job: _Job = (next(self._task_ids), key, rows, want_probabilities)
+        queued = _Queued((next(self._task_ids), key, rows, want_probabilities), future)
         for worker in self._workers:
             if worker.ready and worker.job is None:
-                self._send(worker, job, future)
+                self._send_batch(worker, queued)
                 break
         else:
-            self._queue.append((job, future))
+            self._queue.append(queued)
         return future
 
     async def load_model(self, key: ModelKey) -> RuntimeName:
@@ -270,8 +332,13 @@ class InferencePool:
         results = await asyncio.gather(*futures, return_exceptions=True)
         return [(True, None) if isinstance(r, BaseException) else r for r in results]
 
+    def _send_batch(self, worker: _Worker, queued: _Queued) -> None:
+        worker.batch = queued
+        self._send(worker, queued.message, queued.future)
+
     def _send(self, worker: _Worker, job: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
         worker.job = (job[1] if job[0] in _CONTROL else job[0], future)
+        worker.sent = time.monotonic()
         try:
             worker.conn.send(job)
         except (OSError, ValueError):
@@ -284,7 +351,14 @@ class InferencePool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(child_end, self._store_root, self._models, self._signing_key, self._policy),
+            args=(
+                child_end,
+                self._store_root,
+                self._models,
+                self._signing_key,
+                self._policy,
+                os.getpid(),
+            ),
             name="servewell-worker",
             daemon=True,
         )
@@ -318,6 +392,7 @@ class InferencePool:
             for key, reason in message[2].items():
                 self.failed.setdefault(key, reason)
             self.runtimes.update(message[3])
+            self._failed_loads = 0
             self._wake_starters()
         elif message[0] == "control":
             _, task_id, ok, payload = message
@@ -329,18 +404,29 @@ class InferencePool:
         else:
             task_id, ok, payload, probabilities = message
             job, worker.job = worker.job, None
+            worker.batch = None
             if job is not None and job[0] == task_id and not job[1].done():
                 if ok:
                     job[1].set_result(Prediction(payload, probabilities))
                 else:
                     job[1].set_exception(InferenceError(payload))
-        if worker.job is None and worker.ready:
-            if worker.controls:
-                self._send(worker, *worker.controls.popleft())
-            elif self._queue:
-                self._send(worker, *self._queue.popleft())
+        self._feed(worker)
 
-    def _on_death(self, worker: _Worker) -> None:
+    def _feed(self, worker: _Worker) -> None:
+        """Give an idle ready worker its next message: control messages first, then batches
+        (skipping those whose caller gave up meanwhile)."""
+        if worker.job is not None or not worker.ready:
+            return
+        if worker.controls:
+            self._send(worker, *worker.controls.popleft())
+            return
+        while self._queue:
+            queued = self._queue.popleft()
+            if not queued.future.done():
+                self._send_batch(worker, queued)
+                return
+
+    def _on_death(self, worker: _Worker, why: str = "died") -> None:
         if worker not in self._workers:
             return
         self._forget(worker)
@@ -348,24 +434,88 @@ class InferencePool:
         with contextlib.suppress(OSError):
             worker.conn.close()
         worker.process.join(0.1)
-        if worker.job is not None and not worker.job[1].done():
-            worker.job[1].set_exception(InferenceError("the inference worker died"))
+        if worker.process.is_alive():  # the pipe broke but the process lingers
+            worker.process.kill()
+            worker.process.join(1.0)
+        batch, worker.batch = worker.batch, None
+        if batch is not None and not batch.future.done():
+            if batch.retried or self._closing:
+                self.lost_batches += 1
+                batch.future.set_exception(
+                    WorkerLostError(f"the inference worker running this batch {why}, twice")
+                )
+            else:  # once more, first in line, on the next free worker
+                self.retried_batches += 1
+                batch.retried = True
+                self._queue.appendleft(batch)
+        elif worker.job is not None and not worker.job[1].done():
+            worker.job[1].set_exception(InferenceError(f"the inference worker {why}"))
         for _, future in worker.controls:
             if not future.done():
-                future.set_exception(InferenceError("the inference worker died"))
+                future.set_exception(InferenceError(f"the inference worker {why}"))
         if self._closing:
             return
         code = worker.process.exitcode
-        if not worker.ready:
-            # It died while loading models: a replacement would die the same way.
+        if not self._started:
+            # It died while loading models at start: the service must not come up half-working.
             self.broken = f"worker {worker.process.pid} exited with code {code} while loading"
             log.error("inference %s", self.broken)
             self._wake_starters()
             self._fail_everything(NotReadyError(f"the inference pool is down: {self.broken}"))
             return
-        log.error("inference worker %s died (exit code %s); starting a new one", worker.pid, code)
         self.restarts += 1
-        self._spawn()
+        if worker.ready:
+            log.error(
+                "inference worker %s %s (exit code %s); starting a new one", worker.pid, why, code
+            )
+            self._spawn()
+        else:
+            # A replacement died while loading: try again, waiting longer each time in a row.
+            self._failed_loads += 1
+            delay = min(10.0, 0.25 * 2**self._failed_loads)
+            log.error(
+                "inference worker %s %s while loading (exit code %s); new one in %.1f s",
+                worker.process.pid,
+                why,
+                code,
+                delay,
+            )
+            assert self._loop is not None
+            self._respawns.append(self._loop.call_later(delay, self._respawn))
+        for other in self._workers:
+            self._feed(other)
+
+    def _respawn(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._respawns = [h for h in self._respawns if h.when() > now]
+        if not self._closing and len(self._workers) < self.size:
+            self._spawn()
+
+    def _arm_watchdog(self) -> None:
+        if self._hang_timeout is None or self._loop is None or self._closing:
+            return
+        period = min(1.0, self._hang_timeout / 2)
+        self._watchdog = self._loop.call_later(period, self._check_hung)
+
+    def _check_hung(self) -> None:
+        """Kill a worker stuck on one batch past the hang timeout, or one that takes longer
+        than the startup timeout to load the models; either is then replaced."""
+        now = time.monotonic()
+        assert self._hang_timeout is not None
+        for worker in list(self._workers):
+            stuck = worker.batch is not None and now - worker.sent > self._hang_timeout
+            slow_start = not worker.ready and now - worker.started > self._startup_timeout
+            if stuck or slow_start:
+                log.error(
+                    "inference worker %s %s; killing it",
+                    worker.pid or worker.process.pid,
+                    "hangs on a batch" if stuck else "did not finish loading in time",
+                )
+                worker.process.kill()
+                worker.process.join(1.0)
+                self._on_death(worker, "hung" if stuck else "did not start")
+        self._arm_watchdog()
 
     def _wake_starters(self) -> None:
         waiters, self._ready_waiters = self._ready_waiters, []
@@ -381,6 +531,6 @@ class InferencePool:
                 if not future.done():
                     future.set_exception(error)
         while self._queue:
-            _, future = self._queue.popleft()
+            future = self._queue.popleft().future
             if not future.done():
                 future.set_exception(error)

@@ -2,17 +2,28 @@
 
 A model's request accepts ``{"instances": [{feature: value, ...}, ...]}`` or the positional
 ``{"rows": [[...], ...]}`` in manifest feature order. Field types follow the feature kinds
-(numbers must be finite JSON numbers, integers JSON integers, booleans JSON true/false,
-categorical values one of the training categories), unknown fields are rejected, and each
-field documents its training range and carries an example from the training data.
+(numbers must be finite JSON numbers, integers whole JSON numbers (49 or 49.0, not 49.5),
+booleans JSON true/false, categorical values one of the training categories), unknown fields
+are rejected, and each field documents its training range and carries an example from the
+training data.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 from typing_extensions import TypedDict
 
 from serving.store import Feature, FeatureKind, Manifest, Task
@@ -34,6 +45,16 @@ def _describe(feature: Feature) -> str:
     return "; ".join(parts)
 
 
+def _whole(value: Any) -> Any:
+    """Checks the raw JSON value, before it becomes a float: a JSON integer beyond 2**53
+    would otherwise round into range; a float must have no fractional part."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_EXACT_INT:
+        raise ValueError(f"Input should be between -{_MAX_EXACT_INT} and {_MAX_EXACT_INT}")
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        raise ValueError("Input should be a whole number")
+    return value
+
+
 def feature_type(feature: Feature) -> Any:
     """The pydantic type of one feature value (strict: no coercion from other JSON types)."""
     kind = feature.kind
@@ -43,7 +64,17 @@ def feature_type(feature: Feature) -> Any:
     if kind == FeatureKind.NUMERIC:
         base = Annotated[float, Strict(), Field(allow_inf_nan=False)]
     elif kind == FeatureKind.INTEGER:
-        base = Annotated[int, Strict(), Field(ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT)]
+        # Like MLServer and KServe, which cast to arrays, and like JSON Schema's own
+        # "integer" (1.0 is one): a whole number written 49.0 is 49; 49.5 is refused.
+        base = Annotated[
+            float,
+            Strict(),
+            Field(allow_inf_nan=False, ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT),
+            BeforeValidator(_whole),
+            WithJsonSchema(
+                {"type": "integer", "minimum": -_MAX_EXACT_INT, "maximum": _MAX_EXACT_INT}
+            ),
+        ]
     elif kind == FeatureKind.BOOLEAN:
         base = Annotated[bool, Strict()]
     else:
@@ -99,8 +130,9 @@ def build_request_model(
         f"{title}PredictRequest",
         __base__=PredictRequestBase,
         __doc__=f"Rows to predict with {manifest.name} v{manifest.version}.",
+        # Not nullable: a request gives one of the two (the schema says so with oneOf).
         instances=(
-            list[instance] | None,
+            list[instance],
             Field(
                 default=None,
                 min_length=1,
@@ -109,7 +141,7 @@ def build_request_model(
             ),
         ),
         rows=(
-            list[row] | None,
+            list[row],
             Field(
                 default=None,
                 min_length=1,
@@ -118,7 +150,16 @@ def build_request_model(
             ),
         ),
     )
-    model.model_config["json_schema_extra"] = {"examples": [{"instances": [example]}]}
+
+    def exactly_one_form(schema: dict[str, Any]) -> None:
+        for key in ("instances", "rows"):
+            schema["properties"][key].pop("default", None)
+        schema["oneOf"] = [{"required": ["instances"]}, {"required": ["rows"]}]
+        if manifest.task != Task.CLASSIFICATION:  # refused for a regressor: say so
+            schema["properties"]["return_probabilities"]["enum"] = [False]
+        schema["examples"] = [{"instances": [example]}]
+
+    model.model_config["json_schema_extra"] = exactly_one_form
     model.model_rebuild(force=True)
     return model
 

@@ -138,6 +138,50 @@ class Settings(BaseSettings):
     """Directory where the server processes share their metrics; ``python -m serving`` sets it
     (a fresh temporary directory) when ``workers`` > 1."""
 
+    worker_hang_timeout_s: float = Field(default=30.0, gt=0)
+    """A pool worker busy on one batch for longer than this is killed and replaced; its batch
+    is retried once on another worker (a second failure answers 503 with ``Retry-After``)."""
+
+    max_queue_rows: int = Field(default=100_000, ge=1)
+    """Rows that may wait for the pool per model version. A request that would go beyond
+    gets 503 with ``Retry-After`` at once (one request alone is always admitted)."""
+
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    """Default deadline of a request, from when its headers arrive. A body still not fully
+    received by then gets 408 and the connection is closed (slow clients cannot hold the
+    server); a prediction not ready by then gets 504 and, if its rows have not been sent to
+    a worker yet, they never are."""
+
+    max_request_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest deadline a client may ask for with the ``X-Request-Timeout`` header (seconds);
+    longer asks are cut to this."""
+
+    retry_after_s: float = Field(default=1.0, gt=0)
+    """The ``Retry-After`` of a 503 (queue full, worker lost), rounded up to whole seconds."""
+
+    shutdown_grace_s: int = Field(default=10, ge=0)
+    """On SIGTERM or Ctrl-C: how long requests in flight may take to finish after the
+    server stops accepting connections; then the pool is shut down and the process exits."""
+
+    timeout_keep_alive_s: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this many seconds."""
+
+    h11_max_incomplete_event_size: int = Field(default=64 * 1024, ge=1024)
+    """Largest request line plus headers (bytes) accepted before the body, when uvicorn
+    runs its h11 parser (httptools, the default when installed, has its own limits)."""
+
+    limit_concurrency: int | None = Field(default=None, ge=1)
+    """Most connections (plus requests) served at once; beyond it uvicorn answers 503 at once.
+    Unset: no limit (admission per model bounds the work instead)."""
+
+    backlog: int = Field(default=4096, ge=1)
+    """Connections the kernel may queue before the server accepts them."""
+
+    max_inflight_body_bytes: int | None = Field(default=8 * 1024 * 1024, ge=1)
+    """Declared body bytes of predict requests handled at once. Beyond it a request gets 503
+    with ``Retry-After`` before its body is read or parsed, so that overload from big bodies
+    (parsing is event-loop work) is shed cheaply. Unset (``null``): no limit."""
+
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
         workers = 1 if self.inference == "inline" else self.pool_size

@@ -11,8 +11,10 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.dataplane import DataPlane, ServedModel
+from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import MalformedRequestError, ServingError
 from serving.exception_handlers import v2_serving_error_response
+from serving.fastpath import read_body
 from serving.oip.service import InferenceService
 from serving.oip.tensors import HEADER_LENGTH
 from serving.request_context import note_model
@@ -95,20 +97,16 @@ class InferFastPath:
         receive: Receive,
         send: Send,
     ) -> None:
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return
         note_model(*served.key)  # metrics and logs name the model even if the body is refused
         try:
-            payload, json_length = await service.infer(
-                served, body, infer_headers(scope["headers"])
+            payload, json_length = await unless_disconnected(
+                receive, service.infer(served, body, infer_headers(scope["headers"]))
             )
+        except ClientGoneError:
+            return
         except ServingError as exc:
             response = v2_serving_error_response(exc, f"POST {scope['path']}")
             await response(scope, receive, send)

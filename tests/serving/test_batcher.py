@@ -207,3 +207,42 @@ def test_drain_waits_for_queued_and_in_flight_batches() -> None:
         assert batcher.idle
 
     run(scenario)
+
+
+def test_a_cancelled_request_is_withdrawn_before_it_is_sent() -> None:
+    async def scenario() -> None:
+        executor = Executor()
+        batcher = MicroBatcher(executor.run, Slots(1), max_rows=100, max_delay=0.0)
+        first = batcher.submit(rows(1), False)  # takes the only slot
+        gone = batcher.submit(rows(2, 3), False)
+        kept = batcher.submit(rows(4), False)
+        assert batcher.queued_rows == 3
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 1
+        assert batcher.withdrawn == 1
+        executor.finish(0)
+        await first
+        assert executor.sizes() == [1, 1]  # the withdrawn rows never reached the executor
+        executor.finish(1)
+        assert (await kept).predictions.tolist() == [40]
+        assert batcher.idle
+
+    run(scenario)
+
+
+def test_a_batcher_with_only_withdrawn_requests_is_idle() -> None:
+    async def scenario() -> None:
+        executor = Executor()
+        batcher = MicroBatcher(executor.run, Slots(1), max_rows=100, max_delay=0.0)
+        first = batcher.submit(rows(1), False)
+        gone = batcher.submit(rows(2), False)
+        gone.cancel()
+        await asyncio.sleep(0)
+        executor.finish(0)
+        await first
+        await asyncio.wait_for(batcher.drain(), 5)
+        assert batcher.idle
+        assert executor.sizes() == [1]
+
+    run(scenario)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _start(trained_store: ModelStore, loop: str = "uvloop") -> tuple[subprocess.Popen[str], str]:
+def _start(
+    trained_store: ModelStore, loop: str = "uvloop", **settings: str
+) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     env = {
         **os.environ,
@@ -66,6 +69,7 @@ def _start(trained_store: ModelStore, loop: str = "uvloop") -> tuple[subprocess.
         "SERVEWELL_POOL_SIZE": "2",
         "SERVEWELL_LOG_LEVEL": "warning",
         "SERVEWELL_LOOP": loop,
+        **{f"SERVEWELL_{name.upper()}": value for name, value in settings.items()},
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "serving"],
@@ -167,3 +171,107 @@ def test_a_burst_of_connections_is_accepted_at_once() -> None:
         assert runner.run(_accepted_after_a_burst(200, 5)) == 200
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(_accepted_after_a_burst(200, 5)) < 200  # what the loop is for
+
+
+def _pool_workers(pid: int) -> list[int]:
+    """The inference workers among pid's descendants (not multiprocessing's tracker)."""
+    found = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(child)
+    return found
+
+
+def _post_in_background(url: str, result: list[object]) -> threading.Thread:
+    def post() -> None:
+        try:
+            result.append(
+                httpx.post(
+                    f"{url}/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]}, timeout=60
+                )
+            )
+        except httpx.HTTPError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread
+
+
+def test_sigterm_stops_accepting_finishes_requests_in_flight_and_exits_0(
+    trained_store: ModelStore,
+) -> None:
+    process, url = _start(trained_store, pool_size="1")
+    try:
+        everything = _children(process.pid)
+        (worker,) = _pool_workers(process.pid)
+        os.kill(worker, signal.SIGSTOP)  # the request below stays in flight until SIGCONT
+        result: list[object] = []
+        thread = _post_in_background(url, result)
+        time.sleep(1.0)
+        os.killpg(process.pid, signal.SIGTERM)  # as a service manager stops a unit
+        time.sleep(1.0)
+        with pytest.raises(httpx.ConnectError):  # no longer accepting
+            httpx.get(f"{url}/health/live", timeout=5)
+        assert process.poll() is None  # still draining
+        os.kill(worker, signal.SIGCONT)
+        thread.join(60)
+        (response,) = result
+        assert isinstance(response, httpx.Response)
+        assert response.status_code == 200
+        output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output
+        assert "stopped on SIGTERM" in output
+        assert "Traceback" not in output
+        assert not _wait_gone(everything, 10), "orphaned processes"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.slow  # a server process of its own: kept out of the default run
+def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
+    process, url = _start(trained_store, pool_size="1", shutdown_grace_s="1")
+    everything = _children(process.pid)
+    (worker,) = _pool_workers(process.pid)
+    try:
+        os.kill(worker, signal.SIGSTOP)  # a request that would never finish
+        result: list[object] = []
+        thread = _post_in_background(url, result)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)  # grace 1 s, then the pool is stopped
+        assert process.returncode == 0, output
+        thread.join(60)
+        (outcome,) = result  # cut off: a 5xx or a closed connection, but an answer
+        if isinstance(outcome, httpx.Response):
+            assert outcome.status_code >= 500
+        assert not _wait_gone(everything, 10), "orphaned processes"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        for pid in everything:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow  # a server process of its own: kept out of the default run
+def test_a_stuck_worker_dies_with_a_killed_server(trained_store: ModelStore) -> None:
+    process, _ = _start(trained_store, pool_size="1")
+    everything = _children(process.pid)
+    (worker,) = _pool_workers(process.pid)
+    try:
+        os.kill(worker, signal.SIGSTOP)  # it could not read the EOF on its pipe
+        process.kill()
+        process.communicate(timeout=30)
+        assert not _wait_gone(everything, 10), "a stuck worker outlived a killed server"
+    finally:
+        for pid in everything:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

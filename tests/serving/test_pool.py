@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import uvloop
 
-from serving.errors import InferenceError, NotReadyError
+from serving.errors import InferenceError, NotReadyError, WorkerLostError
+from serving.exception_handlers import serving_error_response
 from serving.pool import InferencePool
 from serving.store import ModelStore
+from tests.serving.conftest import quiet_settings, running_server
 from training.onnx_export import PROBA_TOLERANCE
 
 
@@ -167,3 +171,186 @@ def test_models_load_and_unload_in_running_workers_and_restarts_keep_them(
             pool.close()
 
     asyncio.run(scenario())
+
+
+async def _until(condition: Any, seconds: float = 60.0) -> None:
+    """Poll a condition from inside the event loop (the pool needs the loop to run)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def _big_iris_batch(rows: int = 50_000) -> np.ndarray:
+    # Big enough that the worker is still busy when the test kills it.
+    return np.tile(np.array([IRIS_ROW]), (rows, 1))
+
+
+def test_a_batch_on_a_killed_worker_is_retried_and_the_replacement_loads_every_model(
+    trained_store: ModelStore,
+) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1), ("diabetes", 1)], size=1)
+        try:
+            await pool.start()
+            victim = pool.pids[0]
+            batch = pool.submit(("iris", 1), _big_iris_batch(), False)
+            os.kill(victim, signal.SIGKILL)
+            result = await batch  # retried on the replacement, which loaded both models
+            assert set(result.predictions.tolist()) == {"setosa"}
+            assert len(result.predictions) == 50_000
+            assert pool.retried_batches == 1
+            assert pool.restarts == 1
+            assert victim not in pool.pids
+            diabetes = await pool.submit(("diabetes", 1), np.zeros((3, 10)), False)
+            assert len(diabetes.predictions) == 3
+            assert pool.up
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_whose_worker_dies_twice_fails_as_retryable_and_the_pool_recovers(
+    trained_store: ModelStore,
+) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1)], size=1)
+        try:
+            await pool.start()
+            first = pool.pids[0]
+            batch = pool.submit(("iris", 1), _big_iris_batch(), False)
+            os.kill(first, signal.SIGKILL)
+            # The retry goes to the replacement as soon as it is ready: kill that one too.
+            await _until(lambda: any(w.batch and w.process.pid != first for w in pool._workers))
+            os.kill(pool.pids[0], signal.SIGKILL)
+            with pytest.raises(WorkerLostError) as caught:
+                await batch
+            assert caught.value.retry_after > 0
+            assert pool.lost_batches == 1
+            ok = await pool.submit(("iris", 1), np.array([IRIS_ROW]), False)
+            assert ok.predictions.tolist() == ["setosa"]
+            assert pool.restarts == 2
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_worker_is_killed_and_its_batch_answered_by_the_replacement(
+    trained_store: ModelStore,
+) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1)], size=1, hang_timeout=0.5)
+        try:
+            await pool.start()
+            hung = pool.pids[0]
+            os.kill(hung, signal.SIGSTOP)  # alive, but never answers
+            result = await pool.submit(("iris", 1), np.array([IRIS_ROW]), False)
+            assert result.predictions.tolist() == ["setosa"]
+            assert pool.restarts == 1
+            assert hung not in pool.pids
+            assert _gone(hung)
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie entry."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_replacement_that_dies_while_loading_is_started_again(
+    trained_store: ModelStore,
+) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1)], size=1)
+        try:
+            await pool.start()
+            os.kill(pool.pids[0], signal.SIGKILL)
+            await _until(lambda: pool._workers and not pool._workers[0].ready)
+            assert not pool.up  # nothing can take a batch: reported down, not broken
+            os.kill(pool._workers[0].process.pid or 0, signal.SIGKILL)
+            await _until(lambda: pool.restarts == 2)
+            assert pool.broken is None
+            waiting = pool.submit(("iris", 1), np.array([IRIS_ROW]), False)  # queued
+            assert (await waiting).predictions.tolist() == ["setosa"]
+            assert pool.up
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+async def _load_while(url: str, stop: asyncio.Event, statuses: list[int], ready: list[int]) -> None:
+    """Concurrent clients (single-row and 1000-row iris requests) and a readiness prober,
+    until ``stop`` is set."""
+    single = {"rows": [IRIS_ROW]}
+    bulk = {"rows": [IRIS_ROW] * 1000}
+    limits = httpx.Limits(max_connections=50)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def user(i: int) -> None:
+            while not stop.is_set():
+                response = await client.post("/models/iris/predict", json=bulk if i % 4 else single)
+                statuses.append(response.status_code)
+
+        async def prober() -> None:
+            while not stop.is_set():
+                ready.append((await client.get("/health/ready")).status_code)
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(user(i) for i in range(16)), prober())
+
+
+def test_sigkill_of_a_worker_under_load_fails_no_request(trained_store: ModelStore) -> None:
+    settings = quiet_settings(trained_store, pool_size=2)
+    with running_server(settings) as server:
+        pool = server.app.state.dataplane.executor
+        statuses: list[int] = []
+        ready: list[int] = []
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            load = asyncio.ensure_future(_load_while(server.url, stop, statuses, ready))
+            await _until(lambda: len(statuses) > 50)
+            victim = pool.pids[0]
+            await _until(lambda: any(w.batch and w.process.pid == victim for w in pool._workers))
+            os.kill(victim, signal.SIGKILL)
+            await _until(lambda: pool.restarts == 1 and pool.workers_ready == 2)
+            served = len(statuses)
+            await _until(lambda: len(statuses) > served + 50)  # and after the rebuild
+            stop.set()
+            await load
+
+        asyncio.run(scenario())
+        assert len(pool.pids) == 2
+        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+        assert set(ready) == {200}  # the other worker kept serving: ready throughout
+        with server.client() as client:
+            detail = client.get("/health/ready").json()
+            assert detail["executor"]["workers_ready"] == 2
+            assert detail["executor"]["restarts"] == 1
+            for path, body in [
+                ("/models/iris/predict", {"rows": [IRIS_ROW]}),
+                ("/models/diabetes/predict", {"rows": [[0.0] * 10]}),
+                ("/models/breast_cancer/predict", {"rows": [[1.0] * 30]}),
+            ]:
+                assert client.post(path, json=body).status_code == 200, path
+
+
+def test_a_lost_batch_is_a_503_with_retry_after() -> None:
+    response = serving_error_response(WorkerLostError("the worker died, twice", 1.5), "test")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert b'"worker_lost"' in response.body

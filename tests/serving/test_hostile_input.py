@@ -1,0 +1,130 @@
+"""Garbage, huge and odd input over HTTP: always a small 4xx JSON error, never a 5xx, and the
+service keeps answering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serving.test_app import CHURN, IRIS, _error
+
+IRIS_PATH = "/models/iris/predict"
+JSON = {"content-type": "application/json"}
+
+
+def _post(client: httpx.Client, body: bytes | str, path: str = IRIS_PATH) -> httpx.Response:
+    return client.post(path, content=body, headers=JSON)
+
+
+def _still_serving(client: httpx.Client) -> None:
+    assert client.post(IRIS_PATH, json={"instances": [IRIS]}).json()["predictions"] == ["setosa"]
+
+
+@pytest.mark.parametrize("depth", [100, 200_000])
+def test_deeply_nested_json_is_a_4xx(client: httpx.Client, depth: int) -> None:
+    for body in (
+        '{"rows": ' + "[" * depth + "]" * depth + "}",
+        "[" * depth + "]" * depth,
+        '{"rows": [[' + '{"a": ' * depth + "1" + "}" * depth + "]]}",
+        '{"rows": ' + "[" * depth,  # and never closed
+    ):
+        response = _post(client, body)
+        assert 400 <= response.status_code < 500, response.text[:200]
+        assert len(response.content) < 20_000
+    _still_serving(client)
+
+
+@pytest.mark.parametrize(
+    "literal", ["1e400", "-1e400", "1" + "0" * 400, "1e-400", "123456789" * 50]
+)
+def test_huge_and_tiny_numbers(client: httpx.Client, literal: str) -> None:
+    response = _post(client, '{"rows": [[5.1, 3.5, ' + literal + ", 0.2]]}")
+    if literal == "1e-400":  # underflows to 0.0, a fine number
+        assert response.status_code == 200
+        return
+    error = _error(response, 422, "validation_error")
+    assert error["details"][0]["loc"] == ["rows", 0, 2]
+    response = _post(
+        client,
+        '{"instances": [{'
+        + ", ".join(
+            f'"{k}": {literal if k == "tenure_months" else _json(v)}' for k, v in CHURN.items()
+        )
+        + "}]}",
+        "/models/churn/predict",
+    )
+    _error(response, 422, "validation_error")
+
+
+def _json(value: Any) -> str:
+    return httpx.Response(200, json=value).text
+
+
+def test_very_long_strings_get_short_errors(client: httpx.Client) -> None:
+    long = "x" * 1_000_000
+    for body in (
+        {"instances": [{**CHURN, "contract": long}]},  # a category value
+        {"instances": [{**CHURN, long: 1}]},  # a key
+        {"rows": [[long, 3.5, 1.4, 0.2]]},  # where a number belongs
+    ):
+        path = IRIS_PATH if "rows" in body else "/models/churn/predict"
+        response = client.post(path, json=body)
+        _error(response, 422, "validation_error")
+        assert len(response.content) < 5_000
+    response = _post(client, '"' + long + '"')
+    assert 400 <= response.status_code < 500
+    _still_serving(client)
+
+
+def test_empty_and_non_utf8_bodies_are_400(client: httpx.Client) -> None:
+    for body in (b"", b" ", b"\xff\xfe{}", b'{"rows": [[5.1, 3.5, 1.4, 0.2]]}\x00'):
+        _error(_post(client, body), 400, "malformed_json")
+    response = _post(client, b'{"rows": [["\\ud800", 3.5, 1.4, 0.2]]}')  # lone surrogate
+    assert 400 <= response.status_code < 500
+
+
+def test_duplicated_keys_last_one_wins(client: httpx.Client) -> None:
+    # As Python's json and most parsers do (RFC 8259 leaves it open): documented behaviour.
+    body = '{"rows": [[1, 1, 1, 1], [2, 2, 2, 2]], "rows": [[5.1, 3.5, 1.4, 0.2]]}'
+    assert _post(client, body).json()["predictions"] == ["setosa"]
+    record = '{"sepal_length_cm": 100, ' + _json(IRIS)[1:]
+    assert _post(client, '{"instances": [' + record + "]}").json()["predictions"] == ["setosa"]
+
+
+def test_integer_features_take_whole_floats(client: httpx.Client) -> None:
+    def churn(tenure: Any) -> httpx.Response:
+        return client.post(
+            "/models/churn/predict", json={"instances": [{**CHURN, "tenure_months": tenure}]}
+        )
+
+    assert churn(49.0).json()["predictions"] == churn(49).json()["predictions"]
+    assert churn(4.9e1).status_code == 200
+    for bad in (49.5, "49", True, 1e300, 2**53 + 1, -(2**53) - 1):
+        error = _error(churn(bad), 422, "validation_error")
+        assert error["details"][0]["loc"] == ["instances", 0, "tenure_months"], bad
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"content-type": "text/plain"}, 415),
+        ({"content-type": "application/x-www-form-urlencoded"}, 415),
+        ({"content-type": "application/xml"}, 415),
+        ({"content-type": "application/json", "content-encoding": "gzip"}, 415),
+        ({"content-type": "application/json; charset=utf-8"}, 200),
+        ({"content-type": "application/vnd.api+json"}, 200),
+        ({}, 200),  # no header: taken as JSON
+    ],
+)
+def test_content_type_and_encoding(
+    client: httpx.Client, headers: dict[str, str], status: int
+) -> None:
+    body = b'{"rows": [[5.1, 3.5, 1.4, 0.2]]}'
+    for path in (IRIS_PATH, "/models/iris/versions/1/predict"):
+        response = client.post(path, content=body, headers=headers)
+        assert response.status_code == status, response.text
+        if status == 415:
+            error = _error(response, 415, "unsupported_media_type")
+            assert error["details"][0]["loc"][0] == "header"
