@@ -10,10 +10,11 @@ error under ``/v2`` has the protocol's shape ``{"error": "..."}`` (serving.excep
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from serving.errors import InvalidInputError, MalformedRequestError, NotReadyError
@@ -39,7 +40,23 @@ AdminDep = Annotated[Lifecycle, Depends(require_admin)]
 # Versions are written one way only, as on the typed endpoints.
 VersionPath = Annotated[str, Path(pattern=r"^[1-9][0-9]{0,17}$")]
 
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+class V2Error(BaseModel):
+    """The protocol's error body."""
+
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": V2Error,
+        "description": "Malformed request, or inputs that do not fit the model.",
+    },
+    404: {"model": V2Error, "description": "Unknown model or version."},
+    503: {"model": V2Error, "description": "Not ready, or overloaded (see Retry-After)."},
+}
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=_ERRORS)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -88,6 +105,86 @@ async def version_ready(name: str, version: VersionPath, service: ServiceDep) ->
     return _json({"name": name, "version": version, "ready": True})
 
 
+class RequestInput(BaseModel):
+    name: str = Field(description="A feature name, or `input` for one 2-D tensor of all features.")
+    shape: list[int] = Field(description="`[rows]` per feature, or `[rows, n_features]`.")
+    datatype: Literal[
+        "BOOL",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BYTES",
+    ]
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_size` when the data follows the JSON header."
+    )
+    data: list[Any] | None = Field(default=None, description="Row-major, flat or nested.")
+
+
+class RequestOutput(BaseModel):
+    name: Literal["predict", "predict_proba"]
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data: true` for binary tensor data in the response."
+    )
+
+
+class InferenceRequest(BaseModel):
+    """An Open Inference Protocol inference request (JSON part)."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_output: true` for every output in binary."
+    )
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = Field(
+        default=None, description="Outputs to return (default: all)."
+    )
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` put in place (operation extras cannot hold refs)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined
+
+
+# The routes read the raw body (JSON, or JSON + binary tensors); the schema documents it.
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline(InferenceRequest.model_json_schema())},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "Binary tensor data extension: the JSON request, then the "
+                    "tensors; the `Inference-Header-Content-Length` header gives the JSON length.",
+                }
+            },
+        },
+    }
+}
+
+
 async def _infer(service: InferenceService, request: Request, version: int | None) -> Response:
     name = request.path_params["name"]
     served = service.dataplane.resolve(name, version)
@@ -98,12 +195,18 @@ async def _infer(service: InferenceService, request: Request, version: int | Non
     )
 
 
-@router.post("/models/{name}/infer", summary="Inference (production version)")
+@router.post(
+    "/models/{name}/infer", summary="Inference (production version)", openapi_extra=_INFER_BODY
+)
 async def infer(name: str, request: Request, service: ServiceDep) -> Response:
     return await _infer(service, request, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference (one version)",
+    openapi_extra=_INFER_BODY,
+)
 async def infer_version(
     name: str, version: VersionPath, request: Request, service: ServiceDep
 ) -> Response:
