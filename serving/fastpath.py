@@ -35,6 +35,18 @@ async def read_body(receive: Receive) -> bytes | None:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def exact_paths(dataplane: DataPlane, prefix: str, operation: str) -> dict[str, ServedModel]:
+    """``<prefix>/<name>/versions/<v>/<operation>`` for every served version, and
+    ``<prefix>/<name>/<operation>`` for each production one."""
+    paths: dict[str, ServedModel] = {}
+    for served in dataplane.ready_models():
+        name, version = served.key
+        paths[f"{prefix}/{name}/versions/{version}/{operation}"] = served
+        if dataplane.default_version.get(name) == version:
+            paths[f"{prefix}/{name}/{operation}"] = served
+    return paths
+
+
 class PredictTable:
     """Maps each exact predict path to its served model; filled when the models are loaded."""
 
@@ -43,13 +55,7 @@ class PredictTable:
         self.paths: dict[str, ServedModel] = {}
 
     def fill(self, dataplane: DataPlane) -> None:
-        paths: dict[str, ServedModel] = {}
-        for served in dataplane.ready_models():
-            name, version = served.key
-            paths[f"/models/{name}/versions/{version}/predict"] = served
-            if dataplane.default_version.get(name) == version:
-                paths[f"/models/{name}/predict"] = served
-        self.paths = paths
+        self.paths = exact_paths(dataplane, "/models", "predict")
         self.dataplane = dataplane
 
     def clear(self) -> None:

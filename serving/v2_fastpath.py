@@ -14,7 +14,7 @@ from serving.dataplane import DataPlane, ServedModel
 from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import MalformedRequestError, ServingError
 from serving.exception_handlers import v2_serving_error_response
-from serving.fastpath import read_body
+from serving.fastpath import exact_paths, read_body
 from serving.oip.service import InferenceService
 from serving.oip.tensors import HEADER_LENGTH
 from serving.request_context import note_model
@@ -24,13 +24,7 @@ _HEADER = HEADER_LENGTH.encode()
 
 def infer_paths(dataplane: DataPlane) -> dict[str, ServedModel]:
     """Every exact infer path of the served models."""
-    paths: dict[str, ServedModel] = {}
-    for served in dataplane.ready_models():
-        name, version = served.key
-        paths[f"/v2/models/{name}/versions/{version}/infer"] = served
-        if dataplane.default_version.get(name) == version:
-            paths[f"/v2/models/{name}/infer"] = served
-    return paths
+    return exact_paths(dataplane, "/v2/models", "infer")
 
 
 def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
