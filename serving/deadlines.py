@@ -34,13 +34,16 @@ def _is_predict(path: str) -> bool:
 
 def _acceptable(name: bytes, value: bytes) -> bool:
     """Predict bodies are JSON (no header: taken as JSON), never compressed (a small gzip
-    body can expand to gigabytes: none is decoded, so none is accepted)."""
+    body can expand to gigabytes: none is decoded, so none is accepted). ``curl -d`` labels
+    every body form-urlencoded: that label is taken as JSON too, so the plainest call works
+    (the body must still parse as JSON)."""
     media = value.split(b";", 1)[0].strip().lower()
     if name == b"content-encoding":
         return media in (b"", b"identity")
-    return media == b"application/json" or (
-        media.startswith(b"application/") and media.endswith(b"+json")
-    )
+    return media in _JSON_LIKE or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+_JSON_LIKE = frozenset({b"application/json", b"application/x-www-form-urlencoded"})
 
 
 def _unsupported(name: bytes, value: bytes) -> Response:
