@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from serving import exception_handlers
 from serving.dataplane import DataPlane
 from serving.deadlines import RequestDeadlineMiddleware
-from serving.fastpath import PredictFastPath, PredictTable
+from serving.fastpath import PathTable, PredictFastPath
 from serving.lifecycle import Lifecycle
 from serving.middleware import BodyLimitMiddleware
 from serving.observability import Observability, ObservabilityMiddleware
@@ -22,7 +22,7 @@ from serving.oip.service import InferenceService
 from serving.routes import admin, docs, health, models, observe, v2
 from serving.routes.predict import model_router
 from serving.settings import Settings
-from serving.v2_fastpath import InferFastPath, InferTable
+from serving.v2_fastpath import InferFastPath
 
 log = logging.getLogger("servewell")
 
@@ -39,9 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     when the app starts (lifespan), not here."""
     settings = settings or Settings()
     log.setLevel(settings.log_level.upper())
-    predict_table = PredictTable()
+    predict_table: PathTable[DataPlane] = PathTable("/models", "predict")
     observability = Observability(settings)
-    infer_table = InferTable()
+    infer_table: PathTable[InferenceService] = PathTable("/v2/models", "infer")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,8 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stale = {id(route) for route in model_routes}
             app.router.routes[:] = [r for r in app.router.routes if id(r) not in stale]
             model_routes[:] = added
-            predict_table.fill(dataplane)
-            infer_table.fill(inference_service)
+            predict_table.fill(dataplane, dataplane)
+            infer_table.fill(dataplane, inference_service)
             app.openapi_schema = None
 
         app.state.dataplane = dataplane

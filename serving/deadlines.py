@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.admission import current_deadline, deadline_in
 from serving.errors import ErrorDetail, OverloadedError
 from serving.exception_handlers import error_body, error_response, serving_error_response
+from serving.middleware import send_json_and_close
 
 HEADER = b"x-request-timeout"
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -194,15 +195,4 @@ async def _send_408(send: Send, seconds: float) -> None:
     body = error_body(
         "request_timeout", f"the request body did not arrive within the deadline of {seconds:g} s"
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 408,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json_and_close(send, 408, body)

@@ -11,6 +11,8 @@ propagate to the app's 500 handler.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.dataplane import DataPlane, ServedModel
@@ -20,6 +22,7 @@ from serving.exception_handlers import serving_error_response
 from serving.request_context import note_model
 
 _HEADERS = [(b"content-type", b"application/json")]
+H = TypeVar("H")
 
 
 async def read_body(receive: Receive) -> bytes | None:
@@ -47,33 +50,36 @@ def exact_paths(dataplane: DataPlane, prefix: str, operation: str) -> dict[str, 
     return paths
 
 
-class PredictTable:
-    """Maps each exact predict path to its served model; filled when the models are loaded."""
+class PathTable(Generic[H]):
+    """Maps each exact path of one operation (``<prefix>/<name>[/versions/<v>]/<operation>``)
+    to its served model, plus the object that answers them; refilled when the models change."""
 
-    def __init__(self) -> None:
-        self.dataplane: DataPlane | None = None
+    def __init__(self, prefix: str, operation: str) -> None:
+        self.prefix = prefix
+        self.operation = operation
+        self.handler: H | None = None
         self.paths: dict[str, ServedModel] = {}
 
-    def fill(self, dataplane: DataPlane) -> None:
-        self.paths = exact_paths(dataplane, "/models", "predict")
-        self.dataplane = dataplane
+    def fill(self, dataplane: DataPlane, handler: H) -> None:
+        self.paths = exact_paths(dataplane, self.prefix, self.operation)
+        self.handler = handler
 
     def clear(self) -> None:
         self.paths = {}
-        self.dataplane = None
+        self.handler = None
 
 
 class PredictFastPath:
     """Serve known predict paths without the router; pass everything else through."""
 
-    def __init__(self, app: ASGIApp, table: PredictTable) -> None:
+    def __init__(self, app: ASGIApp, table: PathTable[DataPlane]) -> None:
         self.app = app
         self.table = table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             served = self.table.paths.get(scope["path"])
-            dataplane = self.table.dataplane
+            dataplane = self.table.handler
             if served is not None and dataplane is not None:
                 await self._predict(dataplane, served, scope, receive, send)
                 return

@@ -65,15 +65,20 @@ class BodyLimitMiddleware:
             body = v2_error_body(message)
         else:
             body = error_body("payload_too_large", message)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json_and_close(send, 413, body)
+
+
+async def send_json_and_close(send: Send, status: int, body: bytes) -> None:
+    """Answer with a JSON error and close the connection (its body may be half read)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -10,21 +10,16 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.dataplane import DataPlane, ServedModel
+from serving.dataplane import ServedModel
 from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import MalformedRequestError, ServingError
 from serving.exception_handlers import v2_serving_error_response
-from serving.fastpath import exact_paths, read_body
+from serving.fastpath import PathTable, read_body
 from serving.oip.service import InferenceService
 from serving.oip.tensors import HEADER_LENGTH
 from serving.request_context import note_model
 
 _HEADER = HEADER_LENGTH.encode()
-
-
-def infer_paths(dataplane: DataPlane) -> dict[str, ServedModel]:
-    """Every exact infer path of the served models."""
-    return exact_paths(dataplane, "/v2/models", "infer")
 
 
 def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -51,33 +46,17 @@ def response_headers(length: int, json_length: int | None) -> list[tuple[bytes, 
     ]
 
 
-class InferTable:
-    """Maps each exact infer path to its served model; filled when the models change."""
-
-    def __init__(self) -> None:
-        self.service: InferenceService | None = None
-        self.paths: dict[str, ServedModel] = {}
-
-    def fill(self, service: InferenceService) -> None:
-        self.paths = infer_paths(service.dataplane)
-        self.service = service
-
-    def clear(self) -> None:
-        self.paths = {}
-        self.service = None
-
-
 class InferFastPath:
     """Serve known infer paths without the router; pass everything else through."""
 
-    def __init__(self, app: ASGIApp, table: InferTable) -> None:
+    def __init__(self, app: ASGIApp, table: PathTable[InferenceService]) -> None:
         self.app = app
         self.table = table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             served = self.table.paths.get(scope["path"])
-            service = self.table.service
+            service = self.table.handler
             if served is not None and service is not None:
                 await self._infer(service, served, scope, receive, send)
                 return
