@@ -150,6 +150,9 @@ def main() -> None:
                 log_config=logging_config,
                 # The service writes its own access log (SERVEWELL_ACCESS_LOG), off the hot path.
                 access_log=False,
+                # It builds no URLs and logs no client addresses, so X-Forwarded-* would change
+                # nothing it does: skip parsing them on every request.
+                proxy_headers=False,
                 loop=_LOOPS[settings.loop],
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
                 timeout_keep_alive=settings.timeout_keep_alive_s,

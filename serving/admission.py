@@ -8,7 +8,7 @@ when it passes, the caller gets :class:`DeadlineExceededError` and rows not yet 
 worker are withdrawn from the batcher, so the pool never works for a caller that gave up.
 
 The deadline travels in a context variable, set per request by
-:class:`serving.deadlines.RequestDeadlineMiddleware`, so transports need not pass it along.
+:class:`serving.edge.Edge`, so transports need not pass it along.
 """
 
 from __future__ import annotations

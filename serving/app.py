@@ -10,19 +10,17 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import Receive, Scope, Send
 
 from serving import exception_handlers
 from serving.dataplane import DataPlane
-from serving.deadlines import RequestDeadlineMiddleware
-from serving.fastpath import PathTable, PredictFastPath
+from serving.edge import Edge
 from serving.lifecycle import Lifecycle
-from serving.middleware import BodyLimitMiddleware
-from serving.observability import Observability, ObservabilityMiddleware
+from serving.observability import Observability
 from serving.oip.service import InferenceService
 from serving.routes import admin, docs, health, models, observe, v2
 from serving.routes.predict import model_router
 from serving.settings import Settings
-from serving.v2_fastpath import InferFastPath
 
 log = logging.getLogger("servewell")
 
@@ -34,14 +32,27 @@ Every served model has its own typed operation under **predict**. Errors always 
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class ServiceApp(FastAPI):
+    """The FastAPI app, entered through the request edge (serving.edge): every HTTP request
+    passes it first, and it answers the served prediction paths itself. An override rather
+    than a middleware, because FastAPI's own outer middlewares would run before any we add."""
+
+    edge: Edge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.edge(scope, receive, send, super().__call__)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> ServiceApp:
     """Build the service. Models are verified and loaded, and the inference pool started,
     when the app starts (lifespan), not here."""
     settings = settings or Settings()
     log.setLevel(settings.log_level.upper())
-    predict_table: PathTable[DataPlane] = PathTable("/models", "predict")
     observability = Observability(settings)
-    infer_table: PathTable[InferenceService] = PathTable("/v2/models", "infer")
+    edge = Edge(settings, observability)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,8 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stale = {id(route) for route in model_routes}
             app.router.routes[:] = [r for r in app.router.routes if id(r) not in stale]
             model_routes[:] = added
-            predict_table.fill(dataplane, dataplane)
-            infer_table.fill(dataplane, inference_service)
+            edge.predict.fill(dataplane, dataplane)
+            edge.infer.fill(dataplane, inference_service)
             app.openapi_schema = None
 
         app.state.dataplane = dataplane
@@ -90,13 +101,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await lifecycle.stop()
             await observability.stop()
             app.state.lifecycle = None
-            predict_table.clear()
-            infer_table.clear()
+            edge.predict.clear()
+            edge.infer.clear()
             app.state.inference_service = None
             app.state.dataplane = None
             dataplane.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="servewell",
         description=DESCRIPTION,
         version="0.1.0",
@@ -111,19 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lifecycle = None
     app.state.observability = observability
     app.state.inference_service = None
-    # Added first = innermost: the body limit applies to the fast path too.
-    app.add_middleware(PredictFastPath, table=predict_table)
-    app.add_middleware(InferFastPath, table=infer_table)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(
-        RequestDeadlineMiddleware,
-        default_s=settings.request_timeout_s,
-        max_s=settings.max_request_timeout_s,
-        max_inflight_bytes=settings.max_inflight_body_bytes,
-        retry_after_s=settings.retry_after_s,
-    )
-    # Outermost: request ids, metrics and the access log see every response.
-    app.add_middleware(ObservabilityMiddleware, observability=observability)
+    app.edge = edge
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)

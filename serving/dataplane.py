@@ -166,6 +166,11 @@ def _class_key(label: object) -> str:
 def _refuse_non_finite(prediction: Prediction) -> None:
     """Inputs far outside the training range can overflow the model (a scaler times 1e308):
     its output is then NaN or infinite, which JSON cannot carry. Say so, row by row."""
+    values, probabilities = prediction.predictions, prediction.probabilities
+    if (values.dtype.kind != "f" or np.isfinite(values).all()) and (
+        probabilities is None or np.isfinite(probabilities).all()
+    ):
+        return  # the usual case, checked with as few array operations as possible
     bad = np.zeros(len(prediction.predictions), dtype=bool)
     if prediction.predictions.dtype.kind == "f":
         bad |= ~np.isfinite(prediction.predictions)

@@ -3,9 +3,8 @@
 :class:`Observability` attaches observers to the data plane (rows of every prediction), to
 each model version's batcher (batch sizes, queue waits, inference time) and to the lifecycle
 (loads and load failures), and runs the background pass (drift counting, snapshots for other
-server processes). :class:`ObservabilityMiddleware` is the outermost ASGI layer: it gives
-every request its id, answers it in ``X-Request-ID``, and counts and logs every response,
-including those of the predict fast path.
+server processes). The request edge (serving.edge) gives every request its id, and counts and
+logs every response with the metrics and access log held here.
 """
 
 from __future__ import annotations
@@ -13,26 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import numpy as np
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.dataplane import DataPlane, ServedModel
 from serving.drift import DriftTracker, ModelDrift, ModelKey
 from serving.errors import ErrorDetail
-from serving.exception_handlers import error_body
 from serving.inline import InlineExecutor
 from serving.logs import AccessLog, resolve_format
 from serving.metrics import Histogram, Metrics, MetricsCollector, SnapshotDir, SnapshotWriter
 from serving.pool import InferencePool
 from serving.request_context import (
     CURRENT,
-    REQUEST_ID_RULE,
-    RequestInfo,
-    new_request_id,
-    valid_request_id,
 )
 from serving.runtime import FloatArray
 from serving.settings import Settings
@@ -247,116 +239,3 @@ class Observability:
             metrics.restarts.values[()] = float(executor.restarts)
         elif isinstance(executor, InlineExecutor):
             metrics.workers.values[()] = 1.0 if executor.up else 0.0
-
-
-class ObservabilityMiddleware:
-    """Request id, metrics and access log for every HTTP request (pure ASGI, outermost)."""
-
-    def __init__(self, app: ASGIApp, observability: Observability) -> None:
-        self.app = app
-        self.metrics = observability.metrics
-        self.access = observability.access
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        given = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                given = value
-                break
-        bad_id = given is not None and not valid_request_id(given)
-        request_id = given.decode("ascii") if given is not None and not bad_id else new_request_id()
-        header = (b"x-request-id", request_id.encode("ascii"))
-        info = RequestInfo(request_id)
-        CURRENT.set(info)
-        status = 499  # stays so when the client leaves before any response (nginx's code)
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                started = True
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.in_flight_now += 1
-        try:
-            if bad_id:
-                await _reject_request_id(send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
-        except Exception:
-            if started:
-                raise
-            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            await _internal_error(send_with_id)
-        finally:
-            seconds = time.perf_counter() - start
-            endpoint = _endpoint(scope, info)
-            if metrics is not None:
-                metrics.in_flight_now -= 1
-                metrics.request_done(info.model, info.version, endpoint, status, seconds)
-            if self.access is not None:
-                self.access.add(
-                    (
-                        time.time(),
-                        request_id,
-                        scope["method"],
-                        scope["path"],
-                        status,
-                        seconds,
-                        info.model,
-                        info.version,
-                        info.rows,
-                    )
-                )
-
-
-def _endpoint(scope: Scope, info: RequestInfo) -> str:
-    """A bounded label: the route's path template, the predict templates for the fast path,
-    ``unmatched`` for paths no route knows."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if not isinstance(path, str):
-        if not info.model:
-            return "unmatched"
-        path = scope["path"]  # the fast path
-    # Each served model has its own documented predict route: one label for all of them.
-    if path.startswith("/models/") and path.endswith("/predict"):
-        if "/versions/" in path:
-            return "/models/{name}/versions/{version}/predict"
-        return "/models/{name}/predict"
-    if path.startswith("/v2/models/") and path.endswith("/infer"):
-        if "/versions/" in path:
-            return "/v2/models/{name}/versions/{version}/infer"
-        return "/v2/models/{name}/infer"
-    return path
-
-
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _reject_request_id(send: Send) -> None:
-    body = error_body("bad_request", f"the X-Request-ID header must be {REQUEST_ID_RULE}")
-    await _send_json(send, 400, body)
-
-
-async def _internal_error(send: Send) -> None:
-    await _send_json(send, 500, error_body("internal_error", "internal server error"))

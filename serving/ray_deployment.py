@@ -26,7 +26,6 @@ from serving.settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve import Application
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEPLOYMENT_NAME = "servewell"
 REPLICA_HEADER = b"x-servewell-replica"
@@ -111,33 +110,12 @@ class RayOptions(BaseModel):
         return options
 
 
-class ReplicaHeader:
-    """ASGI middleware: every HTTP response names the replica that answered it."""
-
-    def __init__(self, app: ASGIApp, replica: str) -> None:
-        self.app = app
-        self.value = replica.encode("latin-1", "replace")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_named(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), (REPLICA_HEADER, self.value)]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_named)
-
-
 def replica_app(settings: dict[str, Any], replica: str) -> FastAPI:
-    """The single-box app for one replica, with the replica header outermost."""
+    """The single-box app for one replica, naming the replica on every response."""
     from serving.app import create_app
 
     app = create_app(Settings(**settings))
-    app.add_middleware(ReplicaHeader, replica=replica)
+    app.edge.stamp.append((REPLICA_HEADER, replica.encode("latin-1", "replace")))
     return app
 
 

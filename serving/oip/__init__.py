@@ -3,5 +3,5 @@
 ``tensors``: datatypes, request parsing (JSON and Triton's binary tensor data extension),
 response encoding. ``signature``: a model's inputs and outputs as tensors, from its manifest.
 ``service``: an inference request through the data plane. No FastAPI or Starlette here; the
-HTTP mapping is ``serving.routes.v2`` and ``serving.v2_fastpath``.
+HTTP mapping is ``serving.routes.v2`` and ``serving.edge``.
 """

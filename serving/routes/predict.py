@@ -1,7 +1,7 @@
 """Predict endpoints: one typed operation per served model version, plus generic fallbacks
 (registered last) that give clean errors for unknown models and versions.
 
-Requests to the exact per-model paths are normally answered by serving.fastpath before they
+Requests to the exact per-model paths are normally answered by serving.edge before they
 reach the router (same data-plane call, less overhead); these routes define the documented
 operations and answer whenever the fast path does not.
 """

@@ -2,7 +2,7 @@
 typed endpoints: server and model metadata, health, inference (JSON or Triton's binary
 tensor data extension) and the model repository extension (behind the admin token).
 
-Inference on the exact paths of served models is normally answered by serving.v2_fastpath
+Inference on the exact paths of served models is normally answered by serving.edge
 before the router; these routes answer otherwise (e.g. unknown models: a clean 404). Every
 error under ``/v2`` has the protocol's shape ``{"error": "..."}`` (serving.exception_handlers).
 """
@@ -19,9 +19,9 @@ from starlette.responses import Response
 
 from serving.errors import InvalidInputError, MalformedRequestError, NotReadyError
 from serving.lifecycle import Lifecycle
+from serving.oip.http import infer_headers, response_headers
 from serving.oip.service import InferenceService
 from serving.routes.admin import require_admin
-from serving.v2_fastpath import infer_headers, response_headers
 
 SERVER_NAME = "servewell"
 EXTENSIONS = ["binary_tensor_data"]

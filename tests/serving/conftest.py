@@ -22,6 +22,9 @@ from training.run import train
 from training.spec import shipped_spec
 
 # Small models keep the suite fast; the shapes (features, kinds, classes) are the shipped ones.
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+"""A valid iris row, in feature order."""
+
 SMALL = {"breast_cancer": {"estimator": {"params": {"n_estimators": 10}}}}
 
 

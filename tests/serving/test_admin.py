@@ -15,14 +15,13 @@ import pytest
 
 from serving.store import MANIFEST_FILE, MODEL_FILE, ModelStore, sha256_file
 from tests.serving.artifacts import malicious_pickle, publish_copy, set_production
-from tests.serving.conftest import RunningServer, quiet_settings, running_server
+from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
 from training.run import train
 from training.spec import shipped_spec
 
 TOKEN = "admin-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 KEY = b"signing-key-for-tests"
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def _quiet(_: str) -> None:

@@ -15,9 +15,7 @@ from serving.batcher import MicroBatcher, Slots
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.runtime import FloatArray, Prediction
 from serving.store import ModelStore
-from tests.serving.conftest import quiet_settings, running_server
-
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
 
 
 class _Held:
@@ -119,7 +117,9 @@ def test_over_http_full_queues_are_503_and_deadlines_504(trained_store: ModelSto
 def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_read() -> None:
     from starlette.types import Message, Receive, Scope, Send
 
-    from serving.deadlines import RequestDeadlineMiddleware
+    from serving.edge import Edge
+    from serving.observability import Observability
+    from serving.settings import Settings
 
     release = asyncio.Event()
     reads = 0
@@ -132,7 +132,8 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    guard = RequestDeadlineMiddleware(app, 10.0, 60.0, max_inflight_bytes=100, retry_after_s=3)
+    settings = Settings(max_inflight_body_bytes=100, retry_after_s=3, metrics=False)
+    edge = Edge(settings, Observability(settings))
 
     async def call(length: int) -> list[Message]:
         sent: list[Message] = []
@@ -149,7 +150,7 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
         async def send(message: Message) -> None:
             sent.append(message)
 
-        await guard(scope, receive, send)
+        await edge(scope, receive, send, app)
         return sent
 
     async def scenario() -> None:
@@ -161,7 +162,7 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
         assert reads == 1  # the shed body was never read
         release.set()
         assert (await alone)[0]["status"] == 200
-        assert guard.inflight_bytes == 0
+        assert edge.inflight_bytes == 0
         assert (await call(10))[0]["status"] == 200
 
     asyncio.run(scenario())

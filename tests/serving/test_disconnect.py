@@ -9,9 +9,7 @@ import socket
 import time
 
 from serving.store import ModelStore
-from tests.serving.conftest import quiet_settings, running_server
-
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
 
 
 def _post_raw(port: int, rows: int) -> socket.socket:

@@ -17,13 +17,18 @@ import pytest
 
 from serving.store import MODEL_FILE, ModelStore
 from tests.serving.artifacts import malicious_pickle, publish_copy, set_production
-from tests.serving.conftest import RunningServer, quiet_settings, running_server, train_into
+from tests.serving.conftest import (
+    IRIS_ROW,
+    RunningServer,
+    quiet_settings,
+    running_server,
+    train_into,
+)
 from training.run import train
 from training.spec import shipped_spec
 
 TOKEN = "lifecycle-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 PHASE_REQUESTS = 150
 """Requests completed before, between and after the swaps (each phase waits for them, so a slow
 box gets a longer phase instead of an empty one)."""

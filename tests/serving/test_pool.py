@@ -17,7 +17,7 @@ from serving.errors import InferenceError, NotReadyError, WorkerLostError
 from serving.exception_handlers import serving_error_response
 from serving.pool import InferencePool
 from serving.store import ModelStore
-from tests.serving.conftest import quiet_settings, running_server
+from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
 from training.onnx_export import PROBA_TOLERANCE
 
 
@@ -181,9 +181,6 @@ async def _until(condition: Any, seconds: float = 60.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
-
-
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def _big_iris_batch(rows: int = 50_000) -> np.ndarray:

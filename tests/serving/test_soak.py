@@ -18,11 +18,11 @@ import pytest
 
 from bench import wrk
 from serving.store import ModelStore
+from tests.serving.conftest import IRIS_ROW
 from tests.serving.test_main import _children, _start
 
 pytestmark = pytest.mark.slow
 
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 PREDICT = "/models/iris/predict"
 JSON = {"content-type": "application/json"}
 

@@ -1,0 +1,130 @@
+"""The request edge on a real server: the limits it enforces answer in the shape of the API
+the path belongs to, on the paths it answers itself and on those the app answers, and every
+answer carries the request id."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from serving.store import ModelStore
+from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
+
+TOKEN = "edge-test-token"
+LIMIT = 4096
+INFER = "/v2/models/iris/infer"
+
+
+@pytest.fixture(scope="module")
+def live(trained_store: ModelStore) -> Iterator[RunningServer]:
+    settings = quiet_settings(
+        trained_store,
+        pool_size=1,
+        poll_interval_s=0,
+        max_body_bytes=LIMIT,
+        request_timeout_s=1.0,
+        admin_token=TOKEN,
+    )
+    with running_server(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def http(live: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live.url, timeout=30) as client:
+        yield client
+
+
+def _v2_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert isinstance(body["error"], str)
+    assert response.headers["x-request-id"]
+    return body["error"]
+
+
+def _chunks(size: int) -> Iterator[bytes]:
+    """A body without Content-Length (sent chunked), counted only as it arrives."""
+    yield b'{"inputs": ['
+    sent = 12
+    while sent < size:
+        yield b" " * 1024
+        sent += 1024
+    yield b"]}"
+
+
+def test_v2_refusals_at_the_edge_have_the_protocol_shape(http: httpx.Client) -> None:
+    big = http.post(INFER, content=b" " * (LIMIT + 1), headers={"content-type": "application/json"})
+    assert "limit of 4096 bytes" in _v2_error(big, 413)
+    bad_timeout = http.post(INFER, json={"inputs": []}, headers={"x-request-timeout": "soon"})
+    assert "X-Request-Timeout" in _v2_error(bad_timeout, 400)
+    bad_id = http.post(INFER, json={"inputs": []}, headers={"x-request-id": "a b"})
+    assert "X-Request-ID" in _v2_error(bad_id, 400)
+    chunked = http.post(INFER, content=_chunks(LIMIT * 2))
+    assert "limit" in _v2_error(chunked, 413)
+
+
+def test_a_slow_v2_body_is_408_in_the_protocol_shape(live: RunningServer) -> None:
+    port = int(live.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            "content-length: 100\r\n\r\n{".encode()
+        )
+        sock.settimeout(10)
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b"connection: close" in head.lower()
+    assert "deadline of 1 s" in json.loads(body)["error"]
+
+
+def test_chunked_bodies_over_the_limit_are_413_on_served_and_routed_paths(
+    http: httpx.Client,
+) -> None:
+    served = http.post("/models/iris/predict", content=_chunks(LIMIT * 2))
+    assert served.status_code == 413, served.text
+    assert served.json()["error"]["type"] == "payload_too_large"
+    routed = http.post(
+        "/v2/repository/index",
+        content=_chunks(LIMIT * 2),
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    assert "limit" in _v2_error(routed, 413)
+    # The service goes on answering.
+    ok = http.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status"),
+    [
+        ("POST", "/models/iris/predict", {"rows": [IRIS_ROW]}, {}, 200),
+        ("POST", "/models/iris/predict", {"rows": [[1.0]]}, {}, 422),
+        ("POST", "/models/iris/predict", {"rows": [IRIS_ROW]}, {"content-type": "text/csv"}, 415),
+        ("POST", "/models/nope/predict", {"rows": [IRIS_ROW]}, {}, 404),
+        ("POST", INFER, {"inputs": []}, {}, 400),
+        ("GET", "/health/ready", None, {}, 200),
+        ("GET", "/nowhere", None, {}, 404),
+    ],
+)
+def test_every_answer_echoes_the_request_id(
+    http: httpx.Client,
+    method: str,
+    path: str,
+    body: object,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    content = json.dumps(body).encode() if body is not None else None
+    sent = {"content-type": "application/json", "x-request-id": "edge-42", **headers}
+    response = http.request(method, path, content=content, headers=sent)
+    assert response.status_code == status, response.text
+    assert response.headers["x-request-id"] == "edge-42"
