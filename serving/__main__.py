@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
+from serving.http_protocol import CoalescingHttpToolsProtocol
 from serving.logs import log_config, resolve_format
 from serving.settings import Settings
 from serving.shutdown import exit_cleanly_on_signals
@@ -154,6 +155,7 @@ def main() -> None:
                 # nothing it does: skip parsing them on every request.
                 proxy_headers=False,
                 loop=_LOOPS[settings.loop],
+                http=CoalescingHttpToolsProtocol,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
                 timeout_keep_alive=settings.timeout_keep_alive_s,
                 h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,

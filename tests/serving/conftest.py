@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 
 from serving.app import create_app
+from serving.http_protocol import CoalescingHttpToolsProtocol
 from serving.settings import Settings
 from serving.store import MODEL_FILE, ModelStore
 from training.run import train
@@ -81,7 +82,12 @@ def start_server(settings: Settings) -> tuple[RunningServer, threading.Thread]:
     """Run uvicorn with create_app(settings) in a thread; return once it accepts requests."""
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level=settings.log_level, access_log=False
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level=settings.log_level,
+        access_log=False,
+        http=CoalescingHttpToolsProtocol,  # as python -m serving runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
