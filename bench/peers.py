@@ -20,17 +20,15 @@ peer's virtualenv is missing.
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 if __package__ in (None, ""):
@@ -288,20 +286,6 @@ def measure_rounds(
     return [outcomes[s.key] for s in scenarios]
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the servers are stopped on that exit path too."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def environment(wrk_path: str, store: Path, versions: dict[str, int], venv: Path) -> dict[str, Any]:
     from bench.run import environment as bench_environment
 
@@ -411,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     running: dict[str, servers.RunningServer] = {}
     with (
-        sigterm_as_interrupt(),
+        servers.sigterm_as_interrupt(),
         tempfile.TemporaryDirectory(prefix="servewell-peers-") as tmp,
         ExitStack() as stack,
     ):

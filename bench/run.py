@@ -519,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        with servers.sigterm_as_interrupt():
+            sys.exit(main())
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, nothing written", file=sys.stderr)
         sys.exit(130)
