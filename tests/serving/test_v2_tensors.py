@@ -12,7 +12,7 @@ import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from serving.errors import InvalidInputError, MalformedRequestError
-from serving.oip.tensors import OutputTensor, encode_response, parse_request
+from serving.oip.tensors import OutputTensor, encode_response, frame_texts, parse_request
 
 
 def _binary_request(
@@ -197,3 +197,67 @@ def test_response_all_json_has_no_header_length() -> None:
     )
     assert json_length is None
     assert orjson.loads(body)["outputs"][0]["data"] == [1.5, 2.0]
+
+
+def _reference_json(values: np.ndarray) -> bytes:
+    """What a JSON output's data must read as: the values as Python numbers."""
+    return orjson.dumps(values.reshape(-1).tolist())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array(
+            [0.1 + 0.2, 1.0, -0.0, 5e-324, 1.7976931348623157e308, 1e16, 1e-7, 123456.789, -2.5]
+        ),
+        np.random.default_rng(7).normal(size=(50, 3)) * 10.0 ** np.arange(-5, 10, 5),
+        np.array([0, -1, 2**62, -(2**62), 7], dtype=np.int64),
+        np.array([True, False, True]),
+        np.array(["setosa", "virginica"], dtype=object),
+        np.arange(6, dtype=np.float64).reshape(2, 3).T,  # not C-contiguous
+        np.array([0.1, 0.25], dtype=np.float32),  # float32: written as the float64 tolist gives
+    ],
+)
+def test_json_outputs_read_as_python_numbers(values: np.ndarray) -> None:
+    tensor = OutputTensor("x", "FP64", values.shape, values, binary=False)
+    body, json_length = encode_response("m", 1, None, [tensor])
+    assert json_length is None
+    data = orjson.loads(body)["outputs"][0]["data"]
+    assert orjson.dumps(data) == _reference_json(values)
+    assert body.count(b'"data":') == 1
+    assert orjson.dumps(values.reshape(-1).tolist()) in body  # byte for byte
+
+
+def test_binary_outputs_of_non_contiguous_and_other_dtypes() -> None:
+    proba = np.arange(12, dtype=np.float64).reshape(3, 4).T  # Fortran order, like a transpose
+    ints = np.array([3, 1, 2], dtype=np.int32)  # INT64 output from int32 labels
+    outputs = [
+        OutputTensor("p", "FP64", proba.shape, proba, binary=True),
+        OutputTensor("i", "INT64", (3,), ints, binary=True),
+        OutputTensor("b", "BOOL", (3,), np.array([1, 0, 1]), binary=True),
+    ]
+    body, json_length = encode_response("m", 1, None, outputs)
+    assert json_length is not None
+    head = orjson.loads(body[:json_length])
+    sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
+    assert sizes == [96, 24, 3]
+    rest = body[json_length:]
+    got = np.frombuffer(rest[:96], dtype="<f8").reshape(4, 3)
+    np.testing.assert_array_equal(got, proba)
+    np.testing.assert_array_equal(np.frombuffer(rest[96:120], dtype="<i8"), ints)
+    assert rest[120:] == b"\x01\x00\x01"
+
+
+def test_bytes_outputs_with_known_frames_and_unknown_values() -> None:
+    frames = frame_texts(["setosa", "versicolor", "é"])
+    assert frames["é"] == struct.pack("<I", 2) + "é".encode()
+    known = np.array(["versicolor", "é", "setosa", "versicolor"], dtype=object)
+    unknown = np.array(["setosa", "other", "setosa"], dtype=object)  # falls back, same framing
+    for labels in (known, unknown):
+        for given in (frames, None):
+            tensor = OutputTensor("predict", "BYTES", labels.shape, labels, True, given)
+            body, json_length = encode_response("m", 1, None, [tensor])
+            assert json_length is not None
+            assert body[json_length:] == serialize_byte_tensor(labels).item()
+            decoded = deserialize_bytes_tensor(body[json_length:])
+            assert [t.decode() for t in decoded] == labels.tolist()
