@@ -201,7 +201,8 @@ class Signature:
             index = self.categories[i]
             assert isinstance(tensor.values, list)
             try:
-                return np.array([index[v] for v in tensor.values], dtype=np.float64)
+                values = tensor.values
+                return np.fromiter(map(index.__getitem__, values), np.float64, len(values))
             except KeyError as exc:
                 shown = ", ".join(map(repr, list(index)[:20]))
                 raise _bad(

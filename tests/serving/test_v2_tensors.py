@@ -12,7 +12,13 @@ import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from serving.errors import InvalidInputError, MalformedRequestError
-from serving.oip.tensors import OutputTensor, encode_response, frame_texts, parse_request
+from serving.oip.tensors import (
+    OutputTensor,
+    _repeated_texts,
+    encode_response,
+    frame_texts,
+    parse_request,
+)
 
 
 def _binary_request(
@@ -261,3 +267,46 @@ def test_bytes_outputs_with_known_frames_and_unknown_values() -> None:
             assert body[json_length:] == serialize_byte_tensor(labels).item()
             decoded = deserialize_bytes_tensor(body[json_length:])
             assert [t.decode() for t in decoded] == labels.tolist()
+
+
+def _bytes_request(texts: list[str], count: int | None = None, tail: bytes = b"") -> list[str]:
+    raw = serialize_byte_tensor(np.array(texts, dtype=object)).item() + tail
+    shape = [len(texts) if count is None else count]
+    body, length = _binary_request([("t", "BYTES", shape, raw)])
+    values = parse_request(body, length).inputs[0].values
+    assert isinstance(values, list)
+    return values
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 40])
+def test_large_bytes_tensors_decode_like_small_ones(distinct: int) -> None:
+    """Large BYTES tensors are split by pattern matching (few distinct values) or walked
+    (many): either way element for element what tritonclient framed, including values that
+    hold regex syntax, nothing, non-ASCII text or bytes that look like a length prefix."""
+    tricky = ["", "a", "\x01\x00\x00\x00a", ".*", "(a|b)", "é€", "a\x00b", "month-to-month"]
+    values = (tricky + [f"v{i}" for i in range(distinct)])[:distinct]
+    rng = np.random.default_rng(distinct)
+    texts = [values[i] for i in rng.integers(0, len(values), 3000)]
+    assert _bytes_request(texts) == texts
+    assert _bytes_request(texts[:5]) == texts[:5]
+    framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
+    split = _repeated_texts(framed, len(texts))  # the path taken: by pattern when few values
+    assert split == (texts if distinct <= 32 else None)
+
+
+def test_large_bytes_tensors_refuse_what_small_ones_refuse() -> None:
+    texts = ["one-year", "two-year"] * 500
+    framed = serialize_byte_tensor(np.array(texts, dtype=object)).item()
+    cases = [
+        (texts, 999, b"", MalformedRequestError, "bytes left over after 999 BYTES"),
+        (texts, 1001, b"", MalformedRequestError, "element 1000 has no complete 4-byte"),
+        (texts, 1001, struct.pack("<I", 9) + b"two", MalformedRequestError, "runs past"),
+        (texts, None, b"\x00", MalformedRequestError, "1 bytes left over"),
+    ]
+    for given, count, tail, error, message in cases:
+        with pytest.raises(error, match=message):
+            _bytes_request(given, count, tail)
+    bad_utf8 = framed[: len(framed) // 2] + struct.pack("<I", 2) + b"\xff\xfe"
+    body, length = _binary_request([("t", "BYTES", [501], bad_utf8)])
+    with pytest.raises(InvalidInputError, match="BYTES element 500 is not UTF-8"):
+        parse_request(body, length)
