@@ -8,8 +8,10 @@ elements are little-endian and row-major; BOOL is one byte per element; BYTES el
 each a 4-byte little-endian length followed by that many bytes. Responses work the same way
 for outputs asked for in binary (``binary_data`` per output, ``binary_data_output`` for all).
 
-Binary inputs are decoded with ``numpy.frombuffer`` (no per-element Python, except BYTES,
-whose framing must be walked). Every problem is an ``InvalidInputError`` (or its
+Binary inputs are decoded with ``numpy.frombuffer`` (no copy, no per-element Python), BYTES
+by regular expressions when they repeat a few values (categories), else by walking their
+framing. Responses put numeric outputs in binary straight from their arrays, and in JSON
+through orjson's own numpy support. Every problem is an ``InvalidInputError`` (or its
 ``MalformedRequestError`` for framing and JSON syntax) whose message says where.
 """
 
