@@ -1,10 +1,16 @@
 """Open Inference Protocol (v2) request bodies for the benchmark, and reading their answers.
 
 The same rows as the typed scenarios (same seeds), sent to ``POST /v2/models/{name}/infer``
-either as JSON (``v2json``) or as JSON plus binary tensor data (``v2binary``, what
-``tritonclient`` sends by default). Models without categorical features get one 2-D ``input``
-tensor; others one tensor per feature. Only the ``predict`` output is asked for, as the typed
-requests ask only for predictions; in binary bodies it comes back binary too.
+in two forms. Models without categorical features get one 2-D ``input`` tensor; others one
+tensor per feature.
+
+- ``v2json``: a plain JSON body asking only for the ``predict`` output (as the typed requests
+  ask only for predictions), answered in JSON: what a hand-written JSON client sends.
+- ``v2binary``: exactly what ``tritonclient.http.InferenceServerClient.infer`` sends by default
+  for numpy inputs: the tensors as binary data after the JSON header, no ``outputs`` list, and
+  so ``parameters.binary_data_output: true`` (the client sets it when no output is named):
+  every output of the model comes back, in binary (``predict`` and, for classifiers,
+  ``predict_proba``). It does more than the typed ``rows`` request it is compared with.
 
 Bodies are written as binary-safe records for ``bench/post_v2.lua``:
 ``<json header length> <body length>\\n<body bytes>`` (header length 0: plain JSON).
@@ -71,6 +77,7 @@ def _tensors(manifest: Manifest, rows: Sequence[Row]) -> list[tuple[dict[str, An
 def body(manifest: Manifest, rows: Sequence[Row], protocol: str) -> tuple[bytes, int]:
     """One request body and the length of its JSON part (0 for a plain JSON body)."""
     tensors = _tensors(manifest, rows)
+    document: dict[str, Any]
     if protocol == V2_JSON:
         document = {
             "inputs": [{**head, "data": data} for head, data, _ in tensors],
@@ -81,7 +88,8 @@ def body(manifest: Manifest, rows: Sequence[Row], protocol: str) -> tuple[bytes,
         "inputs": [
             {**head, "parameters": {"binary_data_size": len(raw)}} for head, _, raw in tensors
         ],
-        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+        # tritonclient's default: no outputs named, every output in binary.
+        "parameters": {"binary_data_output": True},
     }
     head_bytes = json.dumps(document, separators=(",", ":")).encode()
     return head_bytes + b"".join(raw for _, _, raw in tensors), len(head_bytes)

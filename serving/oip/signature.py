@@ -32,6 +32,7 @@ from serving.oip.tensors import (
     OutputTensor,
     RequestedOutput,
     Tensor,
+    frame_texts,
 )
 from serving.runtime import FloatArray, Prediction
 from serving.store import Feature, FeatureKind, Manifest, Task
@@ -97,6 +98,12 @@ class Signature:
         self._column_blocks = [_Block.of(self.features, [i]) for i in range(self.width)]
         self.classifier = manifest.task == Task.CLASSIFICATION
         self.label_datatype = _label_datatype(manifest)
+        # Text labels are framed once here, not per request (see tensors._bytes_blob).
+        self.label_frames = (
+            frame_texts(map(str, manifest.target.classes or []))
+            if self.label_datatype == BYTES
+            else None
+        )
         self.outputs = [PREDICT, PREDICT_PROBA] if self.classifier else [PREDICT]
 
     # -- metadata ------------------------------------------------------------------------------
@@ -194,7 +201,8 @@ class Signature:
             index = self.categories[i]
             assert isinstance(tensor.values, list)
             try:
-                return np.array([index[v] for v in tensor.values], dtype=np.float64)
+                values = tensor.values
+                return np.fromiter(map(index.__getitem__, values), np.float64, len(values))
             except KeyError as exc:
                 shown = ", ".join(map(repr, list(index)[:20]))
                 raise _bad(
@@ -279,7 +287,12 @@ class Signature:
             if output.name == PREDICT:
                 out.append(
                     OutputTensor(
-                        PREDICT, self.label_datatype, (len(labels),), self._labels(labels), binary
+                        PREDICT,
+                        self.label_datatype,
+                        (len(labels),),
+                        self._labels(labels),
+                        binary,
+                        self.label_frames,
                     )
                 )
             else:
@@ -293,10 +306,10 @@ class Signature:
             # Text classes (the manifest's classes are strictly str): already text.
             return labels
         if self.label_datatype == BOOL:
-            return labels.astype(np.bool_)
+            return labels.astype(np.bool_, copy=False)
         if self.label_datatype == "INT64":
-            return labels.astype(np.int64)
-        return labels.astype(np.float64)
+            return labels.astype(np.int64, copy=False)
+        return labels.astype(np.float64, copy=False)
 
 
 @dataclass(frozen=True)

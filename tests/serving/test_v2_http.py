@@ -169,14 +169,17 @@ def _churn_inputs(records: list[dict[str, str]], binary: bool) -> list[triton.In
     return inputs
 
 
-@pytest.mark.parametrize("binary", [True, False])
+# 600 binary rows: large BYTES tensors are split by pattern matching, small ones walked.
+@pytest.mark.parametrize(("binary", "rows"), [(True, 40), (False, 40), (True, 600)])
 def test_infer_mixed_model_per_feature_tensors(
     triton_client: triton.InferenceServerClient,
     client: httpx.Client,
     trained_store: ModelStore,
     binary: bool,
+    rows: int,
 ) -> None:
-    records = _churn_rows(40)
+    records = _churn_rows(rows)
+    assert len(records) == rows
     result = triton_client.infer(
         "churn",
         _churn_inputs(records, binary),

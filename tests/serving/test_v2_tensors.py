@@ -12,7 +12,13 @@ import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from serving.errors import InvalidInputError, MalformedRequestError
-from serving.oip.tensors import OutputTensor, encode_response, parse_request
+from serving.oip.tensors import (
+    OutputTensor,
+    _repeated_texts,
+    encode_response,
+    frame_texts,
+    parse_request,
+)
 
 
 def _binary_request(
@@ -197,3 +203,110 @@ def test_response_all_json_has_no_header_length() -> None:
     )
     assert json_length is None
     assert orjson.loads(body)["outputs"][0]["data"] == [1.5, 2.0]
+
+
+def _reference_json(values: np.ndarray) -> bytes:
+    """What a JSON output's data must read as: the values as Python numbers."""
+    return orjson.dumps(values.reshape(-1).tolist())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array(
+            [0.1 + 0.2, 1.0, -0.0, 5e-324, 1.7976931348623157e308, 1e16, 1e-7, 123456.789, -2.5]
+        ),
+        np.random.default_rng(7).normal(size=(50, 3)) * 10.0 ** np.arange(-5, 10, 5),
+        np.array([0, -1, 2**62, -(2**62), 7], dtype=np.int64),
+        np.array([True, False, True]),
+        np.array(["setosa", "virginica"], dtype=object),
+        np.arange(6, dtype=np.float64).reshape(2, 3).T,  # not C-contiguous
+        np.array([0.1, 0.25], dtype=np.float32),  # float32: written as the float64 tolist gives
+    ],
+)
+def test_json_outputs_read_as_python_numbers(values: np.ndarray) -> None:
+    tensor = OutputTensor("x", "FP64", values.shape, values, binary=False)
+    body, json_length = encode_response("m", 1, None, [tensor])
+    assert json_length is None
+    data = orjson.loads(body)["outputs"][0]["data"]
+    assert orjson.dumps(data) == _reference_json(values)
+    assert body.count(b'"data":') == 1
+    assert orjson.dumps(values.reshape(-1).tolist()) in body  # byte for byte
+
+
+def test_binary_outputs_of_non_contiguous_and_other_dtypes() -> None:
+    proba = np.arange(12, dtype=np.float64).reshape(3, 4).T  # Fortran order, like a transpose
+    ints = np.array([3, 1, 2], dtype=np.int32)  # INT64 output from int32 labels
+    outputs = [
+        OutputTensor("p", "FP64", proba.shape, proba, binary=True),
+        OutputTensor("i", "INT64", (3,), ints, binary=True),
+        OutputTensor("b", "BOOL", (3,), np.array([1, 0, 1]), binary=True),
+    ]
+    body, json_length = encode_response("m", 1, None, outputs)
+    assert json_length is not None
+    head = orjson.loads(body[:json_length])
+    sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
+    assert sizes == [96, 24, 3]
+    rest = body[json_length:]
+    got = np.frombuffer(rest[:96], dtype="<f8").reshape(4, 3)
+    np.testing.assert_array_equal(got, proba)
+    np.testing.assert_array_equal(np.frombuffer(rest[96:120], dtype="<i8"), ints)
+    assert rest[120:] == b"\x01\x00\x01"
+
+
+def test_bytes_outputs_with_known_frames_and_unknown_values() -> None:
+    frames = frame_texts(["setosa", "versicolor", "é"])
+    assert frames["é"] == struct.pack("<I", 2) + "é".encode()
+    known = np.array(["versicolor", "é", "setosa", "versicolor"], dtype=object)
+    unknown = np.array(["setosa", "other", "setosa"], dtype=object)  # falls back, same framing
+    for labels in (known, unknown):
+        for given in (frames, None):
+            tensor = OutputTensor("predict", "BYTES", labels.shape, labels, True, given)
+            body, json_length = encode_response("m", 1, None, [tensor])
+            assert json_length is not None
+            assert body[json_length:] == serialize_byte_tensor(labels).item()
+            decoded = deserialize_bytes_tensor(body[json_length:])
+            assert [t.decode() for t in decoded] == labels.tolist()
+
+
+def _bytes_request(texts: list[str], count: int | None = None, tail: bytes = b"") -> list[str]:
+    raw = serialize_byte_tensor(np.array(texts, dtype=object)).item() + tail
+    shape = [len(texts) if count is None else count]
+    body, length = _binary_request([("t", "BYTES", shape, raw)])
+    values = parse_request(body, length).inputs[0].values
+    assert isinstance(values, list)
+    return values
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 40])
+def test_large_bytes_tensors_decode_like_small_ones(distinct: int) -> None:
+    """Large BYTES tensors are split by pattern matching (few distinct values) or walked
+    (many): either way element for element what tritonclient framed, including values that
+    hold regex syntax, nothing, non-ASCII text or bytes that look like a length prefix."""
+    tricky = ["", "a", "\x01\x00\x00\x00a", ".*", "(a|b)", "é€", "a\x00b", "month-to-month"]
+    values = (tricky + [f"v{i}" for i in range(distinct)])[:distinct]
+    rng = np.random.default_rng(distinct)
+    texts = [values[i] for i in rng.integers(0, len(values), 3000)]
+    assert _bytes_request(texts) == texts
+    assert _bytes_request(texts[:5]) == texts[:5]
+    framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
+    split = _repeated_texts(framed, len(texts))  # the path taken: by pattern when few values
+    assert split == (texts if distinct <= 32 else None)
+
+
+def test_large_bytes_tensors_refuse_what_small_ones_refuse() -> None:
+    texts = ["one-year", "two-year"] * 500
+    framed = serialize_byte_tensor(np.array(texts, dtype=object)).item()
+    cases = [
+        (texts, 999, b"", MalformedRequestError, "bytes left over after 999 BYTES"),
+        (texts, 1001, b"", MalformedRequestError, "element 1000 has no complete 4-byte"),
+        (texts, 1001, struct.pack("<I", 9) + b"two", MalformedRequestError, "runs past"),
+        (texts, None, b"\x00", MalformedRequestError, "1 bytes left over"),
+    ]
+    for given, count, tail, error, message in cases:
+        with pytest.raises(error, match=message):
+            _bytes_request(given, count, tail)
+    bad_utf8 = framed[: len(framed) // 2] + struct.pack("<I", 2) + b"\xff\xfe"
+    body, length = _binary_request([("t", "BYTES", [501], bad_utf8)])
+    with pytest.raises(InvalidInputError, match="BYTES element 500 is not UTF-8"):
+        parse_request(body, length)
