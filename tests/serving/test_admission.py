@@ -162,7 +162,7 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
         assert reads == 1  # the shed body was never read
         release.set()
         assert (await alone)[0]["status"] == 200
-        assert edge.inflight_bytes == 0
+        assert edge.shedder.inflight_bytes == 0
         assert (await call(10))[0]["status"] == 200
 
     asyncio.run(scenario())
