@@ -86,9 +86,8 @@ class Shedder:
         self.retry_after_s = retry_after_s
         self.inflight_bytes = 0
         """Declared body bytes of the prediction requests admitted and not answered yet."""
-        self._loads: weakref.WeakKeyDictionary[MicroBatcher, _ModelLoad] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loads: dict[int, tuple[weakref.ref[MicroBatcher], _ModelLoad]] = {}
+        """By ``id`` of the model's batcher (a WeakKeyDictionary costs more per request)."""
         self.shed_on_bytes = 0
         self.shed_on_queue = 0
         """Requests shed so far, by reason (for tests and diagnostics)."""
@@ -103,9 +102,10 @@ class Shedder:
             raise OverloadedError("the service is at capacity; retry later", self.retry_after_s)
         load = None
         if batcher is not None:
-            load = self._loads.get(batcher)
-            if load is None:
-                load = self._loads[batcher] = _ModelLoad()
+            known = self._loads.get(id(batcher))
+            if known is None or known[0]() is not batcher:
+                known = self._learn_about(batcher)
+            load = known[1]
             queued = batcher.queued_rows
             if queued and queued + load.rows_in(length) > self.max_queue_rows:
                 self.shed_on_queue += 1
@@ -116,3 +116,11 @@ class Shedder:
                 )
         self.inflight_bytes = inflight + length
         return Ticket(self, length, load)
+
+    def _learn_about(self, batcher: MicroBatcher) -> tuple[weakref.ref[MicroBatcher], _ModelLoad]:
+        key = id(batcher)
+        loads = self._loads
+        # A model version swapped out takes what was learned about it along.
+        known = (weakref.ref(batcher, lambda _: loads.pop(key, None)), _ModelLoad())
+        loads[key] = known
+        return known
