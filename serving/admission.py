@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from serving.batcher import MicroBatcher
 from serving.errors import DeadlineExceededError, OverloadedError
+from serving.shedding import Ticket
 
 T = TypeVar("T")
 
@@ -32,6 +33,10 @@ class Deadline(NamedTuple):
 
 
 current_deadline: ContextVar[Deadline | None] = ContextVar("current_deadline", default=None)
+
+current_ticket: ContextVar[Ticket | None] = ContextVar("current_ticket", default=None)
+"""The request's admission at the edge (:class:`serving.shedding.Ticket`), told the request's
+row count once it is admitted here, so that the edge learns to shed before parsing."""
 
 
 def deadline_in(seconds: float) -> Deadline:
@@ -48,6 +53,9 @@ def admit(batcher: MicroBatcher, rows: int, max_queue_rows: int, retry_after: fl
             " retry later",
             retry_after,
         )
+    ticket = current_ticket.get()
+    if ticket is not None:
+        ticket.queued(rows)
 
 
 SWEEP_S = 0.05

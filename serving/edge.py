@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from serving.admission import Deadline, current_deadline, deadline_in
+from serving.admission import Deadline, current_deadline, current_ticket, deadline_in
 from serving.dataplane import DataPlane, ServedModel
 from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import ErrorDetail, OverloadedError, ServingError
@@ -58,6 +58,7 @@ from serving.request_context import (
     valid_request_id,
 )
 from serving.settings import Settings
+from serving.shedding import Shedder, Ticket
 
 log = logging.getLogger("servewell")
 
@@ -238,10 +239,9 @@ class Edge:
         self.max_body_bytes = settings.max_body_bytes
         self.default_s = settings.request_timeout_s
         self.max_s = settings.max_request_timeout_s
-        self.max_inflight_bytes = settings.max_inflight_body_bytes
-        self.retry_after_s = settings.retry_after_s
-        self.inflight_bytes = 0
-        """Declared body bytes of the prediction requests being handled now."""
+        self.shedder = Shedder(
+            settings.max_inflight_body_bytes, settings.max_queue_rows, settings.retry_after_s
+        )
         self._reading = _Reading()
         self.stamp: list[tuple[bytes, bytes]] = []
         """Headers added to every response, after ``X-Request-ID``."""
@@ -298,7 +298,7 @@ class Edge:
         info = RequestInfo(request_id)
         CURRENT.set(info)
         status = 499  # stays so when the client leaves before any response (nginx's code)
-        budgeted = 0
+        ticket: Ticket | None = None
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight_now += 1
@@ -312,7 +312,7 @@ class Edge:
             if length > self.max_body_bytes:
                 raise self._too_large(path)
             if table is not None:
-                budgeted = self._admit_body(path, length)
+                ticket = self._admit_body(path, length, served)
             deadline = deadline_in(seconds)
             token = current_deadline.set(deadline)
             try:
@@ -336,7 +336,8 @@ class Edge:
             log.exception("unexpected error on %s %s", method, path)
             status = await _send_response(send, _internal_error(path), stamp)
         finally:
-            self.inflight_bytes -= budgeted
+            if ticket is not None:
+                ticket.release()
             seconds = time.perf_counter() - start
             if metrics is not None:
                 metrics.in_flight_now -= 1
@@ -363,17 +364,17 @@ class Edge:
         message = f"the request body exceeds the limit of {self.max_body_bytes} bytes"
         return _refusal(path, 413, "payload_too_large", message, close=True)
 
-    def _admit_body(self, path: str, length: int) -> int:
-        """Count a prediction body against the in-flight budget, or shed it (503) before it
-        is read. One request alone is always admitted."""
-        budget = self.max_inflight_bytes
-        if budget is not None and self.inflight_bytes > 0 and self.inflight_bytes + length > budget:
-            shed = OverloadedError("the service is at capacity; retry later", self.retry_after_s)
+    def _admit_body(self, path: str, length: int, served: ServedModel | None) -> Ticket:
+        """Admit a prediction request or shed it (503) before its body is read
+        (:class:`serving.shedding.Shedder`)."""
+        try:
+            ticket = self.shedder.admit(length, served.batcher if served is not None else None)
+        except OverloadedError as shed:
             if is_v2(path):
-                raise _Refusal(v2_serving_error_response(shed, path))
-            raise _Refusal(serving_error_response(shed, path))
-        self.inflight_bytes += length
-        return length
+                raise _Refusal(v2_serving_error_response(shed, path)) from None
+            raise _Refusal(serving_error_response(shed, path)) from None
+        current_ticket.set(ticket)
+        return ticket
 
     def _slow_body(self, path: str, seconds: float) -> _Refusal:
         message = f"the request body did not arrive within the deadline of {seconds:g} s"

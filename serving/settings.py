@@ -182,6 +182,12 @@ class Settings(BaseSettings):
     with ``Retry-After`` before its body is read or parsed, so that overload from big bodies
     (parsing is event-loop work) is shed cheaply. Unset (``null``): no limit."""
 
+    gc_freeze: bool = True
+    """Once the app is built, move every object alive then (about 70 000: modules, routes,
+    schemas) out of the garbage collector's reach (``gc.freeze``), so that full collections
+    stop walking them: under load they stalled the event loop for 0.1-0.3 s every few seconds
+    (2-core box), delaying every request in flight. Applies to ``python -m serving``."""
+
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
         workers = 1 if self.inference == "inline" else self.pool_size

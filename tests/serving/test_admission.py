@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -162,7 +163,49 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
         assert reads == 1  # the shed body was never read
         release.set()
         assert (await alone)[0]["status"] == 200
-        assert edge.inflight_bytes == 0
+        assert edge.shedder.inflight_bytes == 0
         assert (await call(10))[0]["status"] == 200
 
     asyncio.run(scenario())
+
+
+def test_over_http_a_full_queue_sheds_before_the_body_is_read(trained_store: ModelStore) -> None:
+    settings = quiet_settings(trained_store, pool_size=1, max_queue_rows=5, request_timeout_s=30)
+    with running_server(settings) as server:
+        pool = server.app.state.dataplane.executor
+        worker = pool.pids[0]
+        os.kill(worker, signal.SIGSTOP)  # nothing gets done: the queue stays as it is
+        try:
+
+            async def scenario() -> tuple[bytes, list[httpx.Response]]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                    first = asyncio.ensure_future(
+                        client.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
+                    )  # sent to the stopped worker
+                    await asyncio.sleep(0.3)
+                    queued = asyncio.ensure_future(
+                        client.post("/models/iris/predict", json={"rows": [IRIS_ROW] * 4})
+                    )  # waits in the queue; its body teaches the edge iris's bytes per row
+                    await asyncio.sleep(0.3)
+                    # Headers of a 10-row request, and no body: it is shed on its headers.
+                    # Had the edge waited for the body, the answer would be a 408, 30 s later.
+                    port = int(server.url.rsplit(":", 1)[1])
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    length = len(json.dumps({"rows": [IRIS_ROW] * 10}))
+                    writer.write(
+                        b"POST /models/iris/predict HTTP/1.1\r\nhost: t\r\n"
+                        b"content-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n" % length
+                    )
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+                    writer.close()
+                    os.kill(worker, signal.SIGCONT)
+                    return head, [await first, await queued]
+
+            head, done = asyncio.run(scenario())
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        assert b"retry-after: 1" in head.lower()
+        assert [r.status_code for r in done] == [200, 200]
+        assert server.app.edge.shedder.shed_on_queue == 1

@@ -275,3 +275,21 @@ def test_a_stuck_worker_dies_with_a_killed_server(trained_store: ModelStore) -> 
         for pid in everything:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_app_built_for_uvicorn_freezes_startup_objects_out_of_the_collector(
+    monkeypatch: pytest.MonkeyPatch, freeze: bool
+) -> None:
+    import gc
+
+    from serving.__main__ import create_app
+
+    monkeypatch.setenv("SERVEWELL_GC_FREEZE", str(freeze).lower())
+    monkeypatch.setenv("SERVEWELL_METRICS", "false")
+    gc.unfreeze()
+    try:
+        create_app()
+        assert (gc.get_freeze_count() > 10_000) is freeze
+    finally:
+        gc.unfreeze()

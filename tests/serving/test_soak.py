@@ -149,9 +149,9 @@ async def _raw_post(port: int, request: bytes) -> int:
 
 async def _open_loop(
     url: str, body: bytes, rate: float, seconds: float
-) -> tuple[list[tuple[int, float]], list[int]]:
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """Send ``rate`` requests per second for ``seconds`` whatever happens to earlier ones (as
-    independent users do); return (status, latency s) per request and readiness probes."""
+    independent users do); return (status, latency s) per request and per readiness probe."""
     port = int(url.rsplit(":", 1)[1])
     request = (
         f"POST {PREDICT} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
@@ -159,7 +159,7 @@ async def _open_loop(
     ).encode() + body
     probe_request = b"GET /health/ready HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
     results: list[tuple[int, float]] = []
-    ready: list[int] = []
+    ready: list[tuple[int, float]] = []
     loop = asyncio.get_running_loop()
 
     async def one() -> None:
@@ -168,7 +168,9 @@ async def _open_loop(
         results.append((status, loop.time() - started))
 
     async def probe() -> None:
-        ready.append(await _raw_post(port, probe_request))
+        started = loop.time()
+        status = await _raw_post(port, probe_request)
+        ready.append((status, loop.time() - started))
 
     tasks = []
     start = loop.time()
@@ -190,8 +192,10 @@ def _p(values: list[float], q: float) -> float:
 
 
 @pytest.mark.xfail(
-    reason="not met yet: at 3x the sustainable rate of 1000-row requests on new connections"
-    " (2-core box, client on the same box) shed requests took seconds, not milliseconds",
+    reason="shed p99 < accepted p50 is not met reliably: shed requests are answered as fast as"
+    " a readiness probe on a new connection in the same run (connection handling in a busy"
+    " event loop), but that floor's p99 (0.06-0.15 s) is above the median of accepted"
+    " requests (0.02-0.06 s); every other assertion holds",
     strict=False,
 )
 def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadline(
@@ -225,6 +229,9 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
         "accepted_p99_s": _p(accepted, 0.99) if accepted else None,
         "shed_p50_s": _p(shed, 0.5) if shed else None,
         "shed_p99_s": _p(shed, 0.99) if shed else None,
+        # The floor: a request that does no work at all, on a new connection like the others.
+        "probe_p50_s": _p([s for _, s in ready], 0.5) if ready else None,
+        "probe_p99_s": _p([s for _, s in ready], 0.99) if ready else None,
     }
     print(json.dumps(report))
     assert set(statuses) <= {200, 503, 504}, report
@@ -232,5 +239,5 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
     assert len(accepted) >= 0.5 * sustainable * 20, report  # goodput held up
     assert statuses.count(504) <= 0.05 * len(statuses), report  # shed early, not timed out
     assert _p(accepted, 0.99) <= deadline_s, report
+    assert {status for status, _ in ready} == {200}, report
     assert _p(shed, 0.99) < _p(accepted, 0.5), report  # shedding is fast: it does no work
-    assert set(ready) == {200}, report
