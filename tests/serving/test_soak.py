@@ -191,13 +191,6 @@ def _p(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
-@pytest.mark.xfail(
-    reason="shed p99 < accepted p50 is not met reliably: shed requests are answered as fast as"
-    " a readiness probe on a new connection in the same run (connection handling in a busy"
-    " event loop), but that floor's p99 (0.06-0.15 s) is above the median of accepted"
-    " requests (0.02-0.06 s); every other assertion holds",
-    strict=False,
-)
 def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadline(
     trained_store: ModelStore,
 ) -> None:
@@ -214,7 +207,9 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
         # Sustainable load: what 4 back-to-back clients complete (all answered 200).
         seconds = 10.0
         sustainable = asyncio.run(_closed_loop(url, body, 4, seconds)) / seconds
+        rss_before = _rss_kib(process.pid)
         results, ready = asyncio.run(_open_loop(url, body, 3 * sustainable, 20.0))
+        rss_after = _rss_kib(process.pid)
     finally:
         os.kill(process.pid, signal.SIGTERM)
         process.communicate(timeout=60)
@@ -232,6 +227,7 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
         # The floor: a request that does no work at all, on a new connection like the others.
         "probe_p50_s": _p([s for _, s in ready], 0.5) if ready else None,
         "probe_p99_s": _p([s for _, s in ready], 0.99) if ready else None,
+        "rss_kib_before_after": [rss_before, rss_after],
     }
     print(json.dumps(report))
     assert set(statuses) <= {200, 503, 504}, report
@@ -239,5 +235,13 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
     assert len(accepted) >= 0.5 * sustainable * 20, report  # goodput held up
     assert statuses.count(504) <= 0.05 * len(statuses), report  # shed early, not timed out
     assert _p(accepted, 0.99) <= deadline_s, report
-    assert {status for status, _ in ready} == {200}, report
-    assert _p(shed, 0.99) < _p(accepted, 0.5), report  # shedding is fast: it does no work
+    assert {status for status, _ in ready} == {200}, report  # it stayed ready throughout
+    # Shedding is fast: a shed request costs no more than one that does no work at all (the
+    # readiness probe, on a new connection like every request here, in the same run) and a
+    # small part of the deadline. (Faster than that floor cannot be: accepting a connection
+    # and parsing its headers is the same loop work for every request.)
+    probe = [latency for _, latency in ready]
+    assert _p(shed, 0.5) <= 1.5 * _p(probe, 0.5) + 0.01, report
+    assert _p(shed, 0.99) <= 1.5 * _p(probe, 0.99) + 0.02, report
+    assert _p(shed, 0.99) <= deadline_s / 4, report
+    assert rss_after <= 1.5 * rss_before, report  # memory stays bounded
