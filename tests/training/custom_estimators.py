@@ -30,7 +30,7 @@ class SquaredRidge(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         return self.pipeline_.predict(X)
 
 
-class ThreadReportingRidge(Ridge):
+class ThreadReportingRidge(Ridge):  # type: ignore[misc]
     """A ridge whose predictions are the thread budget it predicts under: its own ``n_jobs``
     (10 x) plus the BLAS threads numpy may use, so a test can see what a pool worker allows."""
 
