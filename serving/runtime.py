@@ -66,6 +66,8 @@ class LoadedModel:
         self.predictor = predictor
         """A fitted scikit-learn estimator, or a serving.onnx_runtime.OnnxModel."""
         self.runtime: RuntimeName = runtime
+        self._vote = runtime == "sklearn" and _votes_by_probabilities(predictor)
+        """Its predict is the argmax of its predict_proba, by scikit-learn's own code."""
         self._by_name = manifest.input_format == "dataframe"
         self._columns = manifest.feature_names
         # Categorical columns: index -> object array of labels (with None for missing at the end).
@@ -107,11 +109,36 @@ class LoadedModel:
         if self.runtime == "onnx":
             predictions, probabilities = self.predictor.predict_both(features, want_probabilities)
             return Prediction(predictions, probabilities if want_probabilities else None)
+        if want_probabilities and self._vote:
+            # A forest's predict computes exactly these probabilities and takes their argmax:
+            # one pass over the trees instead of two, the same labels.
+            scores = self.predictor.predict_proba(features)
+            final = self.predictor[-1] if hasattr(self.predictor, "steps") else self.predictor
+            predictions = final.classes_.take(np.argmax(scores, axis=1), axis=0)
+            return Prediction(predictions, np.asarray(scores, dtype=np.float64))
         predictions = np.asarray(self.predictor.predict(features))
         probabilities = None
         if want_probabilities:
             probabilities = np.asarray(self.predictor.predict_proba(features), dtype=np.float64)
         return Prediction(predictions, probabilities)
+
+
+def _votes_by_probabilities(estimator: Any) -> bool:
+    """True when ``estimator.predict(X)`` is ``classes_.take(argmax(predict_proba(X)))`` in
+    scikit-learn's own code: a single-output forest classifier that does not override
+    ``predict``, alone or last in a plain pipeline (whose predict and predict_proba run the
+    same transforms first)."""
+    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    final = estimator
+    if type(estimator) is Pipeline:
+        final = estimator.steps[-1][1]
+    return (
+        isinstance(final, ForestClassifier)
+        and type(final).predict is ForestClassifier.predict
+        and getattr(final, "n_outputs_", None) == 1
+    )
 
 
 def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> LoadedModel:

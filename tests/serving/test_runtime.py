@@ -200,3 +200,43 @@ def test_sklearn_estimators_get_the_thread_budget_of_the_policy(tmp_path: Path) 
         assert loaded.runtime == "sklearn"
         assert loaded.predictor.get_params(deep=True)["model__n_jobs"] == threads
     cap_jobs(object(), 1)  # not an estimator: left alone
+
+
+def test_a_forest_with_probabilities_predicts_in_one_pass_with_the_same_answers(
+    trained_store: ModelStore,
+) -> None:
+    """scikit-learn's forest predict is the argmax of its predict_proba: asked for both, the
+    runtime runs the trees once, and gives exactly what predict and predict_proba give."""
+    import sklearn.ensemble
+
+    from serving.runtime import _votes_by_probabilities
+
+    manifest, estimator = trained_store.load_model("breast_cancer", 1)
+    rows = np.random.default_rng(5).uniform(0, 60, size=(500, len(manifest.features)))
+    loaded = load(trained_store, "breast_cancer", 1, RuntimePolicy(prefer_onnx=False))
+    calls: list[int] = []
+    forest = loaded.predictor[-1]
+    original = forest.predict_proba
+
+    def counted(X: object) -> object:
+        calls.append(1)
+        return original(X)
+
+    forest.predict_proba = counted
+    result = loaded.predict(rows, True)
+    assert len(calls) == 1
+    assert result.predictions.tolist() == estimator.predict(rows).tolist()
+    assert result.probabilities is not None
+    assert np.array_equal(result.probabilities, estimator.predict_proba(rows))
+    assert loaded.predict(rows, False).predictions.tolist() == estimator.predict(rows).tolist()
+    for name in ("iris", "churn"):  # logistic regressions decide by their own predict
+        assert not _votes_by_probabilities(trained_store.load_model(name, 1)[1])
+
+    class OwnVote(sklearn.ensemble.RandomForestClassifier):  # type: ignore[misc]
+        def predict(self, X: object) -> object:
+            return super().predict(X)
+
+    labels = estimator.predict(rows)
+    plain = sklearn.ensemble.RandomForestClassifier(n_estimators=2).fit(rows, labels)
+    assert _votes_by_probabilities(plain)
+    assert not _votes_by_probabilities(OwnVote(n_estimators=2).fit(rows, labels))
