@@ -67,7 +67,7 @@ def test_parts_answer_byte_for_byte_like_the_whole_body(
 ) -> None:
     assert len(body) >= bulk_pipeline.MIN_BODY_BYTES
     parsed: list[int] = []
-    original = bulk_pipeline.parse_row_part
+    original = parse_row_part
 
     def counted(part: bytes, width: int) -> object:
         rows = original(part, width)
