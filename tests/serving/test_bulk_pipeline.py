@@ -135,3 +135,18 @@ def test_a_rows_array_that_ends_early_is_refused() -> None:
     assert _parts(body, 2, WIDTH) is None
     nested = ('{"rows": [' + rows + "]}").encode()  # one row that is a list of rows
     assert _parts(nested, 2, WIDTH) is None
+
+
+def test_models_served_by_scikit_learn_are_not_cut(
+    trained_store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scikit-learn pays a fixed cost per call: a part per call would cost more than it saves."""
+    cut: list[bytes] = []
+    monkeypatch.setattr(bulk_pipeline, "split_numeric_rows", lambda b, n: cut.append(b))
+    body = BODIES["compact"]
+    settings = quiet_settings(trained_store, runtime="sklearn")
+    with running_server(settings) as running, httpx.Client(base_url=running.url) as http:
+        response = http.post("/models/breast_cancer/predict", content=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == ROWS
+    assert cut == []
