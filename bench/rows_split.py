@@ -1,7 +1,9 @@
 """Where the time of one large ``rows`` request goes, stage by stage, under each runtime.
 
 For every model and runtime it runs, in this process and one stage at a time, the very code
-a request of ``--rows`` rows (10 000) passes through, and prints the median wall time of each:
+a request of ``--rows`` rows (10 000) passes through, and prints the median time of each (CPU
+time of this process, so that other load on a shared box hardly matters; wall time for the
+two pipe stages):
 
 * ``parse``: the body to a float array (the bulk lane of ``serving.bulk_rows`` when every
   feature is numeric, else the schema and the row encoder), in the event loop;
@@ -64,7 +66,7 @@ class Split:
     runtime: str
     rows: int
     stages_ms: dict[str, float]
-    """Median wall time of each stage, in STAGES order."""
+    """Median time of each stage, in STAGES order (see the module docstring)."""
     e2e_ms: float | None = None
     """Median end-to-end latency through the service (``--serve``)."""
     server_cpu_ms: float | None = None
@@ -76,26 +78,30 @@ class Split:
         return sum(self.stages_ms.values())
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+def _median_ms(
+    fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.process_time
+) -> float:
+    """Median time of a call: CPU time of this process by default (on a shared box, other
+    processes stretch wall time but hardly the CPU time of single-threaded work)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times) * 1e3
 
 
 def _interleaved_ms(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """Median of each function, timed in turns (the box's noise then hits all alike)."""
+    """Median CPU time of each function, timed in turns (noise then hits all alike)."""
     for fn in fns:
         fn()  # warm-up
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, spent in zip(fns, times, strict=True):
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            spent.append(time.perf_counter() - start)
+            spent.append(time.process_time() - start)
     return [statistics.median(t) * 1e3 for t in times]
 
 
@@ -136,8 +142,8 @@ def _pipe_ms(message: Any, repeats: int) -> float:
         while len(received) == count:
             time.sleep(0)
 
-    try:
-        return _median_ms(once, repeats)
+    try:  # wall time: two threads take part, and the sender spins while it waits
+        return _median_ms(once, repeats, time.perf_counter)
     finally:
         done.set()
         reader.join()

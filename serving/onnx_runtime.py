@@ -82,14 +82,43 @@ def _label_index(graph: Any, classes: list[Any]) -> str | None:
     return str(node.input[1])
 
 
+_LABELLING_OPS = {"TreeEnsembleClassifier", "LinearClassifier", "SVMClassifier"}
+
+
+def _index_labels(graph: Any, classes: list[Any]) -> str | None:
+    """Make an ai.onnx.ml classifier op that writes the ``label`` output from its text class
+    labels write each class's position instead (``classlabels_int64s`` = 0, 1, ...); return
+    the output's name, or None when the graph is not built that way or its classes differ.
+    The op chooses the class exactly as before; only the table it writes it from changes."""
+    from onnx import TensorProto, helper
+
+    if not graph.output:
+        return None
+    label = graph.output[0]
+    node = next((n for n in graph.node if n.output and n.output[0] == label.name), None)
+    if node is None or node.domain != "ai.onnx.ml" or node.op_type not in _LABELLING_OPS:
+        return None
+    attributes = {a.name: a for a in node.attribute}
+    texts = attributes.get("classlabels_strings")
+    if texts is None or [t.decode() for t in texts.strings] != [str(c) for c in classes]:
+        return None
+    kept = [a for a in node.attribute if a.name != "classlabels_strings"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.attribute.append(helper.make_attribute("classlabels_int64s", list(range(len(classes)))))
+    label.type.tensor_type.elem_type = TensorProto.INT64
+    return str(label.name)
+
+
 def _with_label_index(onnx: bytes, classes: list[Any]) -> tuple[bytes, str] | None:
-    """The graph with its label's class index as an extra output, or None (see _label_index)."""
+    """The graph with its label's class index as an output, or None (see _label_index and
+    _index_labels)."""
     try:
         import onnx as onnx_lib
     except ImportError:
         return None
     model = onnx_lib.load_from_string(onnx)
-    index = _label_index(model.graph, classes)
+    index = _label_index(model.graph, classes) or _index_labels(model.graph, classes)
     if index is None:
         return None
     if index not in {o.name for o in model.graph.output}:

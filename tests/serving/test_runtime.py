@@ -240,3 +240,32 @@ def test_a_forest_with_probabilities_predicts_in_one_pass_with_the_same_answers(
     plain = sklearn.ensemble.RandomForestClassifier(n_estimators=2).fit(rows, labels)
     assert _votes_by_probabilities(plain)
     assert not _votes_by_probabilities(OwnVote(n_estimators=2).fit(rows, labels))
+
+
+def test_a_forest_graph_writes_class_positions_and_answers_as_its_text_labels(
+    trained_store: ModelStore,
+) -> None:
+    """A tree classifier whose labels come from the graph (not from the probabilities' argmax,
+    as in stores trained before that was recorded): the op is made to write class positions
+    instead of text, and the labels are exactly the graph's own."""
+    from dataclasses import replace
+
+    import onnxruntime
+
+    from serving.onnx_runtime import OnnxModel, Signature
+
+    manifest = trained_store.manifest("breast_cancer", 1)
+    path = trained_store.onnx_path(manifest)
+    assert path is not None
+    signature = replace(Signature.of(manifest), labels_from_probabilities=False)
+    model = OnnxModel(signature, path)
+    frame = generated_rows(manifest.features, 3000, seed=12)
+    rows = RowEncoder(manifest).rows([tuple(r) for r in frame.itertuples(index=False)])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph_labels, graph_proba = session.run(None, {"X": rows})
+    labels, probabilities = model.predict_both(rows)
+    assert labels.tolist() == np.asarray(graph_labels).tolist()
+    assert probabilities is not None
+    assert np.array_equal(probabilities, np.asarray(graph_proba, dtype=np.float64))
+    assert len({id(label) for label in labels.tolist()}) <= 2
+    assert model.predict_both(rows, want_probabilities=False)[0].tolist() == labels.tolist()
