@@ -14,8 +14,8 @@ accepts too, with the same values (tests/serving/test_bulk_rows.py checks both w
 
 from __future__ import annotations
 
-import re
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import orjson
@@ -51,7 +51,7 @@ def parse_numeric_rows(body: bytes, width: int, max_rows: int) -> tuple[FloatArr
     return None if flat is None else (flat, want)
 
 
-def _only_numbers_besides(text: bytes, request: dict[str, object], want: bool) -> bool:
+def _only_numbers_besides(text: bytes, request: dict[str, Any], want: bool) -> bool:
     """Whether ``text``, the JSON of ``request``, holds nothing in its rows but numbers.
 
     np.fromiter would take "1.5", true and null (as 1.5, 1.0, NaN), so none may be in the
@@ -66,73 +66,14 @@ def _only_numbers_besides(text: bytes, request: dict[str, object], want: bool) -
     return len(rest) == len(expected) and sorted(rest) == sorted(expected)
 
 
-def _flat_floats(rows: list[object], width: int) -> FloatArray | None:
+def _flat_floats(rows: list[Any], width: int) -> FloatArray | None:
     """Checked rows of numbers as a (rows, width) float array, or None."""
-    if set(map(type, rows)) != {list} or set(map(len, rows)) != {width}:  # type: ignore[arg-type]
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {width}:
         return None
     try:
-        flat = np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * width)  # type: ignore[arg-type]
+        flat = np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * width)
     except (TypeError, ValueError, OverflowError):  # a nested list or object in a row
         return None
     if not np.isfinite(flat).all():
         return None
     return flat.reshape(len(rows), width)
-
-
-_ROW_BREAK = re.compile(rb"\]\s*,\s*\[")
-_ROWS_START = re.compile(rb'"rows"\s*:\s*\[')
-_ROWS_END = re.compile(rb"\]\s*\]")
-
-
-def split_numeric_rows(body: bytes, parts: int) -> tuple[bytes, list[bytes]] | None:
-    """Cut a ``rows`` body into its envelope (the body with ``"rows": []``) and ``parts``
-    JSON arrays of consecutive rows (cut between two rows), or None when it has no such
-    shape. Nothing is validated here: see :func:`parse_row_part` and :func:`parse_envelope`."""
-    start = _ROWS_START.search(body)
-    if start is None:
-        return None
-    first = start.end() - 1  # the "[" of the rows array
-    end = _ROWS_END.search(body, first)
-    if end is None:
-        return None
-    last = end.end()  # after the "]" of the rows array
-    envelope = body[:first] + b"[]" + body[last:]
-    inner_start, inner_end = first + 1, last - 1
-    size = (inner_end - inner_start) // parts
-    pieces: list[bytes] = []
-    position = inner_start
-    for k in range(1, parts):
-        cut = _ROW_BREAK.search(body, max(position, inner_start + k * size), inner_end)
-        if cut is None:
-            break
-        pieces.append(b"[" + body[position : cut.start() + 1] + b"]")
-        position = cut.end() - 1
-    pieces.append(b"[" + body[position:inner_end] + b"]")
-    return envelope, pieces
-
-
-def parse_envelope(envelope: bytes) -> bool | None:
-    """The probabilities flag of an envelope from :func:`split_numeric_rows` (a body whose
-    rows are ``[]``), or None when it is anything else."""
-    try:
-        request = orjson.loads(envelope)
-    except orjson.JSONDecodeError:
-        return None
-    if type(request) is not dict or request.get("rows", None) != [] or not request.keys() <= _KEYS:
-        return None
-    want = request.get("return_probabilities", False)
-    if type(want) is not bool or not _only_numbers_besides(envelope, request, want):
-        return None
-    return want
-
-
-def parse_row_part(part: bytes, width: int) -> FloatArray | None:
-    """The rows of one part from :func:`split_numeric_rows`, or None unless it is a JSON
-    array of ``width``-number rows (and nothing else)."""
-    try:
-        rows = orjson.loads(part)
-    except orjson.JSONDecodeError:
-        return None
-    if type(rows) is not list or not rows or part.translate(None, _NUMBERS_AND_ARRAYS):
-        return None
-    return _flat_floats(rows, width)

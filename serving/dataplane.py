@@ -22,7 +22,6 @@ from pydantic import ValidationError
 
 from serving.admission import admit, current_deadline, deadline_in, within
 from serving.batcher import MicroBatcher, Slots
-from serving.bulk_pipeline import predict_in_parts
 from serving.bulk_rows import parse_numeric_rows
 from serving.errors import (
     ArtifactRefusedError,
@@ -486,9 +485,6 @@ class DataPlane:
             # It was swapped out while this request was on its way (e.g. reading the body):
             # production answers, or a clean 404 when the model is gone.
             served = self.resolve(served.key[0])
-        answer = await predict_in_parts(self, served, body)  # large bodies: parse || predict
-        if answer is not None:
-            return answer
         rows, want = self.parse(served, body)
         result = await self.predict(served, rows, want)
         _refuse_non_finite(result.prediction)
