@@ -2,8 +2,9 @@
 
 Times exactly what a pool worker does for a batch (``serving.runtime.LoadedModel.predict`` on
 encoded rows, probabilities included for classifiers), for every model in the store and batch
-sizes 1, 64, 1024 and 65 536, one thread per ONNX Runtime session as in the service. Run alone
-with ``.venv/bin/python bench/runtimes.py``; ``bench/run.py`` includes it in its report.
+sizes 1, 64, 1024 and 65 536, with one thread for either runtime as in the service's workers on
+a 2-core box. Run alone with ``.venv/bin/python bench/runtimes.py``; ``bench/run.py`` includes
+it in its report.
 """
 
 from __future__ import annotations
@@ -59,7 +60,19 @@ def measure(
     batch_sizes: Sequence[int] = BATCH_SIZES,
     budget_s: float = 0.5,
 ) -> list[RuntimeTiming]:
-    """Median batch latency and rows/s per (model, runtime, batch size)."""
+    """Median batch latency and rows/s per (model, runtime, batch size), under a pool
+    worker's conditions: one thread for either runtime (ONNX Runtime's intra-op threads;
+    scikit-learn's n_jobs and BLAS/OpenMP threads) and scikit-learn's finiteness re-check off."""
+    import sklearn
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(1), sklearn.config_context(assume_finite=True):
+        return _measure(store, models, batch_sizes, budget_s)
+
+
+def _measure(
+    store: ModelStore, models: Sequence[str], batch_sizes: Sequence[int], budget_s: float
+) -> list[RuntimeTiming]:
     out: list[RuntimeTiming] = []
     for name in models:
         version = store.production(name) or store.versions(name)[-1]

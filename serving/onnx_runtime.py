@@ -4,6 +4,13 @@
 DataFrame for ``input_format == "dataframe"``) and offers ``predict``, ``predict_proba`` and
 ``classes_``, so the serving runtime can hold either object, and training's parity check runs
 the very code that serves.
+
+Labels never come back from the session as text. For a large batch, ONNX Runtime turns a string
+tensor into one new Python string per row, which then cost again to pickle back to the parent
+(one copy per row) and to write as JSON. Instead the session returns the class index the graph
+picks its label with, or only the probabilities when the label is their argmax
+(``labels_from_probabilities``), and labels are taken from one array of the manifest's classes:
+the same values, shared by every row.
 """
 
 from __future__ import annotations
@@ -51,6 +58,76 @@ class Signature:
         )
 
 
+def _label_index(graph: Any, classes: list[Any]) -> str | None:
+    """The tensor holding the index into ``classes`` that the ``label`` output is looked up
+    with (skl2onnx's linear and other non-tree classifiers: ``Reshape(ArrayFeatureExtractor(
+    classes, index))``), or None when the graph is not built that way or its classes differ."""
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    name = graph.output[0].name if graph.output else None
+    node = producers.get(name) if name is not None else None
+    while node is not None and node.op_type in ("Reshape", "Identity"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "ArrayFeatureExtractor" or node.domain != "ai.onnx.ml":
+        return None
+    table = initializers.get(node.input[0])
+    if table is None:
+        return None
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(table).ravel().tolist()
+    values = [v.decode() if isinstance(v, bytes) else v for v in values]
+    if [str(v) for v in values] != [str(c) for c in classes]:
+        return None
+    return str(node.input[1])
+
+
+_LABELLING_OPS = {"TreeEnsembleClassifier", "LinearClassifier", "SVMClassifier"}
+
+
+def _index_labels(graph: Any, classes: list[Any]) -> str | None:
+    """Make an ai.onnx.ml classifier op that writes the ``label`` output from its text class
+    labels write each class's position instead (``classlabels_int64s`` = 0, 1, ...); return
+    the output's name, or None when the graph is not built that way or its classes differ.
+    The op chooses the class exactly as before; only the table it writes it from changes."""
+    from onnx import TensorProto, helper
+
+    if not graph.output:
+        return None
+    label = graph.output[0]
+    node = next((n for n in graph.node if n.output and n.output[0] == label.name), None)
+    if node is None or node.domain != "ai.onnx.ml" or node.op_type not in _LABELLING_OPS:
+        return None
+    attributes = {a.name: a for a in node.attribute}
+    texts = attributes.get("classlabels_strings")
+    if texts is None or [t.decode() for t in texts.strings] != [str(c) for c in classes]:
+        return None
+    kept = [a for a in node.attribute if a.name != "classlabels_strings"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.attribute.append(helper.make_attribute("classlabels_int64s", list(range(len(classes)))))
+    label.type.tensor_type.elem_type = TensorProto.INT64
+    return str(label.name)
+
+
+def _with_label_index(onnx: bytes, classes: list[Any]) -> tuple[bytes, str] | None:
+    """The graph with its label's class index as an output, or None (see _label_index and
+    _index_labels)."""
+    try:
+        import onnx as onnx_lib
+    except ImportError:
+        return None
+    model = onnx_lib.load_from_string(onnx)
+    index = _label_index(model.graph, classes) or _index_labels(model.graph, classes)
+    if index is None:
+        return None
+    if index not in {o.name for o in model.graph.output}:
+        model.graph.output.append(
+            onnx_lib.helper.make_tensor_value_info(index, onnx_lib.TensorProto.INT64, None)
+        )
+    return model.SerializeToString(), index
+
+
 class OnnxModel:
     """Predict with an ONNX graph of a scikit-learn pipeline (float64 inputs, zipmap off).
 
@@ -67,7 +144,16 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        source = str(onnx) if isinstance(onnx, Path) else onnx
+        source = onnx.read_bytes() if isinstance(onnx, Path) else onnx
+        self.task = signature.task
+        self._argmax_labels = signature.labels_from_probabilities
+        classes = signature.classes
+        self._label_from: str | None = None
+        """Output holding the class index of each row's label (None: the label output)."""
+        if classes is not None and not self._argmax_labels:
+            exposed = _with_label_index(source, classes)
+            if exposed is not None:
+                source, self._label_from = exposed
         self._session = ort.InferenceSession(
             source, sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -76,10 +162,17 @@ class OnnxModel:
             f.name for f in signature.features if f.kind == FeatureKind.CATEGORICAL
         }
         self._input_names = [i.name for i in self._session.get_inputs()]
-        self.task = signature.task
-        self._argmax_labels = signature.labels_from_probabilities
-        classes = signature.classes
+        self._outputs = [o.name for o in self._session.get_outputs()]
         self.classes_ = np.asarray(classes) if classes is not None else None
+        # What labels are taken from: the classes as the pipeline's predict returns them
+        # (ints stay ints, anything else is an object array of the very class values).
+        self._label_values: npt.NDArray[Any] | None = None
+        if self.classes_ is not None:
+            self._label_values = (
+                self.classes_
+                if self.classes_.dtype.kind in "iub"
+                else np.array(list(classes or []), dtype=object)
+            )
         self.n_features_in_ = len(signature.features)
 
     def _feed(self, X: Any) -> dict[str, Any]:
@@ -97,14 +190,28 @@ class OnnxModel:
                 feed[name] = column.astype(np.float64).reshape(-1, 1)
         return feed
 
-    def predict_both(self, X: Any) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64] | None]:
-        """Labels (or values) and, for classifiers, probabilities from one session run."""
-        out = self._session.run(None, self._feed(X))
+    def predict_both(
+        self, X: Any, want_probabilities: bool = True
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64] | None]:
+        """Labels (or values) and, for classifiers, probabilities from one session run
+        (None instead of the probabilities when they are not wanted and labels do not need
+        them)."""
+        feed = self._feed(X)
         if self.task == Task.REGRESSION:
+            out = self._session.run(self._outputs[:1], feed)
             return np.asarray(out[0], dtype=np.float64).ravel(), None
+        values = self._label_values
+        if self._argmax_labels and values is not None:
+            (scores,) = self._session.run(self._outputs[1:2], feed)
+            probabilities = np.asarray(scores, dtype=np.float64)
+            return values[np.argmax(probabilities, axis=1)], probabilities
+        if self._label_from is not None and values is not None:
+            names = [self._label_from, *(self._outputs[1:2] if want_probabilities else [])]
+            out = self._session.run(names, feed)
+            labels = values[np.asarray(out[0], dtype=np.intp).ravel()]
+            return labels, (np.asarray(out[1], dtype=np.float64) if want_probabilities else None)
+        out = self._session.run(self._outputs[:2], feed)
         probabilities = np.asarray(out[1], dtype=np.float64)
-        if self._argmax_labels and self.classes_ is not None:
-            return self.classes_[np.argmax(probabilities, axis=1)], probabilities
         labels = np.asarray(out[0]).ravel()
         # Same label dtype as the pipeline's predict: ints stay ints, text becomes object.
         if self.classes_ is not None and self.classes_.dtype.kind in "iub":

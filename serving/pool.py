@@ -62,9 +62,13 @@ def _worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent)
     import sklearn
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     # Finiteness is checked at the edge; skipping sklearn's re-check changes no result.
     sklearn.set_config(assume_finite=True)
+    # The same thread budget as ONNX Runtime's sessions get (see serving.runtime): numpy's
+    # BLAS would otherwise start a thread per core in every worker.
+    threadpool_limits(policy.onnx_threads)
     store = ModelStore(store_root, signing_key=signing_key)
     models: dict[ModelKey, LoadedModel] = {}
     failed: dict[ModelKey, str] = {}

@@ -9,6 +9,12 @@ Used by pool workers and by inline mode alike.
 Which runtime serves a model (:func:`load`): ONNX Runtime when the manifest records an ONNX
 file that passed the parity check at training time and the policy allows it, scikit-learn
 otherwise (no ONNX file, parity failed, onnxruntime missing, or forced by a setting).
+
+Both runtimes compute with the same number of threads (``RuntimePolicy.onnx_threads``): ONNX
+Runtime as its intra-op threads, scikit-learn as the ``n_jobs`` of every estimator that has one
+(set here, on the loaded copy: a forest fitted with ``n_jobs=-1`` would otherwise predict on
+every core) and, in pool workers, as the BLAS and OpenMP thread limit (``serving.pool``). So
+neither runtime oversubscribes the box, and neither gets more cores than the other.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ class RuntimePolicy:
     sklearn_models: frozenset[str] = field(default_factory=frozenset)
     """Models that always run on scikit-learn, whatever their manifest says."""
     onnx_threads: int = 1
-    """Intra-op threads of each ONNX Runtime session."""
+    """Threads each loaded model computes with, whichever the runtime: intra-op threads of an
+    ONNX Runtime session; ``n_jobs`` (and, in pool workers, BLAS/OpenMP threads) of
+    scikit-learn."""
 
     def allows_onnx(self, name: str) -> bool:
         return self.prefer_onnx and name not in self.sklearn_models
@@ -58,6 +66,8 @@ class LoadedModel:
         self.predictor = predictor
         """A fitted scikit-learn estimator, or a serving.onnx_runtime.OnnxModel."""
         self.runtime: RuntimeName = runtime
+        self._vote = runtime == "sklearn" and _votes_by_probabilities(predictor)
+        """Its predict is the argmax of its predict_proba, by scikit-learn's own code."""
         self._by_name = manifest.input_format == "dataframe"
         self._columns = manifest.feature_names
         # Categorical columns: index -> object array of labels (with None for missing at the end).
@@ -97,13 +107,38 @@ class LoadedModel:
         """Predict a batch; probabilities only for classifiers and only when asked."""
         features = self.model_input(rows)
         if self.runtime == "onnx":
-            predictions, probabilities = self.predictor.predict_both(features)
+            predictions, probabilities = self.predictor.predict_both(features, want_probabilities)
             return Prediction(predictions, probabilities if want_probabilities else None)
+        if want_probabilities and self._vote:
+            # A forest's predict computes exactly these probabilities and takes their argmax:
+            # one pass over the trees instead of two, the same labels.
+            scores = self.predictor.predict_proba(features)
+            final = self.predictor[-1] if hasattr(self.predictor, "steps") else self.predictor
+            predictions = final.classes_.take(np.argmax(scores, axis=1), axis=0)
+            return Prediction(predictions, np.asarray(scores, dtype=np.float64))
         predictions = np.asarray(self.predictor.predict(features))
         probabilities = None
         if want_probabilities:
             probabilities = np.asarray(self.predictor.predict_proba(features), dtype=np.float64)
         return Prediction(predictions, probabilities)
+
+
+def _votes_by_probabilities(estimator: Any) -> bool:
+    """True when ``estimator.predict(X)`` is ``classes_.take(argmax(predict_proba(X)))`` in
+    scikit-learn's own code: a single-output forest classifier that does not override
+    ``predict``, alone or last in a plain pipeline (whose predict and predict_proba run the
+    same transforms first)."""
+    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    final = estimator
+    if type(estimator) is Pipeline:
+        final = estimator.steps[-1][1]
+    return (
+        isinstance(final, ForestClassifier)
+        and type(final).predict is ForestClassifier.predict
+        and getattr(final, "n_outputs_", None) == 1
+    )
 
 
 def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> LoadedModel:
@@ -122,4 +157,22 @@ def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> L
         else:
             return LoadedModel(manifest, onnx, "onnx")
     manifest, estimator = store.load_model(name, version)
+    cap_jobs(estimator, policy.onnx_threads)
     return LoadedModel(manifest, estimator, "sklearn")
+
+
+def cap_jobs(estimator: Any, threads: int) -> None:
+    """Set ``n_jobs`` of the estimator and of every estimator inside it to ``threads``.
+
+    Only how many threads predict uses changes, never a result (``n_jobs`` splits work, e.g. a
+    forest's trees, and the parts are added up in the same way)."""
+    get_params = getattr(estimator, "get_params", None)
+    if get_params is None:
+        return
+    jobs = {
+        key: threads
+        for key, value in get_params(deep=True).items()
+        if (key == "n_jobs" or key.endswith("__n_jobs")) and value != threads
+    }
+    if jobs:
+        estimator.set_params(**jobs)

@@ -110,8 +110,10 @@ class Settings(BaseSettings):
     """Models always served by scikit-learn, as a JSON list: ``'["iris", "churn"]'``."""
 
     onnx_threads: int | None = Field(default=None, ge=1)
-    """Intra-op threads per ONNX Runtime session. Default: the cores left after the event loop,
-    shared among the workers (``max(1, (cores - 1) // pool_size)``; inline: ``cores - 1``), so
+    """Threads each model computes with, under either runtime: intra-op threads per ONNX
+    Runtime session, and for scikit-learn the ``n_jobs`` of its estimators and (in pool
+    workers) the BLAS/OpenMP threads. Default: the cores left after the event loop, shared
+    among the workers (``max(1, (cores - 1) // pool_size)``; inline: ``cores - 1``), so
     workers never oversubscribe the box."""
 
     workers: int = Field(default=1, ge=1)

@@ -351,3 +351,35 @@ def test_a_lost_batch_is_a_503_with_retry_after() -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "2"
     assert b'"worker_lost"' in response.body
+
+
+def test_workers_give_scikit_learn_the_thread_budget_of_onnx_runtime(tmp_path: Path) -> None:
+    """In a worker, a scikit-learn model fitted with n_jobs=-1 predicts with the policy's
+    threads, and numpy's BLAS is limited to as many (the model reports both)."""
+    from serving.runtime import RuntimePolicy
+    from training.run import train
+    from training.spec import shipped_spec
+
+    store = ModelStore(tmp_path)
+    spec = shipped_spec("diabetes").with_overrides(
+        {
+            "name": "threads",
+            "estimator": {"class": "tests.training.custom_estimators.ThreadReportingRidge"},
+        }
+    )
+    train(spec, store, echo=lambda _: None)
+    rows = np.zeros((3, len(store.manifest("threads", 1).features)))
+
+    async def scenario() -> list[float]:
+        policy = RuntimePolicy(onnx_threads=1)
+        pool = InferencePool(store.root, [("threads", 1)], size=1, policy=policy)
+        try:
+            await pool.start()
+            assert pool.runtimes[("threads", 1)] == "sklearn"
+            result = await pool.submit(("threads", 1), rows, False)
+        finally:
+            pool.close()
+        return list(result.predictions.tolist())
+
+    # n_jobs 1 (10 x 1) and one BLAS thread.
+    assert asyncio.run(scenario()) == [11.0, 11.0, 11.0]

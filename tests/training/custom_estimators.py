@@ -28,3 +28,20 @@ class SquaredRidge(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     def predict(self, X: Any) -> Any:
         return self.pipeline_.predict(X)
+
+
+class ThreadReportingRidge(Ridge):  # type: ignore[misc]
+    """A ridge whose predictions are the thread budget it predicts under: its own ``n_jobs``
+    (10 x) plus the BLAS threads numpy may use, so a test can see what a pool worker allows."""
+
+    def __init__(self, alpha: float = 1.0, n_jobs: int | None = -1) -> None:
+        super().__init__(alpha=alpha)
+        self.n_jobs = n_jobs
+
+    def predict(self, X: Any) -> Any:
+        from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
+
+        blas = max(
+            (p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=0
+        )
+        return np.full(len(X), 10.0 * float(self.n_jobs or 0) + blas)
