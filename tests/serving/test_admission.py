@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -16,7 +18,7 @@ from serving.batcher import MicroBatcher, Slots
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.runtime import FloatArray, Prediction
 from serving.store import ModelStore
-from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
+from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
 
 
 class _Held:
@@ -64,40 +66,58 @@ def test_a_deadline_cancels_the_wait_and_withdraws_unsent_rows() -> None:
     asyncio.run(scenario())
 
 
-def test_over_http_full_queues_are_503_and_deadlines_504(trained_store: ModelStore) -> None:
-    settings = quiet_settings(trained_store, pool_size=1, max_queue_rows=5, request_timeout_s=1.0)
+@contextlib.contextmanager
+def _stalled_server(
+    trained_store: ModelStore, timeout_s: float
+) -> Iterator[tuple[RunningServer, int]]:
+    """A real server whose only pool worker is stopped (SIGSTOP): nothing gets done and work
+    piles up in the queue (max 5 rows) until the block ends and the worker resumes."""
+    settings = quiet_settings(
+        trained_store, pool_size=1, max_queue_rows=5, request_timeout_s=timeout_s
+    )
     with running_server(settings) as server:
-        pool = server.app.state.dataplane.executor
-        worker = pool.pids[0]
-        os.kill(worker, signal.SIGSTOP)  # nothing gets done: work piles up in the queue
+        worker = server.app.state.dataplane.executor.pids[0]
+        os.kill(worker, signal.SIGSTOP)
         try:
-
-            async def scenario() -> list[httpx.Response]:
-                async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                    first = asyncio.ensure_future(
-                        client.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
-                    )  # sent to the stopped worker
-                    await asyncio.sleep(0.3)
-                    queued = asyncio.ensure_future(
-                        client.post("/models/iris/predict", json={"rows": [IRIS_ROW] * 4})
-                    )
-                    await asyncio.sleep(0.3)
-                    shed = await client.post("/models/iris/predict", json={"rows": [IRIS_ROW] * 2})
-                    short = await client.post(
-                        "/models/iris/predict",
-                        json={"rows": [IRIS_ROW]},
-                        headers={"X-Request-Timeout": "0.2"},
-                    )
-                    bad = await client.post(
-                        "/models/iris/predict",
-                        json={"rows": [IRIS_ROW]},
-                        headers={"X-Request-Timeout": "soon"},
-                    )
-                    return [await first, await queued, shed, short, bad]
-
-            first, queued, shed, short, bad = asyncio.run(scenario())
+            yield server, worker
         finally:
             os.kill(worker, signal.SIGCONT)
+
+
+async def _one_sent_one_queued(
+    client: httpx.AsyncClient,
+) -> tuple[asyncio.Future[httpx.Response], asyncio.Future[httpx.Response]]:
+    """A 1-row request sent to the stopped worker, then a 4-row one waiting in the queue."""
+    first = asyncio.ensure_future(client.post("/models/iris/predict", json={"rows": [IRIS_ROW]}))
+    await asyncio.sleep(0.3)
+    queued = asyncio.ensure_future(
+        client.post("/models/iris/predict", json={"rows": [IRIS_ROW] * 4})
+    )
+    await asyncio.sleep(0.3)
+    return first, queued
+
+
+def test_over_http_full_queues_are_503_and_deadlines_504(trained_store: ModelStore) -> None:
+    with _stalled_server(trained_store, timeout_s=1.0) as (server, worker):
+
+        async def scenario() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                first, queued = await _one_sent_one_queued(client)
+                shed = await client.post("/models/iris/predict", json={"rows": [IRIS_ROW] * 2})
+                short = await client.post(
+                    "/models/iris/predict",
+                    json={"rows": [IRIS_ROW]},
+                    headers={"X-Request-Timeout": "0.2"},
+                )
+                bad = await client.post(
+                    "/models/iris/predict",
+                    json={"rows": [IRIS_ROW]},
+                    headers={"X-Request-Timeout": "soon"},
+                )
+                return [await first, await queued, shed, short, bad]
+
+        first, queued, shed, short, bad = asyncio.run(scenario())
+        os.kill(worker, signal.SIGCONT)  # resumed: the assertions below see it working again
         assert shed.status_code == 503
         assert shed.headers["retry-after"] == "1"
         assert shed.json()["error"]["type"] == "overloaded"
@@ -170,41 +190,28 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
 
 
 def test_over_http_a_full_queue_sheds_before_the_body_is_read(trained_store: ModelStore) -> None:
-    settings = quiet_settings(trained_store, pool_size=1, max_queue_rows=5, request_timeout_s=30)
-    with running_server(settings) as server:
-        pool = server.app.state.dataplane.executor
-        worker = pool.pids[0]
-        os.kill(worker, signal.SIGSTOP)  # nothing gets done: the queue stays as it is
-        try:
+    with _stalled_server(trained_store, timeout_s=30) as (server, worker):
 
-            async def scenario() -> tuple[bytes, list[httpx.Response]]:
-                async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-                    first = asyncio.ensure_future(
-                        client.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
-                    )  # sent to the stopped worker
-                    await asyncio.sleep(0.3)
-                    queued = asyncio.ensure_future(
-                        client.post("/models/iris/predict", json={"rows": [IRIS_ROW] * 4})
-                    )  # waits in the queue; its body teaches the edge iris's bytes per row
-                    await asyncio.sleep(0.3)
-                    # Headers of a 10-row request, and no body: it is shed on its headers.
-                    # Had the edge waited for the body, the answer would be a 408, 30 s later.
-                    port = int(server.url.rsplit(":", 1)[1])
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    length = len(json.dumps({"rows": [IRIS_ROW] * 10}))
-                    writer.write(
-                        b"POST /models/iris/predict HTTP/1.1\r\nhost: t\r\n"
-                        b"content-type: application/json\r\n"
-                        b"content-length: %d\r\n\r\n" % length
-                    )
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-                    writer.close()
-                    os.kill(worker, signal.SIGCONT)
-                    return head, [await first, await queued]
+        async def scenario() -> tuple[bytes, list[httpx.Response]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                # The queued request's body teaches the edge iris's bytes per row.
+                first, queued = await _one_sent_one_queued(client)
+                # Headers of a 10-row request, and no body: it is shed on its headers.
+                # Had the edge waited for the body, the answer would be a 408, 30 s later.
+                port = int(server.url.rsplit(":", 1)[1])
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                length = len(json.dumps({"rows": [IRIS_ROW] * 10}))
+                writer.write(
+                    b"POST /models/iris/predict HTTP/1.1\r\nhost: t\r\n"
+                    b"content-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n" % length
+                )
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+                writer.close()
+                os.kill(worker, signal.SIGCONT)
+                return head, [await first, await queued]
 
-            head, done = asyncio.run(scenario())
-        finally:
-            os.kill(worker, signal.SIGCONT)
+        head, done = asyncio.run(scenario())
         assert head.startswith(b"HTTP/1.1 503 "), head
         assert b"retry-after: 1" in head.lower()
         assert [r.status_code for r in done] == [200, 200]
