@@ -31,11 +31,10 @@ import http.client
 import json
 import multiprocessing
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `serving` and `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import workload  # noqa: E402
+from bench import servers, workload  # noqa: E402
 from serving.bulk_rows import parse_numeric_rows  # noqa: E402
 from serving.dataplane import PredictionResult, RowEncoder, _class_key, _refuse_non_finite  # noqa: E402
 from serving.drift import DriftTracker  # noqa: E402
@@ -251,76 +250,47 @@ def serve(
     want_probabilities: bool,
 ) -> dict[str, tuple[float, float, float]]:
     """Per model: median latency, server CPU and worker CPU per request (ms)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "SERVEWELL_STORE": str(store),
-        "SERVEWELL_PORT": str(port),
-        "SERVEWELL_RUNTIME": runtime,
-        "SERVEWELL_LOG_LEVEL": "warning",
-        "SERVEWELL_POLL_INTERVAL_S": "0",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "serving"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    spec = servers.service_spec(
+        store, runtime=runtime, extra_env={"SERVEWELL_POLL_INTERVAL_S": "0"}
     )
     out: dict[str, tuple[float, float, float]] = {}
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                probe.request("GET", "/health/ready")
-                if probe.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"the service ({runtime}) did not become ready")
-            time.sleep(0.2)
-        model_store = ModelStore(store)
-        for name in names:
-            manifest = model_store.manifest(name, model_store.production(name) or 1)
-            payload: dict[str, Any] = {"rows": workload.sample_rows(manifest, rows, seed=1)}
-            if want_probabilities:
-                payload["return_probabilities"] = True
-            body = json.dumps(payload, separators=(",", ":")).encode()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-            def once(
-                conn: http.client.HTTPConnection = conn, body: bytes = body, name: str = name
-            ) -> None:
-                conn.request("POST", f"/models/{name}/predict", body, _JSON)
-                response = conn.getresponse()
-                answer = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{name}: {response.status} {answer[:200]!r}")
-
-            for _ in range(3):
-                once()
-            pids = [server.pid, *_children(server.pid)]
-            before = [_cpu_s(p) for p in pids]
-            times = []
-            for _ in range(requests):
-                start = time.perf_counter()
-                once()
-                times.append(time.perf_counter() - start)
-            after = [_cpu_s(p) for p in pids]
-            spent = [(b - a) * 1e3 / requests for a, b in zip(before, after, strict=True)]
-            out[name] = (statistics.median(times) * 1e3, spent[0], sum(spent[1:]))
-            conn.close()
-    finally:
-        server.send_signal(signal.SIGTERM)
+    with tempfile.TemporaryDirectory(prefix="rows-split-") as log_dir:
+        server = servers.start(spec, Path(log_dir), ready_timeout_s=120)
         try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            port = server.port
+            model_store = ModelStore(store)
+            for name in names:
+                manifest = model_store.manifest(name, model_store.production(name) or 1)
+                payload: dict[str, Any] = {"rows": workload.sample_rows(manifest, rows, seed=1)}
+                if want_probabilities:
+                    payload["return_probabilities"] = True
+                body = json.dumps(payload, separators=(",", ":")).encode()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+                def once(
+                    conn: http.client.HTTPConnection = conn, body: bytes = body, name: str = name
+                ) -> None:
+                    conn.request("POST", f"/models/{name}/predict", body, _JSON)
+                    response = conn.getresponse()
+                    answer = response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{name}: {response.status} {answer[:200]!r}")
+
+                for _ in range(3):
+                    once()
+                pids = [server.process.pid, *_children(server.process.pid)]
+                before = [_cpu_s(p) for p in pids]
+                times = []
+                for _ in range(requests):
+                    start = time.perf_counter()
+                    once()
+                    times.append(time.perf_counter() - start)
+                after = [_cpu_s(p) for p in pids]
+                spent = [(b - a) * 1e3 / requests for a, b in zip(before, after, strict=True)]
+                out[name] = (statistics.median(times) * 1e3, spent[0], sum(spent[1:]))
+                conn.close()
+        finally:
+            server.stop()
     return out
 
 

@@ -59,13 +59,14 @@ def admit(batcher: MicroBatcher, rows: int, max_queue_rows: int, retry_after: fl
 
 
 SWEEP_S = 0.05
-"""How often one timer per event loop checks the deadlines of awaited predictions (a deadline
-may pass by up to this much before it is acted on)."""
+"""How often one timer per event loop checks the deadlines it watches (a deadline may pass by
+up to this much before it is acted on)."""
 
 
-class _Expiries:
-    """Every awaited prediction of one event loop with its deadline, checked by one periodic
-    timer: a timer per request measurably costs throughput on the hot path."""
+class Sweeper:
+    """Cancels the futures and tasks of one event loop whose deadline has passed, with one
+    periodic timer: a timer per request measurably costs throughput on the hot path. Used for
+    awaited predictions (:func:`within`) and for request bodies still arriving (the edge)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -73,48 +74,66 @@ class _Expiries:
         self.expired: set[asyncio.Future[Any]] = set()
         self.timer: asyncio.TimerHandle | None = None
 
-    def add(self, future: asyncio.Future[Any], at: float) -> None:
-        self.watched[future] = at
+    def watch(self, target: asyncio.Future[Any], at: float) -> None:
+        """Cancel ``target`` (a future or a task) at the first sweep after the loop's time
+        reaches ``at``."""
+        self.watched[target] = at
         if self.timer is None:
             self.timer = self.loop.call_later(SWEEP_S, self.sweep)
+
+    def expire(self, target: asyncio.Future[Any]) -> None:
+        """Cancel ``target`` now, as past its deadline."""
+        self.watched.pop(target, None)
+        self.expired.add(target)
+        target.cancel()
 
     def sweep(self) -> None:
         self.timer = None
         now = self.loop.time()
-        for future, at in list(self.watched.items()):
+        for target, at in list(self.watched.items()):
             if at <= now:
-                del self.watched[future]
-                self.expired.add(future)
-                future.cancel()
+                self.expire(target)
         if self.watched:
             self.timer = self.loop.call_later(SWEEP_S, self.sweep)
 
+    def release(self, target: asyncio.Future[Any]) -> bool:
+        """Stop watching ``target``; whether its deadline had passed (it was cancelled)."""
+        self.watched.pop(target, None)
+        if target in self.expired:
+            self.expired.discard(target)
+            return True
+        return False
 
-_EXPIRIES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Expiries] = (
+
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Sweeper] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def sweeper() -> Sweeper:
+    """The running event loop's sweeper."""
+    loop = asyncio.get_running_loop()
+    found = _SWEEPERS.get(loop)
+    if found is None:
+        found = _SWEEPERS[loop] = Sweeper(loop)
+    return found
 
 
 async def within(future: asyncio.Future[T], deadline: Deadline) -> T:
     """The future's result, or DeadlineExceededError once the deadline passes (the future is
     then cancelled: a batcher withdraws rows it has not sent yet)."""
-    loop = asyncio.get_running_loop()
-    expiries = _EXPIRIES.get(loop)
-    if expiries is None:
-        expiries = _EXPIRIES[loop] = _Expiries(loop)
-    if deadline.at <= loop.time():
-        expiries.expired.add(future)
-        future.cancel()
+    watcher = sweeper()
+    if deadline.at <= watcher.loop.time():
+        watcher.expire(future)  # already past: no wait at all
     else:
-        expiries.add(future, deadline.at)
+        watcher.watch(future, deadline.at)
     try:
         return await future
     except asyncio.CancelledError:
-        if future not in expiries.expired:
+        if not watcher.release(future):
             raise
         raise DeadlineExceededError(
             f"no predictions within the request's deadline of {deadline.seconds:g} s"
         ) from None
     finally:
-        expiries.watched.pop(future, None)
-        expiries.expired.discard(future)
+        watcher.release(future)

@@ -34,16 +34,21 @@ from typing import Any, Generic, TypeVar
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from serving.admission import Deadline, current_deadline, current_ticket, deadline_in
+from serving.admission import (
+    Deadline,
+    Sweeper,
+    current_deadline,
+    current_ticket,
+    deadline_in,
+    sweeper,
+)
 from serving.dataplane import DataPlane, ServedModel
 from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import ErrorDetail, OverloadedError, ServingError
 from serving.exception_handlers import (
-    error_body,
     error_response,
     is_v2,
     serving_error_response,
-    v2_error_body,
     v2_error_response,
     v2_serving_error_response,
 )
@@ -68,9 +73,6 @@ H = TypeVar("H")
 _JSON = (b"content-type", b"application/json")
 _JSON_LIKE = frozenset({b"application/json", b"application/x-www-form-urlencoded"})
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-SWEEP_S = 0.1
-"""How often one timer checks the requests still reading their body (a slow body may run
-past its deadline by up to this much)."""
 
 
 def exact_paths(dataplane: DataPlane, prefix: str, operation: str) -> dict[str, ServedModel]:
@@ -192,41 +194,6 @@ async def _send_response(
     return response.status_code
 
 
-class _Reading:
-    """Requests of one event loop whose body is still arriving, checked by one periodic
-    timer rather than a timer per request (timers measurably cost throughput)."""
-
-    def __init__(self) -> None:
-        self.deadlines: dict[asyncio.Task[Any], float] = {}
-        self.expired: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, task: asyncio.Task[Any], deadline: float) -> None:
-        self.deadlines[task] = deadline
-        if self._timer is None:
-            self._timer = task.get_loop().call_later(SWEEP_S, self._sweep, task.get_loop())
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        now = loop.time()
-        for task, deadline in list(self.deadlines.items()):
-            if deadline <= now:
-                del self.deadlines[task]
-                self.expired.add(task)
-                task.cancel()
-        if self.deadlines:
-            self._timer = loop.call_later(SWEEP_S, self._sweep, loop)
-
-    def done(self, task: asyncio.Task[Any]) -> bool:
-        """Stop watching; whether the task's deadline had passed (it was cancelled)."""
-        self.deadlines.pop(task, None)
-        if task in self.expired:
-            self.expired.discard(task)
-            task.uncancel()
-            return True
-        return False
-
-
 class Edge:
     """See the module docstring. ``__call__`` takes HTTP scopes only, and the app that
     answers what the edge does not."""
@@ -242,7 +209,6 @@ class Edge:
         self.shedder = Shedder(
             settings.max_inflight_body_bytes, settings.max_queue_rows, settings.retry_after_s
         )
-        self._reading = _Reading()
         self.stamp: list[tuple[bytes, bytes]] = []
         """Headers added to every response, after ``X-Request-ID``."""
 
@@ -421,8 +387,8 @@ class Edge:
         size limit."""
         task = asyncio.current_task()
         assert task is not None
-        reading = self._reading
-        reading.add(task, deadline.at)
+        watcher = sweeper()
+        watcher.watch(task, deadline.at)
         chunks: list[bytes] = []
         received = 0
         try:
@@ -438,11 +404,11 @@ class Edge:
                 if not message.get("more_body", False):
                     break
         except asyncio.CancelledError:
-            if reading.done(task):
+            if _expired(watcher, task):
                 raise self._slow_body(path, deadline.seconds) from None
             raise
         # The sweeper only cancels while the task awaits receive(): that raised if it did.
-        reading.done(task)
+        watcher.release(task)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- everything else --------------------------------------------------------------------
@@ -463,7 +429,7 @@ class Edge:
         received = 0
         task = asyncio.current_task()
         assert task is not None
-        reading = self._reading if scope["method"] in _WITH_BODY else None
+        watcher = sweeper() if scope["method"] in _WITH_BODY else None
         path = scope["path"]
 
         async def bounded_receive() -> Message:
@@ -473,8 +439,8 @@ class Edge:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise self._too_large(path)
-                if reading is not None and not message.get("more_body", False):
-                    reading.done(task)
+                if watcher is not None and not message.get("more_body", False):
+                    watcher.release(task)
             return message
 
         async def send_with_id(message: Message) -> None:
@@ -485,8 +451,8 @@ class Edge:
                 message["headers"] = [*message.get("headers", ()), *stamp]
             await send(message)
 
-        if reading is not None:
-            reading.add(task, deadline.at)
+        if watcher is not None:
+            watcher.watch(task, deadline.at)
         try:
             await app(scope, bounded_receive, send_with_id)
         except _Refusal:
@@ -494,7 +460,7 @@ class Edge:
                 raise RuntimeError("the app failed after its response began") from None
             raise
         except asyncio.CancelledError:
-            if reading is None or not reading.done(task):
+            if watcher is None or not _expired(watcher, task):
                 raise
             if started:
                 raise RuntimeError("the request body timed out after the response began") from None
@@ -505,9 +471,18 @@ class Edge:
             log.exception("unexpected error on %s %s", scope["method"], path)
             return await _send_response(send, _internal_error(path), stamp)
         finally:
-            if reading is not None:
-                reading.done(task)
+            if watcher is not None:
+                watcher.release(task)
         return status
+
+
+def _expired(watcher: Sweeper, task: asyncio.Task[Any]) -> bool:
+    """Whether the sweeper cancelled the task for its deadline (the cancellation is then the
+    edge's to handle, so the task is uncancelled)."""
+    if watcher.release(task):
+        task.uncancel()
+        return True
+    return False
 
 
 def _endpoint(scope: Scope, info: RequestInfo) -> str:
@@ -528,6 +503,3 @@ def _internal_error(path: str) -> Response:
     if is_v2(path):
         return v2_error_response(500, "internal server error")
     return error_response(500, "internal_error", "internal server error")
-
-
-__all__ = ["Edge", "PathTable", "error_body", "exact_paths", "v2_error_body"]

@@ -18,14 +18,13 @@ REQUEST_ID_RULE = f"1 to {MAX_REQUEST_ID} characters among letters, digits and .
 class RequestInfo:
     """One request; filled in as it is answered."""
 
-    __slots__ = ("endpoint", "model", "request_id", "rows", "version")
+    __slots__ = ("model", "request_id", "rows", "version")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.model = ""
         self.version = ""
         self.rows = 0
-        self.endpoint = ""
 
 
 CURRENT: ContextVar[RequestInfo | None] = ContextVar("servewell_request", default=None)
@@ -34,15 +33,6 @@ CURRENT: ContextVar[RequestInfo | None] = ContextVar("servewell_request", defaul
 def current_request_id() -> str | None:
     info = CURRENT.get()
     return None if info is None else info.request_id
-
-
-def note_model(name: str, version: int, rows: int = 0) -> None:
-    """Record which model version the current request reached (and how many rows it sent)."""
-    info = CURRENT.get()
-    if info is not None:
-        info.model = name
-        info.version = str(version)
-        info.rows += rows
 
 
 def valid_request_id(value: bytes) -> bool:
