@@ -390,6 +390,7 @@ class DataPlane:
                 "size": self.executor.size if self.executor else 0,
                 # While a dead or hung worker is replaced: fewer ready than size.
                 "workers_ready": getattr(self.executor, "workers_ready", int(executor_up)),
+                "replacing": getattr(self.executor, "replacing", 0),
                 "restarts": getattr(self.executor, "restarts", 0),
             },
             "models": states,

@@ -236,10 +236,23 @@ class InferencePool:
 
     @property
     def up(self) -> bool:
-        """True when some worker can take a batch now. While a dead worker is being replaced
-        the others keep serving; with none left, batches queue until the replacement is
-        ready, and the pool reports down meanwhile."""
-        return not self._closing and self.broken is None and self.workers_ready > 0
+        """True when batches will be served: some worker can take one now, or the only ones
+        gone are being replaced for the first time in a row (batches wait in the queue,
+        bounded by their deadlines, for the second or so a replacement takes to load).
+        A worker killed under load must not flap readiness, which would take a one-worker
+        replica out of its load balancer for nothing; a replacement that died while loading
+        too is a crash loop, and the pool reports down until one finishes loading."""
+        if self._closing or self.broken is not None:
+            return False
+        return self.workers_ready > 0 or (self._failed_loads == 0 and self.replacing > 0)
+
+    @property
+    def replacing(self) -> int:
+        """Workers being replaced: started after a death and still loading the models, or
+        dead with the death not yet read from their pipe (a replacement follows at once)."""
+        if not self._started:
+            return 0
+        return sum(1 for w in self._workers if not (w.ready and w.process.is_alive()))
 
     @property
     def workers_ready(self) -> int:

@@ -276,10 +276,11 @@ def test_a_replacement_that_dies_while_loading_is_started_again(
             await pool.start()
             os.kill(pool.pids[0], signal.SIGKILL)
             await _until(lambda: pool._workers and not pool._workers[0].ready)
-            assert not pool.up  # nothing can take a batch: reported down, not broken
+            assert pool.up  # a first replacement loading: batches wait for it
             os.kill(pool._workers[0].process.pid or 0, signal.SIGKILL)
             await _until(lambda: pool.restarts == 2)
-            assert pool.broken is None
+            assert not pool.up  # the replacement died too: a crash loop reports down,
+            assert pool.broken is None  # but is not broken
             waiting = pool.submit(("iris", 1), np.array([IRIS_ROW]), False)  # queued
             assert (await waiting).predictions.tolist() == ["setosa"]
             assert pool.up
@@ -310,8 +311,13 @@ async def _load_while(url: str, stop: asyncio.Event, statuses: list[int], ready:
         await asyncio.gather(*(user(i) for i in range(16)), prober())
 
 
-def test_sigkill_of_a_worker_under_load_fails_no_request(trained_store: ModelStore) -> None:
-    settings = quiet_settings(trained_store, pool_size=2)
+@pytest.mark.parametrize("size", [1, 2])
+def test_sigkill_of_a_worker_under_load_fails_no_request(
+    trained_store: ModelStore, size: int
+) -> None:
+    """With two workers the other keeps serving; with one (the default on a 2-core box) the
+    requests wait for its replacement. Either way nothing fails and readiness never drops."""
+    settings = quiet_settings(trained_store, pool_size=size)
     with running_server(settings) as server:
         pool = server.app.state.dataplane.executor
         statuses: list[int] = []
@@ -324,19 +330,20 @@ def test_sigkill_of_a_worker_under_load_fails_no_request(trained_store: ModelSto
             victim = pool.pids[0]
             await _until(lambda: any(w.batch and w.process.pid == victim for w in pool._workers))
             os.kill(victim, signal.SIGKILL)
-            await _until(lambda: pool.restarts == 1 and pool.workers_ready == 2)
+            await _until(lambda: pool.restarts == 1 and pool.workers_ready == size)
             served = len(statuses)
             await _until(lambda: len(statuses) > served + 50)  # and after the rebuild
             stop.set()
             await load
 
         asyncio.run(scenario())
-        assert len(pool.pids) == 2
+        assert len(pool.pids) == size
         assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-        assert set(ready) == {200}  # the other worker kept serving: ready throughout
+        assert set(ready) == {200}, {s: ready.count(s) for s in set(ready)}
         with server.client() as client:
             detail = client.get("/health/ready").json()
-            assert detail["executor"]["workers_ready"] == 2
+            assert detail["executor"]["workers_ready"] == size
+            assert detail["executor"]["replacing"] == 0
             assert detail["executor"]["restarts"] == 1
             for path, body in [
                 ("/models/iris/predict", {"rows": [IRIS_ROW]}),
