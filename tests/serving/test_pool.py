@@ -279,8 +279,8 @@ def test_a_replacement_that_dies_while_loading_is_started_again(
             assert pool.up  # a first replacement loading: batches wait for it
             os.kill(pool._workers[0].process.pid or 0, signal.SIGKILL)
             await _until(lambda: pool.restarts == 2)
-            assert not pool.up  # the replacement died too: a crash loop reports down,
-            assert pool.broken is None  # but is not broken
+            # The replacement died too: a crash loop reports down, but is not broken.
+            assert (pool.up, pool.broken) == (False, None)
             waiting = pool.submit(("iris", 1), np.array([IRIS_ROW]), False)  # queued
             assert (await waiting).predictions.tolist() == ["setosa"]
             assert pool.up
