@@ -170,7 +170,8 @@ def _split_model(
     tracked = drift.track(manifest)
 
     def observe() -> None:
-        drift.observe(tracked, encoded, True)
+        drift.queue(tracked, encoded)
+        tracked.flagged(encoded)
         drift.process(drift.take())
 
     # The event loop's part before the pool and the batch message are the same for both.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -30,14 +31,20 @@ RunBatch = Callable[[FloatArray, bool], "asyncio.Future[Prediction]"]
 
 
 class BatchObserver(Protocol):
-    """Told about every batch (metrics); both calls happen in the event loop."""
+    """Told about every batch (metrics, drift); every call happens in the event loop.
 
-    def batch_sent(self, rows: int, waits: list[float]) -> None:
-        """A batch of ``rows`` rows went to the executor; ``waits``: seconds each of its
-        requests waited in the queue."""
+    Seeing whole batches rather than requests keeps per-request work off the hot path: one
+    vectorised pass over a batch of many single-row requests instead of one per request."""
+
+    def batch_sent(self, rows: FloatArray, waits: list[float]) -> list[int]:
+        """A batch went to the executor; ``waits``: seconds each of its requests waited in
+        the queue. Returns the positions of rows to warn about (sorted; usually none)."""
 
     def batch_done(self, seconds: float) -> None:
         """A batch's result came back ``seconds`` after it was sent."""
+
+    def warnings(self, rows: FloatArray) -> tuple[str, ...]:
+        """The warnings for one request's rows, some of which were flagged."""
 
 
 class Slots:
@@ -216,8 +223,9 @@ class MicroBatcher:
         self.in_flight += 1
         observer = self.observer
         sent = time.monotonic()
+        flagged: list[int] = []
         if observer is not None:
-            observer.batch_sent(rows, [sent - item.queued for item in batch])
+            flagged = observer.batch_sent(matrix, [sent - item.queued for item in batch])
         try:
             result = self._run(matrix, want)
         except BaseException as exc:
@@ -228,10 +236,14 @@ class MicroBatcher:
                     item.future.set_exception(exc)
             self._wake_drainers()
             return
-        result.add_done_callback(lambda done: self._deliver(batch, done, sent))
+        result.add_done_callback(lambda done: self._deliver(batch, done, sent, flagged))
 
     def _deliver(
-        self, batch: list[_Pending], done: asyncio.Future[Prediction], sent: float = 0.0
+        self,
+        batch: list[_Pending],
+        done: asyncio.Future[Prediction],
+        sent: float = 0.0,
+        flagged: list[int] | None = None,
     ) -> None:
         if self.observer is not None and not done.cancelled() and done.exception() is None:
             self.observer.batch_done(time.monotonic() - sent)
@@ -253,10 +265,16 @@ class MicroBatcher:
             stop = start + len(item.rows)
             if not item.future.done():
                 probabilities = result.probabilities
+                warnings: tuple[str, ...] = ()
+                if flagged and self.observer is not None:
+                    first = bisect_left(flagged, start)
+                    if first < len(flagged) and flagged[first] < stop:
+                        warnings = self.observer.warnings(item.rows)
                 item.future.set_result(
                     Prediction(
                         result.predictions[start:stop],
                         probabilities[start:stop] if probabilities is not None else None,
+                        warnings,
                     )
                 )
             start = stop

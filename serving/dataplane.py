@@ -138,7 +138,8 @@ class PredictionResult:
     class_keys: list[str]
     with_probabilities: bool
     warnings: Sequence[str] = ()
-    """Input features of this request outside their training range (see InputObserver)."""
+    """Input features of this request outside their training range (from the batcher's
+    observer: see serving.observability)."""
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
@@ -192,9 +193,9 @@ def _details(error: ValidationError) -> list[ErrorDetail]:
     ]
 
 
-InputObserver = Callable[[ServedModel, FloatArray], Sequence[str]]
-"""Sees the validated rows of every prediction before they are batched (metrics, drift);
-returns warnings for the response (e.g. features outside their training range)."""
+InputObserver = Callable[[ServedModel, FloatArray], None]
+"""Sees the validated rows of every prediction before they are batched (which model and how
+many rows, for the request's access line)."""
 
 
 class DataPlane:
@@ -478,11 +479,12 @@ class DataPlane:
         settings = self.settings
         admit(served.batcher, len(rows), settings.max_queue_rows, settings.retry_after_s)
         observer = self.input_observer
-        warnings = observer(served, rows) if observer is not None else ()
+        if observer is not None:
+            observer(served, rows)
         deadline = current_deadline.get() or deadline_in(settings.request_timeout_s)
         prediction = await within(served.batcher.submit(rows, want), deadline)
         return PredictionResult(
-            served.key[0], served.key[1], prediction, served.class_keys, want, warnings
+            served.key[0], served.key[1], prediction, served.class_keys, want, prediction.warnings
         )
 
     async def predict_json(self, served: ServedModel, body: bytes) -> bytes:

@@ -1,9 +1,11 @@
 """Input drift signals: values outside the training range, and how far the distribution of
 recent inputs is from training.
 
-The request path does as little as possible: :meth:`DriftTracker.observe` queues a reference
-to the request's encoded rows and, when response warnings are on, names the features of that
-request outside their training ``[min, max]``. :meth:`DriftTracker.process`, run by a
+The request path does nothing: the batcher hands each batch to its observer, which queues a
+reference to the batch's rows (:meth:`DriftTracker.queue`) and, when response warnings are on,
+finds the rows outside the training ``[min, max]`` with one vectorised check
+(:meth:`ModelDrift.flagged`); only requests owning such a row get their warnings named
+(:meth:`ModelDrift.out_of_range`). :meth:`DriftTracker.process`, run by a
 background task every second, counts the queued rows per feature and appends them to a
 sliding window of the most recent rows of each model version; :meth:`DriftTracker.report`
 computes, over that window, the share of values out of range and the population stability
@@ -26,6 +28,9 @@ from serving.store import FeatureKind, Manifest
 ModelKey = tuple[str, int]
 PSI_FLOOR = 1e-4
 """Bin shares are floored at this before taking logs (an empty bin would give infinity)."""
+SMALL_BATCH_VALUES = 32
+"""Up to this many values a Python loop checks ranges faster than numpy's calls (about 6 µs
+for any batch on a 2-core box; the loop costs 0.13 µs a value)."""
 MAX_QUEUED_ROWS = 200_000
 """Rows queued for the background task beyond this are not kept (the task has fallen behind);
 they are still counted as dropped."""
@@ -56,6 +61,22 @@ class ModelDrift:
         self.filled = 0
         self.position = 0
         self.rows_seen = 0
+
+    def flagged(self, rows: FloatArray) -> list[int]:
+        """Positions of the rows with a value outside its feature's training range (NaN, a
+        missing value, is not)."""
+        if rows.size <= SMALL_BATCH_VALUES:
+            bad: list[int] = []
+            lo_list, hi_list = self.lo_list, self.hi_list
+            for i, row in enumerate(rows.tolist()):
+                for v, lo, hi in zip(row, lo_list, hi_list, strict=True):
+                    if v < lo or v > hi:
+                        bad.append(i)
+                        break
+            return bad
+        if (rows >= self.lo).all() and (rows <= self.hi).all():  # the usual answer (NaN: no)
+            return []
+        return np.flatnonzero(((rows < self.lo) | (rows > self.hi)).any(axis=1)).tolist()
 
     def out_of_range(self, rows: FloatArray) -> list[str]:
         """A warning per feature with a value outside its training range in these rows
@@ -149,14 +170,13 @@ class DriftTracker:
         for key in [k for k in self.models if k not in keep]:
             del self.models[key]
 
-    def observe(self, model: ModelDrift, rows: FloatArray, warn: bool) -> list[str]:
-        """The request path: queue the rows; with ``warn``, name the out-of-range features."""
+    def queue(self, model: ModelDrift, rows: FloatArray) -> None:
+        """Keep a reference to rows sent to the model, for the next background pass."""
         if self._queued_rows < MAX_QUEUED_ROWS:
             self._queue.append((model, rows))
             self._queued_rows += len(rows)
         else:
             self.dropped_rows += len(rows)
-        return model.out_of_range(rows) if warn else []
 
     def take(self) -> dict[ModelDrift, list[FloatArray]]:
         """Everything queued so far, by model (called in the event loop)."""

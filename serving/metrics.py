@@ -69,6 +69,13 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observe_all(self, values: list[float]) -> None:
+        """``observe`` each value (one call for a batch's queue waits)."""
+        counts, bounds = self.counts, self.bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        self.sum += sum(values)
+
 
 class Family:
     """One metric with its labelled values (floats, or Histograms)."""

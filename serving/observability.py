@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from serving.dataplane import DataPlane, ServedModel
-from serving.drift import DriftTracker, ModelDrift, ModelKey
+from serving.drift import DriftTracker, ModelKey
 from serving.errors import ErrorDetail
 from serving.inline import InlineExecutor
 from serving.logs import AccessLog, resolve_format
@@ -33,29 +33,39 @@ from serving.store import FeatureKind
 log = logging.getLogger("servewell")
 
 BACKGROUND_INTERVAL_S = 1.0
-_Bound = tuple[ServedModel, ModelDrift | None, str, str]
 
 
-class _BatchMetrics:
-    """One model version's batcher observer, with its histograms bound once."""
+class _BatchObserver:
+    """One model version's batcher observer: its histograms and drift state bound once.
 
-    __slots__ = ("inference", "rows", "wait")
+    Drift is fed here, a batch at a time, rather than per request: one reference queued and
+    one vectorised range check per batch (about 30 single-row requests at c=100)."""
 
-    def __init__(self, metrics: Metrics, served: ServedModel) -> None:
+    __slots__ = ("drift", "inference", "rows", "tracker", "wait", "warn")
+
+    def __init__(
+        self, metrics: Metrics, served: ServedModel, tracker: DriftTracker, warn: bool
+    ) -> None:
         name, version = served.key
         labels = (name, str(version))
         self.rows = metrics.batch_rows.histogram(labels)
         self.wait = metrics.queue_wait.histogram(labels)
         self.inference: Histogram = metrics.inference.histogram((name, served.runtime or "?"))
+        self.tracker = tracker
+        self.drift = tracker.track(served.manifest)
+        self.warn = warn
 
-    def batch_sent(self, rows: int, waits: list[float]) -> None:
-        self.rows.observe(rows)
-        observe = self.wait.observe
-        for wait in waits:
-            observe(wait)
+    def batch_sent(self, rows: FloatArray, waits: list[float]) -> list[int]:
+        self.rows.observe(len(rows))
+        self.wait.observe_all(waits)
+        self.tracker.queue(self.drift, rows)
+        return self.drift.flagged(rows) if self.warn else []
 
     def batch_done(self, seconds: float) -> None:
         self.inference.observe(seconds)
+
+    def warnings(self, rows: FloatArray) -> tuple[str, ...]:
+        return tuple(self.drift.out_of_range(rows))
 
 
 class Observability:
@@ -78,7 +88,6 @@ class Observability:
             self.access = AccessLog(resolve_format(settings.log_format))
         self.warn = settings.input_warnings
         self._task: asyncio.Task[None] | None = None
-        self._bound: dict[int, _Bound] = {}
         self._dataplane: DataPlane | None = None
 
     # -- wiring -----------------------------------------------------------------------------
@@ -115,13 +124,13 @@ class Observability:
         if self.metrics is None or dataplane is None:
             return
         ready = dataplane.ready_models()
+        assert self.drift is not None  # made with the metrics
         for served in ready:
             if served.batcher is not None and served.batcher.observer is None:
-                served.batcher.observer = _BatchMetrics(self.metrics, served)
-        if self.drift is not None:
-            self.drift.forget({s.key for s in ready})
-        live = {id(s) for s in ready}
-        self._bound = {k: b for k, b in self._bound.items() if k in live}
+                served.batcher.observer = _BatchObserver(
+                    self.metrics, served, self.drift, self.warn
+                )
+        self.drift.forget({s.key for s in ready})
 
     def model_loaded(self, key: ModelKey, seconds: float, error: str | None) -> None:
         """Lifecycle listener: one load attempt of a version during a hot swap."""
@@ -147,27 +156,15 @@ class Observability:
 
     # -- hot path ---------------------------------------------------------------------------
 
-    def _observe_rows(self, served: ServedModel, rows: FloatArray) -> list[str]:
-        bound = self._bound.get(id(served))
-        if bound is None or bound[0] is not served:
-            bound = self._bind(served)
-        _, drift, name, version = bound
+    def _observe_rows(self, served: ServedModel, rows: FloatArray) -> None:
+        """Name the request's model, version and rows for its access line and metrics (its
+        rows reach drift tracking with their batch)."""
         info = CURRENT.get()
         if info is not None:
-            info.model = name
-            info.version = version
+            manifest = served.manifest  # not served.key: no tuple per request
+            info.model = manifest.name
+            info.version = str(manifest.version)
             info.rows += len(rows)
-        if drift is None:
-            return []
-        assert self.drift is not None
-        return self.drift.observe(drift, rows, self.warn)
-
-    def _bind(self, served: ServedModel) -> _Bound:
-        """What the hot path needs of a served version, looked up once."""
-        name, version = served.key
-        drift = self.drift.track(served.manifest) if self.drift is not None else None
-        bound = self._bound[id(served)] = (served, drift, name, str(version))
-        return bound
 
     def _count_unseen(self, served: ServedModel, details: list[ErrorDetail]) -> None:
         """Count values of categorical features that are not a training category (the schema

@@ -40,6 +40,8 @@ class Prediction:
 
     predictions: npt.NDArray[Any]
     probabilities: FloatArray | None
+    warnings: tuple[str, ...] = ()
+    """What the caller should know about its rows (e.g. features outside the training range)."""
 
 
 @dataclass(frozen=True)

@@ -246,3 +246,51 @@ def test_a_batcher_with_only_withdrawn_requests_is_idle() -> None:
         assert executor.sizes() == [1]
 
     run(scenario)
+
+
+class FlagNegatives:
+    """An observer that flags rows holding a negative value (as drift tracking flags rows
+    outside the training range) and records what it was shown."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []
+        self.done = 0
+
+    def batch_sent(self, rows: FloatArray, waits: list[float]) -> list[int]:
+        self.sent.append((len(rows), len(waits)))
+        flagged: list[int] = np.flatnonzero((rows < 0).any(axis=1)).tolist()
+        return flagged
+
+    def batch_done(self, seconds: float) -> None:
+        self.done += 1
+
+    def warnings(self, rows: FloatArray) -> tuple[str, ...]:
+        return tuple(f"{v:g} is negative" for v in rows[:, 0] if v < 0)
+
+
+def test_flagged_rows_warn_only_the_requests_they_came_in() -> None:
+    async def scenario() -> None:
+        executor = Executor()
+        observer = FlagNegatives()
+        batcher = MicroBatcher(executor.run, Slots(1), max_rows=1000, max_delay=0.0)
+        batcher.observer = observer
+        first = batcher.submit(rows(1), False)
+        later = [batcher.submit(r, False) for r in (rows(1, 2), rows(3, -4, -5), rows(6))]
+        last = batcher.submit(rows(-7), False)
+        executor.finish(0)
+        await first
+        assert executor.sizes() == [1, 7]  # the four waiting requests in one batch
+        executor.finish(1)
+        results = await asyncio.gather(*later, last)
+        assert [r.warnings for r in results] == [
+            (),
+            ("-4 is negative", "-5 is negative"),
+            (),
+            ("-7 is negative",),
+        ]
+        assert [r.predictions.tolist() for r in results][1] == [30, -40, -50]
+        assert observer.sent == [(1, 1), (7, 4)]
+        assert observer.done == 2
+        assert (await first).warnings == ()
+
+    run(scenario)

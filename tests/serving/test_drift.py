@@ -57,11 +57,21 @@ def test_out_of_range_warnings_and_counts(trained_store: ModelStore) -> None:
     model = tracker.track(manifest)
     inside = np.array([[5.1, 3.5, 1.4, 0.2]])
     far = np.array([[5.1, 3.5, 100.0, -1.0], [5.1, 3.5, 1.4, 0.2]])
-    assert tracker.observe(model, inside, warn=True) == []
-    warnings = tracker.observe(model, far, warn=True)
-    assert [w.split()[0] for w in warnings] == ["petal_length_cm", "petal_width_cm"]
-    assert tracker.observe(model, far[:1], warn=False) == []
     nan_row = np.array([[np.nan, 3.5, 1.4, 0.2]])
-    assert tracker.observe(model, nan_row, warn=True) == []  # missing is not out of range
+    assert model.flagged(inside) == []
+    assert model.out_of_range(inside) == []
+    assert model.flagged(far) == [0]
+    assert model.flagged(far[:1]) == [0]
+    assert model.flagged(np.concatenate([inside, far[::-1], far])) == [2, 3]
+    warnings = model.out_of_range(far)
+    assert [w.split()[0] for w in warnings] == ["petal_length_cm", "petal_width_cm"]
+    assert model.flagged(nan_row) == [] == model.out_of_range(nan_row)  # missing: in range
+    assert model.flagged(np.concatenate([nan_row, inside])) == []
+    many = np.repeat(np.concatenate([inside, nan_row]), 10, axis=0)  # past the Python loop
+    assert model.flagged(many) == []
+    many[[3, 17]] = far[0]
+    assert model.flagged(many) == [3, 17]
+    for rows in (inside, far, far[:1], nan_row):
+        tracker.queue(model, rows)
     tracker.process(tracker.take())
     assert counted == [("iris", [0, 0, 2, 2], 5)]
