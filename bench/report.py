@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import runtimes
+from bench import runtimes, shared_core
 from bench.runtimes import RuntimeTiming
 from bench.scenarios import InProcess, Measurement, Outcome
+from bench.shared_core import PairedComparison
 from bench.targets import Target
 
 SCHEMA_VERSION = 2
@@ -30,6 +31,8 @@ class Run:
     """In-process cost of one batch call per model, runtime and batch size (``bench.runtimes``)."""
     served_runtimes: dict[str, dict[str, str | None]] = field(default_factory=dict)
     """server -> model -> the runtime ``GET /models/{name}`` reported (None: no answer)."""
+    paired: list[PairedComparison] = field(default_factory=list)
+    """Shared-core comparisons (``bench.shared_core``): what metrics and logging cost."""
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -109,6 +112,17 @@ def render(run: Run) -> str:
             + ", ".join(f"{model} {runtime or '?'}" for model, runtime in by_model.items())
             for server, by_model in run.served_runtimes.items()
         ]
+    if run.paired:
+        out += [
+            "",
+            "paired on one shared core (bench/shared_core.py): event-loop CPU per request of "
+            "A and B, median ratio B/A (range), throughput B allows vs A:",
+        ]
+        out += _table(
+            ["comparison (B = service)", "model", "runs", "A / B us", "B/A CPU", "tput", ""],
+            shared_core.summary_rows(run.paired),
+            right={2, 3, 4, 5},
+        )
     out.append("")
     out += _table(
         ["target", "measured", "goal", "result"],
@@ -149,6 +163,14 @@ def to_json(run: Run) -> dict[str, Any]:
         "in_process": [{**asdict(p), "rows_per_s": p.rows_per_s} for p in run.in_process],
         "runtimes": [asdict(t) for t in run.runtimes],
         "served_runtimes": run.served_runtimes,
+        "paired": [
+            {
+                **asdict(c),
+                "cpu_ratio": c.cpu_ratio,
+                "throughput_ratio": c.throughput_ratio,
+            }
+            for c in run.paired
+        ],
         "targets": [{**asdict(t), "measured": t.measured} for t in run.targets],
         "notes": run.notes,
     }

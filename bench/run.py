@@ -36,13 +36,14 @@ if __package__ in (None, ""):
     # Run as a script (``python bench/run.py``): make the ``bench`` package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure, ray_serve, report, runtimes, servers, targets, wrk
+from bench import measure, ray_serve, report, runtimes, servers, shared_core, targets, wrk
 from bench.scenarios import (
     BARE,
     NAIVE,
     RAY,
     SERVERS,
     SERVICE,
+    SERVICE_METRICS,
     SERVICE_QUIET,
     SERVICE_SKLEARN,
     SERVICES,
@@ -76,6 +77,8 @@ OBSERVED_ENV = {
 }
 """``service``: with them (the defaults), whatever the environment says: a JSON access line
 per request into the server's log file."""
+METRICS_ENV = {**OBSERVED_ENV, "SERVEWELL_ACCESS_LOG": "false"}
+"""``service_metrics``: as ``service`` but without the access log (what the log costs)."""
 
 
 def _csv(text: str) -> list[str]:
@@ -162,6 +165,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="baselines' listen backlog (2048: uvicorn's default, which the service uses)",
     )
     parser.add_argument(
+        "--pair-runs",
+        type=int,
+        help="paired runs per shared-core comparison (what metrics and the access log cost; "
+        "6, quick 2; 0: none)",
+    )
+    parser.add_argument(
         "--fail-on-miss", action="store_true", help="exit 1 when a target is missed"
     )
     args = parser.parse_args(argv)
@@ -178,6 +187,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.warmup = 1.0 if args.quick else 2.0
     if args.runtime_budget is None:
         args.runtime_budget = 0.3 if args.quick else 0.5
+    if args.pair_runs is None:
+        args.pair_runs = 2 if args.quick else 6
     return args
 
 
@@ -270,6 +281,8 @@ def _spec(name: str, store: Path, models: list[str], backlog: int) -> servers.Se
         return servers.service_spec(store, name=SERVICE_SKLEARN, runtime="sklearn")
     if name == SERVICE_QUIET:
         return servers.service_spec(store, name=SERVICE_QUIET, extra_env=QUIET_ENV)
+    if name == SERVICE_METRICS:
+        return servers.service_spec(store, name=SERVICE_METRICS, extra_env=METRICS_ENV)
     return servers.baseline_spec(name, store, models, backlog)
 
 
@@ -335,6 +348,63 @@ def _measure_rounds(
             elif r == 0:
                 _progress(label, s.key, outcome)
     return [outcomes[s.key] for s in scenarios]
+
+
+PAIR_CONNECTIONS = 50
+"""Connections to each server of a pair (both load at once: 100 in all, as the rounds)."""
+PAIR_DURATION_S = 3.0
+
+
+def _paired(
+    args: argparse.Namespace,
+    running: dict[str, servers.RunningServer | str],
+    bodies: measure.Bodies,
+    load: measure.Load,
+) -> list[shared_core.PairedComparison]:
+    """What the access log, and metrics + access log, cost: per model, ``service`` against
+    ``service_metrics`` and against ``service_quiet``, paired on one shared core."""
+    pairs = [
+        (targets.ACCESS_LOG_PAIR, SERVICE_METRICS),
+        (targets.OBSERVED_PAIR, SERVICE_QUIET),
+    ]
+    observed = running.get(SERVICE)
+    out: list[shared_core.PairedComparison] = []
+    for model in args.models:
+        scenario = Scenario(SERVICE, model, targets.RATIO_CONNECTIONS)
+        for name, baseline in pairs:
+            base = running.get(baseline)
+            if not isinstance(observed, servers.RunningServer) or not isinstance(
+                base, servers.RunningServer
+            ):
+                why = f"{SERVICE} or {baseline} is not running"
+                out.append(
+                    shared_core.PairedComparison(
+                        name, baseline, SERVICE, model, PAIR_CONNECTIONS, 0, error=why
+                    )
+                )
+                continue
+            print(f"[paired] {name}: {baseline} vs {SERVICE}, {model} ...", flush=True)
+            comparison = shared_core.compare(
+                name,
+                base,
+                observed,
+                model=model,
+                path=scenario.path,
+                bodies_file=bodies.prepare(scenario, load.single_row_bodies),
+                wrk_path=load.wrk,
+                runs=args.pair_runs,
+                duration_s=2.0 if args.quick else PAIR_DURATION_S,
+                connections=PAIR_CONNECTIONS,
+                timeout_s=load.timeout_s,
+            )
+            ratio = comparison.throughput_ratio
+            print(
+                f"[paired] {name}, {model}: "
+                + (comparison.error or f"throughput {100 * (ratio or 0):.1f} % of {baseline}"),
+                flush=True,
+            )
+            out.append(comparison)
+    return out
 
 
 def _runtimes(
@@ -484,8 +554,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 local.append(result)
         timings, runtimes_error = _runtimes(args, store)
         names = [n for n in SERVERS if any(s.server == n for s in scenarios)]
+        pairing = args.pair_runs > 0 and SERVICE in names and SERVICE_QUIET in names
+        if pairing:
+            names.append(SERVICE_METRICS)
         running = _start_servers(names, args, store_path, stack, Path(tmp))
         served = _served_runtimes(running, args.models)
+        # The pairs first, while every server is fresh: a server that has just been through
+        # the c=1000 runs measured a few per cent slower per request than a fresh twin.
+        paired = _paired(args, running, bodies, load) if pairing else []
         outcomes = _measure_rounds(scenarios, running, bodies, load, args.rounds, expected)
         stack.close()  # stop the servers now, to see what they leave behind
     run = report.Run(
@@ -494,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         outcomes=outcomes,
         in_process=local,
-        targets=targets.evaluate(outcomes, local, args.models, served),
+        targets=targets.evaluate(outcomes, local, args.models, served, paired),
         notes=_notes(
             args,
             env,
@@ -507,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         runtimes=timings,
         served_runtimes=served,
+        paired=paired,
     )
     print()
     print(report.render(run))

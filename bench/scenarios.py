@@ -17,6 +17,9 @@ BASELINES = (BARE, BARE_RAW, NAIVE)
 """The apps in ``bench/baselines.py``."""
 SERVICE_QUIET = "service_quiet"
 """The service with metrics, drift tracking and the access log off (what they cost)."""
+SERVICE_METRICS = "service_metrics"
+"""The service with metrics and drift tracking but no access log (what the log costs). It
+runs only in the shared-core comparisons (bench.shared_core), not in the rounds."""
 RAY = "ray"
 """The service as Ray Serve replicas behind Ray's proxy (``bench/ray_serve.py``)."""
 RAY_CONNECTIONS = (1, 100)
