@@ -90,9 +90,13 @@ def _pin(pid: int, allowed: set[int]) -> None:
 
 
 def pin_server(server: RunningServer, loop_cpu: int, others: set[int]) -> None:
-    """The server's main (event-loop) process on ``loop_cpu``; its workers on ``others``."""
+    """The server's event-loop thread on ``loop_cpu``; its other threads (the access log's
+    writer) and its workers on ``others``, where an unpinned deployment's scheduler can put
+    them too. Their CPU time still counts: it is read for the whole process."""
     main = server.process.pid
-    _pin(main, {loop_cpu})
+    for tid in _tasks(main):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(tid, {loop_cpu} if tid == main else others)
     for pid in server.members():
         if pid != main:
             _pin(pid, others)
