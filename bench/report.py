@@ -119,9 +119,18 @@ def render(run: Run) -> str:
             "A and B, median ratio B/A (range), throughput B allows vs A:",
         ]
         out += _table(
-            ["comparison (B = service)", "model", "runs", "A / B us", "B/A CPU", "tput", ""],
+            [
+                "comparison (B = service)",
+                "model",
+                "runs",
+                "A / B us",
+                "B/A CPU",
+                "tput",
+                "loop thread B/A",
+                "",
+            ],
             shared_core.summary_rows(run.paired),
-            right={2, 3, 4, 5},
+            right={2, 3, 4, 5, 6},
         )
     out.append("")
     out += _table(
@@ -167,6 +176,7 @@ def to_json(run: Run) -> dict[str, Any]:
             {
                 **asdict(c),
                 "cpu_ratio": c.cpu_ratio,
+                "loop_thread_cpu_ratio": c.loop_ratio,
                 "throughput_ratio": c.throughput_ratio,
             }
             for c in run.paired

@@ -189,6 +189,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.runtime_budget = 0.3 if args.quick else 0.5
     if args.pair_runs is None:
         args.pair_runs = 2 if args.quick else 6
+    if args.pair_runs < 0 or args.pair_runs % 2:
+        parser.error("--pair-runs must be even (each server's wrk starts first as often)")
     return args
 
 

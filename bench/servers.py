@@ -143,6 +143,10 @@ class RunningServer:
         """User + system CPU time of the server's main process (every thread of it)."""
         return _cpu_seconds(self.process.pid)
 
+    def main_thread_cpu_seconds(self) -> float:
+        """User + system CPU time of the main process's main thread (the event loop)."""
+        return _cpu_seconds(self.process.pid, self.process.pid)
+
     def members(self) -> list[int]:
         """Live processes of the server's group (the main process and its workers)."""
         return _group_members(self.process.pid)
@@ -179,10 +183,11 @@ def host_busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / _CLK_TCK
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (field 3 onwards)."""
+def _proc_stat(pid: int, task: int | None = None) -> list[str] | None:
+    """Fields of /proc/<pid>/stat (or of one thread's, ``task``) after the command name."""
+    where = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        raw = Path(where).read_text(encoding="ascii", errors="replace")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     return raw.rsplit(")", 1)[1].split()
@@ -199,8 +204,8 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _cpu_seconds(pid: int) -> float:
-    stat = _proc_stat(pid)
+def _cpu_seconds(pid: int, task: int | None = None) -> float:
+    stat = _proc_stat(pid, task)
     if stat is None:
         return 0.0
     return (int(stat[11]) + int(stat[12])) / _CLK_TCK

@@ -1,7 +1,8 @@
 """What a setting costs, measured as a paired A/B on one shared core.
 
 Two servers that differ only in the setting are loaded at the same time, their event-loop
-processes pinned to the same CPU (their workers and both wrk processes to the other CPUs).
+threads pinned to the same CPU (their other threads, their workers and both wrk processes to
+the other CPUs).
 Measured on a shared 2-core box, a fixed Python loop runs up to 1.6x slower from one second
 to the next. Two servers measured one after the other therefore differ by more than the few
 per cent looked for: req/s of consecutive 2-second runs of the *same* server spread by ±25 %.
@@ -37,10 +38,29 @@ class PairRun:
     a_cpu_us_per_request: float
     """CPU (user + system, every thread) of A's event-loop process per request, µs."""
     b_cpu_us_per_request: float
+    a_loop_us_per_request: float = 0.0
+    """CPU of A's event-loop thread alone per request, µs (its helper threads left out)."""
+    b_loop_us_per_request: float = 0.0
 
     @property
     def cpu_ratio(self) -> float:
         return self.b_cpu_us_per_request / self.a_cpu_us_per_request
+
+    @property
+    def loop_ratio(self) -> float | None:
+        if not self.a_loop_us_per_request:
+            return None
+        return self.b_loop_us_per_request / self.a_loop_us_per_request
+
+    def swapped(self) -> PairRun:
+        return PairRun(
+            self.b_requests_per_s,
+            self.a_requests_per_s,
+            self.b_cpu_us_per_request,
+            self.a_cpu_us_per_request,
+            self.b_loop_us_per_request,
+            self.a_loop_us_per_request,
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,15 @@ class PairedComparison:
         if not self.runs:
             return None
         return statistics.median(r.cpu_ratio for r in self.runs)
+
+    @property
+    def loop_ratio(self) -> float | None:
+        """Median over the runs of B's event-loop-thread CPU per request / A's: leaves out
+        helper threads (the access log's writer), which mostly run on another core; the
+        targets use :attr:`cpu_ratio`, which counts them."""
+        ratios = [r.loop_ratio for r in self.runs]
+        known = [r for r in ratios if r is not None]
+        return statistics.median(known) if known and len(known) == len(ratios) else None
 
     @property
     def throughput_ratio(self) -> float | None:
@@ -152,12 +181,7 @@ def compare(
                 others,
             )
             if swap:
-                run = PairRun(
-                    run.b_requests_per_s,
-                    run.a_requests_per_s,
-                    run.b_cpu_us_per_request,
-                    run.a_cpu_us_per_request,
-                )
+                run = run.swapped()
             if i > 0:
                 measured.append(run)
     except wrk.WrkError as exc:
@@ -209,29 +233,38 @@ def _pair_run(
         for server in (a, b)
     ]
     before = [s.main_cpu_seconds() for s in (a, b)]
-    procs = [
-        subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # Pinned before exec: wrk starts its threads at once, and they inherit it.
-            preexec_fn=lambda: os.sched_setaffinity(0, others),
-        )
-        for cmd in commands
-    ]
+    loop_before = [s.main_thread_cpu_seconds() for s in (a, b)]
+    procs: list[subprocess.Popen[str]] = []
     outputs: list[str] = []
-    for proc, cmd in zip(procs, commands, strict=True):
-        try:
-            stdout, stderr = proc.communicate(timeout=duration_s + timeout_s + 30)
-        except subprocess.TimeoutExpired as exc:
-            for p in procs:
-                p.kill()
-            raise wrk.WrkError(f"wrk did not finish: {' '.join(cmd)}") from exc
-        if proc.returncode != 0:
-            raise wrk.WrkError(f"wrk exited with {proc.returncode}: {stderr.strip()[-2000:]}")
-        outputs.append(stdout)
+    try:
+        for cmd in commands:
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    # Pinned before exec: wrk starts its threads at once, and they inherit it.
+                    preexec_fn=lambda: os.sched_setaffinity(0, others),
+                )
+            )
+        for proc, cmd in zip(procs, commands, strict=True):
+            try:
+                stdout, stderr = proc.communicate(timeout=duration_s + timeout_s + 30)
+            except subprocess.TimeoutExpired as exc:
+                raise wrk.WrkError(f"wrk did not finish: {' '.join(cmd)}") from exc
+            if proc.returncode != 0:
+                raise wrk.WrkError(f"wrk exited with {proc.returncode}: {stderr.strip()[-2000:]}")
+            outputs.append(stdout)
+    except OSError as exc:
+        raise wrk.WrkError(f"could not run wrk: {exc}") from exc
+    finally:
+        for proc in procs:  # none may go on loading a server into the next run
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
     after = [s.main_cpu_seconds() for s in (a, b)]
+    loop_after = [s.main_thread_cpu_seconds() for s in (a, b)]
     results = [wrk.parse_output(out) for out in outputs]
     for server, r in zip((a, b), results, strict=True):
         if r.errors.total or r.requests == 0:
@@ -239,15 +272,19 @@ def _pair_run(
         if server.process.poll() is not None:
             raise wrk.WrkError(f"{server.spec.name} exited with {server.process.returncode}")
     cpu = [1e6 * (after[i] - before[i]) / results[i].requests for i in range(2)]
-    return PairRun(results[0].requests_per_s, results[1].requests_per_s, cpu[0], cpu[1])
+    loop = [1e6 * (loop_after[i] - loop_before[i]) / results[i].requests for i in range(2)]
+    return PairRun(
+        results[0].requests_per_s, results[1].requests_per_s, cpu[0], cpu[1], loop[0], loop[1]
+    )
 
 
 def summary_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
-    """Table rows: comparison, model, runs, A and B µs per request (medians), ratios."""
+    """Table rows: comparison, model, runs, A and B µs per request (medians), the CPU ratio
+    (and its range), the throughput ratio, the event-loop-thread ratio, and an error."""
     rows = []
     for c in comparisons:
         if c.error is not None or not c.runs:
-            rows.append([c.name, c.model, "0", "-", "-", "-", c.error or "no runs"])
+            rows.append([c.name, c.model, "0", "-", "-", "-", "-", c.error or "no runs"])
             continue
         a_us = statistics.median(r.a_cpu_us_per_request for r in c.runs)
         b_us = statistics.median(r.b_cpu_us_per_request for r in c.runs)
@@ -260,6 +297,7 @@ def summary_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
                 f"{a_us:.0f} / {b_us:.0f}",
                 f"{c.cpu_ratio:.3f} ({ratios[0]:.3f}-{ratios[-1]:.3f})",
                 f"{100 * (c.throughput_ratio or 0):.1f} %",
+                "-" if c.loop_ratio is None else f"{c.loop_ratio:.3f}",
                 "",
             ]
         )

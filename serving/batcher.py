@@ -17,6 +17,7 @@ is withdrawn: its rows never reach the executor.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from bisect import bisect_left
 from collections import deque
@@ -26,6 +27,8 @@ from typing import Protocol
 import numpy as np
 
 from serving.runtime import FloatArray, Prediction
+
+log = logging.getLogger("servewell.batcher")
 
 RunBatch = Callable[[FloatArray, bool], "asyncio.Future[Prediction]"]
 
@@ -221,11 +224,7 @@ class MicroBatcher:
         self._slots.in_use += 1
         self.batches += 1
         self.in_flight += 1
-        observer = self.observer
         sent = time.monotonic()
-        flagged: list[int] = []
-        if observer is not None:
-            flagged = observer.batch_sent(matrix, [sent - item.queued for item in batch])
         try:
             result = self._run(matrix, want)
         except BaseException as exc:
@@ -236,17 +235,29 @@ class MicroBatcher:
                     item.future.set_exception(exc)
             self._wake_drainers()
             return
-        result.add_done_callback(lambda done: self._deliver(batch, done, sent, flagged))
+        # Observed once the batch is on its way: the range check overlaps the inference.
+        observer = self.observer
+        flagged: list[int] = []
+        if observer is not None:
+            try:
+                flagged = observer.batch_sent(matrix, [sent - item.queued for item in batch])
+            except Exception:  # metrics must never cost a prediction
+                log.exception("batch observer failed")
+        result.add_done_callback(lambda done: self._deliver(batch, done, sent, observer, flagged))
 
     def _deliver(
         self,
         batch: list[_Pending],
         done: asyncio.Future[Prediction],
         sent: float = 0.0,
+        observer: BatchObserver | None = None,
         flagged: list[int] | None = None,
     ) -> None:
-        if self.observer is not None and not done.cancelled() and done.exception() is None:
-            self.observer.batch_done(time.monotonic() - sent)
+        if observer is not None and not done.cancelled() and done.exception() is None:
+            try:
+                observer.batch_done(time.monotonic() - sent)
+            except Exception:
+                log.exception("batch observer failed")
         self.in_flight -= 1
         self._slots.release()
         self._wake_drainers()
@@ -266,10 +277,13 @@ class MicroBatcher:
             if not item.future.done():
                 probabilities = result.probabilities
                 warnings: tuple[str, ...] = ()
-                if flagged and self.observer is not None:
+                if flagged and observer is not None:
                     first = bisect_left(flagged, start)
                     if first < len(flagged) and flagged[first] < stop:
-                        warnings = self.observer.warnings(item.rows)
+                        try:
+                            warnings = observer.warnings(item.rows)
+                        except Exception:
+                            log.exception("batch observer failed")
                 item.future.set_result(
                     Prediction(
                         result.predictions[start:stop],

@@ -127,6 +127,7 @@ _LineKey = tuple[str, str, int, str, str]
 """(method, path, status, model, version): what most lines share with many others."""
 MAX_CACHED_PARTS = 4096
 """Paths are chosen by clients: the cache of line parts is emptied when it grows beyond."""
+MAX_CACHED_PATH = 256
 
 
 class AccessLog:
@@ -144,7 +145,7 @@ class AccessLog:
         self.add = self._entries.append
         self._parts: dict[_LineKey, tuple[str, str, str]] = {}
         """Per line key, the JSON text around the request id, the latency and the rows,
-        escaped once (only the flushing thread uses it)."""
+        escaped once (used by whoever flushes: the thread, or ``stop`` once it has ended)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -186,9 +187,13 @@ class AccessLog:
         key = (method, path, status, model, version)
         parts = self._parts.get(key)
         if parts is None:
-            if len(self._parts) >= MAX_CACHED_PARTS:
-                self._parts.clear()
-            parts = self._parts[key] = _json_parts(*key)
+            parts = _json_parts(*key)
+            # Paths of answered requests repeat; those of 4xx (scans, typos) and long ones
+            # need not, and would only churn or bloat the cache.
+            if status < 400 and len(path) <= MAX_CACHED_PATH:
+                if len(self._parts) >= MAX_CACHED_PARTS:
+                    self._parts.clear()
+                self._parts[key] = parts
         head, middle, tail = parts
         if tail:
             return (

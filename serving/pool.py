@@ -181,6 +181,7 @@ class InferencePool:
         signing_key: bytes | None = None,
         policy: RuntimePolicy | None = None,
         hang_timeout: float | None = None,
+        replacement_grace: float = 30.0,
     ) -> None:
         self._store_root = str(store_root)
         self._signing_key = signing_key
@@ -192,6 +193,9 @@ class InferencePool:
         self._workers: list[_Worker] = []
         self._queue: deque[_Queued] = deque()
         self._hang_timeout = hang_timeout
+        self._replacement_grace = replacement_grace
+        """How long a first replacement may load while the pool, with no worker left, still
+        reports up (loading takes a second or two; one stuck longer is a failure)."""
         self._watchdog: asyncio.TimerHandle | None = None
         self._respawns: list[asyncio.TimerHandle] = []
         self._failed_loads = 0
@@ -244,15 +248,22 @@ class InferencePool:
         too is a crash loop, and the pool reports down until one finishes loading."""
         if self._closing or self.broken is not None:
             return False
-        return self.workers_ready > 0 or (self._failed_loads == 0 and self.replacing > 0)
+        if self.workers_ready > 0:
+            return True
+        if self._failed_loads or not self._started:
+            return False
+        now = time.monotonic()
+        return any(
+            # Dead with the death not yet read from its pipe (a replacement follows at once),
+            # or a replacement loading, for at most the grace period.
+            w.ready or now - w.started < self._replacement_grace
+            for w in self._workers
+        )
 
     @property
     def replacing(self) -> int:
-        """Workers being replaced: started after a death and still loading the models, or
-        dead with the death not yet read from their pipe (a replacement follows at once)."""
-        if not self._started:
-            return 0
-        return sum(1 for w in self._workers if not (w.ready and w.process.is_alive()))
+        """Workers short of the pool's size: dead, loading, or waiting to be started again."""
+        return self.size - self.workers_ready if self._started else 0
 
     @property
     def workers_ready(self) -> int:

@@ -12,7 +12,7 @@ from serving.store import ModelStore
 
 
 def _pair(*ratios: float) -> PairedComparison:
-    runs = tuple(PairRun(1000.0, 1000.0 / r, 200.0, 200.0 * r) for r in ratios)
+    runs = tuple(PairRun(1000.0, 1000.0 / r, 200.0, 200.0 * r, 190.0, 190.0 * r) for r in ratios)
     return PairedComparison("access log", "service_metrics", "service", "iris", 50, 3.0, runs)
 
 
@@ -24,6 +24,8 @@ def test_the_median_run_decides_and_throughput_is_its_inverse() -> None:
     assert row[:3] == ["access log", "iris", "5"]
     assert row[4] == "1.030 (0.900-1.100)"
     assert row[5] == "97.1 %"
+    assert row[6] == "1.030"  # the event-loop thread alone, here the same ratio
+    assert pair.runs[0].swapped().cpu_ratio == pytest.approx(1 / 1.10)
 
 
 def test_a_comparison_without_runs_has_no_ratio_and_says_why() -> None:
@@ -83,6 +85,7 @@ def test_two_real_servers_share_a_core_while_compared_and_are_unpinned_after(
             assert run.b_requests_per_s > 0
             assert run.a_cpu_us_per_request > 0
             assert run.b_cpu_us_per_request > 0
+            assert 0 < run.a_loop_us_per_request <= run.a_cpu_us_per_request
         assert pair.cpu_ratio is not None
         assert 0.5 < pair.cpu_ratio < 2.0  # the same app on both sides
         for server in (a, b):

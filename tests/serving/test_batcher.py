@@ -294,3 +294,36 @@ def test_flagged_rows_warn_only_the_requests_they_came_in() -> None:
         assert (await first).warnings == ()
 
     run(scenario)
+
+
+class Broken(FlagNegatives):
+    """An observer that fails at every call."""
+
+    def batch_sent(self, rows: FloatArray, waits: list[float]) -> list[int]:
+        super().batch_sent(rows, waits)
+        raise RuntimeError("observer bug")
+
+    def batch_done(self, seconds: float) -> None:
+        raise RuntimeError("observer bug")
+
+
+class BrokenWarnings(FlagNegatives):
+    def warnings(self, rows: FloatArray) -> tuple[str, ...]:
+        raise RuntimeError("observer bug")
+
+
+@pytest.mark.parametrize("observer", [Broken(), BrokenWarnings()], ids=["sent", "warnings"])
+def test_a_failing_observer_costs_no_prediction(observer: FlagNegatives) -> None:
+    async def scenario() -> None:
+        executor = Executor()
+        batcher = MicroBatcher(executor.run, Slots(1), max_rows=1000, max_delay=0.0)
+        batcher.observer = observer
+        for values in ((1.0, -2.0), (3.0,)):  # one slot: the second waits for the first
+            future = batcher.submit(rows(*values), False)
+            executor.finish(len(executor.batches) - 1)
+            result = await future
+            assert result.predictions.tolist() == [10 * v for v in values]
+            assert result.warnings == ()
+        assert batcher.idle
+
+    run(scenario)

@@ -290,6 +290,24 @@ def test_a_replacement_that_dies_while_loading_is_started_again(
     asyncio.run(scenario())
 
 
+def test_a_replacement_loading_past_the_grace_period_reports_the_pool_down(
+    trained_store: ModelStore,
+) -> None:
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1)], size=1, replacement_grace=0.0)
+        try:
+            await pool.start()
+            os.kill(pool.pids[0], signal.SIGKILL)
+            await _until(lambda: pool._workers and not pool._workers[0].ready)
+            assert (pool.up, pool.replacing) == (False, 1)  # loading longer than 0 s allows
+            await _until(lambda: pool.workers_ready == 1)
+            assert (pool.up, pool.replacing) == (True, 0)
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
 async def _load_while(url: str, stop: asyncio.Event, statuses: list[int], ready: list[int]) -> None:
     """Concurrent clients (single-row and 1000-row iris requests) and a readiness prober,
     until ``stop`` is set."""
