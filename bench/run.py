@@ -168,7 +168,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--pair-runs",
         type=int,
         help="paired runs per shared-core comparison (what metrics and the access log cost; "
-        "6, quick 2; 0: none)",
+        "8, quick 4; 0: none)",
     )
     parser.add_argument(
         "--fail-on-miss", action="store_true", help="exit 1 when a target is missed"
@@ -188,9 +188,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.runtime_budget is None:
         args.runtime_budget = 0.3 if args.quick else 0.5
     if args.pair_runs is None:
-        args.pair_runs = 2 if args.quick else 6
-    if args.pair_runs < 0 or args.pair_runs % 2:
-        parser.error("--pair-runs must be even (each server's wrk starts first as often)")
+        args.pair_runs = 4 if args.quick else 8
+    if args.pair_runs < 0 or args.pair_runs % 4:
+        parser.error(
+            "--pair-runs must be a multiple of 4: half with each instance pair, each server's "
+            "wrk starting first as often"
+        )
     return args
 
 
@@ -355,57 +358,88 @@ def _measure_rounds(
 PAIR_CONNECTIONS = 50
 """Connections to each server of a pair (both load at once: 100 in all, as the rounds)."""
 PAIR_DURATION_S = 3.0
+PAIR_ENV = {SERVICE: OBSERVED_ENV, SERVICE_METRICS: METRICS_ENV, SERVICE_QUIET: QUIET_ENV}
+PAIR_START_ORDER = [
+    (SERVICE_QUIET, 1),
+    (SERVICE_METRICS, 1),
+    (SERVICE, 1),
+    (SERVICE, 2),
+    (SERVICE_METRICS, 2),
+    (SERVICE_QUIET, 2),
+]
+"""Two instances of each server, started in mirrored order: of two identical servers, the one
+started first measured 1-2 % more CPU per request in A/A pairs, so each comparison runs once
+with the service started after its baseline and once before, and the bias cancels out."""
 
 
 def _paired(
     args: argparse.Namespace,
-    running: dict[str, servers.RunningServer | str],
+    store: Path,
     bodies: measure.Bodies,
     load: measure.Load,
+    log_dir: Path,
 ) -> list[shared_core.PairedComparison]:
     """What the access log, and metrics + access log, cost: per model, ``service`` against
-    ``service_metrics`` and against ``service_quiet``, paired on one shared core."""
+    ``service_metrics`` and against ``service_quiet``, paired on one shared core, half of the
+    runs with each instance pair. Its own fresh servers, stopped before the rounds."""
     pairs = [
         (targets.ACCESS_LOG_PAIR, SERVICE_METRICS),
         (targets.OBSERVED_PAIR, SERVICE_QUIET),
     ]
-    observed = running.get(SERVICE)
     out: list[shared_core.PairedComparison] = []
-    for model in args.models:
-        scenario = Scenario(SERVICE, model, targets.RATIO_CONNECTIONS)
-        for name, baseline in pairs:
-            base = running.get(baseline)
-            if not isinstance(observed, servers.RunningServer) or not isinstance(
-                base, servers.RunningServer
-            ):
-                why = f"{SERVICE} or {baseline} is not running"
-                out.append(
-                    shared_core.PairedComparison(
-                        name, baseline, SERVICE, model, PAIR_CONNECTIONS, 0, error=why
-                    )
-                )
+    with ExitStack() as stack:
+        running: dict[tuple[str, int], servers.RunningServer | str] = {}
+        for name, instance in PAIR_START_ORDER:
+            label = f"{name}-{instance}"
+            print(f"starting {label} (paired runs) ...", flush=True)
+            spec = servers.service_spec(store, name=label, extra_env=PAIR_ENV[name])
+            try:
+                server = servers.start(spec, log_dir, args.ready_timeout)
+            except servers.ServerError as exc:
+                running[(name, instance)] = str(exc).splitlines()[0]
                 continue
-            print(f"[paired] {name}: {baseline} vs {SERVICE}, {model} ...", flush=True)
-            comparison = shared_core.compare(
-                name,
-                base,
-                observed,
-                model=model,
-                path=scenario.path,
-                bodies_file=bodies.prepare(scenario, load.single_row_bodies),
-                wrk_path=load.wrk,
-                runs=args.pair_runs,
-                duration_s=2.0 if args.quick else PAIR_DURATION_S,
-                connections=PAIR_CONNECTIONS,
-                timeout_s=load.timeout_s,
-            )
-            ratio = comparison.throughput_ratio
-            print(
-                f"[paired] {name}, {model}: "
-                + (comparison.error or f"throughput {100 * (ratio or 0):.1f} % of {baseline}"),
-                flush=True,
-            )
-            out.append(comparison)
+            stack.callback(server.stop)
+            running[(name, instance)] = server
+        for model in args.models:
+            scenario = Scenario(SERVICE, model, targets.RATIO_CONNECTIONS)
+            for name, baseline in pairs:
+                print(f"[paired] {name}: {baseline} vs {SERVICE}, {model} ...", flush=True)
+                halves = []
+                for instance in (1, 2):
+                    base, observed = running[(baseline, instance)], running[(SERVICE, instance)]
+                    if not isinstance(base, servers.RunningServer) or not isinstance(
+                        observed, servers.RunningServer
+                    ):
+                        why = str(base if isinstance(base, str) else observed)
+                        halves.append(
+                            shared_core.PairedComparison(
+                                name, baseline, SERVICE, model, PAIR_CONNECTIONS, 0, error=why
+                            )
+                        )
+                        continue
+                    halves.append(
+                        shared_core.compare(
+                            name,
+                            base,
+                            observed,
+                            model=model,
+                            path=scenario.path,
+                            bodies_file=bodies.prepare(scenario, load.single_row_bodies),
+                            wrk_path=load.wrk,
+                            runs=args.pair_runs // 2,
+                            duration_s=2.0 if args.quick else PAIR_DURATION_S,
+                            connections=PAIR_CONNECTIONS,
+                            timeout_s=load.timeout_s,
+                        )
+                    )
+                comparison = shared_core.combine(halves)
+                ratio = comparison.throughput_ratio
+                print(
+                    f"[paired] {name}, {model}: "
+                    + (comparison.error or f"throughput {100 * (ratio or 0):.1f} % of {baseline}"),
+                    flush=True,
+                )
+                out.append(comparison)
     return out
 
 
@@ -557,13 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         timings, runtimes_error = _runtimes(args, store)
         names = [n for n in SERVERS if any(s.server == n for s in scenarios)]
         pairing = args.pair_runs > 0 and SERVICE in names and SERVICE_QUIET in names
-        if pairing:
-            names.append(SERVICE_METRICS)
+        # The pairs first, on their own fresh servers, before anything else loads the box.
+        paired = _paired(args, store_path, bodies, load, Path(tmp)) if pairing else []
         running = _start_servers(names, args, store_path, stack, Path(tmp))
         served = _served_runtimes(running, args.models)
-        # The pairs first, while every server is fresh: a server that has just been through
-        # the c=1000 runs measured a few per cent slower per request than a fresh twin.
-        paired = _paired(args, running, bodies, load) if pairing else []
         outcomes = _measure_rounds(scenarios, running, bodies, load, args.rounds, expected)
         stack.close()  # stop the servers now, to see what they leave behind
     run = report.Run(

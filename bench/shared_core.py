@@ -278,6 +278,19 @@ def _pair_run(
     )
 
 
+def combine(halves: Sequence[PairedComparison]) -> PairedComparison:
+    """One comparison from several (the same pair of settings on different instances): all
+    their runs; an error if any failed."""
+    first = halves[0]
+    errors = [h.error for h in halves if h.error is not None]
+    if errors:
+        return _with_error(first, "; ".join(errors))
+    runs = tuple(r for h in halves for r in h.runs)
+    return PairedComparison(
+        first.name, first.a, first.b, first.model, first.connections, first.duration_s, runs
+    )
+
+
 def summary_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
     """Table rows: comparison, model, runs, A and B µs per request (medians), the CPU ratio
     (and its range), the throughput ratio, the event-loop-thread ratio, and an error."""

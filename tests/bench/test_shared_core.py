@@ -93,3 +93,12 @@ def test_two_real_servers_share_a_core_while_compared_and_are_unpinned_after(
     finally:
         a.stop()
         b.stop()
+
+
+def test_halves_on_two_instance_pairs_combine_into_one_comparison() -> None:
+    first, second = _pair(1.02, 1.04), _pair(1.06, 1.08)
+    both = shared_core.combine([first, second])
+    assert len(both.runs) == 4
+    assert both.cpu_ratio == pytest.approx(1.05)
+    failed = PairedComparison("access log", "a", "b", "iris", 50, 3.0, error="b-2 died")
+    assert shared_core.combine([first, failed]).error == "b-2 died"
