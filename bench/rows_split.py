@@ -32,7 +32,6 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -158,12 +157,9 @@ def _split_model(
     want_probabilities: bool,
     settings: Settings,
 ) -> list[Split]:
-    version = store.production(name) or store.versions(name)[-1]
+    version = workload.served_version(store, name)
     manifest = store.manifest(name, version)
-    body = workload.rows_body(workload.sample_rows(manifest, rows, seed=1))
-    if want_probabilities:
-        body = body[:-1] + ',"return_probabilities":true}'
-    raw = body.encode()
+    raw = _body(manifest, rows, want_probabilities)
     parse = _parser(manifest, max(rows, settings.max_request_rows))
     encoded, want = parse(raw)
     drift = DriftTracker(settings.drift_window_rows)
@@ -221,25 +217,24 @@ def measure(
     import sklearn
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    sklearn.set_config(assume_finite=True)  # as in a pool worker
-    threadpool_limits(settings.runtime_policy().onnx_threads)  # as in a pool worker
     out: list[Split] = []
-    for name in names:
-        out += _split_model(store, name, rows, repeats, want_probabilities, settings)
+    # As in a pool worker: its thread budget, scikit-learn's finiteness re-check off.
+    threads = settings.runtime_policy().onnx_threads
+    with threadpool_limits(threads), sklearn.config_context(assume_finite=True):
+        for name in names:
+            out += _split_model(store, name, rows, repeats, want_probabilities, settings)
     return out
 
 
+def _body(manifest: Manifest, rows: int, want_probabilities: bool) -> bytes:
+    """The ``rows`` request both the in-process split and the real service are timed with."""
+    body = workload.rows_body(workload.sample_rows(manifest, rows, seed=1))
+    if want_probabilities:
+        body = body[:-1] + ',"return_probabilities":true}'
+    return body.encode()
+
+
 # -- the real service, one runtime at a time -------------------------------------------------
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in found.stdout.split()]
 
 
 def serve(
@@ -261,11 +256,8 @@ def serve(
             port = server.port
             model_store = ModelStore(store)
             for name in names:
-                manifest = model_store.manifest(name, model_store.production(name) or 1)
-                payload: dict[str, Any] = {"rows": workload.sample_rows(manifest, rows, seed=1)}
-                if want_probabilities:
-                    payload["return_probabilities"] = True
-                body = json.dumps(payload, separators=(",", ":")).encode()
+                version = workload.served_version(model_store, name)
+                body = _body(model_store.manifest(name, version), rows, want_probabilities)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
                 def once(
@@ -279,16 +271,15 @@ def serve(
 
                 for _ in range(3):
                     once()
-                pids = [server.process.pid, *_children(server.process.pid)]
-                before = [_cpu_s(p) for p in pids]
+                main_before, all_before = server.main_cpu_seconds(), server.cpu_seconds()
                 times = []
                 for _ in range(requests):
                     start = time.perf_counter()
                     once()
                     times.append(time.perf_counter() - start)
-                after = [_cpu_s(p) for p in pids]
-                spent = [(b - a) * 1e3 / requests for a, b in zip(before, after, strict=True)]
-                out[name] = (statistics.median(times) * 1e3, spent[0], sum(spent[1:]))
+                main_ms = (server.main_cpu_seconds() - main_before) * 1e3 / requests
+                all_ms = (server.cpu_seconds() - all_before) * 1e3 / requests
+                out[name] = (statistics.median(times) * 1e3, main_ms, all_ms - main_ms)
                 conn.close()
         finally:
             server.stop()

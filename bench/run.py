@@ -24,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -297,22 +298,28 @@ def _start_servers(
     """Every server the plan needs, running side by side (idle ones cost no CPU), or why not."""
     running: dict[str, servers.RunningServer | str] = {}
     for name in names:
-        print(f"starting {name} ...", flush=True)
-        server: servers.RunningServer
-        try:
-            if name == RAY:
-                server = ray_serve.start(store, log_dir, args.ready_timeout, args.ray_config)
-            else:
-                server = servers.start(
-                    _spec(name, store, args.models, args.backlog), log_dir, args.ready_timeout
-                )
-        except servers.ServerError as exc:
-            print(str(exc), file=sys.stderr)
-            running[name] = str(exc).splitlines()[0]
-            continue
-        stack.callback(server.stop)
-        running[name] = server
+        start: Callable[[], servers.RunningServer]
+        if name == RAY:
+            start = partial(ray_serve.start, store, log_dir, args.ready_timeout, args.ray_config)
+        else:
+            spec = _spec(name, store, args.models, args.backlog)
+            start = partial(servers.start, spec, log_dir, args.ready_timeout)
+        running[name] = _start_one(name, start, stack)
     return running
+
+
+def _start_one(
+    label: str, start: Callable[[], servers.RunningServer], stack: ExitStack
+) -> servers.RunningServer | str:
+    """A started server (stopped with ``stack``), or the first line of why it did not start."""
+    print(f"starting {label} ...", flush=True)
+    try:
+        server: servers.RunningServer = start()
+    except servers.ServerError as exc:
+        print(str(exc), file=sys.stderr)
+        return str(exc).splitlines()[0]
+    stack.callback(server.stop)
+    return server
 
 
 def _measure_rounds(
@@ -358,15 +365,8 @@ def _measure_rounds(
 PAIR_CONNECTIONS = 50
 """Connections to each server of a pair (both load at once: 100 in all, as the rounds)."""
 PAIR_DURATION_S = 3.0
-PAIR_ENV = {SERVICE: OBSERVED_ENV, SERVICE_METRICS: METRICS_ENV, SERVICE_QUIET: QUIET_ENV}
-PAIR_START_ORDER = [
-    (SERVICE_QUIET, 1),
-    (SERVICE_METRICS, 1),
-    (SERVICE, 1),
-    (SERVICE, 2),
-    (SERVICE_METRICS, 2),
-    (SERVICE_QUIET, 2),
-]
+PAIR_SERVERS = (SERVICE_QUIET, SERVICE_METRICS, SERVICE)
+PAIR_START_ORDER = [(n, 1) for n in PAIR_SERVERS] + [(n, 2) for n in reversed(PAIR_SERVERS)]
 """Two instances of each server, started in mirrored order: of two identical servers, the one
 started first measured 1-2 % more CPU per request in A/A pairs, so each comparison runs once
 with the service started after its baseline and once before, and the bias cancels out."""
@@ -390,27 +390,22 @@ def _paired(
     with ExitStack() as stack:
         running: dict[tuple[str, int], servers.RunningServer | str] = {}
         for name, instance in PAIR_START_ORDER:
-            label = f"{name}-{instance}"
-            print(f"starting {label} (paired runs) ...", flush=True)
-            spec = servers.service_spec(store, name=label, extra_env=PAIR_ENV[name])
-            try:
-                server = servers.start(spec, log_dir, args.ready_timeout)
-            except servers.ServerError as exc:
-                running[(name, instance)] = str(exc).splitlines()[0]
-                continue
-            stack.callback(server.stop)
-            running[(name, instance)] = server
+            spec = replace(_spec(name, store, args.models, args.backlog), name=f"{name}-{instance}")
+            running[(name, instance)] = _start_one(
+                f"{spec.name} (paired runs)",
+                partial(servers.start, spec, log_dir, args.ready_timeout),
+                stack,
+            )
         for model in args.models:
             scenario = Scenario(SERVICE, model, targets.RATIO_CONNECTIONS)
+            bodies_file = bodies.prepare(scenario, load.single_row_bodies)
             for name, baseline in pairs:
                 print(f"[paired] {name}: {baseline} vs {SERVICE}, {model} ...", flush=True)
                 halves = []
                 for instance in (1, 2):
                     base, observed = running[(baseline, instance)], running[(SERVICE, instance)]
-                    if not isinstance(base, servers.RunningServer) or not isinstance(
-                        observed, servers.RunningServer
-                    ):
-                        why = str(base if isinstance(base, str) else observed)
+                    if isinstance(base, str) or isinstance(observed, str):
+                        why = base if isinstance(base, str) else str(observed)
                         halves.append(
                             shared_core.PairedComparison(
                                 name, baseline, SERVICE, model, PAIR_CONNECTIONS, 0, error=why
@@ -424,7 +419,7 @@ def _paired(
                             observed,
                             model=model,
                             path=scenario.path,
-                            bodies_file=bodies.prepare(scenario, load.single_row_bodies),
+                            bodies_file=bodies_file,
                             wrk_path=load.wrk,
                             runs=args.pair_runs // 2,
                             duration_s=2.0 if args.quick else PAIR_DURATION_S,

@@ -22,7 +22,7 @@ import os
 import statistics
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import wrk
@@ -114,21 +114,21 @@ def _tasks(pid: int) -> list[int]:
 def _pin(pid: int, allowed: set[int]) -> None:
     """Every thread of ``pid`` (a process's affinity is per thread)."""
     for tid in _tasks(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.sched_setaffinity(tid, allowed)
+        _pin_thread(tid, allowed)
 
 
 def pin_server(server: RunningServer, loop_cpu: int, others: set[int]) -> None:
     """The server's event-loop thread on ``loop_cpu``; its other threads (the access log's
     writer) and its workers on ``others``, where an unpinned deployment's scheduler can put
     them too. Their CPU time still counts: it is read for the whole process."""
-    main = server.process.pid
-    for tid in _tasks(main):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.sched_setaffinity(tid, {loop_cpu} if tid == main else others)
     for pid in server.members():
-        if pid != main:
-            _pin(pid, others)
+        _pin(pid, others)
+    _pin_thread(server.process.pid, {loop_cpu})  # the main thread's id is the process's
+
+
+def _pin_thread(tid: int, allowed: set[int]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.sched_setaffinity(tid, allowed)
 
 
 def unpin_server(server: RunningServer) -> None:
@@ -157,7 +157,7 @@ def compare(
     result = PairedComparison(name, a.spec.name, b.spec.name, model, connections, duration_s)
     available = cpus()
     if len(available) < 2:
-        return _with_error(result, "needs 2 CPUs: one for both event loops, one for the rest")
+        return replace(result, error="needs 2 CPUs: one for both event loops, one for the rest")
     loop_cpu, others = available[0], set(available[1:])
     measured: list[PairRun] = []
     try:
@@ -185,25 +185,11 @@ def compare(
             if i > 0:
                 measured.append(run)
     except wrk.WrkError as exc:
-        return _with_error(result, str(exc))
+        return replace(result, error=str(exc))
     finally:
         for server in (a, b):
             unpin_server(server)
-    return PairedComparison(
-        name, a.spec.name, b.spec.name, model, connections, duration_s, tuple(measured)
-    )
-
-
-def _with_error(result: PairedComparison, error: str) -> PairedComparison:
-    return PairedComparison(
-        result.name,
-        result.a,
-        result.b,
-        result.model,
-        result.connections,
-        result.duration_s,
-        error=error,
-    )
+    return replace(result, runs=tuple(measured))
 
 
 def _pair_run(
@@ -284,11 +270,8 @@ def combine(halves: Sequence[PairedComparison]) -> PairedComparison:
     first = halves[0]
     errors = [h.error for h in halves if h.error is not None]
     if errors:
-        return _with_error(first, "; ".join(errors))
-    runs = tuple(r for h in halves for r in h.runs)
-    return PairedComparison(
-        first.name, first.a, first.b, first.model, first.connections, first.duration_s, runs
-    )
+        return replace(first, runs=(), error="; ".join(errors))
+    return replace(first, runs=tuple(r for h in halves for r in h.runs))
 
 
 def summary_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:

@@ -175,7 +175,6 @@ def main() -> None:
                 http=CoalescingHttpToolsProtocol,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
                 timeout_keep_alive=settings.timeout_keep_alive_s,
-                h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
                 limit_concurrency=settings.limit_concurrency,
                 backlog=settings.backlog,
             )

@@ -47,10 +47,10 @@ from serving.disconnect import ClientGoneError, unless_disconnected
 from serving.errors import ErrorDetail, OverloadedError, ServingError
 from serving.exception_handlers import (
     error_response,
+    internal_error_response,
     is_v2,
-    serving_error_response,
+    protocol_error_response,
     v2_error_response,
-    v2_serving_error_response,
 )
 from serving.observability import Observability
 from serving.oip.http import infer_headers, response_headers
@@ -300,14 +300,14 @@ class Edge:
             if not hot:
                 raise  # the app's response had begun: nothing more can be sent
             log.exception("unexpected error on %s %s", method, path)
-            status = await _send_response(send, _internal_error(path), stamp)
+            status = await _send_response(send, internal_error_response(path), stamp)
         finally:
             if ticket is not None:
                 ticket.release()
             seconds = time.perf_counter() - start
             if metrics is not None:
                 metrics.in_flight_now -= 1
-                endpoint = table.endpoint_of(path) if hot and table else _endpoint(scope, info)
+                endpoint = table.endpoint_of(path) if hot and table else _endpoint(scope)
                 metrics.request_done(info.model, info.version, endpoint, status, seconds)
             if self.access is not None:
                 self.access.add(
@@ -336,9 +336,7 @@ class Edge:
         try:
             ticket = self.shedder.admit(length, served.batcher if served is not None else None)
         except OverloadedError as shed:
-            if is_v2(path):
-                raise _Refusal(v2_serving_error_response(shed, path)) from None
-            raise _Refusal(serving_error_response(shed, path)) from None
+            raise _Refusal(protocol_error_response(shed, path, path)) from None
         current_ticket.set(ticket)
         return ticket
 
@@ -375,10 +373,8 @@ class Edge:
         except ClientGoneError:
             return 499
         except ServingError as exc:
-            where = f"POST {path}"
-            if table is self.infer:
-                return await _send_response(send, v2_serving_error_response(exc, where), stamp)
-            return await _send_response(send, serving_error_response(exc, where), stamp)
+            response = protocol_error_response(exc, path, f"POST {path}")
+            return await _send_response(send, response, stamp)
         await _send(send, 200, headers, payload)
         return 200
 
@@ -407,8 +403,8 @@ class Edge:
             if _expired(watcher, task):
                 raise self._slow_body(path, deadline.seconds) from None
             raise
-        # The sweeper only cancels while the task awaits receive(): that raised if it did.
-        watcher.release(task)
+        finally:  # on every way out: a watched task left behind would be cancelled later
+            watcher.release(task)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- everything else --------------------------------------------------------------------
@@ -469,7 +465,7 @@ class Edge:
             if started:
                 raise
             log.exception("unexpected error on %s %s", scope["method"], path)
-            return await _send_response(send, _internal_error(path), stamp)
+            return await _send_response(send, internal_error_response(path), stamp)
         finally:
             if watcher is not None:
                 watcher.release(task)
@@ -485,7 +481,7 @@ def _expired(watcher: Sweeper, task: asyncio.Task[Any]) -> bool:
     return False
 
 
-def _endpoint(scope: Scope, info: RequestInfo) -> str:
+def _endpoint(scope: Scope) -> str:
     """A bounded label: the route's path template, ``unmatched`` for paths no route knows."""
     route = scope.get("route")
     path = getattr(route, "path", None)
@@ -497,9 +493,3 @@ def _endpoint(scope: Scope, info: RequestInfo) -> str:
             return "/models/{name}/versions/{version}/predict"
         return "/models/{name}/predict"
     return path
-
-
-def _internal_error(path: str) -> Response:
-    if is_v2(path):
-        return v2_error_response(500, "internal server error")
-    return error_response(500, "internal_error", "internal server error")

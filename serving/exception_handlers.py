@@ -138,9 +138,7 @@ def v2_serving_error_response(exc: ServingError, where: str) -> Response:
 def serving_error_response(exc: ServingError, where: str) -> Response:
     """The response for a domain error; ``where`` (method and path) is only for the log."""
     status = _status_of(exc)
-    # Shedding is the service working as designed: under overload it would flood the log.
-    if status >= 500 and not isinstance(exc, OverloadedError | DeadlineExceededError):
-        log.warning("%s: %s", where, exc)
+    _log_failure(status, exc, where)
     details = exc.details if isinstance(exc, InvalidInputError) else ()
     message = exc.message if isinstance(exc, InvalidInputError) else str(exc)
     headers = None
@@ -150,11 +148,31 @@ def serving_error_response(exc: ServingError, where: str) -> Response:
     return error_response(status, exc.type, message, details, headers)
 
 
+def _log_failure(status: int, exc: ServingError, where: str) -> None:
+    # Shedding is the service working as designed: under overload it would flood the log.
+    if status >= 500 and not isinstance(exc, OverloadedError | DeadlineExceededError):
+        log.warning("%s: %s", where, exc)
+
+
+def protocol_error_response(exc: ServingError, path: str, where: str) -> Response:
+    """A domain error in the shape of the path's protocol (the Open Inference Protocol's
+    under ``/v2``, the service's own elsewhere)."""
+    if is_v2(path):
+        return v2_serving_error_response(exc, where)
+    return serving_error_response(exc, where)
+
+
+def internal_error_response(path: str) -> Response:
+    """A 500 that says nothing of the cause (it is logged), in the path's protocol's shape."""
+    if is_v2(path):
+        return v2_error_response(500, "internal server error")
+    return error_response(500, "internal_error", "internal server error")
+
+
 async def _serving_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
-    if is_v2(request.url.path):
-        return v2_serving_error_response(exc, f"{request.method} {request.url.path}")
-    return serving_error_response(exc, f"{request.method} {request.url.path}")
+    path = request.url.path
+    return protocol_error_response(exc, path, f"{request.method} {path}")
 
 
 def _loc(loc: Sequence[Any]) -> tuple[str | int, ...]:
@@ -185,9 +203,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    if is_v2(request.url.path):
-        return v2_error_response(500, "internal server error")
-    return error_response(500, "internal_error", "internal server error")
+    return internal_error_response(request.url.path)
 
 
 def install(app: FastAPI) -> None:

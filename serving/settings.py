@@ -168,10 +168,6 @@ class Settings(BaseSettings):
     timeout_keep_alive_s: int = Field(default=5, ge=1)
     """An idle keep-alive connection is closed after this many seconds."""
 
-    h11_max_incomplete_event_size: int = Field(default=64 * 1024, ge=1024)
-    """Largest request line plus headers (bytes) accepted before the body, when uvicorn
-    runs its h11 parser (httptools, the default when installed, has its own limits)."""
-
     limit_concurrency: int | None = Field(default=None, ge=1)
     """Most connections (plus requests) served at once; beyond it uvicorn answers 503 at once.
     Unset: no limit (admission per model bounds the work instead)."""
