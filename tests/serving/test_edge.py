@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from serving.admission import _SWEEPERS
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
 
@@ -98,6 +99,8 @@ def test_chunked_bodies_over_the_limit_are_413_on_served_and_routed_paths(
         headers={"authorization": f"Bearer {TOKEN}"},
     )
     assert "limit" in _v2_error(routed, 413)
+    # Neither refused request is left for the deadline sweeper (it would cancel it later).
+    assert all(not s.watched and not s.expired for s in _SWEEPERS.values())
     # The service goes on answering.
     ok = http.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
     assert ok.status_code == 200, ok.text
