@@ -90,7 +90,8 @@ async def _load_across_swaps(url: str, store: ModelStore, new_version: int) -> d
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=1.0)
     async with (
         httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client,
-        httpx.AsyncClient(base_url=url, timeout=60, headers=AUTH) as admin,
+        # The admin client's connection idles through a whole phase: the same expiry.
+        httpx.AsyncClient(base_url=url, timeout=60, headers=AUTH, limits=limits) as admin,
     ):
 
         async def user() -> None:
