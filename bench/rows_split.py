@@ -9,10 +9,11 @@ two pipe stages):
   feature is numeric, else the schema and the row encoder), in the event loop;
 * ``drift``: the out-of-range check of the request path plus the background pass that windows
   and counts the rows, in the event loop;
-* ``to worker``: the batch message through a real pipe (pickle, copy, unpickle);
-* ``predict``: ``LoadedModel.predict`` as a pool worker runs it (scikit-learn's finiteness
+* ``to worker``: the batch through a real socketpair as the pool sends it (a large one
+  through shared memory, ``serving.shared_arrays``);
+* ``predict``: ``LoadedModel.predict_coded`` as a pool worker runs it (scikit-learn's finiteness
   re-check off, the policy's thread budget for both runtimes);
-* ``to loop``: the reply through a pipe;
+* ``to loop``: the reply the same way back, labels looked up from their positions;
 * ``respond``: the non-finite check and the JSON body of the response, in the event loop.
 
 Their sum is what one request costs without HTTP. With ``--serve``, the real service is also
@@ -53,6 +54,7 @@ from serving.drift import DriftTracker  # noqa: E402
 from serving.runtime import FloatArray, LoadedModel, RuntimePolicy, load  # noqa: E402
 from serving.schemas import build_request_model  # noqa: E402
 from serving.settings import Settings  # noqa: E402
+from serving.shared_arrays import REGION, Inbox, Outbox  # noqa: E402
 from serving.store import FeatureKind, Manifest, ModelStore  # noqa: E402
 
 STAGES = ("parse", "drift", "to worker", "predict", "to loop", "respond")
@@ -119,24 +121,38 @@ def _parser(manifest: Manifest, max_rows: int) -> Callable[[bytes], tuple[FloatA
     return parse
 
 
-def _pipe_ms(message: Any, repeats: int) -> float:
-    """One message through a multiprocessing pipe, as between the loop and a worker."""
+def _transfer_ms(values: tuple[Any, ...], repeats: int, *, copy: bool, labels: Any = None) -> float:
+    """``values`` from one process end of a socketpair to the other as the pool sends them
+    (large arrays through the sender's shared region, serving.shared_arrays) and reads them
+    (a view of the region, or a copy with ``copy``; with ``labels``, the first value holds
+    label positions, looked up as the event loop does)."""
     context = multiprocessing.get_context("spawn")
     sender, receiver = context.Pipe(duplex=True)
+    outbox, inbox = Outbox(sender), Inbox()
     done = threading.Event()
     received: list[Any] = []
 
     def read() -> None:
         while not done.is_set():
-            if receiver.poll(0.1):
-                received.append(receiver.recv())
+            if not receiver.poll(0.1):
+                continue
+            message = receiver.recv()
+            if message[0] == REGION:
+                inbox.attach(receiver, message[1])
+                continue
+            first, rest = message[1], message[2:]
+            if labels is None:
+                first = inbox.unpack(first, copy=copy)
+            else:  # the lookup makes a new array: nothing to copy first
+                first = labels.take(inbox.unpack(first, copy=False), axis=0)
+            received.append((first, *(inbox.unpack(v, copy=copy) for v in rest)))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
 
     def once() -> None:
         count = len(received)
-        sender.send(message)
+        sender.send(("message", *outbox.pack(*values)))
         while len(received) == count:
             time.sleep(0)
 
@@ -174,7 +190,7 @@ def _split_model(
     shared = {
         "parse": _median_ms(lambda: parse(raw), repeats),
         "drift": _median_ms(observe, repeats),
-        "to worker": _pipe_ms((0, (name, version), encoded, want), repeats),
+        "to worker": _transfer_ms((encoded,), repeats, copy=False),
     }
     threads = settings.runtime_policy().onnx_threads
     models: list[LoadedModel] = []
@@ -183,7 +199,7 @@ def _split_model(
         loaded = load(store, name, version, policy)
         if not prefer_onnx or loaded.runtime == "onnx":
             models.append(loaded)
-    predicts = _interleaved_ms([partial(m.predict, encoded, want) for m in models], repeats)
+    predicts = _interleaved_ms([partial(m.predict_coded, encoded, want) for m in models], repeats)
     keys = [_class_key(c) for c in manifest.target.classes or []]
     out = []
     for model, predict_ms in zip(models, predicts, strict=True):
@@ -194,11 +210,17 @@ def _split_model(
             _refuse_non_finite(prediction)
             result.to_json()
 
-        reply = (0, True, prediction.predictions, prediction.probabilities)
+        values, probabilities, indexed = model.predict_coded(encoded, want)
+        to_loop = _transfer_ms(
+            (values, probabilities),
+            repeats,
+            copy=True,
+            labels=model.labels if indexed else None,
+        )
         stages = {
             **shared,
             "predict": predict_ms,
-            "to loop": _pipe_ms(reply, repeats),
+            "to loop": to_loop,
             "respond": _median_ms(respond, repeats),
         }
         out.append(Split(name, model.runtime, rows, stages, extra={"body_bytes": len(raw)}))

@@ -190,26 +190,35 @@ class OnnxModel:
                 feed[name] = column.astype(np.float64).reshape(-1, 1)
         return feed
 
-    def predict_both(
+    @property
+    def labels(self) -> npt.NDArray[Any] | None:
+        """What the class indices of :meth:`predict_indexed` stand for (None: a regressor)."""
+        return self._label_values
+
+    def predict_indexed(
         self, X: Any, want_probabilities: bool = True
-    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64] | None]:
-        """Labels (or values) and, for classifiers, probabilities from one session run
-        (None instead of the probabilities when they are not wanted and labels do not need
-        them)."""
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64] | None, bool]:
+        """Like :meth:`predict_both`, but classifier labels as their positions in
+        :attr:`labels` where the graph gives those (the third value says so): a position
+        crosses a process boundary as a number, a label as an object to pickle."""
         feed = self._feed(X)
         if self.task == Task.REGRESSION:
             out = self._session.run(self._outputs[:1], feed)
-            return np.asarray(out[0], dtype=np.float64).ravel(), None
+            return np.asarray(out[0], dtype=np.float64).ravel(), None, False
         values = self._label_values
         if self._argmax_labels and values is not None:
             (scores,) = self._session.run(self._outputs[1:2], feed)
             probabilities = np.asarray(scores, dtype=np.float64)
-            return values[np.argmax(probabilities, axis=1)], probabilities
+            return np.argmax(probabilities, axis=1), probabilities, True
         if self._label_from is not None and values is not None:
             names = [self._label_from, *(self._outputs[1:2] if want_probabilities else [])]
             out = self._session.run(names, feed)
-            labels = values[np.asarray(out[0], dtype=np.intp).ravel()]
-            return labels, (np.asarray(out[1], dtype=np.float64) if want_probabilities else None)
+            index = np.asarray(out[0], dtype=np.intp).ravel()
+            return (
+                index,
+                (np.asarray(out[1], dtype=np.float64) if want_probabilities else None),
+                True,
+            )
         out = self._session.run(self._outputs[:2], feed)
         probabilities = np.asarray(out[1], dtype=np.float64)
         labels = np.asarray(out[0]).ravel()
@@ -218,7 +227,19 @@ class OnnxModel:
             labels = labels.astype(self.classes_.dtype)
         else:
             labels = labels.astype(object)
-        return labels, probabilities
+        return labels, probabilities, False
+
+    def predict_both(
+        self, X: Any, want_probabilities: bool = True
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64] | None]:
+        """Labels (or values) and, for classifiers, probabilities from one session run
+        (None instead of the probabilities when they are not wanted and labels do not need
+        them)."""
+        values, probabilities, indexed = self.predict_indexed(X, want_probabilities)
+        if indexed:
+            assert self._label_values is not None
+            values = self._label_values[values]
+        return values, probabilities
 
     def predict(self, X: Any) -> npt.NDArray[Any]:
         return self.predict_both(X)[0]

@@ -2,8 +2,10 @@
 
 Each worker is a ``spawn``-ed process that loads every served model once at start (verifying
 its sha256 through the store before unpickling) and then answers batches sent over its own
-pipe: ``(task id, (name, version), float64 rows)`` in, arrays out. Models are never pickled
-per request. Control messages ``("load" | "unload", task id, key)`` change a running worker's
+socketpair: ``(task id, (name, version), float64 rows)`` in, arrays out (a classifier's labels
+as their positions in its classes, looked up here: numbers cross, not one object per row).
+Large arrays travel through shared memory instead of the socket (serving.shared_arrays), so
+writing a big batch does not block the event loop. Models are never pickled per request. Control messages ``("load" | "unload", task id, key)`` change a running worker's
 models (hot swap); a worker started later, e.g. after a crash, loads the current set.
 The parent reads replies with ``loop.add_reader`` (no helper threads), sends work
 only to idle workers and queues the rest, and on close stops every worker it started, so no
@@ -39,6 +41,7 @@ import numpy as np
 
 from serving.errors import InferenceError, NotReadyError, WorkerLostError
 from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName, RuntimePolicy, load
+from serving.shared_arrays import REGION, Inbox, Outbox
 from serving.store import ModelStore
 
 log = logging.getLogger("servewell.pool")
@@ -78,24 +81,40 @@ def _worker_main(
         except Exception as exc:
             failed[key] = f"{type(exc).__name__}: {exc}"
     runtimes = {key: model.runtime for key, model in models.items()}
-    conn.send(("ready", os.getpid(), failed, runtimes))
+    labels = {key: model.labels for key, model in models.items()}
+    conn.send(("ready", os.getpid(), failed, runtimes, labels))
+    inbox, outbox = Inbox(), Outbox(conn)
     while True:
         try:
             message = conn.recv()
+            if message is None:
+                return
+            if message[0] == REGION:
+                inbox.attach(conn, message[1])
+                continue
+            if message[0] in _CONTROL:
+                conn.send(_control(message, models, store, policy))
+                continue
+            conn.send(_predict(message, models, inbox, outbox))
         except (EOFError, OSError):
             return  # the parent is gone
-        if message is None:
-            return
-        if message[0] in _CONTROL:
-            conn.send(_control(message, models, store, policy))
-            continue
-        task_id, key, rows, want_probabilities = message
-        try:
-            result = models[key].predict(rows, want_probabilities)
-            reply: tuple[Any, ...] = (task_id, True, result.predictions, result.probabilities)
-        except Exception as exc:
-            reply = (task_id, False, f"{type(exc).__name__}: {exc}", None)
-        conn.send(reply)
+
+
+def _predict(
+    message: tuple[Any, ...], models: dict[ModelKey, LoadedModel], inbox: Inbox, outbox: Outbox
+) -> tuple[Any, ...]:
+    """Run one batch; reply ``(task id, True, values, probabilities, indexed)`` (values are
+    label positions in the model's ``labels`` when ``indexed``), or ``(task id, False,
+    reason, None, False)``."""
+    task_id, key, rows, want_probabilities = message
+    try:
+        # A view of the shared region: valid until the parent writes again, which it does
+        # only after this reply.
+        rows = inbox.unpack(rows, copy=False)
+        values, probabilities, indexed = models[key].predict_coded(rows, want_probabilities)
+    except Exception as exc:
+        return (task_id, False, f"{type(exc).__name__}: {exc}", None, False)
+    return (task_id, True, *outbox.pack(values, probabilities), indexed)
 
 
 _CONTROL = ("load", "unload")
@@ -127,16 +146,18 @@ def _control(
     store: ModelStore,
     policy: RuntimePolicy,
 ) -> tuple[Any, ...]:
-    """Load or unload one model in a running worker; reply ``("control", id, ok, payload)``."""
+    """Load or unload one model in a running worker; reply ``("control", id, ok, payload,
+    labels)``: the runtime (or why not) and, once loaded, ``{key: what its label positions
+    stand for}``."""
     op, task_id, key = message
     if op == "unload":
         models.pop(key, None)
-        return ("control", task_id, True, None)
+        return ("control", task_id, True, None, {})
     try:
         models[key] = _load_warm(store, key, policy)
     except Exception as exc:
-        return ("control", task_id, False, f"{type(exc).__name__}: {exc}")
-    return ("control", task_id, True, models[key].runtime)
+        return ("control", task_id, False, f"{type(exc).__name__}: {exc}", {})
+    return ("control", task_id, True, models[key].runtime, {key: models[key].labels})
 
 
 class _Queued:
@@ -160,6 +181,10 @@ class _Worker:
         self.started = time.monotonic()
         self.pid: int | None = None
         self.job: tuple[int, asyncio.Future[Any]] | None = None
+        self.outbox = Outbox(conn)
+        """Where large batches go for this worker to read (serving.shared_arrays)."""
+        self.inbox = Inbox()
+        """Where this worker puts large results."""
         self.batch: _Queued | None = None
         """The predict batch it is running (``job`` covers control messages too)."""
         self.sent = 0.0
@@ -209,6 +234,8 @@ class InferencePool:
         """Models some worker could not load, with the reason."""
         self.runtimes: dict[ModelKey, RuntimeName] = {}
         """The runtime each loaded model runs on in the workers."""
+        self._labels: dict[ModelKey, Any] = {}
+        """What the label positions workers answer with stand for, per classifier."""
         self.restarts = 0
         """Workers replaced after they died or hung."""
         self.retried_batches = 0
@@ -341,6 +368,7 @@ class InferencePool:
         self.runtimes.pop(key, None)
         self.failed.pop(key, None)
         await self._broadcast("unload", key)
+        self._labels.pop(key, None)
 
     async def _broadcast(self, op: str, key: ModelKey) -> list[tuple[bool, Any]]:
         """Send a control message to every worker; each answers ``(ok, runtime or reason)``.
@@ -365,9 +393,13 @@ class InferencePool:
         self._send(worker, queued.message, queued.future)
 
     def _send(self, worker: _Worker, job: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
-        worker.job = (job[1] if job[0] in _CONTROL else job[0], future)
+        control = job[0] in _CONTROL
+        worker.job = (job[1] if control else job[0], future)
         worker.sent = time.monotonic()
         try:
+            if not control:  # a batch: large rows go through shared memory
+                task_id, key, rows, want = job
+                job = (task_id, key, *worker.outbox.pack(rows), want)
             worker.conn.send(job)
         except (OSError, ValueError):
             self._on_death(worker)
@@ -414,31 +446,56 @@ class InferencePool:
             self._on_death(worker)
 
     def _on_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        if message[0] == REGION:
+            worker.inbox.attach(worker.conn, message[1])
+            return
         if message[0] == "ready":
             worker.ready = True
             worker.pid = message[1]
             for key, reason in message[2].items():
                 self.failed.setdefault(key, reason)
             self.runtimes.update(message[3])
+            self._labels.update(message[4])
             self._failed_loads = 0
             self._wake_starters()
         elif message[0] == "control":
-            _, task_id, ok, payload = message
+            _, task_id, ok, payload, labels = message
+            self._labels.update(labels)
             job, worker.job = worker.job, None
             if job is not None and job[0] == task_id and not job[1].done():
                 job[1].set_result((ok, payload))
                 if not ok:
                     log.error("worker %s could not load a model: %s", worker.pid, payload)
         else:
-            task_id, ok, payload, probabilities = message
+            task_id, ok, payload, probabilities, indexed = message
             job, worker.job = worker.job, None
-            worker.batch = None
+            batch, worker.batch = worker.batch, None
             if job is not None and job[0] == task_id and not job[1].done():
-                if ok:
-                    job[1].set_result(Prediction(payload, probabilities))
-                else:
+                if not ok:
                     job[1].set_exception(InferenceError(payload))
+                else:
+                    assert batch is not None  # a batch's reply: its job is that batch
+                    try:
+                        result = self._result(
+                            worker, batch.message[1], payload, probabilities, indexed
+                        )
+                    except Exception as exc:  # a protocol bug must fail the batch, not hang it
+                        log.exception("unreadable answer from worker %s", worker.pid)
+                        job[1].set_exception(InferenceError(f"{type(exc).__name__}: {exc}"))
+                    else:
+                        job[1].set_result(result)
         self._feed(worker)
+
+    def _result(
+        self, worker: _Worker, key: ModelKey, values: Any, probabilities: Any, indexed: bool
+    ) -> Prediction:
+        """A batch's answer as the event loop keeps it: out of the worker's shared region
+        (which it reuses for its next answer), labels looked up from their positions."""
+        inbox = worker.inbox
+        values = inbox.unpack(values, copy=not indexed)
+        if indexed:  # the lookup makes a new array: nothing to copy first
+            values = self._labels[key].take(values, axis=0)
+        return Prediction(values, inbox.unpack(probabilities, copy=True))
 
     def _feed(self, worker: _Worker) -> None:
         """Give an idle ready worker its next message: control messages first, then batches

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from serving.store import FeatureKind, Manifest, ModelStore
+from serving.store import FeatureKind, Manifest, ModelStore, Task
 
 log = logging.getLogger("servewell.runtime")
 
@@ -70,6 +70,12 @@ class LoadedModel:
         self.runtime: RuntimeName = runtime
         self._vote = runtime == "sklearn" and _votes_by_probabilities(predictor)
         """Its predict is the argmax of its predict_proba, by scikit-learn's own code."""
+        self.labels: npt.NDArray[Any] | None = None
+        """What the class indices of :meth:`predict_coded` stand for (None: a regressor)."""
+        if runtime == "onnx":
+            self.labels = predictor.labels
+        elif manifest.task == Task.CLASSIFICATION:
+            self.labels = np.asarray(predictor.classes_)
         self._by_name = manifest.input_format == "dataframe"
         self._columns = manifest.feature_names
         # Categorical columns: index -> object array of labels (with None for missing at the end).
@@ -107,22 +113,35 @@ class LoadedModel:
 
     def predict(self, rows: FloatArray, want_probabilities: bool) -> Prediction:
         """Predict a batch; probabilities only for classifiers and only when asked."""
+        values, probabilities, indexed = self.predict_coded(rows, want_probabilities)
+        if indexed:
+            labels = self.labels
+            assert labels is not None
+            values = labels.take(values, axis=0)
+        return Prediction(values, probabilities)
+
+    def predict_coded(
+        self, rows: FloatArray, want_probabilities: bool
+    ) -> tuple[npt.NDArray[Any], FloatArray | None, bool]:
+        """As :meth:`predict`, but a classifier's labels may come as their positions in
+        :attr:`labels` (the third value says when): what crosses the pool's process boundary,
+        numbers instead of one object per row."""
         features = self.model_input(rows)
         if self.runtime == "onnx":
-            predictions, probabilities = self.predictor.predict_both(features, want_probabilities)
-            return Prediction(predictions, probabilities if want_probabilities else None)
+            values, probabilities, indexed = self.predictor.predict_indexed(
+                features, want_probabilities
+            )
+            return values, probabilities if want_probabilities else None, indexed
         if want_probabilities and self._vote:
             # A forest's predict computes exactly these probabilities and takes their argmax:
             # one pass over the trees instead of two, the same labels.
-            scores = self.predictor.predict_proba(features)
-            final = self.predictor[-1] if hasattr(self.predictor, "steps") else self.predictor
-            predictions = final.classes_.take(np.argmax(scores, axis=1), axis=0)
-            return Prediction(predictions, np.asarray(scores, dtype=np.float64))
+            scores = np.asarray(self.predictor.predict_proba(features), dtype=np.float64)
+            return np.argmax(scores, axis=1), scores, True
         predictions = np.asarray(self.predictor.predict(features))
         probabilities = None
         if want_probabilities:
             probabilities = np.asarray(self.predictor.predict_proba(features), dtype=np.float64)
-        return Prediction(predictions, probabilities)
+        return predictions, probabilities, False
 
 
 def _votes_by_probabilities(estimator: Any) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import uvloop
 
+from serving import shared_arrays
 from serving.errors import InferenceError, NotReadyError, WorkerLostError
 from serving.exception_handlers import serving_error_response
 from serving.pool import InferencePool
@@ -133,6 +134,49 @@ def test_large_batches_cross_the_pipe_under_both_loops(trained_store: ModelStore
         )
 
     run(scenario())
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.skipif(not shared_arrays.supported(), reason="no memfd_create on this platform")
+def test_large_batches_and_answers_go_through_shared_memory_and_leave_nothing_open(
+    trained_store: ModelStore,
+) -> None:
+    # The event loop must not write megabytes into the worker's socket (it blocks meanwhile):
+    # big batches, and the answers to them, travel through each side's shared region.
+    _, iris = trained_store.load_model("iris", 1)
+    _, diabetes = trained_store.load_model("diabetes", 1)
+    rng = np.random.default_rng(8)
+
+    async def scenario() -> None:
+        pool = InferencePool(trained_store.root, [("iris", 1), ("diabetes", 1)], size=1)
+        try:
+            await pool.start()
+            worker = pool._workers[0]
+            fds = []
+            for rows in (10_000, 12_000, 100_000, 3):
+                batch = rng.uniform(0.1, 7.9, size=(rows, 4))
+                result = await pool.submit(("iris", 1), batch, True)
+                assert result.predictions.tolist() == iris.predict(batch).tolist()
+                assert result.probabilities is not None
+                assert np.allclose(
+                    result.probabilities, iris.predict_proba(batch), rtol=0, atol=PROBA_TOLERANCE
+                )
+                values = rng.uniform(-0.1, 0.1, size=(rows, 10))
+                answer = await pool.submit(("diabetes", 1), values, False)
+                assert np.allclose(answer.predictions, diabetes.predict(values), rtol=1e-9)
+                fds.append((_open_fds(os.getpid()), _open_fds(pool.pids[0])))
+            # 1 MiB for up to 12 000 rows of either model, then 4 MiB and 8 MiB for 100 000
+            # rows of iris and of diabetes; 3 rows are pickled.
+            assert worker.outbox.regions == 3
+            # A replaced region leaves no descriptor open, in the server or in the worker.
+            assert len(set(fds)) == 1
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
 
 
 def test_models_load_and_unload_in_running_workers_and_restarts_keep_them(
