@@ -21,6 +21,7 @@ import pandas as pd
 
 from serving.onnx_runtime import Signature
 from serving.store import ONNX_FILE, Feature, FeatureKind, OnnxExport, OnnxParity, Task
+from training.onnx_layout import transpose_linear_chains
 from training.onnx_trees import use_exact_thresholds
 
 PROBA_TOLERANCE = 1e-6
@@ -63,6 +64,7 @@ def convert(model: Any, signature: Signature) -> bytes:
     options = {id(final): {"zipmap": False}} if signature.task == Task.CLASSIFICATION else None
     onx = convert_sklearn(model, initial_types=_initial_types(signature), options=options)
     use_exact_thresholds(onx, final)
+    transpose_linear_chains(onx)
     return bytes(onx.SerializeToString())
 
 
