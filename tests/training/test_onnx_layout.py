@@ -28,7 +28,8 @@ def _converted(pipeline: Any, width: int) -> onnx.ModelProto:
     final = pipeline[-1]
     options = {id(final): {"zipmap": False}} if hasattr(final, "classes_") else None
     initial = [("X", DoubleTensorType([None, width]))]
-    return convert_sklearn(pipeline, initial_types=initial, options=options)
+    model: onnx.ModelProto = convert_sklearn(pipeline, initial_types=initial, options=options)
+    return model
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:
