@@ -116,11 +116,13 @@ def render(run: Run) -> str:
         out += [
             "",
             "paired on one shared core (bench/shared_core.py): event-loop CPU per request of "
-            "A and B, median ratio B/A (range), throughput B allows vs A:",
+            "A and B, median ratio B/A (range), throughput B allows vs A. Settings: A = "
+            "service_metrics or service_quiet, B = service; workloads (B vs A): two service "
+            "instances, each sent its own requests:",
         ]
         out += _table(
             [
-                "comparison (B = service)",
+                "comparison",
                 "model",
                 "runs",
                 "A / B us",

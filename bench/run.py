@@ -37,7 +37,7 @@ if __package__ in (None, ""):
     # Run as a script (``python bench/run.py``): make the ``bench`` package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure, ray_serve, report, runtimes, servers, shared_core, targets, wrk
+from bench import measure, ray_serve, report, runtimes, servers, shared_core, targets, v2, wrk
 from bench.scenarios import (
     BARE,
     NAIVE,
@@ -435,7 +435,82 @@ def _paired(
                     flush=True,
                 )
                 out.append(comparison)
+        services = (running[(SERVICE, 1)], running[(SERVICE, 2)])
+        for name, model, a_load, b_load in _workload_pairs(args, bodies, load):
+            out.append(_paired_workloads(name, model, services, a_load, b_load, args, load))
     return out
+
+
+def _workload_pairs(
+    args: argparse.Namespace, bodies: measure.Bodies, load: measure.Load
+) -> list[tuple[str, str, shared_core.PairLoad, shared_core.PairLoad]]:
+    """(name, model, A's load, B's load) of the comparisons of two workloads on the service:
+    issue 4's breast_cancer vs iris (typed single rows), issue 7's v2 JSON vs typed."""
+
+    def typed(model: str) -> shared_core.PairLoad:
+        scenario = Scenario(SERVICE, model, targets.RATIO_CONNECTIONS)
+        return shared_core.PairLoad(scenario.path, bodies.prepare(scenario, load.single_row_bodies))
+
+    pairs = []
+    flat = (targets.FLAT_REFERENCE_MODEL, targets.FLAT_MODEL)
+    if all(m in args.models for m in flat):
+        pairs.append((targets.FLAT_PAIR, targets.FLAT_MODEL, typed(flat[0]), typed(flat[1])))
+    if args.v2_connections:
+        for model in args.models:
+            scenario = Scenario(SERVICE, model, targets.RATIO_CONNECTIONS, protocol=v2.V2_JSON)
+            json_load = shared_core.PairLoad(
+                scenario.path, bodies.prepare(scenario, load.single_row_bodies), v2.LUA_SCRIPT
+            )
+            pairs.append((targets.V2_JSON_PAIR, model, typed(model), json_load))
+    return pairs
+
+
+def _paired_workloads(
+    name: str,
+    model: str,
+    services: tuple[servers.RunningServer | str, servers.RunningServer | str],
+    a_load: shared_core.PairLoad,
+    b_load: shared_core.PairLoad,
+    args: argparse.Namespace,
+    load: measure.Load,
+) -> shared_core.PairedComparison:
+    """Two workloads on the two like service instances, half of the runs with A's on each."""
+    print(f"[paired] {name}, {model} ...", flush=True)
+    halves = []
+    for a, b in (services, services[::-1]):
+        if isinstance(a, str) or isinstance(b, str):
+            why = a if isinstance(a, str) else str(b)
+            halves.append(
+                shared_core.PairedComparison(
+                    name, SERVICE, SERVICE, model, PAIR_CONNECTIONS, 0, error=why
+                )
+            )
+            continue
+        halves.append(
+            shared_core.compare(
+                name,
+                a,
+                b,
+                model=model,
+                path=a_load.path,
+                bodies_file=a_load.bodies_file,
+                script=a_load.script,
+                b_load=b_load,
+                wrk_path=load.wrk,
+                runs=args.pair_runs // 2,
+                duration_s=2.0 if args.quick else PAIR_DURATION_S,
+                connections=PAIR_CONNECTIONS,
+                timeout_s=load.timeout_s,
+            )
+        )
+    comparison = shared_core.combine(halves)
+    ratio = comparison.throughput_ratio
+    print(
+        f"[paired] {name}, {model}: "
+        + (comparison.error or f"B's throughput {100 * (ratio or 0):.1f} % of A's"),
+        flush=True,
+    )
+    return comparison
 
 
 def _runtimes(

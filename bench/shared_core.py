@@ -30,6 +30,15 @@ from bench.servers import RunningServer
 
 
 @dataclass(frozen=True)
+class PairLoad:
+    """What wrk sends one server of a pair."""
+
+    path: str
+    bodies_file: Path
+    script: Path = wrk.LUA_SCRIPT
+
+
+@dataclass(frozen=True)
 class PairRun:
     """One run of both servers side by side."""
 
@@ -151,9 +160,14 @@ def compare(
     connections: int,
     timeout_s: float,
     script: Path = wrk.LUA_SCRIPT,
+    b_load: PairLoad | None = None,
 ) -> PairedComparison:
     """``runs`` paired runs (after one discarded warm-up run) of ``a`` and ``b``; make it
-    even, so that each server's wrk starts first as often."""
+    even, so that each server's wrk starts first as often. Both are sent ``path`` with
+    ``bodies_file`` (by ``script``), or ``b`` its own ``b_load``: then the comparison is of
+    two workloads on like servers (e.g. two models, or two protocols)."""
+    a_load = PairLoad(path, bodies_file, script)
+    loads = (a_load, b_load or a_load)
     result = PairedComparison(name, a.spec.name, b.spec.name, model, connections, duration_s)
     available = cpus()
     if len(available) < 2:
@@ -169,15 +183,12 @@ def compare(
             swap = i % 2 == 1
             first, second = (b, a) if swap else (a, b)
             run = _pair_run(
-                first,
-                second,
-                path,
-                bodies_file,
+                (first, second),
+                loads[::-1] if swap else loads,
                 wrk_path,
                 duration_s,
                 connections,
                 timeout_s,
-                script,
                 others,
             )
             if swap:
@@ -193,30 +204,28 @@ def compare(
 
 
 def _pair_run(
-    a: RunningServer,
-    b: RunningServer,
-    path: str,
-    bodies_file: Path,
+    pair: tuple[RunningServer, RunningServer],
+    loads: tuple[PairLoad, PairLoad],
     wrk_path: str,
     duration_s: float,
     connections: int,
     timeout_s: float,
-    script: Path,
     others: set[int],
 ) -> PairRun:
+    a, b = pair
     commands = [
         wrk.command(
             wrk_path,
             server.url,
-            path,
-            bodies_file,
+            load.path,
+            load.bodies_file,
             connections=connections,
             threads=1,
             duration_s=duration_s,
             timeout_s=timeout_s,
-            script=script,
+            script=load.script,
         )
-        for server in (a, b)
+        for server, load in zip(pair, loads, strict=True)
     ]
     before = [s.main_cpu_seconds() for s in (a, b)]
     loop_before = [s.main_thread_cpu_seconds() for s in (a, b)]

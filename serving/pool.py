@@ -5,11 +5,12 @@ its sha256 through the store before unpickling) and then answers batches sent ov
 socketpair: ``(task id, (name, version), float64 rows)`` in, arrays out (a classifier's labels
 as their positions in its classes, looked up here: numbers cross, not one object per row).
 Large arrays travel through shared memory instead of the socket (serving.shared_arrays), so
-writing a big batch does not block the event loop. Models are never pickled per request. Control messages ``("load" | "unload", task id, key)`` change a running worker's
-models (hot swap); a worker started later, e.g. after a crash, loads the current set.
-The parent reads replies with ``loop.add_reader`` (no helper threads), sends work
-only to idle workers and queues the rest, and on close stops every worker it started, so no
-process outlives the service.
+writing a big batch does not block the event loop. Models are never pickled per request.
+Control messages ``("load" | "unload", task id, key)`` change a running worker's models (hot
+swap); a worker started later, e.g. after a crash, loads the current set. The parent reads
+replies with ``loop.add_reader`` (no helper threads), sends work only to idle workers and
+queues the rest, and on close stops every worker it started, so no process outlives the
+service.
 
 Faults: a worker that dies (SIGKILL, a crash in native code) or hangs on a batch longer than
 ``hang_timeout`` (it is then killed) is replaced by a new worker that loads the current model

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from bench.scenarios import (
     BARE,
     NAIVE,
@@ -13,7 +15,8 @@ from bench.scenarios import (
     plan,
 )
 from bench.servers import service_spec
-from bench.targets import Target, evaluate, runtime_targets, wrong_runtime
+from bench.shared_core import PairedComparison, PairRun
+from bench.targets import FLAT_PAIR, Target, evaluate, runtime_targets, wrong_runtime
 from bench.wrk import Errors, Latency, WrkResult
 
 MODELS = ["iris", "breast_cancer"]
@@ -100,6 +103,28 @@ def test_breast_cancer_within_15_percent_of_iris_on_onnx() -> None:
 
     slower = [*outcomes[:1], _outcome(SERVICE, "breast_cancer", 849), *outcomes[2:]]
     assert _named(runtime_targets(slower, MODELS), FLAT).status == "MISS"
+
+
+def _flat_pair(*cpu_ratios: float) -> PairedComparison:
+    runs = tuple(PairRun(1000.0, 1000.0 / r, 200.0, 200.0 * r) for r in cpu_ratios)
+    return PairedComparison(FLAT_PAIR, SERVICE, SERVICE, "breast_cancer", 50, 3.0, runs)
+
+
+def test_a_paired_comparison_decides_the_flat_target_and_the_rounds_are_shown() -> None:
+    # The rounds say 70 %, two like servers on one core say 1 / 1.1 = 90.9 %: the pair decides.
+    outcomes = [_outcome(SERVICE, "iris", 1000), _outcome(SERVICE, "breast_cancer", 700)]
+    paired = [_flat_pair(1.08, 1.10, 1.12)]
+    targets = runtime_targets(outcomes, MODELS, paired=paired)
+    flat = _named(targets, "breast_cancer req/s vs iris (ONNX Runtime), paired on one core")
+    assert (flat.goal, flat.status) == (">= 85 %", "PASS")
+    assert flat.value == pytest.approx(100 / 1.10)
+    rounds = _named(targets, FLAT)
+    assert (rounds.value, rounds.goal, rounds.status) == (70.0, "-", "INFO")
+
+    slower = runtime_targets(outcomes, MODELS, paired=[_flat_pair(1.20)])
+    assert _named(slower, flat.name).status == "MISS"
+    served = {SERVICE: {"iris": "onnx", "breast_cancer": "sklearn"}}
+    assert _named(runtime_targets(outcomes, MODELS, served, paired), flat.name).status == "N/A"
 
 
 def test_single_row_runtime_ratios_are_info() -> None:

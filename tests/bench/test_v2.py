@@ -8,7 +8,8 @@ import pytest
 
 from bench import v2, workload
 from bench.scenarios import SERVICE, Measurement, Outcome, Scenario, plan
-from bench.targets import v2_targets
+from bench.shared_core import PairedComparison, PairRun
+from bench.targets import V2_JSON_PAIR, v2_targets
 from bench.wrk import Errors, Latency, WrkResult
 from serving.dataplane import RowEncoder
 from serving.oip.signature import Signature
@@ -67,7 +68,7 @@ def test_plan_puts_v2_next_to_typed() -> None:
     assert scenarios[1].path == "/v2/models/iris/infer"
 
 
-def _outcome(protocol: str, rps: float, rows: int = 1) -> Outcome:
+def _outcome(protocol: str, rps: float, rows: int = 1, c: int = 1) -> Outcome:
     result = WrkResult(
         duration_s=1.0,
         requests=round(rps),
@@ -75,7 +76,7 @@ def _outcome(protocol: str, rps: float, rows: int = 1) -> Outcome:
         errors=Errors(0, 0, 0, 0, 0),
         latency=Latency(1, 1, 1, 1, 1, 1),
     )
-    scenario = Scenario(SERVICE, "iris", 1, rows, protocol=protocol)
+    scenario = Scenario(SERVICE, "iris", c, rows, protocol=protocol)
     return Outcome(scenario, runs=(Measurement(result, 1.0, 0.1, 0.0),))
 
 
@@ -97,3 +98,19 @@ def test_v2_targets_are_ratios_to_typed() -> None:
     assert rows.status == "MISS"
     assert rows.value == pytest.approx(2.9)
     assert v2_targets(outcomes[:1], ["iris"]) == []
+
+
+def test_under_load_a_paired_comparison_decides_the_v2_json_target() -> None:
+    outcomes = [
+        _outcome("typed", 1000, c=100),
+        _outcome("v2json", 800, c=100),  # the rounds: 80 %
+    ]
+    runs = tuple(PairRun(1000.0, 950.0, 200.0, 200.0 * r) for r in (1.04, 1.05, 1.06))
+    pair = PairedComparison(V2_JSON_PAIR, SERVICE, SERVICE, "iris", 50, 3.0, runs)
+    by_name = {t.name: t for t in v2_targets(outcomes, ["iris"], [pair])}
+    decided = by_name["iris 1-row req/s, v2json vs typed, paired on one core"]
+    assert (decided.goal, decided.status) == (">= 90 %", "PASS")
+    assert decided.value == pytest.approx(100 / 1.05)
+    rounds = by_name["iris 1-row req/s, v2json vs typed, c=100"]
+    assert rounds.value == pytest.approx(80.0)
+    assert (rounds.goal, rounds.status) == ("-", "INFO")
