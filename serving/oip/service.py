@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from serving.dataplane import DataPlane, ModelState, ServedModel, _refuse_non_finite
+from serving.oip.plain import read_plain
 from serving.oip.signature import PREDICT_PROBA, Signature
-from serving.oip.tensors import encode_response, parse_request
+from serving.oip.tensors import decode_json, encode_response, parse_document, split_body
 from serving.pool import ModelKey
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn"}
@@ -49,14 +50,24 @@ class InferenceService:
         if served.retired:  # swapped out while the body was on its way: production answers
             served = self.dataplane.resolve(served.key[0])
         signature = self.signature(served)
-        request = parse_request(body, header_length)
-        wanted = signature.wanted(request.outputs)
-        rows = signature.rows(request.inputs)
-        want_proba = any(o.name == PREDICT_PROBA for o in wanted)
+        head, binary = split_body(body, header_length)
+        document = decode_json(head)
+        plain = None if header_length is not None else read_plain(document, signature)
+        if plain is not None:
+            request_id, binary_output = plain.id, False
+            wanted, rows = signature.wanted(plain.outputs), plain.rows
+        else:
+            request = parse_document(document, binary, header_length)
+            request_id, binary_output = request.id, request.binary_output
+            wanted = signature.wanted(request.outputs)
+            rows = signature.rows(request.inputs)
+        want_proba = False
+        for output in wanted:
+            want_proba = want_proba or output.name == PREDICT_PROBA
         result = await self.dataplane.predict(served, rows, want_proba)
         _refuse_non_finite(result.prediction)
-        outputs = signature.output_tensors(result.prediction, wanted, request.binary_output)
-        return encode_response(result.model, result.version, request.id, outputs)
+        outputs = signature.output_tensors(result.prediction, wanted, binary_output)
+        return encode_response(result.model, result.version, request_id, outputs)
 
     def repository_index(self, store_names: list[str], ready_only: bool) -> list[dict[str, Any]]:
         """Every model version the service knows, and the store's models it does not serve."""

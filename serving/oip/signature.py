@@ -175,16 +175,47 @@ class Signature:
             out[:, i] = self._column(tensor, i)
         return out
 
-    def _check_rows(self, n: int, where: str) -> None:
+    def plain_matrix(self, shape: Any, data: Any) -> FloatArray | None:
+        """The rows of a one-tensor JSON request (``shape``, ``data`` as orjson decoded them,
+        datatype already known to be numeric) when ``rows`` would accept them as they are;
+        None for anything else, which ``rows`` then explains (serving.oip.plain).
+
+        orjson refuses NaN, Infinity and numbers beyond the float range, so JSON numbers are
+        finite: only the checks beyond that (nullable, integer and boolean features) can
+        apply, and they run only for models that have such features."""
+        if not self.matrix_ok or type(shape) is not list or len(shape) != 2:
+            return None
+        n, width = shape
+        if type(n) is not int or width != self.width or type(width) is not int:
+            return None
+        if not 1 <= n <= self.max_rows:
+            return None
+        try:
+            array = np.array(data)
+        except (ValueError, TypeError):
+            return None
+        if array.dtype.kind not in "iuf" or array.size != n * width:
+            return None
+        if array.ndim > 1 and array.shape != (n, width):
+            return None
+        rows: FloatArray = array.astype(np.float64, copy=False).reshape(n, width)
+        if self._matrix_block.checked:
+            try:
+                self._check_values(rows, self._matrix_block, None)
+            except InvalidInputError:
+                return None
+        return rows
+
+    def _check_rows(self, n: int, tensor: Tensor) -> None:
         if n < 1:
-            raise _bad(f"{where}: no rows")
+            raise _bad(f"{tensor.where}: no rows")
         if n > self.max_rows:
-            raise _bad(f"{where}: {n} rows; at most {self.max_rows} per request")
+            raise _bad(f"{tensor.where}: {n} rows; at most {self.max_rows} per request")
 
     def _rows_of(self, tensor: Tensor) -> int:
         shape = tensor.shape
         if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
-            self._check_rows(shape[0], tensor.where)
+            self._check_rows(shape[0], tensor)
             return shape[0]
         raise _bad(
             f"{tensor.where}: a per-feature input has shape [rows] or [rows, 1], not {list(shape)}"
@@ -211,7 +242,7 @@ class Signature:
                 ) from None
         assert isinstance(tensor.values, np.ndarray)
         column = tensor.values.astype(np.float64)
-        self._check_values(column[:, None], self._column_blocks[i], tensor.where)
+        self._check_values(column[:, None], self._column_blocks[i], tensor)
         return column
 
     def _matrix(self, tensor: Tensor) -> FloatArray:
@@ -226,7 +257,7 @@ class Signature:
                 f"{tensor.where}: shape must be [rows, {self.width}] (features: "
                 f"{', '.join(self.index)}), not {list(shape)}"
             )
-        self._check_rows(shape[0], tensor.where)
+        self._check_rows(shape[0], tensor)
         if tensor.datatype not in _NUMERIC:
             raise _bad(
                 f"{tensor.where}: takes a numeric datatype (FP*, INT*, UINT*), "
@@ -234,14 +265,16 @@ class Signature:
             )
         assert isinstance(tensor.values, np.ndarray)
         rows = tensor.values.astype(np.float64, copy=False).reshape(shape)
-        self._check_values(rows, self._matrix_block, tensor.where)
+        self._check_values(rows, self._matrix_block, tensor)
         return rows
 
-    def _check_values(self, values: FloatArray, block: _Block, where: str) -> None:
+    def _check_values(self, values: FloatArray, block: _Block, tensor: Tensor | None) -> None:
         """Vectorised checks of a block of columns: finite (NaN only where nullable), whole
-        numbers for integer features, 0/1 for boolean ones."""
+        numbers for integer features, 0/1 for boolean ones. ``tensor``: where the values
+        are, for messages."""
         finite = np.isfinite(values)
         if not finite.all():
+            where = "" if tensor is None else tensor.where
             bad = ~(finite | (np.isnan(values) & block.nullable))
             if bad.any():
                 row, col = np.argwhere(bad)[0]
@@ -261,6 +294,7 @@ class Signature:
             if bad.any():
                 row, col = np.argwhere(bad)[0]
                 name = block.names[positions[col]]
+                where = "" if tensor is None else tensor.where
                 raise _bad(f"{where}: row {row}, {name}: {sub[row, col]} is not {what}")
 
     # -- outputs -------------------------------------------------------------------------------
@@ -321,15 +355,20 @@ class _Block:
     integer: list[int]
     """Positions (within the block) of integer features."""
     boolean: list[int]
+    checked: bool
+    """Whether its values need more than being finite."""
 
     @classmethod
     def of(cls, features: list[Feature], columns: list[int]) -> _Block:
         chosen = [features[i] for i in columns]
+        integer = [p for p, f in enumerate(chosen) if f.kind == FeatureKind.INTEGER]
+        boolean = [p for p, f in enumerate(chosen) if f.kind == FeatureKind.BOOLEAN]
         return cls(
             names=[f.name for f in chosen],
             nullable=np.array([f.nullable for f in chosen], dtype=bool),
-            integer=[p for p, f in enumerate(chosen) if f.kind == FeatureKind.INTEGER],
-            boolean=[p for p, f in enumerate(chosen) if f.kind == FeatureKind.BOOLEAN],
+            integer=integer,
+            boolean=boolean,
+            checked=bool(integer or boolean or any(f.nullable for f in chosen)),
         )
 
 

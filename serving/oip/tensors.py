@@ -72,8 +72,13 @@ class Tensor:
     shape: tuple[int, ...]
     values: npt.NDArray[Any] | list[str]
     """Flat, row-major: a numpy array (bool, integer or float), or text for BYTES."""
-    where: str
-    """Where it is in the request, for messages (``inputs[0] 'x'``)."""
+    index: int
+    """Its position in the request's inputs."""
+
+    @property
+    def where(self) -> str:
+        """Where it is in the request, for messages (``inputs[0] 'x'``)."""
+        return f"inputs[{self.index}] {self.name!r}"
 
 
 @dataclass(slots=True)
@@ -152,10 +157,19 @@ def _flag(parameters: dict[str, Any], key: str, where: str) -> bool | None:
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode an inference request body (JSON, with or without binary tensor data)."""
     head, binary = split_body(body, header_length)
+    return parse_document(decode_json(head), binary, header_length)
+
+
+def decode_json(head: bytes) -> Any:
+    """The JSON part of a request body, decoded."""
     try:
-        document = orjson.loads(head)
+        return orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise _malformed(f"the inference request is not valid JSON: {exc}") from None
+
+
+def parse_document(document: Any, binary: memoryview, header_length: str | None) -> InferRequest:
+    """An inference request from its decoded JSON part and its binary part."""
     if not isinstance(document, dict):
         raise _bad("the inference request must be a JSON object")
     unknown = document.keys() - _REQUEST_FIELDS
@@ -226,7 +240,7 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
     if unknown:
         raise _bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise _bad(f"{where}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}")
     shape_raw = raw.get("shape")
     if (
@@ -246,7 +260,7 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
         if not has_data:
             raise _bad(f"{where}: no data and no parameters.binary_data_size")
         values = _from_json(raw["data"], datatype, shape, count, where)
-        return Tensor(name, datatype, shape, values, where), 0
+        return Tensor(name, datatype, shape, values, i), 0
     if has_data:
         raise _bad(f"{where}: give data or parameters.binary_data_size, not both")
     if type(size) is not int or size < 0:
@@ -258,7 +272,7 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
         )
     chunk = binary[offset : offset + size]
     values = _from_binary(chunk, datatype, count, where)
-    return Tensor(name, datatype, shape, values, where), size
+    return Tensor(name, datatype, shape, values, i), size
 
 
 def _from_binary(
@@ -457,7 +471,8 @@ form, not the float64 value ``tolist`` gives)."""
 def _json_data(values: npt.NDArray[Any]) -> Any:
     """A tensor's ``data`` for JSON: the numpy array itself where orjson can serialise it
     (no Python object per element), else a flat list."""
-    if values.dtype in _JSON_NUMPY:
+    dtype = values.dtype
+    if dtype.kind != "O" and dtype in _JSON_NUMPY:  # text labels (the common case) are "O"
         return np.ascontiguousarray(values).reshape(-1)
     return values.reshape(-1).tolist()
 
@@ -475,7 +490,7 @@ def encode_response(
         entry: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
-            "shape": list(tensor.shape),
+            "shape": tensor.shape,  # a tuple: orjson writes it as the array it is
         }
         if tensor.binary:
             blob = _binary(tensor)

@@ -264,6 +264,9 @@ def test_error_paths_give_4xx_with_the_protocol_body(
     assert "[rows, 4]" in _error(post(_iris_body(shape=[2, 2])), 400)
     assert "needs 4" in _error(post(_iris_body(shape=[1, 4], data=[1.0, 2.0])), 400)
     assert "BYTES" in _error(post(_iris_body(datatype="BYTES", data=["a"] * 4)), 400)
+    # A datatype that is not even a string (it once made a lookup fail with a 500).
+    assert "is not one of" in _error(post(_iris_body(datatype=["FP64"])), 400)
+    assert "is not one of" in _error(post(_iris_body(datatype={"type": "FP64"})), 400)
     # Non-finite values: JSON has none (NaN is not JSON), binary tensors can carry them.
     assert "not valid JSON" in _error(
         post(b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","data":[1,2,3,NaN]}]}'),

@@ -56,7 +56,7 @@ def test_matrix_form_checks_whole_numbers_and_booleans(numeric_churn: Manifest) 
 
 def test_nan_only_for_nullable_features(numeric_churn: Manifest) -> None:
     row = np.array([[12, np.nan, 2, 1]])
-    tensor = Tensor("input", "FP64", (1, 4), row.reshape(-1), "inputs[0] 'input'")
+    tensor = Tensor("input", "FP64", (1, 4), row.reshape(-1), 0)
     with pytest.raises(InvalidInputError, match="monthly_charges: nan is not a finite number"):
         Signature(numeric_churn, "sklearn", 100).rows([tensor])
     features = [
@@ -65,7 +65,7 @@ def test_nan_only_for_nullable_features(numeric_churn: Manifest) -> None:
     ]
     nullable = Signature(numeric_churn.model_copy(update={"features": features}), "sklearn", 100)
     assert np.isnan(nullable.rows([tensor])[0, 1])
-    infinite = Tensor("input", "FP64", (1, 4), np.array([12, np.inf, 2, 1.0]), "here")
+    infinite = Tensor("input", "FP64", (1, 4), np.array([12, np.inf, 2, 1.0]), 0)
     with pytest.raises(InvalidInputError, match="inf is not a finite number"):
         nullable.rows([infinite])
 
