@@ -4,11 +4,16 @@ where nullable, never infinity), without a server."""
 
 from __future__ import annotations
 
+import copy
+import json
+import random
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
 
-from serving.errors import InvalidInputError
+from serving.errors import InvalidInputError, MalformedRequestError
 from serving.oip.signature import Signature
 from serving.oip.tensors import RequestedOutput, Tensor, parse_request
 from serving.runtime import Prediction
@@ -152,3 +157,91 @@ def test_label_datatype_follows_the_classes(
     assert predict.values.tolist() == labels
     assert [type(v) for v in predict.values.tolist()] == [type(v) for v in labels]
     assert probabilities.values is proba
+
+
+_JSON_VALUES: list[object] = [
+    None,
+    True,
+    0,
+    -1,
+    2,
+    3.5,
+    1e308,
+    2**64,
+    "",
+    "input",
+    "FP64",
+    "BYTES",
+    "BOOL",
+    "INT8",
+    [],
+    [1],
+    [1, 4],
+    [[1]],
+    {},
+    ["FP64"],
+    [None],
+    ["a"],
+    {"binary_data_size": 4},
+    {"binary_data": True},
+    {"classification": 2},
+]
+
+
+def _places(value: object, at: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every path into a JSON document."""
+    out = [at]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _places(item, (*at, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _places(item, (*at, i))
+    return out
+
+
+def _changed(document: dict[str, Any], rng: random.Random) -> object:
+    """``document`` with one to three values somewhere replaced by other JSON values."""
+    changed: object = copy.deepcopy(document)
+    for _ in range(rng.randint(1, 3)):
+        path = rng.choice(_places(changed))
+        value = copy.deepcopy(rng.choice(_JSON_VALUES))
+        if not path:
+            changed = value
+            continue
+        parent: Any = changed
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = value
+    return changed
+
+
+def test_any_json_request_is_read_or_refused_with_a_domain_error(
+    trained_store: ModelStore, churn: Manifest
+) -> None:
+    # Whatever a client sends must end in a 4xx (a domain error), never in an exception the
+    # service would answer with 500: a non-string datatype once did.
+    signatures = [Signature(trained_store.manifest("iris", 1), "sklearn", 100)]
+    signatures.append(Signature(churn, "sklearn", 100))
+    iris_doc: dict[str, Any] = {
+        "id": "r",
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [[5, 3, 1, 0]]}],
+        "outputs": [{"name": "predict"}],
+        "parameters": {},
+    }
+    churn_doc: dict[str, Any] = {
+        "inputs": [
+            {"name": "tenure_months", "shape": [1], "datatype": "INT64", "data": [1]},
+            {"name": "contract", "shape": [1], "datatype": "BYTES", "data": ["month-to-month"]},
+        ]
+    }
+    rng = random.Random(7)
+    for _ in range(3000):
+        body = json.dumps(_changed(rng.choice([iris_doc, churn_doc]), rng)).encode()
+        for signature in signatures:
+            try:
+                request = parse_request(body, None)
+                signature.wanted(request.outputs)
+                signature.rows(request.inputs)
+            except (InvalidInputError, MalformedRequestError):
+                pass
