@@ -8,9 +8,9 @@ Runs the service's own stages on a real data plane (process pool and batcher, as
   output back in binary): ``parse_request`` -> ``Signature.rows`` -> pool round trip ->
   output tensors and response encoding.
 
-The pool round trip (rows pickled to a worker, the model, outputs pickled back) is split into
-the model's own time (``LoadedModel.predict`` in this process, same runtime and outputs as the
-worker) and the rest. ``v2 bound`` is the typed total over the v2 pool round trip: the ratio
+The pool round trip (rows to a worker, the model, outputs back: through shared memory when
+large, serving.shared_arrays) is split into the model's own time (``LoadedModel.predict_coded``
+in this process, same runtime and outputs as the worker) and the rest. ``v2 bound`` is the typed total over the v2 pool round trip: the ratio
 v2 binary could reach if its own stages cost nothing. HTTP is not included; the service adds
 the same body reading, drift check and access log to both forms. Medians of interleaved runs.
 
@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pickle
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +52,9 @@ class Split:
     model: str
     rows: int
     runtime: str
-    labels_dtype: str
-    """dtype of the model's predictions as the worker returns them (object: Python objects)."""
+    labels_as: str
+    """How the worker returns a classifier's labels: ``positions`` (numbers, looked up in the
+    event loop) or their dtype."""
     stages: dict[str, float]
 
     @property
@@ -117,18 +116,12 @@ async def _measure(store: Path, models: Sequence[str], rows: int, repeats: int) 
                 tensors = signature.output_tensors(result.prediction, wanted, request.binary_output)
                 encode_response(name, served.key[1], request.id, tensors)
                 t = note("v2 encode", t)
-                prediction = model.predict(matrix, proba)
-                t = note("model alone (in process)", t)
-                pickle.loads(ForkingPickler.dumps(matrix))
-                t = note("rows pickled and unpickled", t)
-                pickle.loads(
-                    ForkingPickler.dumps((prediction.predictions, prediction.probabilities))
-                )
-                note("outputs pickled and unpickled", t)
-                labels_dtype = str(prediction.predictions.dtype)
+                values, _, indexed = model.predict_coded(matrix, proba)
+                note("model alone (in process)", t)
+                labels_as = "positions" if indexed else str(values.dtype)
             stages = {stage: statistics.median(v[1:]) * 1000 for stage, v in times.items()}
             runtime = served.runtime or "sklearn"
-            out.append(Split(name, rows, runtime, labels_dtype, stages))
+            out.append(Split(name, rows, runtime, labels_as, stages))
     finally:
         dataplane.close()
     return out
@@ -153,10 +146,7 @@ def table(splits: Sequence[Split]) -> str:
             lines.append(f"  {stage:32s} {s.stages[stage]:8.2f}{extra}")
         lines.append(f"  {'typed total':32s} {s.typed_ms:8.2f}")
         lines.append(f"  {'v2 binary total':32s} {s.v2_ms:8.2f}")
-        lines.append("  part of the transfer, in process:")
-        for stage in ("rows pickled and unpickled", "outputs pickled and unpickled"):
-            lines.append(f"  {stage:32s} {s.stages[stage]:8.2f}")
-        lines.append(f"  (predictions come back as {s.labels_dtype})")
+        lines.append(f"  (predictions come back as {s.labels_as})")
         lines.append(
             f"  v2 binary vs typed: {s.ratio:.2f}x; bound if v2's own stages were free: "
             f"{s.bound:.2f}x"

@@ -128,6 +128,38 @@ def _with_label_index(onnx: bytes, classes: list[Any]) -> tuple[bytes, str] | No
     return model.SerializeToString(), index
 
 
+def _pruned(onnx: bytes, outputs: list[str]) -> bytes | None:
+    """The graph with only the nodes, initializers and outputs that ``outputs`` need; None
+    when that is all of it (or when a subgraph could read any tensor)."""
+    import onnx as onnx_lib
+
+    model = onnx_lib.load_from_string(onnx)
+    graph = model.graph
+    if any(a.type in (a.GRAPH, a.GRAPHS) for node in graph.node for a in node.attribute):
+        return None
+    needed = set(outputs)
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    if len(kept) == len(graph.node) and [o.name for o in graph.output] == outputs:
+        return None
+    kept.reverse()
+    graph_outputs = {o.name: o for o in graph.output}
+    initializers = [i for i in graph.initializer if i.name in needed]
+    value_info = [v for v in graph.value_info if v.name in needed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.output[:]
+    graph.output.extend(graph_outputs[name] for name in outputs)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    return bytes(model.SerializeToString())
+
+
 class OnnxModel:
     """Predict with an ONNX graph of a scikit-learn pipeline (float64 inputs, zipmap off).
 
@@ -154,15 +186,28 @@ class OnnxModel:
             exposed = _with_label_index(source, classes)
             if exposed is not None:
                 source, self._label_from = exposed
-        self._session = ort.InferenceSession(
+        full = ort.InferenceSession(
             source, sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._per_column = signature.input_format == "dataframe"
         self._categorical = {
             f.name for f in signature.features if f.kind == FeatureKind.CATEGORICAL
         }
-        self._input_names = [i.name for i in self._session.get_inputs()]
-        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._input_names = [i.name for i in full.get_inputs()]
+        self._outputs = [o.name for o in full.get_outputs()]
+        # ONNX Runtime runs every node of a graph, whichever outputs are fetched: a session
+        # per kind of call, each running only what that call fetches (the label's text, for
+        # one, never is). 10 000 iris rows: 0.80 ms with everything, 0.20 ms for labels.
+        self._sessions: dict[str, Any] = {}
+        for kind, fetched in self._fetches().items():
+            pruned = _pruned(source, fetched)
+            self._sessions[kind] = (
+                full
+                if pruned is None
+                else ort.InferenceSession(
+                    pruned, sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            )
         self.classes_ = np.asarray(classes) if classes is not None else None
         # What labels are taken from: the classes as the pipeline's predict returns them
         # (ints stay ints, anything else is an object array of the very class values).
@@ -190,6 +235,17 @@ class OnnxModel:
                 feed[name] = column.astype(np.float64).reshape(-1, 1)
         return feed
 
+    def _fetches(self) -> dict[str, list[str]]:
+        """The outputs each kind of call fetches: ``both`` (labels or values, and what else
+        the answer needs), and ``labels`` alone when the label comes from its index."""
+        if self.task == Task.REGRESSION:
+            return {"both": self._outputs[:1]}
+        if self._argmax_labels:
+            return {"both": self._outputs[1:2]}
+        if self._label_from is not None:
+            return {"labels": [self._label_from], "both": [self._label_from, self._outputs[1]]}
+        return {"both": self._outputs[:2]}
+
     @property
     def labels(self) -> npt.NDArray[Any] | None:
         """What the class indices of :meth:`predict_indexed` stand for (None: a regressor)."""
@@ -202,24 +258,23 @@ class OnnxModel:
         :attr:`labels` where the graph gives those (the third value says so): a position
         crosses a process boundary as a number, a label as an object to pickle."""
         feed = self._feed(X)
+        both = self._sessions["both"]
         if self.task == Task.REGRESSION:
-            out = self._session.run(self._outputs[:1], feed)
+            out = both.run(self._outputs[:1], feed)
             return np.asarray(out[0], dtype=np.float64).ravel(), None, False
         values = self._label_values
         if self._argmax_labels and values is not None:
-            (scores,) = self._session.run(self._outputs[1:2], feed)
+            (scores,) = both.run(self._outputs[1:2], feed)
             probabilities = np.asarray(scores, dtype=np.float64)
             return np.argmax(probabilities, axis=1), probabilities, True
         if self._label_from is not None and values is not None:
-            names = [self._label_from, *(self._outputs[1:2] if want_probabilities else [])]
-            out = self._session.run(names, feed)
+            if not want_probabilities:
+                (index,) = self._sessions["labels"].run([self._label_from], feed)
+                return np.asarray(index, dtype=np.intp).ravel(), None, True
+            out = both.run([self._label_from, self._outputs[1]], feed)
             index = np.asarray(out[0], dtype=np.intp).ravel()
-            return (
-                index,
-                (np.asarray(out[1], dtype=np.float64) if want_probabilities else None),
-                True,
-            )
-        out = self._session.run(self._outputs[:2], feed)
+            return index, np.asarray(out[1], dtype=np.float64), True
+        out = both.run(self._outputs[:2], feed)
         probabilities = np.asarray(out[1], dtype=np.float64)
         labels = np.asarray(out[0]).ravel()
         # Same label dtype as the pipeline's predict: ints stay ints, text becomes object.
