@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import runtimes, shared_core
+from bench import alternating, runtimes, shared_core
+from bench.alternating import Alternation
 from bench.runtimes import RuntimeTiming
 from bench.scenarios import InProcess, Measurement, Outcome
 from bench.shared_core import PairedComparison
@@ -32,7 +33,10 @@ class Run:
     served_runtimes: dict[str, dict[str, str | None]] = field(default_factory=dict)
     """server -> model -> the runtime ``GET /models/{name}`` reported (None: no answer)."""
     paired: list[PairedComparison] = field(default_factory=list)
-    """Shared-core comparisons (``bench.shared_core``): what metrics and logging cost."""
+    """Shared-core comparisons (``bench.shared_core``): what metrics and logging cost, and
+    two workloads on like servers."""
+    alternating: list[Alternation] = field(default_factory=list)
+    """Two workloads on one server in alternating runs at low load (``bench.alternating``)."""
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -134,6 +138,17 @@ def render(run: Run) -> str:
             shared_core.summary_rows(run.paired),
             right={2, 3, 4, 5, 6},
         )
+    if run.alternating:
+        out += [
+            "",
+            "alternating short runs on the service (bench/alternating.py): B's req/s over A's "
+            "(A = typed, B = v2 JSON), median of adjacent runs (range):",
+        ]
+        out += _table(
+            ["comparison", "model", "conns", "runs", "B / A", ""],
+            alternating.summary_rows(run.alternating),
+            right={2, 3, 4},
+        )
     out.append("")
     out += _table(
         ["target", "measured", "goal", "result"],
@@ -183,6 +198,7 @@ def to_json(run: Run) -> dict[str, Any]:
             }
             for c in run.paired
         ],
+        "alternating": [{**asdict(x), "ratio": x.ratio} for x in run.alternating],
         "targets": [{**asdict(t), "measured": t.measured} for t in run.targets],
         "notes": run.notes,
     }

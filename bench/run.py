@@ -37,7 +37,18 @@ if __package__ in (None, ""):
     # Run as a script (``python bench/run.py``): make the ``bench`` package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure, ray_serve, report, runtimes, servers, shared_core, targets, v2, wrk
+from bench import (
+    alternating,
+    measure,
+    ray_serve,
+    report,
+    runtimes,
+    servers,
+    shared_core,
+    targets,
+    v2,
+    wrk,
+)
 from bench.scenarios import (
     BARE,
     NAIVE,
@@ -513,6 +524,52 @@ def _paired_workloads(
     return comparison
 
 
+ALTERNATE_DURATION_S = 1.0
+
+
+def _alternations(
+    args: argparse.Namespace,
+    running: dict[str, servers.RunningServer | str],
+    bodies: measure.Bodies,
+    load: measure.Load,
+) -> list[alternating.Alternation]:
+    """Issue 7's single-row v2 JSON vs typed at c=1, per model, in alternating short runs on
+    the service (``bench.alternating``): the rounds at c=1 spread too much to decide 10 %."""
+    server = running.get(SERVICE)
+    c = targets.LOW_LOAD_CONNECTIONS
+    if args.pair_runs <= 0 or c not in args.v2_connections or server is None:
+        return []
+    out = []
+    for model in args.models:
+        if isinstance(server, str):
+            out.append(alternating.Alternation(targets.V2_JSON_PAIR, model, c, 0, error=server))
+            continue
+        typed = Scenario(SERVICE, model, c)
+        json = Scenario(SERVICE, model, c, protocol=v2.V2_JSON)
+        count = load.single_row_bodies
+        print(f"[alternating] {targets.V2_JSON_PAIR}, {model}, c={c} ...", flush=True)
+        result = alternating.alternate(
+            targets.V2_JSON_PAIR,
+            server,
+            model=model,
+            a=shared_core.PairLoad(typed.path, bodies.prepare(typed, count)),
+            b=shared_core.PairLoad(json.path, bodies.prepare(json, count), v2.LUA_SCRIPT),
+            wrk_path=load.wrk,
+            runs=args.pair_runs,
+            duration_s=ALTERNATE_DURATION_S,
+            connections=c,
+            timeout_s=load.timeout_s,
+        )
+        ratio = result.ratio
+        print(
+            f"[alternating] {targets.V2_JSON_PAIR}, {model}: "
+            + (result.error or f"B's req/s {100 * (ratio or 0):.1f} % of A's"),
+            flush=True,
+        )
+        out.append(result)
+    return out
+
+
 def _runtimes(
     args: argparse.Namespace, store: ModelStore
 ) -> tuple[list[runtimes.RuntimeTiming], str | None]:
@@ -666,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         running = _start_servers(names, args, store_path, stack, Path(tmp))
         served = _served_runtimes(running, args.models)
         outcomes = _measure_rounds(scenarios, running, bodies, load, args.rounds, expected)
+        alternations = _alternations(args, running, bodies, load)
         stack.close()  # stop the servers now, to see what they leave behind
     run = report.Run(
         timestamp=started.strftime("%Y%m%dT%H%M%SZ"),
@@ -673,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         outcomes=outcomes,
         in_process=local,
-        targets=targets.evaluate(outcomes, local, args.models, served, paired),
+        targets=targets.evaluate(outcomes, local, args.models, served, paired, alternations),
         notes=_notes(
             args,
             env,
@@ -687,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtimes=timings,
         served_runtimes=served,
         paired=paired,
+        alternating=alternations,
     )
     print()
     print(report.render(run))

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from bench.alternating import Alternation
 from bench.scenarios import (
     BARE,
     BARE_RAW,
@@ -250,9 +251,11 @@ def evaluate(
     models: Sequence[str],
     served: Served | None = None,
     paired: Sequence[PairedComparison] = (),
+    alternations: Sequence[Alternation] = (),
 ) -> list[Target]:
     """Every target of the run; ``served``: the runtime each service reported per model;
-    ``paired``: the shared-core comparisons (bench.shared_core)."""
+    ``paired``: the shared-core comparisons (bench.shared_core); ``alternations``: the
+    alternating low-load comparisons (bench.alternating)."""
     targets: list[Target] = []
     c = RATIO_CONNECTIONS
     status: Status
@@ -332,7 +335,7 @@ def evaluate(
         targets
         + runtime_targets(outcomes, models, served, paired)
         + observability_targets(paired)
-        + v2_targets(outcomes, models, paired)
+        + v2_targets(outcomes, models, paired, alternations)
     )
 
 
@@ -388,13 +391,17 @@ def _protocol_outcome(
 
 
 def v2_targets(
-    outcomes: Sequence[Outcome], models: Sequence[str], paired: Sequence[PairedComparison] = ()
+    outcomes: Sequence[Outcome],
+    models: Sequence[str],
+    paired: Sequence[PairedComparison] = (),
+    alternations: Sequence[Alternation] = (),
 ) -> list[Target]:
     """The service's v2 requests against its typed requests, same model, load and rows.
 
     Single row, per load measured over v2: JSON >= ``V2_SINGLE_MIN_RATIO`` x typed req/s
     (binary: ``INFO``); under load (``RATIO_CONNECTIONS``) from the paired comparison
-    ``V2_JSON_PAIR`` when it ran (the rounds' ratio is then ``INFO``). Rows request: binary >=
+    ``V2_JSON_PAIR`` when it ran, at ``LOW_LOAD_CONNECTIONS`` from the alternating runs when
+    they ran (the rounds' ratio is then ``INFO``). Rows request: binary >=
     ``V2_BINARY_ROWS_MIN_RATIO`` x typed rows/s (JSON: ``INFO``). No rows at all when no v2
     scenario was planned.
     """
@@ -405,10 +412,24 @@ def v2_targets(
         if json_pair is not None:
             name = f"{model} 1-row req/s, v2json vs typed"
             targets.append(_paired_target(json_pair, name, V2_SINGLE_MIN_RATIO))
+        low = next((x for x in alternations if x.model == model), None)
+        if low is not None:
+            ratio = low.ratio
+            targets.append(
+                Target(
+                    f"{model} 1-row req/s, v2json vs typed, c={low.connections}, alternating runs",
+                    f">= {100 * V2_SINGLE_MIN_RATIO:.0f} %",
+                    None if ratio is None else 100 * ratio,
+                    "%",
+                    _at_least(ratio, V2_SINGLE_MIN_RATIO),
+                )
+            )
         loads = sorted({s.connections for s in planned if s.model == model and not s.is_rows})
         for c in loads:
             typed = _protocol_outcome(outcomes, model, "typed", False, c)
-            decided = json_pair is not None and c == RATIO_CONNECTIONS
+            decided = (json_pair is not None and c == RATIO_CONNECTIONS) or (
+                low is not None and c == low.connections
+            )
             json_goal = None if decided else V2_SINGLE_MIN_RATIO
             for protocol, goal in (("v2json", json_goal), ("v2binary", None)):
                 other = _protocol_outcome(outcomes, model, protocol, False, c)

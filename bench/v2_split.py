@@ -9,10 +9,11 @@ Runs the service's own stages on a real data plane (process pool and batcher, as
   output tensors and response encoding.
 
 The pool round trip (rows to a worker, the model, outputs back: through shared memory when
-large, serving.shared_arrays) is split into the model's own time (``LoadedModel.predict_coded``
-in this process, same runtime and outputs as the worker) and the rest. ``v2 bound`` is the typed total over the v2 pool round trip: the ratio
-v2 binary could reach if its own stages cost nothing. HTTP is not included; the service adds
-the same body reading, drift check and access log to both forms. Medians of interleaved runs.
+large, serving.shared_arrays) is split into the model's own time
+(``LoadedModel.predict_coded`` in this process, same runtime and outputs as the worker) and
+the rest. ``v2 bound`` is the typed total over the v2 pool round trip: the ratio v2 binary
+could reach if its own stages cost nothing. HTTP is not included; the service adds the same
+body reading, drift check and access log to both forms. Medians of interleaved runs.
 
     .venv/bin/python bench/v2_split.py --models iris,breast_cancer --rows 10000
 """

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bench import v2, workload
+from bench.alternating import Alternation
 from bench.scenarios import SERVICE, Measurement, Outcome, Scenario, plan
 from bench.shared_core import PairedComparison, PairRun
 from bench.targets import V2_JSON_PAIR, v2_targets
@@ -114,3 +115,16 @@ def test_under_load_a_paired_comparison_decides_the_v2_json_target() -> None:
     rounds = by_name["iris 1-row req/s, v2json vs typed, c=100"]
     assert rounds.value == pytest.approx(80.0)
     assert (rounds.goal, rounds.status) == ("-", "INFO")
+
+
+def test_at_c1_alternating_runs_decide_the_v2_json_target() -> None:
+    outcomes = [_outcome("typed", 1000), _outcome("v2json", 700)]  # the rounds: 70 %
+    low = Alternation(V2_JSON_PAIR, "iris", 1, 1.0, (0.95, 0.97, 0.93, 0.99))
+    by_name = {t.name: t for t in v2_targets(outcomes, ["iris"], (), [low])}
+    decided = by_name["iris 1-row req/s, v2json vs typed, c=1, alternating runs"]
+    assert decided.value == pytest.approx(96.0)
+    assert (decided.goal, decided.status) == (">= 90 %", "PASS")
+    assert by_name["iris 1-row req/s, v2json vs typed, c=1"].status == "INFO"
+    slower = Alternation(V2_JSON_PAIR, "iris", 1, 1.0, (0.85, 0.88))
+    by_name = {t.name: t for t in v2_targets(outcomes, ["iris"], (), [slower])}
+    assert by_name["iris 1-row req/s, v2json vs typed, c=1, alternating runs"].status == "MISS"
