@@ -194,6 +194,11 @@ class _Worker:
         """Load/unload messages waiting until this worker is idle."""
 
 
+def _release_regions(worker: _Worker) -> None:
+    worker.outbox.release()
+    worker.inbox.release()
+
+
 class InferencePool:
     """Worker processes that each hold every served model; see the module docstring."""
 
@@ -321,6 +326,7 @@ class InferencePool:
                 worker.process.join(1.0)
             with contextlib.suppress(OSError):
                 worker.conn.close()
+            _release_regions(worker)
         self._fail_everything(NotReadyError("the inference pool is shut down"))
         self._workers.clear()
 
@@ -519,6 +525,7 @@ class InferencePool:
         self._workers.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.close()
+        _release_regions(worker)
         worker.process.join(0.1)
         if worker.process.is_alive():  # the pipe broke but the process lingers
             worker.process.kill()

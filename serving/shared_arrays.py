@@ -138,6 +138,10 @@ class Outbox:
         self.regions += 1
         return region
 
+    def release(self) -> None:
+        """Drop the region (the peer is gone or being stopped); see :meth:`Inbox.release`."""
+        self._map, self.capacity = None, 0
+
 
 class Inbox:
     """The peer's region, as this process maps it."""
@@ -152,6 +156,14 @@ class Inbox:
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
+
+    def release(self) -> None:
+        """Drop the peer's region (the peer is gone or being stopped). It is unmapped now,
+        or with the last array that views it; never closed outright, which would leave such
+        an array on unmapped memory (NumPy keeps the mmap object, not a buffer export, so
+        ``mmap.close`` does not refuse). Dropped here rather than with its owner, because a
+        pool's objects sit in reference cycles that the garbage collector may keep for long."""
+        self._map = None
 
     def unpack(self, value: Any, *, copy: bool) -> Any:
         """A value as sent: an array it stands for when it is a :class:`SharedArray` (a view

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -20,6 +19,7 @@ from serving.exception_handlers import serving_error_response
 from serving.pool import InferencePool
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
+from tests.serving.regions import shared_regions
 from training.onnx_export import PROBA_TOLERANCE
 
 
@@ -137,15 +137,6 @@ def test_large_batches_cross_the_pipe_under_both_loops(trained_store: ModelStore
     run(scenario())
 
 
-def _shared_regions_open(pid: int) -> int:
-    """Descriptors of ``pid`` that hold a shared region (serving.shared_arrays)."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(FileNotFoundError):  # closed since the listing
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:servewell-arrays")
-    return count
-
-
 @pytest.mark.skipif(not shared_arrays.supported(), reason="no memfd_create on this platform")
 def test_large_batches_and_answers_go_through_shared_memory_and_leave_nothing_open(
     trained_store: ModelStore,
@@ -157,6 +148,7 @@ def test_large_batches_and_answers_go_through_shared_memory_and_leave_nothing_op
     rng = np.random.default_rng(8)
 
     async def scenario() -> None:
+        before = shared_regions()  # the session's server may hold some
         pool = InferencePool(trained_store.root, [("iris", 1), ("diabetes", 1)], size=1)
         try:
             await pool.start()
@@ -173,7 +165,7 @@ def test_large_batches_and_answers_go_through_shared_memory_and_leave_nothing_op
                 values = rng.uniform(-0.1, 0.1, size=(rows, 10))
                 answer = await pool.submit(("diabetes", 1), values, False)
                 assert np.allclose(answer.predictions, diabetes.predict(values), rtol=1e-9)
-                fds.append((_shared_regions_open(os.getpid()), _shared_regions_open(pool.pids[0])))
+                fds.append((len(shared_regions() - before), len(shared_regions(pool.pids[0]))))
             # 1 MiB for up to 12 000 rows of either model, then 4 MiB and 8 MiB for 100 000
             # rows of iris and of diabetes; 3 rows are pickled.
             assert worker.outbox.regions == 3
@@ -182,6 +174,8 @@ def test_large_batches_and_answers_go_through_shared_memory_and_leave_nothing_op
             assert set(fds) == {(2, 2)}
         finally:
             pool.close()
+        # Closing unmaps them at once (the garbage collector might take its time).
+        assert shared_regions() - before == set()
 
     asyncio.run(scenario())
 

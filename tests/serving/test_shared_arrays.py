@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import os
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 
 from serving.shared_arrays import MIN_SHARED_BYTES, REGION, Inbox, Outbox, SharedArray, supported
+from tests.serving.regions import shared_regions
 
 pytestmark = pytest.mark.skipif(not supported(), reason="no memfd_create on this platform")
 
@@ -96,20 +95,11 @@ def test_non_contiguous_arrays_are_placed_in_row_major_order(
     assert np.array_equal(inbox.unpack(packed[0], copy=False), wide.T)
 
 
-def _regions_open() -> int:
-    """Descriptors of this process that hold a shared region (other tests' servers and
-    threads may open and close other files meanwhile)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(FileNotFoundError):  # closed since the listing
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:servewell-arrays")
-    return count
-
-
 def test_replaced_regions_leave_no_file_descriptor_open(
     ends: tuple[Connection, Connection],
 ) -> None:
     sender, receiver = ends
+    before = shared_regions()
     outbox, inbox = Outbox(sender), Inbox()
     open_fds = []
     for rows in (10_000, 100_000, 1_000_000, 10_000):
@@ -117,9 +107,29 @@ def test_replaced_regions_leave_no_file_descriptor_open(
         _deliver(receiver, inbox)
         assert inbox.unpack(packed[0], copy=False).sum() == rows * 4
         # Each side's live mapping holds a descriptor (mmap keeps its own); nothing more.
-        open_fds.append(_regions_open())
+        open_fds.append(len(shared_regions() - before))
     assert outbox.regions == 3
     assert open_fds == [2, 2, 2, 2]
+    outbox.release()
+    inbox.release()
+    assert shared_regions() - before == set()
+
+
+def test_a_released_region_stays_mapped_while_an_array_views_it(
+    ends: tuple[Connection, Connection],
+) -> None:
+    sender, receiver = ends
+    before = shared_regions()
+    outbox, inbox = Outbox(sender), Inbox()
+    packed = outbox.pack(np.arange(100_000.0))
+    _deliver(receiver, inbox)
+    view = inbox.unpack(packed[0], copy=False)
+    inbox.release()
+    outbox.release()
+    assert view[-1] == 99_999.0  # would crash the process on an unmapped region
+    assert len(shared_regions() - before) == 1
+    del view
+    assert shared_regions() - before == set()
 
 
 def test_disabled_or_below_the_threshold_nothing_is_shared(
