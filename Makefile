@@ -73,7 +73,7 @@ serve: $(STAMP) ## Train the default models if the store is empty, then serve on
 	$(PY) -m serving
 
 BENCH_ARGS ?=
-bench: $(STAMP) ## Load benchmark, wrk on loopback (~4 min; BENCH_ARGS=--quick ~1 min): table + bench/results/*.json/.png
+bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min): table + bench/results/*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
