@@ -412,33 +412,11 @@ def _paired(
             bodies_file = bodies.prepare(scenario, load.single_row_bodies)
             for name, baseline in pairs:
                 print(f"[paired] {name}: {baseline} vs {SERVICE}, {model} ...", flush=True)
-                halves = []
-                for instance in (1, 2):
-                    base, observed = running[(baseline, instance)], running[(SERVICE, instance)]
-                    if isinstance(base, str) or isinstance(observed, str):
-                        why = base if isinstance(base, str) else str(observed)
-                        halves.append(
-                            shared_core.PairedComparison(
-                                name, baseline, SERVICE, model, PAIR_CONNECTIONS, 0, error=why
-                            )
-                        )
-                        continue
-                    halves.append(
-                        shared_core.compare(
-                            name,
-                            base,
-                            observed,
-                            model=model,
-                            path=scenario.path,
-                            bodies_file=bodies_file,
-                            wrk_path=load.wrk,
-                            runs=args.pair_runs // 2,
-                            duration_s=2.0 if args.quick else PAIR_DURATION_S,
-                            connections=PAIR_CONNECTIONS,
-                            timeout_s=load.timeout_s,
-                        )
-                    )
-                comparison = shared_core.combine(halves)
+                couples = [(running[(baseline, i)], running[(SERVICE, i)]) for i in (1, 2)]
+                same = shared_core.PairLoad(scenario.path, bodies_file)
+                comparison = _compare_halves(
+                    name, (baseline, SERVICE), model, couples, same, None, args, load
+                )
                 ratio = comparison.throughput_ratio
                 print(
                     f"[paired] {name}, {model}: "
@@ -487,14 +465,37 @@ def _paired_workloads(
 ) -> shared_core.PairedComparison:
     """Two workloads on the two like service instances, half of the runs with A's on each."""
     print(f"[paired] {name}, {model} ...", flush=True)
+    couples = [services, services[::-1]]
+    comparison = _compare_halves(
+        name, (SERVICE, SERVICE), model, couples, a_load, b_load, args, load
+    )
+    ratio = comparison.throughput_ratio
+    print(
+        f"[paired] {name}, {model}: "
+        + (comparison.error or f"B's throughput {100 * (ratio or 0):.1f} % of A's"),
+        flush=True,
+    )
+    return comparison
+
+
+def _compare_halves(
+    name: str,
+    names: tuple[str, str],
+    model: str,
+    couples: list[tuple[servers.RunningServer | str, servers.RunningServer | str]],
+    a_load: shared_core.PairLoad,
+    b_load: shared_core.PairLoad | None,
+    args: argparse.Namespace,
+    load: measure.Load,
+) -> shared_core.PairedComparison:
+    """One comparison, half of its runs on each (A, B) couple of servers (a string where a
+    server did not start: why), combined; ``names`` are A's and B's settings."""
     halves = []
-    for a, b in (services, services[::-1]):
+    for a, b in couples:
         if isinstance(a, str) or isinstance(b, str):
             why = a if isinstance(a, str) else str(b)
             halves.append(
-                shared_core.PairedComparison(
-                    name, SERVICE, SERVICE, model, PAIR_CONNECTIONS, 0, error=why
-                )
+                shared_core.PairedComparison(name, *names, model, PAIR_CONNECTIONS, 0, error=why)
             )
             continue
         halves.append(
@@ -514,14 +515,7 @@ def _paired_workloads(
                 timeout_s=load.timeout_s,
             )
         )
-    comparison = shared_core.combine(halves)
-    ratio = comparison.throughput_ratio
-    print(
-        f"[paired] {name}, {model}: "
-        + (comparison.error or f"B's throughput {100 * (ratio or 0):.1f} % of A's"),
-        flush=True,
-    )
-    return comparison
+    return shared_core.combine(halves)
 
 
 ALTERNATE_DURATION_S = 1.0

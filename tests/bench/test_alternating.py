@@ -1,6 +1,7 @@
 """Alternating low-load runs: the median ratio decides, and a real server answers both loads."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -34,35 +35,24 @@ def test_two_loads_alternate_on_a_real_server(store: ModelStore, tmp_path: Path)
         load = PairLoad("/models/iris/predict", bodies)
         wrk_path = wrk.find_wrk()
         assert wrk_path is not None
-        result = alternating.alternate(
-            "a/a",
-            server,
+        alternate = partial(
+            alternating.alternate,
+            server=server,
             model="iris",
             a=load,
-            b=load,
             wrk_path=wrk_path,
             runs=2,
             duration_s=1.0,
             connections=1,
             timeout_s=2.0,
         )
+        result = alternate("a/a", b=load)
         assert result.error is None, result.error
         assert len(result.ratios) == 2  # the warm-up pair is not kept
         assert result.ratio is not None
         assert 0.5 < result.ratio < 2.0  # the same load on both sides
         missing = PairLoad("/models/nope/predict", bodies)  # every request a 404
-        refused = alternating.alternate(
-            "a/404",
-            server,
-            model="iris",
-            a=load,
-            b=missing,
-            wrk_path=wrk_path,
-            runs=2,
-            duration_s=1.0,
-            connections=1,
-            timeout_s=2.0,
-        )
+        refused = alternate("a/404", b=missing)
         assert refused.ratio is None
         assert refused.error is not None
         assert "errors" in refused.error
