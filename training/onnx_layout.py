@@ -69,6 +69,9 @@ def _find_chains(graph: Any, constants: dict[str, Any]) -> list[_Chain]:
         return tensor not in outputs and consumers.get(tensor, []) == [node]
 
     chains = []
+    taken: set[int] = set()
+    """Nodes of the chains found so far: a node is rewritten once (one layer's intercept
+    ``Add`` may look like the next layer's elementwise step)."""
     for node in graph.node:
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
@@ -81,7 +84,7 @@ def _find_chains(graph: Any, constants: dict[str, Any]) -> list[_Chain]:
         tensor = node.input[0]
         while True:
             producer = producers.get(tensor)
-            if producer is None or producer.op_type not in _ELEMENTWISE:
+            if producer is None or producer.op_type not in _ELEMENTWISE or id(producer) in taken:
                 break
             constant = _constant_input(producer, constants)
             if constant is None or not _row_vector(constant[1], width):
@@ -99,6 +102,7 @@ def _find_chains(graph: Any, constants: dict[str, Any]) -> list[_Chain]:
                 chain.bias = after[0]
         if chain.elementwise or chain.bias is not None:
             chains.append(chain)
+            taken.update(id(n) for n in [*chain.elementwise, node, chain.bias] if n is not None)
     return chains
 
 

@@ -14,6 +14,7 @@ from skl2onnx.common.data_types import DoubleTensorType
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
@@ -78,6 +79,22 @@ def test_scaled_linear_models_run_on_columns_with_the_same_answers(
     wide = rng.uniform(X.min(axis=0) - 1, X.max(axis=0) + 1, size=(5_000, X.shape[1]))
     for rows in (X, wide, wide[:1]):
         _same_answers(before, after, rows)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_one_layers_intercept_is_not_taken_again_as_the_next_layers_step() -> None:
+    # A linear network: MatMul, Add (intercept), MatMul, Add. The first Add is the first
+    # chain's intercept and also looks like an elementwise step of the second chain: taken
+    # twice, the graph read a tensor the first rewrite had removed (ONNX Runtime refused it).
+    X, y = load_diabetes(return_X_y=True)
+    network = MLPRegressor(hidden_layer_sizes=(4,), activation="identity", max_iter=50)
+    pipeline = make_pipeline(StandardScaler(), network).fit(X, y)
+    before = _converted(pipeline, X.shape[1])
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert transpose_linear_chains(after)
+    onnx.checker.check_model(after, full_check=True)
+    _same_answers(before, after, X)
 
 
 def test_a_forest_graph_is_left_alone() -> None:
