@@ -53,7 +53,7 @@ def read_plain(document: Any, signature: Signature) -> PlainRequest | None:
         return None
     if datatype not in NUMERIC_DTYPES or type(tensor["data"]) is not list:
         return None
-    rows = signature.plain_matrix(tensor["shape"], tensor["data"])
+    rows = signature.plain_matrix(tensor["shape"], tensor["data"], datatype)
     if rows is None:
         return None
     raw_outputs = document.get("outputs")

@@ -33,6 +33,7 @@ from serving.oip.tensors import (
     RequestedOutput,
     Tensor,
     frame_texts,
+    numbers_problem,
 )
 from serving.runtime import FloatArray, Prediction
 from serving.store import Feature, FeatureKind, Manifest, Task
@@ -175,10 +176,10 @@ class Signature:
             out[:, i] = self._column(tensor, i)
         return out
 
-    def plain_matrix(self, shape: Any, data: Any) -> FloatArray | None:
+    def plain_matrix(self, shape: Any, data: Any, datatype: str) -> FloatArray | None:
         """The rows of a one-tensor JSON request (``shape``, ``data`` as orjson decoded them,
-        datatype already known to be numeric) when ``rows`` would accept them as they are;
-        None for anything else, which ``rows`` then explains (serving.oip.plain).
+        ``datatype`` already known to be numeric) when ``rows`` would accept them as they
+        are; None for anything else, which ``rows`` then explains (serving.oip.plain).
 
         orjson refuses NaN, Infinity and numbers beyond the float range, so JSON numbers are
         finite: only the checks beyond that (nullable, integer and boolean features) can
@@ -194,7 +195,7 @@ class Signature:
             array = np.array(data)
         except (ValueError, TypeError):
             return None
-        if array.dtype.kind not in "iuf" or array.size != n * width:
+        if array.size != n * width or numbers_problem(array, array.dtype.kind, datatype):
             return None
         if array.ndim > 1 and array.shape != (n, width):
             return None

@@ -412,14 +412,23 @@ def _from_json(
         if kind != "b":
             raise _bad(f"{where}: BOOL data must be true or false")
         return array.astype(np.bool_, copy=False)
+    problem = numbers_problem(array, kind, datatype)
+    if problem is not None:
+        raise _bad(f"{where}: {problem}")
+    return array
+
+
+def numbers_problem(array: npt.NDArray[Any], kind: str, datatype: str) -> str | None:
+    """Why the decoded JSON ``array`` (of dtype kind ``kind``) cannot be the data of a
+    numeric ``datatype``, or None."""
     if kind not in "iuf" or (kind == "f" and datatype in INT_TYPES):
         wanted = "integers" if datatype in INT_TYPES else "numbers"
-        raise _bad(f"{where}: {datatype} data must be JSON {wanted}")
+        return f"{datatype} data must be JSON {wanted}"
     if datatype in INT_TYPES and array.size:
         info = np.iinfo(NUMERIC_DTYPES[datatype])
         if array.min() < info.min or array.max() > info.max:
-            raise _bad(f"{where}: a value is out of the range of {datatype}")
-    return array
+            return f"a value is out of the range of {datatype}"
+    return None
 
 
 # -- responses ---------------------------------------------------------------------------------

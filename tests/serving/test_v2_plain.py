@@ -99,6 +99,9 @@ def test_the_usual_requests_take_the_lane_and_read_alike(
         {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BOOL", "data": [[1] * 4]}]},
         {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": [["a"] * 4]}]},
         {"inputs": [{"name": "input", "shape": [1, 4], "datatype": ["FP64"], "data": [ROW]}]},
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT32", "data": [ROW]}]},
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "UINT8", "data": [[-1] * 4]}]},
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT8", "data": [[1000] * 4]}]},
         {"inputs": [{"name": "input", "shape": [1.0, 4], "datatype": "FP64", "data": [ROW]}]},
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [ROW]}]},
         _request(outputs=[{"name": "predict"}, {"name": "predict"}]),
@@ -144,6 +147,7 @@ def _mutations(document: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """One random change somewhere in a request: a value swapped for another JSON value."""
     mutated = copy.deepcopy(document)
     values: list[Any] = [None, True, 0, -1, 2, 3.5, "", "input", "FP64", [], [1, 4], {}, 1e308]
+    values += ["INT8", "UINT16", 300, 70_000]
     paths: list[tuple[Any, Any]] = [(mutated, "inputs"), (mutated["inputs"], 0)]
     tensor = mutated["inputs"][0]
     paths += [(tensor, key) for key in ("name", "shape", "datatype", "data", "parameters")]
