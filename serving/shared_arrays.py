@@ -150,8 +150,14 @@ class Inbox:
         self._map: mmap.mmap | None = None
 
     def attach(self, conn: Connection, size: int) -> None:
-        """Map the region announced by a :data:`REGION` message (its descriptor follows)."""
-        fd = recv_handle(conn)
+        """Map the region announced by a :data:`REGION` message (its descriptor follows).
+
+        Raises OSError when that fails, as for a broken connection: the peer's later
+        messages would use a region this side does not have, so the peer must be given up."""
+        try:
+            fd = recv_handle(conn)
+        except RuntimeError as exc:  # no descriptor came (e.g. this process had none left)
+            raise OSError(f"the shared region's descriptor did not arrive: {exc}") from exc
         try:
             self._map = mmap.mmap(fd, size)
         finally:

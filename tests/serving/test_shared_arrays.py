@@ -146,3 +146,17 @@ def test_disabled_or_below_the_threshold_nothing_is_shared(
 def test_an_array_before_its_region_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="before its region"):
         Inbox().unpack(SharedArray(0, "<f8", (10, 4)), copy=True)
+
+
+def test_a_region_whose_descriptor_does_not_arrive_is_a_broken_connection(
+    ends: tuple[Connection, Connection],
+) -> None:
+    # As when this process is out of descriptors: the kernel drops the one in transit. The
+    # pool and the worker give up a peer on OSError; anything else would leave the peer
+    # writing answers into a region this side never mapped.
+    sender, receiver = ends
+    sender.send((REGION, 1 << 20))
+    sender.send("not a descriptor")
+    assert receiver.recv()[0] == REGION
+    with pytest.raises(OSError, match="descriptor did not arrive"):
+        Inbox().attach(receiver, 1 << 20)
