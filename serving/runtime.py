@@ -74,7 +74,9 @@ class LoadedModel:
         """What the class indices of :meth:`predict_coded` stand for (None: a regressor)."""
         if runtime == "onnx":
             self.labels = predictor.labels
-        elif manifest.task == Task.CLASSIFICATION:
+        elif manifest.task == Task.CLASSIFICATION and hasattr(predictor, "classes_"):
+            # (A spec may evaluate an estimator without classes_ as a classifier; its labels
+            # then never come as positions.)
             self.labels = np.asarray(predictor.classes_)
         self._by_name = manifest.input_format == "dataframe"
         self._columns = manifest.feature_names

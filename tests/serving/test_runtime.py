@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.neighbors import KNeighborsRegressor
 
 from serving.dataplane import RowEncoder
 from serving.runtime import LoadedModel, RuntimePolicy, cap_jobs, load
@@ -69,6 +70,16 @@ def test_ndarray_model_gets_the_float_array(trained_store: ModelStore) -> None:
     rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
     loaded = LoadedModel(manifest, estimator, "sklearn")
     assert loaded.model_input(rows) is rows
+    assert loaded.predict(rows, False).predictions.tolist() == estimator.predict(rows).tolist()
+
+
+def test_a_classification_model_without_classes_still_loads(trained_store: ModelStore) -> None:
+    # A spec may evaluate any estimator as a classifier, e.g. a regressor that predicts labels.
+    manifest = trained_store.manifest("breast_cancer", 1)
+    rows = np.random.default_rng(4).uniform(0, 10, size=(20, len(manifest.features)))
+    estimator = KNeighborsRegressor(n_neighbors=1).fit(rows, np.arange(20) % 2)
+    loaded = LoadedModel(manifest, estimator, "sklearn")
+    assert loaded.labels is None
     assert loaded.predict(rows, False).predictions.tolist() == estimator.predict(rows).tolist()
 
 
