@@ -417,17 +417,28 @@ def _paired(
                 comparison = _compare_halves(
                     name, (baseline, SERVICE), model, couples, same, None, args, load
                 )
-                ratio = comparison.throughput_ratio
-                print(
-                    f"[paired] {name}, {model}: "
-                    + (comparison.error or f"throughput {100 * (ratio or 0):.1f} % of {baseline}"),
-                    flush=True,
+                _say_result(
+                    "paired",
+                    name,
+                    model,
+                    comparison.error,
+                    comparison.throughput_ratio,
+                    f"throughput {{}} of {baseline}",
                 )
                 out.append(comparison)
         services = (running[(SERVICE, 1)], running[(SERVICE, 2)])
         for name, model, a_load, b_load in _workload_pairs(args, bodies, load):
             out.append(_paired_workloads(name, model, services, a_load, b_load, args, load))
     return out
+
+
+def _say_result(
+    tag: str, name: str, model: str, error: str | None, ratio: float | None, what: str
+) -> None:
+    """One progress line with a comparison's outcome: its error, or ``what`` with the ratio
+    (as a percentage) in its ``{}``."""
+    shown = f"{100 * (ratio or 0):.1f} %"
+    print(f"[{tag}] {name}, {model}: " + (error or what.format(shown)), flush=True)
 
 
 def _workload_pairs(
@@ -469,11 +480,13 @@ def _paired_workloads(
     comparison = _compare_halves(
         name, (SERVICE, SERVICE), model, couples, a_load, b_load, args, load
     )
-    ratio = comparison.throughput_ratio
-    print(
-        f"[paired] {name}, {model}: "
-        + (comparison.error or f"B's throughput {100 * (ratio or 0):.1f} % of A's"),
-        flush=True,
+    _say_result(
+        "paired",
+        name,
+        model,
+        comparison.error,
+        comparison.throughput_ratio,
+        "B's throughput {} of A's",
     )
     return comparison
 
@@ -554,11 +567,13 @@ def _alternations(
             connections=c,
             timeout_s=load.timeout_s,
         )
-        ratio = result.ratio
-        print(
-            f"[alternating] {targets.V2_JSON_PAIR}, {model}: "
-            + (result.error or f"B's req/s {100 * (ratio or 0):.1f} % of A's"),
-            flush=True,
+        _say_result(
+            "alternating",
+            targets.V2_JSON_PAIR,
+            model,
+            result.error,
+            result.ratio,
+            "B's req/s {} of A's",
         )
         out.append(result)
     return out

@@ -193,10 +193,10 @@ class _Worker:
         self.controls: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         """Load/unload messages waiting until this worker is idle."""
 
-
-def _release_regions(worker: _Worker) -> None:
-    worker.outbox.release()
-    worker.inbox.release()
+    def release_regions(self) -> None:
+        """Drop both shared regions (the worker is gone or being stopped)."""
+        self.outbox.release()
+        self.inbox.release()
 
 
 class InferencePool:
@@ -326,7 +326,7 @@ class InferencePool:
                 worker.process.join(1.0)
             with contextlib.suppress(OSError):
                 worker.conn.close()
-            _release_regions(worker)
+            worker.release_regions()
         self._fail_everything(NotReadyError("the inference pool is shut down"))
         self._workers.clear()
 
@@ -525,7 +525,7 @@ class InferencePool:
         self._workers.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.close()
-        _release_regions(worker)
+        worker.release_regions()
         worker.process.join(0.1)
         if worker.process.is_alive():  # the pipe broke but the process lingers
             worker.process.kill()

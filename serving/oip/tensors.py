@@ -419,8 +419,8 @@ def _from_json(
 
 
 def numbers_problem(array: npt.NDArray[Any], kind: str, datatype: str) -> str | None:
-    """Why the decoded JSON ``array`` (of dtype kind ``kind``) cannot be the data of a
-    numeric ``datatype``, or None."""
+    """Why the decoded JSON ``array`` cannot be the data of a numeric ``datatype``, or None.
+    ``kind`` is its dtype's kind, given apart because an empty list decodes as floats."""
     if kind not in "iuf" or (kind == "f" and datatype in INT_TYPES):
         wanted = "integers" if datatype in INT_TYPES else "numbers"
         return f"{datatype} data must be JSON {wanted}"
