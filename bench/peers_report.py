@@ -165,7 +165,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def markdown_table(run: Run) -> str:
-    """The side-by-side table as Markdown (for the README)."""
+    """The side-by-side table as Markdown (for bench/RESULTS.md)."""
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(run)]
     return "\n".join(lines)
