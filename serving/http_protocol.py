@@ -6,7 +6,8 @@ request's headers (its request timeouts start once they are in, its keep-alive t
 after a first response), nor how many connections are open, nor how big a head is. So here:
 
 * a head must be complete within ``header_timeout_s`` of the connection's start (or of the
-  first byte of a next request on a kept-alive connection); beyond it the connection is
+  first byte after a response on a kept-alive connection: any byte cancels uvicorn's
+  keep-alive timeout, even a blank line, which begins no request); beyond it the connection is
   closed (408 first if part of a request came). One timer per server process, not per
   request: connections awaiting a head are kept in arrival order, so the oldest is first;
 * beyond ``max_connections`` open connections a new one gets a 503 and is closed at once;
@@ -185,7 +186,6 @@ class _Connections:
 
     def sweep(self) -> None:
         """Close the connections whose head is late; wake again for the next one due."""
-        self.timer = None
         timeout = self.limits.header_timeout_s
         cutoff = self.loop.time() - timeout + 0.005  # timers may fire a little early
         awaiting = self.awaiting
@@ -196,10 +196,12 @@ class _Connections:
             late.append(connection)
         for connection in late:
             del awaiting[connection]
-            connection.head_timed_out()
+            connection.head_timed_out()  # may come back in, last (self.timer is still set)
         if awaiting:
             first = next(iter(awaiting.values()))
             self.timer = self.loop.call_at(first + timeout, self.sweep)
+        else:
+            self.timer = None
 
 
 _SERVERS: weakref.WeakKeyDictionary[ServerState, _Connections] = weakref.WeakKeyDictionary()
@@ -307,10 +309,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if head_was_open and self._head_open:  # all of this chunk is head
-            self._head_chunks += len(data)
-            if self._head_chunks > self._limits.max_header_bytes:
-                self._refuse_head(self._too_big())
+        if self._head_open:
+            if head_was_open:  # all of this chunk is head
+                self._head_chunks += len(data)
+                if self._head_chunks > self._limits.max_header_bytes:
+                    self._refuse_head(self._too_big())
+        elif self.cycle is None or self.cycle.response_complete:
+            # Bytes that begin no request (llhttp skips blank lines between requests) have
+            # cancelled uvicorn's keep-alive timer: the head's clock runs instead.
+            self._connections.await_head(self)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -224,6 +224,16 @@ def test_on_a_kept_alive_connection_the_clock_starts_at_the_next_request(
     assert _json_error(answer, b"408")["type"] == "request_timeout"
 
 
+def test_blank_lines_between_requests_do_not_hold_a_connection(guarded: RunningServer) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(READY)
+        assert _response(sock)[0].startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        sock.sendall(b"\r\n")  # stops uvicorn's keep-alive timer, begins no request
+        assert _until_closed(sock) == b""
+        assert time.monotonic() - started < HEADER_TIMEOUT + 2.5
+
+
 def test_beyond_the_connection_limit_new_connections_are_refused_at_once(
     guarded: RunningServer,
 ) -> None:
