@@ -35,8 +35,8 @@ def default_max_connections() -> int:
     Every connection holds a descriptor. At the limit ``accept`` fails, and new clients wait
     in the kernel's queue until some connection closes, while the pool, which opens
     descriptors for large answers (shared regions), fails too. Refusing connections below
-    the limit keeps both working. An eighth leaves room for the rest of the process (about
-    60 descriptors measured at rest with two pool workers) and for bursts of shared regions.
+    the limit keeps both working. An eighth leaves room for the rest of the process (23
+    descriptors measured at rest with two pool workers) and for bursts of shared regions.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
