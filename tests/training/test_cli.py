@@ -53,6 +53,15 @@ def test_train_models_promote_rollback(tmp_path: Path) -> None:
     assert promoted.returncode == 0
     assert "production is now v2 (was v1)" in promoted.stdout
 
+    compared = run(store, "compare", "iris")
+    assert compared.returncode == 0, compared.stderr
+    assert "v1" in compared.stdout
+    assert "v2 (production)" in compared.stdout
+    assert "v2 vs v1:" in compared.stdout
+    pruned = run(store, "prune", "iris", "--keep", "1")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "kept v1, v2" in pruned.stdout  # v1 is the previous production
+
     missing = run(store, "promote", "iris", "9")
     assert missing.returncode == 1
     assert "error: model 'iris' has no version 9" in missing.stderr
