@@ -16,15 +16,18 @@ TASK ?=
 NAME ?=
 VERSION ?=
 FORCE ?=
+ESTIMATOR ?=
+KEEP ?=
 # Where the model store lives; the service and the training CLI both read SERVEWELL_STORE.
 STORE ?= models
 export SERVEWELL_STORE ?= $(STORE)
 
-.PHONY: help venv test lint typecheck unit test-slow serve train models promote rollback bench clean bench-peers
+.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback bench clean bench-peers
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column [TASK=classification|regression NAME=model] FORCE=1\n"
+	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column [TASK=classification|regression NAME=model ESTIMATOR=random_forest|extra_trees|gradient_boosting|hist_gradient_boosting|logistic_regression|linear_regression|ridge|knn] FORCE=1\n"
+	@printf "make train exits 0 when promoted (or identical to production), 3 when stored but not promoted, 1 on errors\n"
 	@printf "Store: STORE=dir (default models/), exported as SERVEWELL_STORE\n"
 
 $(STAMP): pyproject.toml
@@ -51,14 +54,23 @@ test: lint typecheck unit ## Lint, type-check and run the whole default test sui
 test-slow: $(STAMP) ## Run the slow load/soak tests too
 	$(PY) -m pytest -q
 
-train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col
+train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col [ESTIMATOR=name]
 	$(PY) -m training train \
 		$(if $(MODEL),--model "$(MODEL)") $(if $(SPEC),--spec "$(SPEC)") \
 		$(if $(DATA),--data "$(DATA)") $(if $(TARGET),--target "$(TARGET)") \
-		$(if $(TASK),--task "$(TASK)") $(if $(NAME),--name "$(NAME)") $(if $(FORCE),--force)
+		$(if $(TASK),--task "$(TASK)") $(if $(NAME),--name "$(NAME)") \
+		$(if $(ESTIMATOR),--estimator "$(ESTIMATOR)") $(if $(FORCE),--force)
 
 models: $(STAMP) ## List the store: versions, production, primary metric
 	$(PY) -m training models
+
+compare: $(STAMP) ## Every version of MODEL=name side by side: metrics ± fold spread, baseline, data, params, changes
+	@test -n "$(MODEL)" || { echo "usage: make compare MODEL=name"; exit 2; }
+	$(PY) -m training compare "$(MODEL)"
+
+prune: $(STAMP) ## Remove old versions of MODEL=name, keeping the newest KEEP=n, production and the previous one
+	@test -n "$(MODEL)" -a -n "$(KEEP)" || { echo "usage: make prune MODEL=name KEEP=n"; exit 2; }
+	$(PY) -m training prune "$(MODEL)" --keep "$(KEEP)"
 
 promote: $(STAMP) ## Make MODEL=name VERSION=n the production version
 	@test -n "$(MODEL)" -a -n "$(VERSION)" || { echo "usage: make promote MODEL=name VERSION=n"; exit 2; }

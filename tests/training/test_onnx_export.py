@@ -59,7 +59,9 @@ def test_unconvertible_model_is_trained_and_says_why(store: ModelStore) -> None:
     lines: list[str] = []
     result = train(spec, store, echo=lines.append)
     m = result.manifest
-    assert result.promoted
+    # Squared features explain almost none of diabetes (cv r2 ~0.04): stored, but the gate
+    # keeps it below its mean baseline's noise, so it is not promoted.
+    assert "trivial baseline" in result.decision.reason
     assert m.onnx is not None
     assert m.onnx.status == "conversion_failed"
     assert m.onnx.reason
