@@ -9,10 +9,11 @@ each a 4-byte little-endian length followed by that many bytes. Responses work t
 for outputs asked for in binary (``binary_data`` per output, ``binary_data_output`` for all).
 
 Binary inputs are decoded with ``numpy.frombuffer`` (no copy, no per-element Python), BYTES
-by regular expressions when they repeat a few values (categories), else by walking their
-framing. Responses put numeric outputs in binary straight from their arrays, and in JSON
-through orjson's own numpy support. Every problem is an ``InvalidInputError`` (or its
-``MalformedRequestError`` for framing and JSON syntax) whose message says where.
+by a regular expression when their elements have a few distinct lengths (categories), else
+by walking their framing. Responses put numeric outputs in binary straight from their
+arrays, and in JSON through orjson's own numpy support. Every problem is an
+``InvalidInputError`` (or its ``MalformedRequestError`` for framing and JSON syntax) whose
+message says where.
 """
 
 from __future__ import annotations
@@ -296,61 +297,87 @@ def _from_binary(
 
 _FEW_ELEMENTS = 256
 """Smaller BYTES tensors are walked element by element: as fast, and nothing to compile."""
-_MAX_DISTINCT = 32
-"""BYTES tensors with more distinct values than this are walked element by element."""
+_MAX_LENGTHS = 16
+"""BYTES tensors whose elements have more distinct lengths than this are walked."""
+_MAX_SPLIT_LENGTH = 1 << 16
+"""BYTES tensors with a longer element are walked (long texts are few per byte anyway)."""
+_LEARN = 64
+"""Elements walked in Python to learn lengths before each run at C speed."""
+_MAX_ROUNDS = 2
+"""Rounds of learning and running before the tensor is walked instead."""
 
 
 def _bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]:
     """The elements of a binary BYTES tensor, as text."""
     if count >= _FEW_ELEMENTS:
-        repeated = _repeated_texts(chunk, count)
-        if repeated is not None:
-            return repeated
+        split = _split_texts(chunk, count)
+        if split is not None:
+            return split
     return _walk_bytes_elements(chunk, count, where)
 
 
-def _repeated_texts(chunk: memoryview, count: int) -> list[str] | None:
-    """The elements of a BYTES tensor with few distinct values (e.g. categories), or None when
-    it is anything else (more distinct values, bad framing, not UTF-8, another count).
+def _split_texts(chunk: memoryview, count: int) -> list[str] | None:
+    """The elements of a BYTES tensor whose elements have few distinct lengths (categories,
+    identifiers), or None when it is anything else (more lengths, a long element, bad
+    framing, not UTF-8, another count).
 
-    Walking 10 000 length-prefixed elements in Python costs several milliseconds. Instead, the
-    distinct framed elements (length prefix + bytes) are learned one at a time, and a regular
-    expression matching any of them skips, at C speed, over the run of known elements that
-    follows; a final ``findall`` splits the whole tensor. Splitting a concatenation of known
-    framed elements this way is exact: at each boundary at most one of them can match (two
-    framed elements of one length differ in their bytes, of different lengths in their
-    prefix). Whatever is not certain returns None, and the caller walks the elements (which
+    Walking 10 000 length-prefixed elements in Python costs several milliseconds. Instead, a
+    regular expression splits the tensor at C speed: one alternative per distinct length,
+    its 4-byte prefix then that many bytes of anything. Splitting this way is exact: at each
+    boundary the prefix selects one alternative. The lengths are learned by walking a few
+    elements, then a starred pattern skips the run of elements of known lengths that
+    follows, for at most two rounds. The pattern depends on the lengths only, not on the
+    values, so its size and the number of compilations per request are bounded by
+    constants (and a client's values cannot make the compilation cost grow with their
+    size). Whatever is not certain returns None, and the caller walks the elements (which
     also says what is wrong)."""
     end = len(chunk)
-    framed: dict[bytes, str] = {}
+    prefixes: set[bytes] = set()
     position = 0
-    while position < end:
-        if framed:
-            run = re.compile(b"(?:" + _alternatives(framed) + b")*").match(chunk, position)
-            assert run is not None  # a starred pattern matches, if only the empty string
-            position = run.end()
+    for _ in range(_MAX_ROUNDS):
+        for _ in range(_LEARN):
             if position == end:
                 break
-        if len(framed) >= _MAX_DISTINCT or position + 4 > end:
+            if position + 4 > end:
+                return None
+            (length,) = _LENGTH.unpack_from(chunk, position)
+            if length > _MAX_SPLIT_LENGTH:
+                return None
+            prefixes.add(bytes(chunk[position : position + 4]))
+            position += 4 + length
+            if position > end:
+                return None
+        if len(prefixes) > _MAX_LENGTHS:
             return None
-        stop = position + 4 + _LENGTH.unpack_from(chunk, position)[0]
-        if stop > end:
-            return None
-        element = bytes(chunk[position:stop])
-        try:
-            framed[element] = element[4:].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        position = stop
-    elements = re.compile(_alternatives(framed)).findall(chunk) if framed else []
+        if position < end:
+            run = _length_pattern(frozenset(prefixes), b"*").match(chunk, position)
+            assert run is not None  # a starred pattern matches, if only the empty string
+            position = run.end()
+        if position == end:
+            break
+    else:
+        return None
+    # The walk and the runs went from boundary to boundary to the end: findall from the
+    # start meets the same boundaries.
+    elements = _length_pattern(frozenset(prefixes), b"").findall(chunk) if prefixes else []
     if len(elements) != count:
         return None
-    return list(map(framed.__getitem__, elements))
+    texts: dict[bytes, str] = {}
+    try:
+        for element in set(elements):
+            texts[element] = element[4:].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return list(map(texts.__getitem__, elements))
 
 
-def _alternatives(framed: Iterable[bytes]) -> bytes:
-    # Sorted, so that one set of values gives one pattern (re caches compiled patterns).
-    return b"|".join(re.escape(element) for element in sorted(framed))
+def _length_pattern(prefixes: frozenset[bytes], repeat: bytes) -> re.Pattern[bytes]:
+    """Any framed element with one of these length prefixes (``repeat``: ``*`` for a run).
+    Sorted, so that one set of lengths gives one pattern (re caches compiled patterns)."""
+    alternatives = b"|".join(
+        re.escape(prefix) + b".{%d}" % _LENGTH.unpack(prefix)[0] for prefix in sorted(prefixes)
+    )
+    return re.compile(b"(?s)(?:" + alternatives + b")" + repeat)
 
 
 def _walk_bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]:

@@ -3,11 +3,16 @@ service keeps answering."""
 
 from __future__ import annotations
 
+import struct
+import threading
+import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from tests.serving.conftest import RunningServer
 from tests.serving.test_app import CHURN, IRIS, _error
 
 IRIS_PATH = "/models/iris/predict"
@@ -128,3 +133,63 @@ def test_content_type_and_encoding(
         if status == 415:
             error = _error(response, 415, "unsupported_media_type")
             assert error["details"][0]["loc"][0] == "header"
+
+
+# -- the Open Inference Protocol ---------------------------------------------------------------
+
+V2_IRIS = "/v2/models/iris/infer"
+
+
+def _v2_error(response: httpx.Response, status: int = 400) -> str:
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["content-type"] == "application/json"
+    assert "Traceback" not in response.text
+    message: str = response.json()["error"]
+    return message
+
+
+def _framed(texts: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(t)) + t for t in texts)
+
+
+def _binary_bytes_request(name: str, texts: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    raw = _framed(texts)
+    tensor = {"name": name, "shape": [len(texts)], "datatype": "BYTES"}
+    head = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
+    return head + raw, {"Inference-Header-Content-Length": str(len(head))}
+
+
+def test_distinct_long_bytes_elements_do_not_stall_the_event_loop(
+    server: RunningServer, client: httpx.Client
+) -> None:
+    """256 BYTES elements, 32 distinct of 8 KB each: decoding them once compiled a pattern
+    of every element seen so far, per new element (seconds of event loop, during which even
+    the liveness probe waited). Now the request is answered and the probe stays prompt."""
+    distinct = [f"{i:02d}".encode() + b"x" * 8190 for i in range(32)]
+    body, headers = _binary_bytes_request("t", [distinct[i % 32] for i in range(256)])
+    stalls: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with server.client() as prober:
+            while not stop.is_set():
+                start = time.perf_counter()
+                assert prober.get("/health/live").status_code == 200
+                stalls.append(time.perf_counter() - start)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        while not stalls:
+            time.sleep(0.01)
+        for _ in range(3):
+            assert "unknown input(s) 't'" in _v2_error(
+                client.post(V2_IRIS, content=body, headers=headers)
+            )
+        time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert max(stalls) < 0.5, f"the liveness probe waited {max(stalls):.2f} s"
+    _still_serving(client)
