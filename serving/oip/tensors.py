@@ -242,7 +242,9 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
         raise _bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise _bad(f"{where}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}")
+        raise _bad(
+            f"{where}: datatype {_shown(datatype)} is not one of {', '.join(sorted(DATATYPES))}"
+        )
     shape_raw = raw.get("shape")
     if (
         not isinstance(shape_raw, list)
@@ -401,13 +403,37 @@ def _walk_bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]
     return out
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    if not any(isinstance(x, list) for x in data):
+def _flatten(data: list[Any], depth: int, where: str) -> list[Any]:
+    """Nested lists, flat; nested at most ``depth`` deep (the shape's dimensions). A loop,
+    not recursion: JSON may nest deeper than Python recurses."""
+    if not any(type(x) is list for x in data):
         return data
     out: list[Any] = []
-    for x in data:
-        out.extend(_flatten(x) if isinstance(x, list) else [x])
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if type(x) is list:
+                if len(stack) >= depth:
+                    raise _bad(
+                        f"{where}: data is nested deeper than its shape's {depth} dimension(s)"
+                    )
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
     return out
+
+
+def _shown(value: Any) -> str:
+    """A value the client sent, for a message: short, and never a walk of nested containers
+    (their repr recurses, and JSON nests deeper than Python recurses)."""
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, dict):
+        return "a JSON object"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _from_json(
@@ -416,14 +442,14 @@ def _from_json(
     if not isinstance(data, list):
         raise _bad(f"{where}: data must be a list (flat or nested like the shape)")
     if datatype == BYTES:
-        flat = _flatten(data)
+        flat = _flatten(data, len(shape), where)
         if len(flat) != count:
             raise _bad(
                 f"{where}: shape {list(shape)} needs {count} elements but data has {len(flat)}"
             )
         for i, value in enumerate(flat):
             if not isinstance(value, str):
-                raise _bad(f"{where}: BYTES element {i} must be a string, not {value!r:.40}")
+                raise _bad(f"{where}: BYTES element {i} must be a string, not {_shown(value)}")
         return flat
     try:
         array = np.array(data)

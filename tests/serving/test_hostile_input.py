@@ -27,7 +27,8 @@ def _still_serving(client: httpx.Client) -> None:
     assert client.post(IRIS_PATH, json={"instances": [IRIS]}).json()["predictions"] == ["setosa"]
 
 
-@pytest.mark.parametrize("depth", [100, 200_000])
+# Around Python's recursion limit (1000) and orjson's depth limit (1024), and far beyond.
+@pytest.mark.parametrize("depth", [100, 990, 1010, 1023, 1025, 200_000])
 def test_deeply_nested_json_is_a_4xx(client: httpx.Client, depth: int) -> None:
     for body in (
         '{"rows": ' + "[" * depth + "]" * depth + "}",
@@ -192,4 +193,26 @@ def test_distinct_long_bytes_elements_do_not_stall_the_event_loop(
         stop.set()
         thread.join(30)
     assert max(stalls) < 0.5, f"the liveness probe waited {max(stalls):.2f} s"
+    _still_serving(client)
+
+
+@pytest.mark.parametrize("depth", [990, 1010, 1021, 1025])
+def test_v2_deeply_nested_values_are_400_naming_the_tensor(
+    client: httpx.Client, depth: int
+) -> None:
+    """Nested around Python's recursion limit (BYTES data, a BYTES element, a datatype):
+    each once raised RecursionError (a 500 and a traceback in the log); beyond orjson's
+    depth limit (1024) the body is not JSON the service reads."""
+    deep = "[" * depth + '"a"' + "]" * depth
+    deep_object = '{"a":' * depth + "1" + "}" * depth
+    tensor = '{"name":"t","shape":[1],'
+    for value in (
+        tensor + '"datatype":"BYTES","data":' + deep + "}",
+        tensor + '"datatype":"BYTES","data":[' + deep_object + "]}",
+        tensor + '"datatype":' + deep + ',"data":["a"]}',
+    ):
+        message = _v2_error(client.post(V2_IRIS, content='{"inputs":[' + value + "]}"))
+        # The document nests 3 or 4 deeper than the value.
+        assert "inputs[0] 't'" in message or (depth > 1020 and "depth limit" in message)
+        assert len(message) < 500
     _still_serving(client)

@@ -339,3 +339,17 @@ def test_large_bytes_tensors_refuse_what_small_ones_refuse() -> None:
     body, length = _binary_request([("t", "BYTES", [501], bad_utf8)])
     with pytest.raises(InvalidInputError, match="BYTES element 500 is not UTF-8"):
         parse_request(body, length)
+
+
+def test_bytes_data_nested_as_the_shape_at_most() -> None:
+    def parse(shape: list[int], data: str, datatype: str = '"BYTES"') -> object:
+        tensor = f'{{"name": "t", "datatype": {datatype}, "shape": {shape}, "data": {data}}}'
+        return parse_request(f'{{"inputs": [{tensor}]}}'.encode(), None).inputs[0].values
+
+    assert parse([2, 2], '[["a", "b"], ["c", "d"]]') == ["a", "b", "c", "d"]
+    assert parse([2, 2], '["a", "b", "c", "d"]') == ["a", "b", "c", "d"]
+    deep = "[" * 1000 + '"a"' + "]" * 1000  # deeper than Python recurses
+    with pytest.raises(InvalidInputError, match="'t': data is nested deeper than its shape's 1"):
+        parse([1], deep)
+    with pytest.raises(InvalidInputError, match="datatype a JSON array is not one of"):
+        parse([1], '["a"]', deep)
