@@ -124,10 +124,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON part and the binary part of a request body."""
     if header_length is None:
         return body, memoryview(b"")
-    text = header_length.strip()
-    if not text.isdigit() or len(text) > 12:
+    # ASCII digits only: str.isdigit also takes "²" and other digits int() refuses.
+    text = header_length.strip(" \t")
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise _malformed(
-            f"the Inference-Header-Content-Length header must be a byte count, not {text[:40]!r}"
+            "the Inference-Header-Content-Length header must be a byte count (ASCII digits), "
+            f"not {_shown(text)}"
         )
     length = int(text)
     if length > len(body):

@@ -216,3 +216,19 @@ def test_v2_deeply_nested_values_are_400_naming_the_tensor(
         assert "inputs[0] 't'" in message or (depth > 1020 and "depth limit" in message)
         assert len(message) < 500
     _still_serving(client)
+
+
+@pytest.mark.parametrize("value", ["²".encode("latin-1"), "١٢".encode(), b"\xff", b"1\xa0"])
+def test_numbers_in_headers_are_ascii_or_400(client: httpx.Client, value: bytes) -> None:
+    """A length header of non-ASCII digits ("²" passes str.isdigit, then int() refuses it)
+    was a 500 with a traceback in the log."""
+    body, _ = _binary_bytes_request("t", [b"a"])
+    headers = {"Inference-Header-Content-Length": value}
+    assert "must be a byte count" in _v2_error(client.post(V2_IRIS, content=body, headers=headers))
+    timeout = {"X-Request-Timeout": value}
+    assert "X-Request-Timeout" in _v2_error(client.post(V2_IRIS, content=body, headers=timeout))
+    error = _error(
+        client.post(IRIS_PATH, json={"rows": [IRIS]}, headers=timeout), 400, "bad_request"
+    )
+    assert error["details"][0]["loc"] == ["header", "x-request-timeout"]
+    _still_serving(client)

@@ -20,6 +20,7 @@ from serving.oip.tensors import (
     encode_response,
     frame_texts,
     parse_request,
+    split_body,
 )
 
 
@@ -353,3 +354,11 @@ def test_bytes_data_nested_as_the_shape_at_most() -> None:
         parse([1], deep)
     with pytest.raises(InvalidInputError, match="datatype a JSON array is not one of"):
         parse([1], '["a"]', deep)
+
+
+@pytest.mark.parametrize("header", ["²", "1²", "١٢", "\xa012", "12\x00", "-1", "1e3", "0x10", ""])
+def test_header_length_is_ascii_digits(header: str) -> None:
+    # As the edge hands it over: the header's bytes decoded as latin-1.
+    with pytest.raises(MalformedRequestError, match="must be a byte count"):
+        split_body(b'{"inputs": []}', header)
+    assert split_body(b"{}xy", " 2\t")[0] == b"{}"
