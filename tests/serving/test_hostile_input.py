@@ -223,9 +223,9 @@ def test_numbers_in_headers_are_ascii_or_400(client: httpx.Client, value: bytes)
     """A length header of non-ASCII digits ("²" passes str.isdigit, then int() refuses it)
     was a 500 with a traceback in the log."""
     body, _ = _binary_bytes_request("t", [b"a"])
-    headers = {"Inference-Header-Content-Length": value}
+    headers = {b"inference-header-content-length": value}
     assert "must be a byte count" in _v2_error(client.post(V2_IRIS, content=body, headers=headers))
-    timeout = {"X-Request-Timeout": value}
+    timeout = {b"x-request-timeout": value}
     assert "X-Request-Timeout" in _v2_error(client.post(V2_IRIS, content=body, headers=timeout))
     error = _error(
         client.post(IRIS_PATH, json={"rows": [IRIS]}, headers=timeout), 400, "bad_request"
