@@ -157,10 +157,12 @@ def _flag(parameters: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_request(
+    body: bytes, header_length: str | None, max_elements: int = _MAX_ELEMENTS
+) -> InferRequest:
     """Decode an inference request body (JSON, with or without binary tensor data)."""
     head, binary = split_body(body, header_length)
-    return parse_document(decode_json(head), binary, header_length)
+    return parse_document(decode_json(head), binary, header_length, max_elements)
 
 
 def decode_json(head: bytes) -> Any:
@@ -171,8 +173,13 @@ def decode_json(head: bytes) -> Any:
         raise _malformed(f"the inference request is not valid JSON: {exc}") from None
 
 
-def parse_document(document: Any, binary: memoryview, header_length: str | None) -> InferRequest:
-    """An inference request from its decoded JSON part and its binary part."""
+def parse_document(
+    document: Any, binary: memoryview, header_length: str | None, max_elements: int = _MAX_ELEMENTS
+) -> InferRequest:
+    """An inference request from its decoded JSON part and its binary part. ``max_elements``:
+    the most elements its tensors may hold together, checked from their shapes before any
+    is decoded (decoding is event-loop work that grows with the elements, and a body of
+    empty BYTES elements holds millions)."""
     if not isinstance(document, dict):
         raise _bad("the inference request must be a JSON object")
     unknown = document.keys() - _REQUEST_FIELDS
@@ -191,10 +198,12 @@ def parse_document(document: Any, binary: memoryview, header_length: str | None)
         raise _bad("inputs must be a non-empty list of tensors")
     inputs: list[Tensor] = []
     offset = 0
+    budget = max_elements
     for i, raw in enumerate(raw_inputs):
-        tensor, size = _input(raw, i, binary, offset)
+        tensor, size = _input(raw, i, binary, offset, budget)
         inputs.append(tensor)
         offset += size
+        budget -= math.prod(tensor.shape)
     if offset != len(binary):
         if header_length is None:
             raise _bad("binary_data_size is given but there is no Inference-Header-Content-Length")
@@ -230,8 +239,9 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     return out
 
 
-def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, int]:
-    """One input tensor, and how many bytes of the binary part it used."""
+def _input(raw: Any, i: int, binary: memoryview, offset: int, budget: int) -> tuple[Tensor, int]:
+    """One input tensor, and how many bytes of the binary part it used; ``budget``: the most
+    elements it may have."""
     where = f"inputs[{i}]"
     if not isinstance(raw, dict):
         raise _bad(f"{where} must be an object with name, shape, datatype and data")
@@ -258,6 +268,11 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
     count = math.prod(shape)
     if count > _MAX_ELEMENTS:
         raise _bad(f"{where}: shape {list(shape)} has too many elements")
+    if count > budget:
+        raise _bad(
+            f"{where}: shape {list(shape)} makes the inputs hold far more elements than this "
+            "model takes in one request (its features times the most rows per request)"
+        )
     parameters = _parameters(raw.get("parameters"), where)
     size = parameters.get("binary_data_size")
     has_data = "data" in raw

@@ -160,14 +160,27 @@ def _binary_bytes_request(name: str, texts: list[bytes]) -> tuple[bytes, dict[st
     return head + raw, {"Inference-Header-Content-Length": str(len(head))}
 
 
-def test_distinct_long_bytes_elements_do_not_stall_the_event_loop(
-    server: RunningServer, client: httpx.Client
-) -> None:
-    """256 BYTES elements, 32 distinct of 8 KB each: decoding them once compiled a pattern
-    of every element seen so far, per new element (seconds of event loop, during which even
-    the liveness probe waited). Now the request is answered and the probe stays prompt."""
+def _distinct_long() -> list[bytes]:
     distinct = [f"{i:02d}".encode() + b"x" * 8190 for i in range(32)]
-    body, headers = _binary_bytes_request("t", [distinct[i % 32] for i in range(256)])
+    return [distinct[i % 32] for i in range(256)]
+
+
+@pytest.mark.parametrize(
+    ("texts", "refusal"),
+    [
+        # Decoding these once compiled a pattern of every element seen so far, per new one.
+        (_distinct_long(), "unknown input(s) 't'"),
+        # 6 MB of empty elements: decoded, a second or more, before any check of the rows.
+        ([b""] * 1_500_000, "'t': shape [1500000] makes the inputs hold far more elements"),
+    ],
+    ids=["32-distinct-8KB-elements", "1.5M-empty-elements"],
+)
+def test_bytes_tensors_do_not_stall_the_event_loop(
+    server: RunningServer, client: httpx.Client, texts: list[bytes], refusal: str
+) -> None:
+    """Requests that once held the event loop for seconds, during which even the liveness
+    probe waited: now each is answered, and the probe stays prompt."""
+    body, headers = _binary_bytes_request("t", texts)
     stalls: list[float] = []
     stop = threading.Event()
 
@@ -185,9 +198,8 @@ def test_distinct_long_bytes_elements_do_not_stall_the_event_loop(
         while not stalls:
             time.sleep(0.01)
         for _ in range(3):
-            assert "unknown input(s) 't'" in _v2_error(
-                client.post(V2_IRIS, content=body, headers=headers)
-            )
+            response = client.post(V2_IRIS, content=body, headers=headers)
+            assert refusal in _v2_error(response)
         time.sleep(0.05)
     finally:
         stop.set()

@@ -362,3 +362,14 @@ def test_header_length_is_ascii_digits(header: str) -> None:
     with pytest.raises(MalformedRequestError, match="must be a byte count"):
         split_body(b'{"inputs": []}', header)
     assert split_body(b"{}xy", " 2\t")[0] == b"{}"
+
+
+def test_elements_beyond_the_limit_are_refused_before_decoding() -> None:
+    body, length = _binary_request([("t", "BYTES", [1000], struct.pack("<I", 0) * 1000)])
+    assert parse_request(body, length, max_elements=1000).inputs[0].values == [""] * 1000
+    with pytest.raises(InvalidInputError, match=r"inputs\[0\] 't': shape \[1000\] makes"):
+        parse_request(body, length, max_elements=1000 - 1)  # the framing is not even read
+    two = [("a", "FP64", [3], bytes(24)), ("b", "FP64", [3], bytes(24))]
+    body, length = _binary_request(two)
+    with pytest.raises(InvalidInputError, match=r"inputs\[1\] 'b': shape \[3\] makes"):
+        parse_request(body, length, max_elements=5)
