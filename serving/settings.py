@@ -7,7 +7,7 @@ import resource
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.runtime import RuntimePolicy
@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     """Bearer token of the admin API (``/admin/...``: reload, promote, rollback, versions).
     Unset (default): the admin API is disabled and answers 404."""
+
+    protect_info: bool = False
+    """Put what the service tells about its models behind the admin token: ``GET /models``,
+    ``/models/{name}``, ``/models/{name}/drift``, ``/metrics``, the Open Inference Protocol
+    model metadata (``GET /v2/models/{name}[/versions/{v}]``), ``/openapi.json``, ``/docs``
+    and ``/redoc`` answer 401 without it and 403 with a wrong one; ``/health/ready`` keeps
+    answering its status code to anyone, with its details only for the token. Liveness,
+    readiness of the protocol and predict and infer stay open. Needs ``admin_token``."""
 
     strict_sklearn_version: bool = False
     """Refuse a model whose manifest records another scikit-learn version than the one serving
@@ -230,6 +238,15 @@ class Settings(BaseSettings):
     schemas) out of the garbage collector's reach (``gc.freeze``), so that full collections
     stop walking them: under load they stalled the event loop for 0.1-0.3 s every few seconds
     (2-core box), delaying every request in flight. Applies to ``python -m serving``."""
+
+    @model_validator(mode="after")
+    def _protected_info_needs_a_token(self) -> Settings:
+        if self.protect_info and not self.admin_enabled:
+            raise ValueError(
+                "protect_info needs admin_token: without it the protected endpoints would "
+                "answer no one"
+            )
+        return self
 
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
