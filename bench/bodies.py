@@ -1,22 +1,20 @@
 """Request bodies from a model's manifest, in every form a scenario sends, and their answers.
 
 Values are drawn uniformly within each feature's training range, so every request differs and
-no cache can answer from memory; the same seeds give the same rows in every form. Bodies are
-written as binary-safe records for ``bench/post.lua``: ``<json header length> <body
-length>\\n<body>``, header length 0 for a plain JSON body.
+no cache can answer from memory; the same seed gives the same rows in every form. The forms:
+``typed`` ``{"instances": [{feature: value}]}``; ``rows`` ``{"rows": [[...]]}``; ``v2json``, the
+Open Inference Protocol asking only for ``predict`` (typed requests get predictions only);
+``v2binary``, exactly what ``tritonclient.http`` sends by default: tensors as binary data after
+the JSON header and no outputs named, so every output (probabilities too) comes back binary;
+``mlserver``, what MLServer's scikit-learn runtime takes (a ``[n, features]`` FP64 tensor, or
+named columns with ``content_type: pd`` for DataFrame models).
 
-- ``typed``: ``{"instances": [{feature: value}]}`` to ``/models/{name}/predict``.
-- ``rows``: ``{"rows": [[...], ...]}`` in feature order, the typed bulk form.
-- ``v2json``: Open Inference Protocol JSON asking only for ``predict`` (as typed requests ask
-  only for predictions): one 2-D ``input`` tensor, or one tensor per feature with categories.
-- ``v2binary``: exactly what ``tritonclient.http`` sends by default: the tensors as binary data
-  after the JSON header and no outputs named, so every output comes back in binary
-  (probabilities too: more work than the typed request it is compared with).
-- ``mlserver``: Open Inference Protocol JSON as MLServer's scikit-learn runtime takes it: one
-  FP64 ``[n, features]`` tensor, or named columns with ``content_type: pd`` for DataFrame models.
+Bodies are written as binary-safe records for ``bench/post.lua``:
+``<json header length> <body length>\\n<body>``, header length 0 for a plain JSON body.
 """
 
 import json
+import math
 import random
 import struct
 import urllib.error
@@ -65,11 +63,12 @@ def _json(document: Any) -> Body:
 
 
 def _tensors(
-    features: Sequence[Feature], rows: Sequence[Row]
-) -> list[tuple[dict[str, Any], list[Any], bytes]]:
-    """(tensor header, JSON data, binary data) per input tensor."""
+    features: Sequence[Feature], rows: Sequence[Row], by_feature: bool = False
+) -> list[tuple[Any, Any, bytes]]:
+    """(tensor header, JSON data, binary data) per input: one 2-D ``input`` tensor, or one per
+    feature when asked or when there are categories."""
     n = len(rows)
-    if all(f.kind is not FeatureKind.CATEGORICAL for f in features):
+    if not by_feature and all(f.kind is not FeatureKind.CATEGORICAL for f in features):
         matrix = np.asarray(rows, dtype=np.float64)
         head = {"name": "input", "shape": [n, len(features)], "datatype": "FP64"}
         return [(head, matrix.reshape(-1).tolist(), matrix.astype("<f8").tobytes())]
@@ -96,25 +95,14 @@ def encode(
         return _json({"instances": [dict(zip(names, row, strict=True)) for row in rows]})
     if request == "rows":
         return _json({"rows": list(rows)})
-    if request == "mlserver":
-        if not dataframe:
-            data = [float(v) for row in rows for v in row]  # type: ignore[arg-type]
-            tensor = {"name": "input-0", "shape": [len(rows), len(features)], "datatype": "FP64"}
-            return _json({"inputs": [{**tensor, "data": data}]})
-        inputs = [
-            {
-                "name": f.name,
-                "shape": [len(rows)],
-                "datatype": _V2_TYPES.get(f.kind, ("BYTES",))[0],
-                "data": [row[i] for row in rows],
-            }
-            for i, f in enumerate(features)
-        ]
-        return _json({"parameters": {"content_type": "pd"}, "inputs": inputs})
-    tensors = _tensors(features, rows)
+    tensors = _tensors(features, rows, by_feature=request == "mlserver" and dataframe)
+    inputs = [{**head, "data": data} for head, data, _ in tensors]
     if request == "v2json":
-        inputs = [{**head, "data": data} for head, data, _ in tensors]
         return _json({"inputs": inputs, "outputs": [{"name": "predict"}]})
+    if request == "mlserver" and dataframe:  # MLServer's pandas codec makes a DataFrame of it
+        return _json({"parameters": {"content_type": "pd"}, "inputs": inputs})
+    if request == "mlserver":
+        return _json({"inputs": [{**inputs[0], "name": "input-0"}]})
     if request != "v2binary":
         raise ValueError(f"unknown request form {request!r}")
     header = {
@@ -194,12 +182,9 @@ def post(url: str, body: Body, timeout_s: float = 60.0) -> list[Any]:
 
 def same(a: Sequence[Any], b: Sequence[Any]) -> bool:
     """Labels equal as text, numbers within float32 rounding (ONNX Runtime serves float32)."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if isinstance(x, int | float) and isinstance(y, int | float) and not isinstance(x, bool):
-            if abs(float(x) - float(y)) > 1e-4 * max(1.0, abs(float(y))):
-                return False
-        elif str(x) != str(y):
-            return False
-    return True
+
+    def eq(x: Any, y: Any) -> bool:
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y))
+        return math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6) if numbers else str(x) == str(y)
+
+    return len(a) == len(b) and all(eq(x, y) for x, y in zip(a, b, strict=True))

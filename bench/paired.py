@@ -19,6 +19,7 @@ from run to run. The median ratio over all runs is the figure.
 
 import os
 import statistics
+from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,11 +99,10 @@ def compare(
     couples: list[tuple[Running, Running]],
     bodies: tuple[Path, Path],
     paths: tuple[str, str],
-    wrk_path: str,
-    runs: int,
-    duration_s: float,
+    args: Namespace,
 ) -> Comparison:
-    """``runs`` paired runs, half on each (A, B) couple of servers."""
+    """``args.pair_runs`` runs of ``args.pair_duration`` s, half on each (A, B) couple, after a
+    discarded warm-up run on each; the wrk of A and B start first in turns."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return Comparison(error="needs 2 CPUs: one for both event loops, one for the rest")
@@ -112,8 +112,8 @@ def compare(
             for server in couple:
                 server.pin(cpus[0], set(cpus[1:]))
             try:
-                for i in range(runs // 2 + 1):  # the first run on a couple only warms up
-                    run = one_run(*couple, bodies, paths, wrk_path, duration_s, i % 2 == 0)
+                for i in range(args.pair_runs // 2 + 1):
+                    run = one_run(*couple, bodies, paths, args.wrk, args.pair_duration, i % 2 == 0)
                     measured += [run] if i else []
             finally:
                 for server in couple:

@@ -2,10 +2,10 @@
 --
 -- Usage: wrk -s bench/post.lua <url> -- <bodies file> <request path>
 -- The bodies file holds binary-safe records "<json header length> <body length>\n<body>"
--- (bench/bodies.py). Header length 0 is a plain JSON body; otherwise the body is the Open
--- Inference Protocol's binary extension and carries Inference-Header-Content-Length.
--- Requests are formatted once in init(), so wrk spends no Lua time per request, and no
--- response() is defined, because wrk would then parse every response into Lua.
+-- (bench/bodies.py); header length 0 is plain JSON, else the Open Inference Protocol's binary
+-- extension (sent with Inference-Header-Content-Length). Requests are formatted once in
+-- init(), so wrk spends no Lua time per request; no response() is defined, as wrk would then
+-- parse every response into Lua.
 
 local requests = {}
 local next_index = 0

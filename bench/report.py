@@ -50,6 +50,14 @@ class Outcome:
         rps = m.result.requests_per_s
         return rps * self.scenario.rows if figure == "rows/s" else rps
 
+    def __str__(self) -> str:
+        if self.error is not None or not self.runs:
+            return f"{self.scenario.key}: FAILED {self.error}"
+        r = self.runs[-1].result
+        return f"{self.scenario.key}: {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, " + (
+            f"{r.errors} errors"
+        )
+
     @property
     def spread(self) -> float | None:
         """(max - min) / median req/s over the rounds."""
@@ -107,20 +115,17 @@ def goal(target: Target) -> str:
     return "" if target.at_most is None else "<= " + shown(target, target.at_most)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in [header, *rows]
-    ]
+def _table(header: str, rows: list[list[str]]) -> list[str]:
+    """Columns of ``header`` (space-separated; ``_`` is a space) over ``rows``, aligned."""
+    rows = [[h.replace("_", " ") for h in header.split()], *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    just = [str.ljust, *[str.rjust] * (len(widths) - 1)]
+    lines = ["  ".join(j(c, w) for j, c, w in zip(just, r, widths, strict=True)) for r in rows]
     return [lines[0], "-" * len(lines[0]), *lines[1:]]
 
 
-def _num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _num(value: float | None, spec: str, scale: float = 1) -> str:
+    return "-" if value is None else format(value * scale, spec)
 
 
 def render(
@@ -133,53 +138,27 @@ def render(
     for o in outcomes:
         m = o.median
         if m is None:
-            rows.append([o.scenario.key, "FAILED", "", "", "", "", "", "", (o.error or "")[:60]])
+            rows.append([o.scenario.key, "FAILED", *[""] * 6, (o.error or "")[:60]])
             continue
-        r = m.result
-        rows.append(
-            [
-                o.scenario.key,
-                f"{r.requests_per_s:,.0f}",
-                _num(o.figure("rows/s"), ",.0f") if o.scenario.rows > 1 else "",
-                f"{r.p50_ms:.2f}",
-                f"{r.p99_ms:.2f}",
-                _num(o.figure("errors"), ".0f"),
-                _num(o.spread and 100 * o.spread, ".0f"),
-                f"{m.server_cpu:.0f}",
-                f"{m.other_cpu:.0f}",
-            ]
-        )
-    head = [
-        "scenario",
-        "req/s",
-        "rows/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "spread %",
-        "cpu %",
-        "other %",
-    ]
+        r, rows_s = m.result, o.figure("rows/s") if o.scenario.rows > 1 else None
+        errors, spread = _num(o.figure("errors"), ".0f"), _num(o.spread, ".0f", 100)
+        cells = [f"{r.requests_per_s:,.0f}", _num(rows_s, ",.0f"), f"{r.p50_ms:.2f}"]
+        cells += [f"{r.p99_ms:.2f}", errors, spread, f"{m.server_cpu:.0f}", f"{m.other_cpu:.0f}"]
+        rows.append([o.scenario.key, *cells])
+    head = "scenario req/s rows/s p50_ms p99_ms errors spread_% cpu_% other_%"
     lines = _table(head, rows) if rows else []
     if paired:
         pair_rows = []
         for name, c in paired.items():
-            low_high = c.spread
-            pair_rows.append(
-                [
-                    name,
-                    str(len(c.runs)),
-                    _num(c.ratio and 100 * c.ratio, ".1f"),
-                    "-" if low_high is None else f"{100 * low_high[0]:.1f}-{100 * low_high[1]:.1f}",
-                    (c.error or "")[:60],
-                ]
-            )
-        head = ["paired on one core: A vs B throughput", "runs", "ratio %", "range %", "error"]
-        lines += ["", *_table(head, pair_rows)]
-    target_rows = [
-        [v.target.name, shown(v.target, v.value), goal(v.target), v.status] for v in verdicts
-    ]
-    lines += ["", *_table(["target", "measured", "goal", "status"], target_rows)]
+            low, high = c.spread or (None, None)
+            cells = [_num(c.ratio, ".1f", 100), _num(low, ".1f", 100), _num(high, ".1f", 100)]
+            pair_rows.append([name, str(len(c.runs)), *cells, (c.error or "")[:60]])
+        lines += [
+            "",
+            *_table("paired_on_one_core:_A_vs_B runs ratio_% min_% max_% error", pair_rows),
+        ]
+    rows = [[v.target.name, shown(v.target, v.value), goal(v.target), v.status] for v in verdicts]
+    lines += ["", *_table("target measured goal status", rows)]
     return "\n".join([*lines, "", *(f"- {n}" for n in notes)])
 
 
@@ -190,38 +169,34 @@ def to_json(
     verdicts: list[Verdict],
     notes: list[str],
 ) -> dict[str, Any]:
-    return {
-        **meta,
-        "scenarios": [
+    scenarios = []
+    for o in outcomes:
+        figures = {f: o.figure(f) for f in ("req/s", "rows/s", "p50 ms", "errors")}
+        rounds = [asdict(r) for r in o.runs]
+        scenarios.append(
             {
                 **asdict(o.scenario),
                 "key": o.scenario.key,
                 "error": o.error,
-                "req_per_s": o.figure("req/s"),
-                "rows_per_s": o.figure("rows/s"),
-                "p50_ms": o.figure("p50 ms"),
-                "errors": o.figure("errors"),
-                "rounds": [asdict(r) for r in o.runs],
+                **figures,
+                "rounds": rounds,
             }
-            for o in outcomes
-        ],
-        "paired": {
-            name: {"ratio": c.ratio, "error": c.error, "runs": [asdict(r) for r in c.runs]}
-            for name, c in paired.items()
-        },
-        "targets": [
-            {
-                "name": v.target.name,
-                "value": v.value,
-                "goal": goal(v.target),
-                "status": v.status,
-                "paired": v.target.paired,
-                "ratio": v.target.b is not None,
-            }
-            for v in verdicts
-        ],
-        "notes": notes,
+        )
+    pairs = {
+        n: {"ratio": c.ratio, "error": c.error, "runs": [asdict(r) for r in c.runs]}
+        for n, c in paired.items()
     }
+    targets = [
+        {
+            "name": v.target.name,
+            "value": v.value,
+            "goal": goal(v.target),
+            "status": v.status,
+            "ratio": bool(v.target.b),
+        }
+        for v in verdicts
+    ]
+    return {**meta, "scenarios": scenarios, "paired": pairs, "targets": targets, "notes": notes}
 
 
 def write(document: dict[str, Any], directory: Path, stem: str, chart: bool) -> list[Path]:
@@ -237,33 +212,24 @@ def write(document: dict[str, Any], directory: Path, stem: str, chart: bool) -> 
 
 
 def draw(document: dict[str, Any], path: Path) -> Path:
-    """Median req/s of every scenario, and every ratio target against its goal."""
+    """Every ratio target, its bar coloured by its status (the JSON holds the rest)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [s for s in document["scenarios"] if s["req_per_s"]]
     ratios = [t for t in document["targets"] if t["ratio"] and t["value"]]
-    fig, (ax1, ax2) = plt.subplots(
-        1, 2, figsize=(14, 0.3 * max(len(done), len(ratios), 8) + 1.5), layout="constrained"
-    )
-    ax1.barh([s["key"] for s in done], [s["req_per_s"] for s in done], color="tab:blue")
-    ax1.set_xscale("log")
-    ax1.invert_yaxis()
-    ax1.set_xlabel("req/s (median round, log scale)")
-    colors = {"PASS": "tab:green", "MISS": "tab:red", "INFO": "tab:gray", "N/A": "white"}
-    ax2.barh(
-        [t["name"] for t in ratios],
-        [t["value"] for t in ratios],
-        color=[colors[t["status"]] for t in ratios],
-    )
-    ax2.set_xscale("log")
-    ax2.axvline(1.0, color="black", linewidth=0.8)
-    ax2.invert_yaxis()
-    ax2.set_xlabel("ratio A / B (green: goal met, red: missed, gray: no goal)")
-    ax2.yaxis.tick_right()
-    fig.suptitle(f"servewell bench {document['timestamp']} ({document['suite']})")
+    fig, ax = plt.subplots(figsize=(11, 0.3 * len(ratios) + 1.5), layout="constrained")
+    colors = {"PASS": "tab:green", "MISS": "tab:red", "INFO": "tab:gray"}
+    for i, t in enumerate(ratios):
+        ax.barh(i, t["value"], color=colors[t["status"]])
+        ax.annotate(f"{t['value']:.2f} {t['goal']}", (t["value"], i), fontsize=8, va="center")
+    ax.set_yticks(range(len(ratios)), [t["name"] for t in ratios], fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("A / B (log scale; green: goal met, red: missed, gray: no goal)")
+    ax.set_title(f"servewell bench, {document['suite']}, {document['timestamp']}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -15,13 +15,10 @@ Request = Literal["typed", "rows", "v2json", "v2binary", "mlserver"]
 V2: tuple[Request, Request] = ("v2json", "v2binary")
 Figure = Literal["req/s", "rows/s", "p50 ms", "errors"]
 
-# Metrics, drift and a JSON access line per request really written: what a user gets.
-OBSERVED = {
-    "SERVEWELL_METRICS": "true",
-    "SERVEWELL_ACCESS_LOG": "true",
-    "SERVEWELL_LOG_LEVEL": "info",
-    "SERVEWELL_LOG_FORMAT": "json",
-}
+# What a user gets: metrics, drift tracking and a JSON access line per request really written.
+OBSERVED = {"SERVEWELL_METRICS": "true", "SERVEWELL_ACCESS_LOG": "true"}
+OBSERVED |= {"SERVEWELL_LOG_LEVEL": "info", "SERVEWELL_LOG_FORMAT": "json"}
+QUIET = {"SERVEWELL_METRICS": "false", "SERVEWELL_ACCESS_LOG": "false"}
 
 
 @dataclass(frozen=True)
@@ -40,14 +37,7 @@ SERVERS = {
         Server("service", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}),
         Server("service_sklearn", env={**OBSERVED, "SERVEWELL_RUNTIME": "sklearn"}),
         Server("service_metrics", env={**OBSERVED, "SERVEWELL_ACCESS_LOG": "false"}),
-        Server(
-            "service_quiet",
-            env={
-                "SERVEWELL_METRICS": "false",
-                "SERVEWELL_ACCESS_LOG": "false",
-                "SERVEWELL_LOG_LEVEL": "warning",
-            },
-        ),
+        Server("service_quiet", env={**QUIET, "SERVEWELL_LOG_LEVEL": "warning"}),
         # As the peers comparison always ran it: defaults, no access lines at level warning.
         Server("servewell", env={"SERVEWELL_RUNTIME": "auto", "SERVEWELL_LOG_LEVEL": "warning"}),
         Server("bare", kind="bare"),

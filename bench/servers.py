@@ -1,10 +1,9 @@
 """Start the servers under test as a user would, on free loopback ports; measure and stop them.
 
-The service is ``python -m serving`` configured by ``SERVEWELL_*`` variables (from a git
-worktree of another commit for ``--baseline-ref``); the baselines are uvicorn apps; MLServer
-runs from its own virtualenv; Ray Serve through ``python -m serving.ray_local``. CPU time and
-leftovers are counted over each server's process tree, because Ray's actors leave the
-launcher's process group.
+The service is ``python -m serving`` set up by ``SERVEWELL_*`` variables (from a git worktree
+of another commit for ``--baseline-ref``); the baselines are uvicorn apps; MLServer runs from
+its own virtualenv; Ray Serve through ``python -m serving.ray_local``. CPU time and leftovers
+are counted over each server's process tree: Ray's actors leave the launcher's process group.
 """
 
 import contextlib
@@ -20,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.scenarios import Server
 from serving.store import MODEL_FILE, ModelStore
@@ -40,51 +40,37 @@ class Context:
     store: Path
     models: list[str]
     workdir: Path
-    ready_timeout_s: float = 120.0
     peers_venv: Path = ROOT / ".venv-peers"
     ray_config: Path = ROOT / "serving" / "ray-serve.yaml"
     source: dict[str, Path] = field(default_factory=dict)
-    """Git commit -> worktree of it (``checkout``)."""
+    """Git commit -> a worktree of it (:func:`checkout`)."""
 
 
-def _stat(pid: int, tid: int | None = None) -> list[str] | None:
-    """Fields of /proc/<pid>[/task/<tid>]/stat after the command name."""
-    where = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name."""
     try:
-        return Path(where).read_text(errors="replace").rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text(errors="replace").rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
-def _cpu_s(pid: int, tid: int | None = None) -> float:
-    stat = _stat(pid, tid)
+def _cpu_s(pid: int) -> float:
+    stat = _stat(pid)
     return 0.0 if stat is None else (int(stat[11]) + int(stat[12])) / _TICK
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[0] != "Z":
-            children.setdefault(int(stat[1]), []).append(int(entry.name))
-    found, frontier = [], [root]
-    while frontier:
-        kids = children.get(frontier.pop(), [])
-        found += kids
-        frontier += kids
-    return found
 
 
 def host_busy_s() -> float:
     """CPU seconds every process on this machine has used since boot."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
-    return (user + nice + system + irq + softirq) / _TICK
+    fields = [int(v) for v in Path("/proc/stat").read_text().split(maxsplit=8)[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK  # all but idle and iowait
 
 
 def _set_affinity(pid: int, cpus: set[int]) -> None:
-    for tid in os.listdir(f"/proc/{pid}/task") if Path(f"/proc/{pid}").exists() else []:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(tid), cpus)
+    """Every thread of ``pid``: affinity is per thread."""
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
 
 
 @dataclass
@@ -101,41 +87,47 @@ class Running:
         return f"http://{HOST}:{self.port}"
 
     def tree(self) -> list[int]:
-        pids = [self.process.pid, *_descendants(self.process.pid)]
-        self.seen.update(pids[1:])
-        return pids
+        """The main process and its live descendants (remembered, to find leftovers)."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[0] != "Z":
+                children.setdefault(int(stat[1]), []).append(int(entry.name))
+        found = [self.process.pid]
+        for pid in found:  # grows while walked: breadth first
+            found += children.get(pid, [])
+        self.seen.update(found[1:])
+        return found
 
     def cpu_s(self) -> float:
         """User + system CPU of every process of the server (workers included)."""
         return sum(_cpu_s(pid) for pid in self.tree())
 
     def main_cpu_s(self) -> float:
-        """CPU of the main process, every thread (the event loop and the log writer)."""
+        """CPU of the main process, every thread (the event loop, the access log's writer)."""
         return _cpu_s(self.process.pid)
 
     def pin(self, loop_cpu: int, others: set[int]) -> None:
-        """The event-loop thread (the main thread) on ``loop_cpu``; everything else on
-        ``others``, where an unpinned deployment's scheduler could put it too."""
+        """The event loop (the main thread) on ``loop_cpu``, everything else on ``others``,
+        where an unpinned deployment's scheduler could put it too."""
         for pid in self.tree():
             _set_affinity(pid, others)
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(self.process.pid, {loop_cpu})  # only the main thread
+            os.sched_setaffinity(self.process.pid, {loop_cpu})  # the main thread's id is the pid
 
     def unpin(self) -> None:
         for pid in self.tree():
             _set_affinity(pid, os.sched_getaffinity(0))
 
-    def wait_idle(self, limit_s: float = 60.0) -> float:
+    def wait_idle(self, limit_s: float = 60.0) -> None:
         """Wait until the server uses < 10 % of a core (at most ``limit_s``): one that fell
-        behind goes on answering requests whose clients are gone, and that backlog must not
-        be charged to the next run. Returns the seconds waited."""
-        start = time.monotonic()
-        while time.monotonic() - start < limit_s:
+        behind goes on answering requests whose clients are gone, and that must not be charged
+        to the next run."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
             before = self.cpu_s()
             time.sleep(0.25)
             if self.cpu_s() - before < 0.025:
-                break
-        return time.monotonic() - start
+                return
 
     def log_tail(self, chars: int = 2000) -> str:
         with contextlib.suppress(OSError):
@@ -144,21 +136,15 @@ class Running:
 
     def stop(self) -> None:
         """SIGINT (as Ctrl-C), then SIGTERM, then SIGKILL; what of its tree outlives that is a
-        leftover, reported and killed."""
+        leftover: reported, and killed."""
         self.tree()
-        for sig, wait_s in ((signal.SIGINT, 30.0), (signal.SIGTERM, 5.0)):
+        for sig, wait_s in ((signal.SIGINT, 30.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             if self.process.poll() is None:
                 self.process.send_signal(sig)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(wait_s)
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5.0)
         deadline = time.monotonic() + 5.0  # multiprocessing's helpers exit a moment later
-        while (
-            alive := [p for p in self.seen if _stat(p) is not None]
-        ) and time.monotonic() < deadline:
+        while (alive := [p for p in self.seen if _stat(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.leftovers = sorted(alive)
         for pid in alive:
@@ -173,41 +159,30 @@ def free_port() -> int:
         return port
 
 
+def served_version(store: ModelStore, name: str) -> int:
+    """The production version of ``name``, else its newest."""
+    return store.production(name) or store.versions(name)[-1]
+
+
 def _mlserver_repository(ctx: Context) -> Path:
-    """A model repository pointing at the store's own joblib files (hash-checked first),
-    adaptive batching on, two inference workers (twice MLServer's default single-row
-    throughput on 2 cores), no access log and no metrics server, as servewell runs."""
+    """A model repository on the store's own joblib files (hash-checked first): adaptive
+    batching on, two inference workers (twice the single-row throughput of MLServer's default
+    one on 2 cores), no access log and no metrics server."""
     root = ctx.workdir / "mlserver"
     scratch = root / ".scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "debug": False,
-        "host": HOST,
-        "parallel_workers": 2,
-        "metrics_endpoint": None,
-        "metrics_dir": str(scratch / "metrics"),
-        "environments_dir": str(scratch / "envs"),
-    }
+    settings = {"debug": False, "host": HOST, "parallel_workers": 2, "metrics_endpoint": None}
+    settings |= {"metrics_dir": str(scratch / "m"), "environments_dir": str(scratch / "e")}
     (root / "settings.json").write_text(json.dumps(settings))
     store = ModelStore(ctx.store)
     for name in ctx.models:
-        version = store.production(name) or store.versions(name)[-1]
-        manifest = store.verify(name, version)
+        manifest = store.verify(name, served_version(store, name))
+        uri = store.version_path(name, manifest.version) / MODEL_FILE
+        model: dict[str, Any] = {"name": name, "implementation": "mlserver_sklearn.SKLearnModel"}
+        model |= {"max_batch_size": 64, "max_batch_time": 0.002}
+        model["parameters"] = {"uri": str(uri), "version": str(manifest.version)}
         (root / name).mkdir(exist_ok=True)
-        (root / name / "model-settings.json").write_text(
-            json.dumps(
-                {
-                    "name": name,
-                    "implementation": "mlserver_sklearn.SKLearnModel",
-                    "max_batch_size": 64,
-                    "max_batch_time": 0.002,
-                    "parameters": {
-                        "uri": str(store.version_path(name, version) / MODEL_FILE),
-                        "version": str(manifest.version),
-                    },
-                }
-            )
-        )
+        (root / name / "model-settings.json").write_text(json.dumps(model))
     return root
 
 
@@ -215,52 +190,23 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
     """argv, environment and working directory of ``server``."""
     py, store = sys.executable, str(ctx.store)
     if server.kind == "mlserver":
-        venv = ctx.peers_venv
-        argv = [str(venv / "bin" / "mlserver"), "start", str(_mlserver_repository(ctx))]
-        env = {
-            "MLSERVER_HTTP_PORT": str(port),
-            "MLSERVER_GRPC_PORT": str(free_port()),
-            "PYTHONPATH": "",
-            "VIRTUAL_ENV": str(venv),
-        }
-        return argv, env, ctx.workdir
+        argv = [str(ctx.peers_venv / "bin" / "mlserver"), "start", str(_mlserver_repository(ctx))]
+        env = {"MLSERVER_HTTP_PORT": str(port), "MLSERVER_GRPC_PORT": str(free_port())}
+        return argv, {**env, "PYTHONPATH": "", "VIRTUAL_ENV": str(ctx.peers_venv)}, ctx.workdir
     if server.kind in ("bare", "naive"):
-        argv = [
-            py,
-            "-m",
-            "uvicorn",
-            f"bench.baselines:{server.kind}_app",
-            "--factory",
-            f"--host={HOST}",
-            f"--port={port}",
-            "--backlog=2048",
-            "--no-access-log",
-            "--log-level=warning",
-        ]
+        argv = [py, "-m", "uvicorn", f"bench.baselines:{server.kind}_app", "--factory"]
+        argv += [f"--host={HOST}", f"--port={port}", "--backlog=2048", "--no-access-log"]
         env = {"SERVEWELL_STORE": store, "BENCH_MODELS": ",".join(ctx.models)}
-        return argv, {**env, "PYTHONPATH": str(ROOT)}, ROOT
+        return [*argv, "--log-level=warning"], {**env, "PYTHONPATH": str(ROOT)}, ROOT
     source = ROOT if server.ref is None else ctx.source[server.ref]
     env = {"PYTHONPATH": str(source), "SERVEWELL_STORE": store, **server.env}
     if server.kind == "ray":
         temp = tempfile.mkdtemp(prefix="ray-b-", dir="/tmp")  # short unix socket paths
-        argv = [
-            py,
-            "-m",
-            "serving.ray_local",
-            "--config",
-            str(ctx.ray_config),
-            "--store",
-            store,
-            "--port",
-            str(port),
-            "--num-cpus",
-            str(os.cpu_count() or 1),
-            "--temp-dir",
-            temp,
-        ]
+        argv = [py, "-m", "serving.ray_local", "--config", str(ctx.ray_config), "--store", store]
+        argv += ["--port", str(port), "--num-cpus", str(os.cpu_count()), "--temp-dir", temp]
         return argv, {**env, "RAY_USAGE_STATS_ENABLED": "0"}, source
-    # One hash seed for every service: with random seeds, identical servers measured up to
-    # 3 % apart in CPU per request.
+    # One hash seed for every service: with random ones, identical servers measured up to 3 %
+    # apart in CPU per request.
     env |= {"SERVEWELL_HOST": HOST, "SERVEWELL_PORT": str(port), "PYTHONHASHSEED": "0"}
     return [py, "-m", "serving"], env, source
 
@@ -272,24 +218,19 @@ def start(server: Server, ctx: Context, label: str | None = None) -> Running:
     log = ctx.workdir / f"{label or server.name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+            argv, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
     running = Running(label or server.name, process, port, log)
     ready = running.url + ("/v2/health/ready" if server.kind == "mlserver" else "/health/ready")
-    deadline = time.monotonic() + ctx.ready_timeout_s * (3 if server.kind == "ray" else 1)
+    deadline = time.monotonic() + (300 if server.kind == "ray" else 120)  # Ray takes ~1 min
     try:
         while True:
             with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2) as resp:
                 if resp.status == 200:
                     return running
             if process.poll() is not None or time.monotonic() > deadline:
-                why = "exited" if process.poll() is not None else "not ready in time"
+                why = "exited" if process.poll() is not None else "is not ready in time"
                 raise ServerError(f"{running.name} {why}; log {log}:\n{running.log_tail()}")
             running.tree()
             time.sleep(0.1)
@@ -299,14 +240,20 @@ def start(server: Server, ctx: Context, label: str | None = None) -> Running:
 
 
 @contextlib.contextmanager
-def checkout(ref: str, workdir: Path) -> Iterator[Path]:
-    """A git worktree of commit ``ref`` (removed afterwards), to run its service."""
-    path = workdir / f"source-{ref.replace('/', '_')}"
-    git = ["git", "-C", str(ROOT)]
-    subprocess.run(
-        [*git, "worktree", "add", "--detach", str(path), ref], check=True, capture_output=True
-    )
+def started(server: Server, ctx: Context) -> Iterator[Running]:
+    running = start(server, ctx)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@contextlib.contextmanager
+def checkout(commit: str, workdir: Path) -> Iterator[Path]:
+    """A git worktree of ``commit``, removed afterwards, to run its service."""
+    path, git = workdir / f"source-{commit}", ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(path), commit], check=True, capture_output=True)
     try:
         yield path
     finally:
-        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False)
+        subprocess.run([*git, "remove", "--force", str(path)], check=False)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import PIPE
 
 SCRIPT = Path(__file__).with_name("post.lua")
 MARKER = "@@WRK_JSON "
@@ -74,37 +75,19 @@ def parse(stdout: str) -> Result:
 
 
 def command(
-    wrk: str,
-    url: str,
-    bodies: Path,
-    connections: int,
-    duration_s: float,
-    timeout_s: float,
-    threads: int = 1,
+    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
 ) -> list[str]:
     """One wrk thread by default: the box has 2 cores and the servers need them."""
-    path = "/" + url.split("/", 3)[3]
-    return [
-        wrk,
-        f"--connections={connections}",
-        f"--threads={min(threads, connections)}",
-        f"--duration={max(1, round(duration_s))}s",
-        f"--timeout={max(1, round(timeout_s))}s",
-        f"--script={SCRIPT}",
-        url,
-        "--",
-        str(bodies),
-        path,
-    ]
+    flags = [f"--connections={conns}", f"--threads={min(threads, conns)}"]
+    flags += [f"--duration={max(1, round(seconds))}s", f"--timeout={max(1, round(timeout_s))}s"]
+    return [wrk, *flags, f"--script={SCRIPT}", url, "--", str(bodies), "/" + url.split("/", 3)[3]]
 
 
 def start(cmd: list[str], cpus: set[int] | None = None) -> "subprocess.Popen[str]":
     """Start wrk, on ``cpus`` if given (set before exec: its threads inherit it)."""
     pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     try:
-        return subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin
-        )
+        return subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, preexec_fn=pin)
     except OSError as exc:
         raise WrkError(f"could not run wrk: {exc}") from exc
 
@@ -123,13 +106,7 @@ def finish(proc: "subprocess.Popen[str]", limit_s: float) -> Result:
 
 
 def run(
-    wrk: str,
-    url: str,
-    bodies: Path,
-    connections: int,
-    duration_s: float,
-    timeout_s: float,
-    threads: int = 1,
+    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
 ) -> Result:
-    cmd = command(wrk, url, bodies, connections, duration_s, timeout_s, threads)
-    return finish(start(cmd), duration_s + timeout_s + 30)
+    cmd = command(wrk, url, bodies, conns, seconds, timeout_s, threads)
+    return finish(start(cmd), seconds + timeout_s + 30)
