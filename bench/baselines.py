@@ -14,6 +14,7 @@ uvicorn factories (``--factory``) read ``SERVEWELL_STORE`` and ``BENCH_MODELS``.
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,5 @@ def _app(load_models: bool) -> FastAPI:
     return app
 
 
-def bare_app() -> FastAPI:
-    return _app(load_models=False)
-
-
-def naive_app() -> FastAPI:
-    return _app(load_models=True)
+bare_app = partial(_app, load_models=False)
+naive_app = partial(_app, load_models=True)

@@ -84,8 +84,8 @@ class Target:
     figure: Figure
     at_least: float | None = None
     paired: bool = False
-    at_most: float | None = None
     """Decided by paired runs on one shared core (``a`` and ``b`` single rows at c=PAIR)."""
+    at_most: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,8 @@ class Suite:
 
 ROWS = 10_000
 PAIR = 50
-PAIR_SERVERS = ("service_metrics", "service_quiet", "service@base")
 """Connections per server of a pair: both load at once, 100 in all, as the rounds' c=100."""
+PAIR_SERVERS = ("service_metrics", "service_quiet", "service@base")
 
 
 def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
