@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import wrk
+from bench.scenarios import PAIR
 from bench.servers import Running
 
 
@@ -58,27 +59,18 @@ class Comparison:
 
 
 def one_run(
-    a: Running,
-    b: Running,
-    bodies: tuple[Path, Path],
-    paths: tuple[str, str],
-    wrk_path: str,
-    duration_s: float,
-    a_first: bool,
+    a: Running, b: Running, loads: list[tuple[str, Path]], args: Namespace, a_first: bool
 ) -> Run:
-    cpus = sorted(os.sched_getaffinity(0))
-    others = set(cpus[1:])
-    sides = [(a, bodies[0], paths[0]), (b, bodies[1], paths[1])]
-    order = sides if a_first else sides[::-1]
+    """A sent ``loads[0]`` (path, bodies file) and B ``loads[1]``, both at once."""
+    others = set(sorted(os.sched_getaffinity(0))[1:])
+    sides = [(a, *loads[0]), (b, *loads[1])][:: 1 if a_first else -1]
     before = {s.name: s.main_cpu_s() for s in (a, b)}
-    procs = [
-        wrk.start(wrk.command(wrk_path, s.url + p, f, 50, duration_s, 2.0), others)
-        for s, f, p in order
-    ]
+    cmds = [wrk.command(args.wrk, s.url + p, f, PAIR, args.pair_duration, 2.0) for s, p, f in sides]
+    procs = [wrk.start(cmd, others) for cmd in cmds]
     try:
         results = {
-            s.name: wrk.finish(p, duration_s + 30)
-            for (s, _, _), p in zip(order, procs, strict=True)
+            s.name: wrk.finish(p, args.pair_duration + 30)
+            for (s, *_), p in zip(sides, procs, strict=True)
         }
     finally:
         for proc in procs:  # none may go on loading a server into the next run
@@ -96,10 +88,7 @@ def one_run(
 
 
 def compare(
-    couples: list[tuple[Running, Running]],
-    bodies: tuple[Path, Path],
-    paths: tuple[str, str],
-    args: Namespace,
+    couples: list[tuple[Running, Running]], loads: list[tuple[str, Path]], args: Namespace
 ) -> Comparison:
     """``args.pair_runs`` runs of ``args.pair_duration`` s, half on each (A, B) couple, after a
     discarded warm-up run on each; the wrk of A and B start first in turns."""
@@ -113,7 +102,7 @@ def compare(
                 server.pin(cpus[0], set(cpus[1:]))
             try:
                 for i in range(args.pair_runs // 2 + 1):
-                    run = one_run(*couple, bodies, paths, args.wrk, args.pair_duration, i % 2 == 0)
+                    run = one_run(*couple, loads, args, i % 2 == 0)
                     measured += [run] if i else []
             finally:
                 for server in couple:

@@ -15,6 +15,7 @@ model, the peer or the baseline commit is missing.
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -161,8 +162,8 @@ class Bench:
                     for server, s in zip(couples[0], (a, b), strict=True):
                         if (why := self.check(server, s)) is not None:
                             raise servers.ServerError(why)
-                    files = (self.bodies(a), self.bodies(b))
-                    c = paired.compare(couples, files, (a.path, b.path), self.args)
+                    loads = [(a.path, self.bodies(a)), (b.path, self.bodies(b))]
+                    c = paired.compare(couples, loads, self.args)
                 except servers.ServerError as exc:
                     c = paired.Comparison(error=str(exc).splitlines()[0])
                 out[t.name] = c
@@ -223,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.wrk = wrk.find()
     if args.wrk is None:
         print(wrk.INSTALL_HINT, file=sys.stderr)
+        return 2
+    if args.suite == "ray" and importlib.util.find_spec("ray") is None:
+        print("ray is not installed: `make bench-ray` installs the ray extra", file=sys.stderr)
         return 2
     if args.suite == "peers" and not (args.peers_venv / "bin" / "mlserver").is_file():
         print(f"no MLServer in {args.peers_venv}: `make bench-peers` installs it", file=sys.stderr)

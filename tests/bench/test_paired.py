@@ -45,8 +45,8 @@ def test_half_the_runs_on_each_couple_after_a_warm_up_with_each_wrk_first_as_oft
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
     a1, b1, a2, b2 = (FakeServer(n) for n in ("a1", "b1", "a2", "b2"))
     args = Namespace(pair_runs=8, pair_duration=1.0, wrk="wrk")
-    files, paths = (Path("a"), Path("b")), ("/a", "/b")
-    result = paired.compare([(a1, b1), (a2, b2)], files, paths, args)  # type: ignore[list-item]
+    loads = [("/a", Path("a")), ("/b", Path("b"))]
+    result = paired.compare([(a1, b1), (a2, b2)], loads, args)  # type: ignore[list-item]
     assert [c[:2] for c in calls] == [("a1", "b1")] * 5 + [("a2", "b2")] * 5
     assert [c[2] for c in calls] == [True, False, True, False, True] * 2
     assert len(result.runs) == 8  # the first run on each couple only warmed up
@@ -57,4 +57,4 @@ def test_half_the_runs_on_each_couple_after_a_warm_up_with_each_wrk_first_as_oft
 def test_one_cpu_cannot_pair(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
     args = Namespace(pair_runs=4, pair_duration=1.0, wrk="wrk")
-    assert paired.compare([], (Path(), Path()), ("", ""), args).error
+    assert paired.compare([], [], args).error
