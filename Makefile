@@ -85,7 +85,7 @@ serve: $(STAMP) ## Train the default models if the store is empty, then serve on
 	$(PY) -m serving
 
 BENCH_ARGS ?=
-bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min): table + bench/results/*.json/.png
+bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min; --baseline-ref=COMMIT adds a paired A/B with that commit): table + bench/results/*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
@@ -104,9 +104,9 @@ $(PEERS_STAMP): bench/peers-requirements.txt $(STAMP)
 		"scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')"
 	@touch $(PEERS_STAMP)
 
-bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~5 min; PEERS_ARGS=--quick ~2 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
+bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~3 min; PEERS_ARGS=--quick ~1 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) bench/peers.py --venv $(PEERS_VENV) $(PEERS_ARGS)
+	$(PY) bench/run.py --suite peers --peers-venv $(PEERS_VENV) $(PEERS_ARGS)
 
 # -- Ray Serve (optional extra `.[ray]`: large wheels, so not part of `make venv`) -------------
 RAY_STAMP := $(VENV)/.ray-installed-stamp
@@ -128,4 +128,4 @@ test-ray: $(RAY_STAMP) ## Ray Serve tests: two real replicas on a local Ray inst
 
 bench-ray: $(RAY_STAMP) ## Benchmark the Ray Serve proxy vs the single-box service (BENCH_ARGS as for bench)
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) bench/run.py --servers service,ray $(BENCH_ARGS)
+	$(PY) bench/run.py --suite ray $(BENCH_ARGS)
