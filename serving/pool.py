@@ -38,8 +38,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from serving.errors import InferenceError, NotReadyError, WorkerLostError
 from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName, RuntimePolicy, load
 from serving.shared_arrays import REGION, Inbox, Outbox
@@ -135,10 +133,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
-    model = load(store, *key, policy)
-    with contextlib.suppress(Exception):  # warm-up only: first calls are slow
-        model.predict(np.zeros((1, len(model.manifest.features))), False)
-    return model
+    # runtime.load predicts one row: a model that cannot is a load failure, never served.
+    return load(store, *key, policy)
 
 
 def _control(

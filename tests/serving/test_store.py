@@ -15,6 +15,7 @@ from serving.store import (
     ModelStore,
     StoreError,
 )
+from tests.serving.artifacts import SwapAfterHashing, malicious_pickle
 
 
 def _fields(**overrides: Any) -> dict[str, Any]:
@@ -203,3 +204,22 @@ def test_unsigned_version_is_refused_when_a_key_is_set(tmp_path: Path) -> None:
 def test_rollback_of_an_unknown_model_says_so(store: ModelStore) -> None:
     with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
         store.rollback("nope")
+
+
+def test_a_file_swapped_after_hashing_is_never_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import joblib
+
+    import serving.store
+
+    store = ModelStore(tmp_path / "s", signing_key=b"k1")
+    with store.create_version("m", _fields()) as staged:
+        joblib.dump({"the": "original"}, staged.model_path)
+    marker = tmp_path / "executed"
+    hook = SwapAfterHashing(store.version_path("m", 1) / "model.joblib", malicious_pickle(marker))
+    monkeypatch.setattr(serving.store, "hashlib", hook)
+    _, model = store.load_model("m", 1)
+    assert hook.swapped == 1  # the file was replaced right after it was hashed
+    assert not marker.exists()
+    assert model == {"the": "original"}
