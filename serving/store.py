@@ -243,6 +243,8 @@ class VerifiedVersion:
 
     manifest: Manifest
     files: Mapping[str, bytes]
+    folder: Path
+    """Where the files were read (for messages; never opened again)."""
 
     @property
     def onnx(self) -> bytes | None:
@@ -261,7 +263,8 @@ class VerifiedVersion:
             return joblib.load(io.BytesIO(self.files[MODEL_FILE]))
         except Exception as exc:
             raise ArtifactLoadError(
-                f"{m.name} v{m.version}: cannot unpickle {MODEL_FILE}: {type(exc).__name__}: {exc}"
+                f"{m.name} v{m.version}: cannot unpickle {self.folder / MODEL_FILE}: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
 
 
@@ -328,12 +331,12 @@ def _read_regular(fd: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
-def _read_under(dir_fd: int, rel: str, what: str) -> bytes:
+def _read_under(dir_fd: int, rel: str, what: str, folder: Path) -> bytes:
     """Read ``rel`` (a relative POSIX path) below an open directory, following no symlink at
     any step, so what is read is what lies inside the directory, whatever is swapped later."""
     parts = rel.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise IntegrityError(f"{what}: {rel!r} is outside its version")
+        raise IntegrityError(f"{what}: manifest lists {rel!r} outside its version")
     opened: list[int] = []
     try:
         current = dir_fd
@@ -342,15 +345,16 @@ def _read_under(dir_fd: int, rel: str, what: str) -> bytes:
             opened.append(current)
         fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=current)
         try:
-            return _read_regular(fd, f"{what} {rel}")
+            return _read_regular(fd, f"{what}: {folder / rel}")
         finally:
             os.close(fd)
     except FileNotFoundError:
-        raise IntegrityError(f"{what}: artifact file {rel} is missing") from None
+        raise IntegrityError(f"{what}: artifact file {folder / rel} is missing") from None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
             raise IntegrityError(
-                f"{what}: {rel} is (or lies below) a symbolic link; the store never follows one"
+                f"{what}: {folder / rel} is (or lies below) a symbolic link; the store never "
+                "follows one"
             ) from None
         raise
     finally:
@@ -423,19 +427,21 @@ def _bound_manifest(raw: bytes, name: str, version: int) -> Manifest:
     return manifest
 
 
-def _hash_check(what: str, rel: str, data: bytes, expected: str) -> None:
+def _hash_check(what: str, path: Path, data: bytes, expected: str) -> None:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise IntegrityError(f"{what}: sha256 of {rel} is {actual}, manifest says {expected}")
+        raise IntegrityError(f"{what}: sha256 of {path} is {actual}, manifest says {expected}")
 
 
-def _check_files(fd: int, manifest: Manifest, what: str, keep: set[str]) -> dict[str, bytes]:
+def _check_files(
+    fd: int, manifest: Manifest, what: str, folder: Path, keep: set[str]
+) -> dict[str, bytes]:
     """Hash every file the manifest lists (below the open version folder ``fd``); return the
     bytes of those in ``keep``."""
     kept: dict[str, bytes] = {}
     for rel, expected in manifest.files.items():
-        data = _read_under(fd, rel, what)
-        _hash_check(what, rel, data, expected)
+        data = _read_under(fd, rel, what, folder)
+        _hash_check(what, folder / rel, data, expected)
         if rel in keep:
             kept[rel] = data
     return kept
@@ -651,10 +657,10 @@ class ModelStore:
             keep = {MODEL_FILE}
             if onnx and manifest.onnx_ready and manifest.onnx is not None and manifest.onnx.file:
                 keep.add(manifest.onnx.file)
-            kept = _check_files(fd, manifest, what, keep)
+            kept = _check_files(fd, manifest, what, self._version_dir(name, version), keep)
         finally:
             os.close(fd)
-        return VerifiedVersion(manifest, kept)
+        return VerifiedVersion(manifest, kept, self._version_dir(name, version))
 
     def verify(self, name: str, version: int) -> Manifest:
         """Check every artifact file against the manifest's sha256; return the manifest."""
@@ -726,8 +732,8 @@ class ModelStore:
             path = self._version_dir(name, version)
             what = f"{name} v{version}"
             try:
-                raw = _read_under(fd, MANIFEST_FILE, what)
-                claimed = _read_under(fd, SIGNATURE_FILE, what).decode("ascii").strip()
+                raw = _read_under(fd, MANIFEST_FILE, what, path)
+                claimed = _read_under(fd, SIGNATURE_FILE, what, path).decode("ascii").strip()
             except UnicodeDecodeError:
                 raise IntegrityError(f"{what}: {SIGNATURE_FILE} is not readable") from None
             if hmac.compare_digest(claimed, sign(self._key, name, version, raw)):
@@ -738,7 +744,7 @@ class ModelStore:
                     f"{what}: {SIGNATURE_FILE} is not a valid signature of the old format with "
                     "this key; not re-signed"
                 )
-            _check_files(fd, _bound_manifest(raw, name, version), what, set())
+            _check_files(fd, _bound_manifest(raw, name, version), what, path, set())
         finally:
             os.close(fd)
         _atomic_write_text(path / SIGNATURE_FILE, sign(self._key, name, version, raw) + "\n")

@@ -4,11 +4,15 @@ pickle whose unpickling would leave a marker file (proof that nothing was execut
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pathlib
 import pickle
 import shutil
 from typing import Any
+
+import joblib
+import numpy as np
 
 from serving.store import MODEL_FILE, PRODUCTION_FILE, ModelStore
 
@@ -110,3 +114,25 @@ class SwapAfterHashing:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(hashlib, name)
+
+
+class RaisingClassifier:
+    """An iris-shaped classifier that raises ``KeyError(('iris', 1))`` on every row
+    (``always``) or on rows whose first value is negative: a model that fails inside the
+    worker. Unpickled by the pool's workers, so it lives in an importable module."""
+
+    def __init__(self, always: bool) -> None:
+        self.always = always
+        self.classes_ = np.array(["setosa", "versicolor", "virginica"], dtype=object)
+
+    def predict(self, X: Any) -> Any:
+        rows = np.asarray(X, dtype=np.float64)
+        if self.always or (rows[:, 0] < 0).any():
+            raise KeyError(("iris", 1))
+        return self.classes_.take(np.zeros(len(rows), dtype=np.intp))
+
+
+def raising_model_bytes(always: bool) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(RaisingClassifier(always), buffer)
+    return buffer.getvalue()
