@@ -363,11 +363,16 @@ def _read_under(dir_fd: int, rel: str, what: str, folder: Path) -> bytes:
 
 
 def _read_file_nofollow(path: Path) -> bytes:
-    """A store file read without following a symlink; FileNotFoundError when absent."""
+    """A file of a model folder, read without following a symlink at the folder or the file;
+    FileNotFoundError when absent."""
     try:
-        fd = os.open(path, _FILE_FLAGS)
+        dir_fd = _open_dir(path.parent)
+        try:
+            fd = os.open(path.name, _FILE_FLAGS, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
             raise StoreError(f"{path} is a symbolic link; the store never follows one") from None
         raise
     try:
@@ -639,9 +644,11 @@ class ModelStore:
             for v in self.versions(name)
         ]
 
-    def read_version(self, name: str, version: int, *, onnx: bool = False) -> VerifiedVersion:
+    def read_version(
+        self, name: str, version: int, *, onnx: bool = False, model: bool = True
+    ) -> VerifiedVersion:
         """Check the manifest (and its signature) and every file it lists; keep the bytes of
-        the estimator and, with ``onnx``, of the ONNX graph when it may serve.
+        the estimator (with ``model``) and, with ``onnx``, of the ONNX graph when it may serve.
 
         Each file is read once, through descriptors opened below the version folder without
         following symlinks; the bytes hashed are the bytes returned. Raises IntegrityError
@@ -654,7 +661,7 @@ class ModelStore:
             what = f"{name} v{version}"
             if MODEL_FILE not in manifest.files:
                 raise IntegrityError(f"{what}: manifest does not list {MODEL_FILE}")
-            keep = {MODEL_FILE}
+            keep = {MODEL_FILE} if model else set()
             if onnx and manifest.onnx_ready and manifest.onnx is not None and manifest.onnx.file:
                 keep.add(manifest.onnx.file)
             kept = _check_files(fd, manifest, what, self._version_dir(name, version), keep)
@@ -664,7 +671,7 @@ class ModelStore:
 
     def verify(self, name: str, version: int) -> Manifest:
         """Check every artifact file against the manifest's sha256; return the manifest."""
-        return self.read_version(name, version).manifest
+        return self.read_version(name, version, model=False).manifest
 
     def load_model(self, name: str, version: int) -> tuple[Manifest, Any]:
         """Verify, then unpickle the very bytes verified (never a file that failed)."""
