@@ -22,7 +22,7 @@ KEEP ?=
 STORE ?= models
 export SERVEWELL_STORE ?= $(STORE)
 
-.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback bench clean bench-peers
+.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback sign bench clean bench-peers
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,6 +79,9 @@ promote: $(STAMP) ## Make MODEL=name VERSION=n the production version
 rollback: $(STAMP) ## Return MODEL=name to its previous production version
 	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=name"; exit 2; }
 	$(PY) -m training rollback "$(MODEL)"
+
+sign: $(STAMP) ## Re-sign every version signed in the old format with SERVEWELL_SIGNING_KEY
+	$(PY) -m training sign
 
 serve: $(STAMP) ## Train the default models if the store is empty, then serve on 127.0.0.1:8000
 	$(PY) -m training ensure-default

@@ -7,7 +7,7 @@ import resource
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.runtime import RuntimePolicy
@@ -77,7 +77,18 @@ class Settings(BaseSettings):
 
     signing_key: SecretStr | None = None
     """HMAC key of a signed store (the one training used): with it, every manifest must carry
-    a matching signature or its model is not served."""
+    a matching signature or its model is not served. Set but empty is refused at start (it
+    would silently turn signing off)."""
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError(
+                "SERVEWELL_SIGNING_KEY is set but empty, which would turn signing off: "
+                "set the key the store was signed with, or unset the variable"
+            )
+        return value
 
     serve_all_versions: bool = False
     """Serve every published version of each model, not only the production one (or the
@@ -267,4 +278,4 @@ class Settings(BaseSettings):
     def signing_key_bytes(self) -> bytes | None:
         if self.signing_key is None:
             return None
-        return self.signing_key.get_secret_value().encode("utf-8") or None
+        return self.signing_key.get_secret_value().encode("utf-8")

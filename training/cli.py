@@ -40,9 +40,15 @@ _USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError)
 
 def _store(args: argparse.Namespace) -> ModelStore:
     # The same variables the service reads: one store, one key.
-    key = os.environ.get("SERVEWELL_SIGNING_KEY", "").encode("utf-8") or None
+    key = os.environ.get("SERVEWELL_SIGNING_KEY")
+    if key is not None and not key:
+        # An empty key would write an unsigned store that a signed service then refuses.
+        raise StoreError(
+            "SERVEWELL_SIGNING_KEY is set but empty, which would turn signing off: set the "
+            "key or unset the variable"
+        )
     root = args.store or os.environ.get("SERVEWELL_STORE") or DEFAULT_STORE
-    return ModelStore(root, signing_key=key)
+    return ModelStore(root, signing_key=key.encode("utf-8") if key else None)
 
 
 def _specs(args: argparse.Namespace) -> list[tuple[Spec, str]]:
@@ -156,6 +162,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sign(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if os.environ.get("SERVEWELL_SIGNING_KEY") is None:
+        raise StoreError("signing needs SERVEWELL_SIGNING_KEY (the key the store was signed with)")
+    failures = 0
+    for name in args.model or store.names():
+        for version in store.versions(name):
+            try:
+                changed = store.resign(name, version)
+            except (StoreError, ValueError) as exc:  # ValueError: an unparsable manifest
+                print(f"[{name}] v{version} NOT re-signed: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            print(f"[{name}] v{version} {'re-signed' if changed else 'already signed'}")
+    return 1 if failures else 0
+
+
 def cmd_ensure_default(args: argparse.Namespace) -> int:
     store = _store(args)
     if store.names():
@@ -213,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="return to the previous production version")
     p.add_argument("name")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "sign",
+        help="re-sign every version (signed with the old format) with SERVEWELL_SIGNING_KEY",
+    )
+    p.add_argument("--model", action="append", help="only this model (repeatable)")
+    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("ensure-default", help="train the shipped specs if the store is empty")
     p.set_defaults(func=cmd_ensure_default)

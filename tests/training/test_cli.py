@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import numpy as np
 from serving.store import ModelStore
 
 
-def run(store: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SERVEWELL_STORE": str(store)}
+def run(
+    store: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "training", *args],
-        env=env,
+        env={**os.environ, "SERVEWELL_STORE": str(store), **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -146,3 +148,39 @@ def test_ensure_default_trains_only_an_empty_store(tmp_path: Path) -> None:
     assert again.returncode == 0
     assert "has models" in again.stdout
     assert ModelStore(store).versions("iris") == [1]
+
+
+def test_an_empty_signing_key_is_a_clear_error(tmp_path: Path) -> None:
+    result = run(tmp_path / "store", "models", env={"SERVEWELL_SIGNING_KEY": ""})
+    assert result.returncode == 1
+    assert "SERVEWELL_SIGNING_KEY is set but empty" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_history_and_re_signing_old_signatures(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    key = {"SERVEWELL_SIGNING_KEY": "k1"}
+    assert run(store, "train", "--model", "iris", env=key).returncode == 0
+    assert run(store, "train", "--model", "iris", "--force", env=key).returncode == 0
+    history = store / "iris" / "history.json"
+    history.write_text("[1, oops", encoding="utf-8")
+    for args in (["promote", "iris", "1"], ["rollback", "iris"]):
+        result = run(store, *args, env=key)
+        assert result.returncode == 1
+        assert f"rollback history {history} is corrupt" in result.stderr
+        assert "Traceback" not in result.stderr
+    history.write_text("[1]\n", encoding="utf-8")
+
+    # A store signed before signatures named their model and version:
+    version = store / "iris" / "1"
+    old = hmac.new(b"k1", (version / "manifest.json").read_bytes(), "sha256").hexdigest()
+    (version / "manifest.sig").write_text(old + "\n", encoding="ascii")
+    assert "python -m training sign" in run(store, "models", env=key).stdout
+    signed = run(store, "sign", env=key)
+    assert signed.returncode == 0, signed.stderr
+    assert "[iris] v1 re-signed" in signed.stdout
+    assert "[iris] v2 already signed" in signed.stdout
+    assert ModelStore(store, signing_key=b"k1").verify("iris", 1).version == 1
+    other = run(store, "sign", env={"SERVEWELL_SIGNING_KEY": "not-the-key"})
+    assert other.returncode == 1
+    assert "NOT re-signed" in other.stderr

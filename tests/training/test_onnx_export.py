@@ -34,7 +34,7 @@ def test_shipped_specs_compile_with_recorded_parity(store: ModelStore, name: str
 
     # The served object answers like the pipeline on rows it was not checked on.
     _, pipeline = store.load_model(name, result.version)
-    onnx_model = OnnxModel(Signature.of(m), onnx_path)
+    onnx_model = OnnxModel(Signature.of(m), onnx_path.read_bytes())
     rows = onnx_export.generated_rows(m.features, 300, seed=12345)
     X = rows if m.input_format == "dataframe" else rows.to_numpy(dtype=np.float64)
     if m.task == "classification":
