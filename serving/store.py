@@ -61,6 +61,7 @@ SIGNATURE_FORMAT = "servewell-hmac-sha256-v2"
 """First word of ``manifest.sig``: which message the HMAC covers (see :func:`sign`)."""
 
 _STAGING_PREFIX = ".staging-"
+_REMOVING_PREFIX = ".removing-"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # ASCII only and canonical: str.isdigit() also takes "²" (which int() refuses) and "01"
 # would name the same version as "1".
@@ -815,6 +816,36 @@ class ModelStore:
             _atomic_write_text(model_dir / PRODUCTION_FILE, f"{target}\n")
             _atomic_write_text(model_dir / HISTORY_FILE, json.dumps(history) + "\n")
         return current, target
+
+    def previous_production(self, name: str) -> int | None:
+        """The published version a rollback would return to, or None."""
+        published = set(self.versions(name))
+        current = self.production(name)
+        earlier = [v for v in self._history(name) if v in published and v != current]
+        return earlier[-1] if earlier else None
+
+    def remove_versions(self, name: str, versions: list[int]) -> None:
+        """Delete versions, never the production one nor the one a rollback returns to.
+
+        Each is first renamed to a hidden name, which readers ignore, then deleted: readers see
+        a version whole or not at all, and a crash in between leaves only a hidden folder that
+        the next call clears. Held under the pointer lock, so no promote moves production onto
+        a version being removed.
+        """
+        model_dir = self._model_dir(name)
+        with self._pointer_lock(name):
+            protected = {self.production(name), self.previous_production(name)}
+            refused = sorted(set(versions) & protected - {None})
+            if refused:
+                raise StoreError(
+                    f"model {name!r}: v{refused[0]} is production or what rollback returns to; "
+                    "not removed"
+                )
+            for version in versions:
+                path = self.version_path(name, version)
+                os.rename(path, model_dir / f"{_REMOVING_PREFIX}{version}-{uuid.uuid4().hex}")
+        for leftover in model_dir.glob(f"{_REMOVING_PREFIX}*"):
+            shutil.rmtree(leftover)
 
     def _history(self, name: str) -> list[int]:
         path = self._model_dir(name) / HISTORY_FILE

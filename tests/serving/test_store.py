@@ -131,6 +131,25 @@ def test_promote_and_rollback_walk_the_history(store: ModelStore) -> None:
     assert store.production("m") == 1
 
 
+def test_removed_versions_vanish_whole_and_rollback_targets_stay(store: ModelStore) -> None:
+    for _ in range(4):
+        _publish(store)
+    store.promote("m", 2)
+    store.promote("m", 3)
+    assert store.previous_production("m") == 2
+    for protected in (2, 3):
+        with pytest.raises(StoreError, match=f"v{protected} is production or what rollback"):
+            store.remove_versions("m", [1, protected])
+    assert store.versions("m") == [1, 2, 3, 4]  # a refused call removes nothing
+
+    store.remove_versions("m", [1, 4])
+
+    assert store.versions("m") == [2, 3]
+    model_dir = store.version_path("m", 2).parent
+    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".")]
+    assert store.rollback("m") == (3, 2)
+
+
 def test_promote_refuses_missing_or_tampered_versions(store: ModelStore) -> None:
     _publish(store)
     with pytest.raises(ModelNotFoundError):

@@ -26,7 +26,7 @@ def test_prune_keeps_the_newest_production_and_the_previous_production(
     assert store.versions("diabetes") == [2, 3, 5]
     assert store.production("diabetes") == 3
     leftovers = [p.name for p in store.version_path("diabetes", 5).parent.iterdir()]
-    assert not [name for name in leftovers if name.startswith(".pruning-")]
+    assert not [name for name in leftovers if name.startswith(".")]
     assert store.rollback("diabetes") == (3, 2)
 
 
