@@ -26,6 +26,11 @@ _bearer = HTTPBearer(auto_error=False, description="The admin token (SERVEWELL_A
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+async def bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
+    """The bearer token a request carries, read without declaring a security scheme."""
+    return await _bearer(request)
+
+
 def check_token(
     settings: Settings, credentials: HTTPAuthorizationCredentials | None, what: str
 ) -> None:

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from serving.dataplane import DataPlane
 from serving.errors import NotReadyError
-from serving.routes.admin import CredentialsDep, check_token
+from serving.routes.admin import bearer_credentials, check_token
 from serving.settings import Settings
 
 
@@ -23,19 +23,26 @@ def get_dataplane(request: Request) -> DataPlane:
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 
-def protect_info(request: Request, credentials: CredentialsDep) -> None:
+# These read the token themselves rather than through a security dependency, which would
+# declare in the OpenAPI schema that every one of these operations needs it: without
+# ``protect_info`` none does, and readiness never requires it.
+
+
+async def protect_info(request: Request) -> None:
     """With ``protect_info``, only a caller with the admin token may go on."""
     settings: Settings = request.app.state.settings
     if settings.protect_info:
+        credentials = await bearer_credentials(request)
         check_token(settings, credentials, "this endpoint (SERVEWELL_PROTECT_INFO)")
 
 
-def holds_token(request: Request, credentials: CredentialsDep) -> bool:
+async def holds_token(request: Request) -> bool:
     """Whether the caller may see details ``protect_info`` hides: always without the
     setting; with it, only with the admin token (a wrong token is a 403, no token False)."""
     settings: Settings = request.app.state.settings
     if not settings.protect_info:
         return True
+    credentials = await bearer_credentials(request)
     if credentials is None:
         return False
     check_token(settings, credentials, "")
