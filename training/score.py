@@ -19,8 +19,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import pandas as pd
 
 from serving.runtime import LoadedModel, RuntimeName, RuntimePolicy, load
 from serving.store import Manifest, ModelStore, StoreError, Task
-from training.csv_rows import encode_chunk, read_dtypes
+from training.csv_rows import EncodedChunk, RowErrors, encode_chunk, read_dtypes
 
 DEFAULT_CHUNK_ROWS = 50_000
 """Rows per chunk: large enough that per-chunk overheads vanish (reading, one runtime call),
@@ -115,8 +117,19 @@ class Progress:
             self.stream.flush()
 
 
-def _chunks(path: Path, manifest: Manifest, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    """(frame, bytes of the file read so far) per chunk, feature columns only."""
+_SKIPPED = re.compile(r"Skipping line (\d+): (.*)")
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    frame: pd.DataFrame
+    """The feature columns of the rows read."""
+    malformed: list[tuple[int, str]]
+    """Rows the reader could not split into the header's columns: (row number, reason)."""
+    done_bytes: int
+
+
+def _chunks(path: Path, manifest: Manifest, chunk_rows: int) -> Iterator[_Chunk]:
     names = manifest.feature_names
     try:
         with path.open("rb") as raw:
@@ -130,22 +143,58 @@ def _chunks(path: Path, manifest: Manifest, chunk_rows: int) -> Iterator[tuple[p
             raw.seek(0)
             reader = pd.read_csv(
                 raw,
-                usecols=names,
                 dtype=read_dtypes(manifest.features),
                 skipinitialspace=True,
                 chunksize=chunk_rows,
                 # Whole chunks at once: no mixed-type columns inside a chunk (and no warning).
                 low_memory=False,
+                # A row with more fields than the header (a stray comma shifts its values) is
+                # skipped with a warning naming its line; not reading every column (usecols)
+                # would have let it through, scored on shifted values.
+                on_bad_lines="warn",
             )
             with reader:
-                for frame in reader:
-                    yield frame, raw.tell()
+                while True:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", pd.errors.ParserWarning)
+                        frame = next(reader, None)
+                    malformed = [
+                        (int(m.group(1)) - 1, m.group(2).strip())  # line 1 is the header
+                        for w in caught
+                        for m in _SKIPPED.finditer(str(w.message))
+                    ]
+                    if frame is None:
+                        if malformed:  # bad lines at the very end
+                            yield _Chunk(pd.DataFrame(columns=names), malformed, raw.tell())
+                        return
+                    yield _Chunk(frame[names], malformed, raw.tell())
     except FileNotFoundError:
         raise ScoreError(f"data file not found: {path}") from None
     except pd.errors.EmptyDataError:
         raise ScoreError(f"data file {path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ScoreError(f"data file {path} is not a readable CSV: {exc}") from None
+
+
+def _with_malformed(
+    chunk: EncodedChunk, first_row: int, malformed: list[tuple[int, str]]
+) -> EncodedChunk:
+    """The chunk with the reader's skipped rows put back in their places, refused."""
+    if not malformed:
+        return chunk
+    n = len(chunk.refused) + len(malformed)
+    skipped = np.array([row - first_row for row, _ in malformed], dtype=np.int64)
+    kept = np.setdiff1d(np.arange(n), skipped)
+    rows = np.full((n, chunk.rows.shape[1]), np.nan)
+    rows[kept] = chunk.rows
+    refused = np.ones(n, dtype=bool)
+    refused[kept] = chunk.refused
+    errors = RowErrors(
+        np.concatenate([kept[chunk.errors.rows], skipped]),
+        [*chunk.errors.columns, *([""] * len(malformed))],
+        [*chunk.errors.reasons, *(f"row not read: {reason}" for _, reason in malformed)],
+    )
+    return EncodedChunk(rows, refused, errors, chunk.out_of_range)
 
 
 def _cell(value: Any) -> bytes:
@@ -257,8 +306,9 @@ def score_csv(
     """Score every row of the CSV ``data`` with ``name`` (its production version unless
     ``version`` is given) into ``out``; refused rows are described in ``errors_path(out)``.
 
-    Row numbers in the errors file count data rows from 1 (the header is not a row), which is
-    also the line of the row's prediction in ``out`` below its header.
+    Row numbers (first column of both files) count data rows from 1: the header is not a row,
+    so a row's number is its line number minus one when each row is one line. A line with more
+    fields than the header is refused as a whole (its column in the errors file is empty).
     """
     if version is None:
         version = store.production(name)
@@ -284,8 +334,9 @@ def score_csv(
             out_file.write(b",".join(_cell(h) for h in writer.header) + b"\n")
             error_writer = csv.writer(errors_file, lineterminator="\n")
             error_writer.writerow(["row", "column", "reason"])
-            for frame, done_bytes in _chunks(data, manifest, chunk_rows):
-                chunk = encode_chunk(frame, manifest.features)
+            for read in _chunks(data, manifest, chunk_rows):
+                chunk = encode_chunk(read.frame, manifest.features)
+                chunk = _with_malformed(chunk, total + 1, read.malformed)
                 out_file.write(writer.text(total + 1, chunk.rows, chunk.refused))
                 good = ~chunk.refused
                 if len(chunk.errors.rows):
@@ -295,11 +346,11 @@ def score_csv(
                         (int(numbers[k]), chunk.errors.columns[k], chunk.errors.reasons[k])
                         for k in order
                     )
-                total += len(frame)
+                total += len(chunk.refused)
                 scored += int(np.count_nonzero(good))
                 out_of_range += chunk.out_of_range
                 if progress is not None:
-                    progress(done_bytes, total)
+                    progress(read.done_bytes, total)
         out_tmp.replace(out)
         errors_tmp.replace(errors)
     finally:

@@ -114,6 +114,32 @@ def test_bad_rows_go_to_the_side_file_and_good_rows_are_scored(
     assert {predicted[0], predicted[6]} <= {"yes", "no"}
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 2, 50_000])
+def test_a_line_with_too_many_fields_is_refused_in_its_place(
+    scored_store: ModelStore, tmp_path: Path, chunk_rows: int
+) -> None:
+    row = "5.1,3.5,1.4,0.2"
+    data = tmp_path / "in.csv"
+    # Rows 2 and 5 have a stray field: their values may be shifted, so they are not scored.
+    data.write_text(
+        "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm,id\n"
+        f"{row},a\n{row},b,9\n{row},c\n{row},d\n{row},e,9\n"
+    )
+    out = tmp_path / "out.csv"
+
+    summary = score_csv(scored_store, "iris", data, out, chunk_rows=chunk_rows)
+
+    assert (summary.rows, summary.scored, summary.refused) == (5, 3, 2)
+    scored = pd.read_csv(out, keep_default_na=False)
+    assert scored["row"].tolist() == [1, 2, 3, 4, 5]
+    assert [v == "" for v in scored["prediction"]] == [False, True, False, False, True]
+    errors = pd.read_csv(summary.errors, keep_default_na=False)
+    assert list(errors.itertuples(index=False, name=None)) == [
+        (2, "", "row not read: expected 5 fields, saw 6"),
+        (5, "", "row not read: expected 5 fields, saw 6"),
+    ]
+
+
 # CSV cell text and the JSON value the service would receive for it.
 _CELLS: list[tuple[str, str, Any]] = [
     ("numeric", "1.5", 1.5),
