@@ -134,6 +134,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             version=args.version,
             probabilities=args.probabilities,
             chunk_rows=args.chunk_rows,
+            threads=args.threads,
+            prefer_onnx=not args.sklearn,
             progress=progress.update,
         )
     finally:
@@ -195,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="model version (default: production)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows read at a time")
+    p.add_argument("--threads", type=int, help="threads the model computes with (default: all)")
+    p.add_argument(
+        "--sklearn",
+        action="store_true",
+        help="predict with scikit-learn even where the service uses ONNX Runtime "
+        "(a large forest predicts large batches faster with it)",
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("ensure-default", help="train the shipped specs if the store is empty")

@@ -301,10 +301,13 @@ def score_csv(
     probabilities: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     threads: int | None = None,
+    prefer_onnx: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScoreSummary:
     """Score every row of the CSV ``data`` with ``name`` (its production version unless
     ``version`` is given) into ``out``; refused rows are described in ``errors_path(out)``.
+    The runtime is the service's choice (ONNX Runtime where verified) unless ``prefer_onnx`` is
+    False; ``threads`` (default: every core) is what it computes with.
 
     Row numbers (first column of both files) count data rows from 1: the header is not a row,
     so a row's number is its line number minus one when each row is one line. A line with more
@@ -314,7 +317,7 @@ def score_csv(
         version = store.production(name)
         if version is None:
             raise StoreError(f"model {name!r} has no production version; give VERSION=n")
-    policy = RuntimePolicy(onnx_threads=threads or os.cpu_count() or 1)
+    policy = RuntimePolicy(prefer_onnx=prefer_onnx, onnx_threads=threads or os.cpu_count() or 1)
     model = load(store, name, version, policy)
     manifest = model.manifest
     if probabilities and manifest.task != Task.CLASSIFICATION:

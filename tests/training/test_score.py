@@ -38,9 +38,10 @@ def _training_frame(name: str) -> pd.DataFrame:
     return load_dataset(shipped_spec(name)).X
 
 
+@pytest.mark.parametrize("prefer_onnx", [True, False])
 @pytest.mark.parametrize("name", ["iris", "churn", "diabetes"])
 def test_scored_csv_equals_in_process_predictions(
-    scored_store: ModelStore, tmp_path: Path, name: str
+    scored_store: ModelStore, tmp_path: Path, name: str, prefer_onnx: bool
 ) -> None:
     X = _training_frame(name)
     data = tmp_path / "in.csv"
@@ -51,9 +52,18 @@ def test_scored_csv_equals_in_process_predictions(
     classifier = manifest.target.classes is not None
 
     # A chunk size that does not divide the row count: chunks join up without gaps.
-    summary = score_csv(scored_store, name, data, out, probabilities=classifier, chunk_rows=37)
+    summary = score_csv(
+        scored_store,
+        name,
+        data,
+        out,
+        probabilities=classifier,
+        chunk_rows=37,
+        prefer_onnx=prefer_onnx,
+    )
 
     assert (summary.rows, summary.scored, summary.refused) == (len(X), len(X), 0)
+    assert summary.runtime == ("onnx" if prefer_onnx else "sklearn")
     scored = pd.read_csv(out, keep_default_na=False)
     frame = X[manifest.feature_names]
     expected_input: Any = (
