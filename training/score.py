@@ -19,14 +19,16 @@ from __future__ import annotations
 import csv
 import io
 import os
+import queue
 import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,7 @@ import pandas as pd
 
 from serving.runtime import LoadedModel, RuntimeName, RuntimePolicy, load
 from serving.store import Manifest, ModelStore, StoreError, Task
+from training import csv_text
 from training.csv_rows import EncodedChunk, RowErrors, encode_chunk, read_dtypes
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -176,6 +179,50 @@ def _chunks(path: Path, manifest: Manifest, chunk_rows: int) -> Iterator[_Chunk]
         raise ScoreError(f"data file {path} is not a readable CSV: {exc}") from None
 
 
+_T = TypeVar("_T")
+
+
+def _read_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """``items``, the next one produced by a thread while the caller works on the current one:
+    pandas parses CSV text without holding the GIL, so reading overlaps checking, predicting
+    and writing. At most one item waits; so memory holds three chunks at most."""
+    slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(entry: tuple[bool, Any]) -> bool:
+        """Hand ``entry`` over unless the caller has gone (then never block)."""
+        while not stop.is_set():
+            try:
+                slot.put(entry, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((True, item)):
+                    return
+            offer((False, None))
+        except BaseException as exc:  # handed to the caller, raised there
+            offer((False, exc))
+
+    thread = threading.Thread(target=produce, name="csv-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, value = slot.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _with_malformed(
     chunk: EncodedChunk, first_row: int, malformed: list[tuple[int, str]]
 ) -> EncodedChunk:
@@ -210,38 +257,14 @@ def _float_cells(values: npt.NDArray[np.float64]) -> list[bytes]:
 
 
 PROBABILITY_DECIMALS = 9
-_SCALE = 10**PROBABILITY_DECIMALS
-
-
-def _probability_fields(probabilities: npt.NDArray[np.float64]) -> list[bytes]:
-    """Per row, ``,p1,p2,...\n`` with every probability as 0.ddddddddd (nine decimals, far
-    below any probability's own error), written digit by digit with numpy: formatting each
-    float in Python cost more than reading, checking and predicting the row together."""
-    n, m = probabilities.shape
-    width = 3 + PROBABILITY_DECIMALS
-    # uint32 holds 10**9 and divides faster than int64.
-    scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * _SCALE).astype(np.uint32)
-    text = np.empty((n, m, width), dtype=np.uint8)
-    text[:, :, 0] = ord(",")
-    text[:, :, 1] = scaled // _SCALE + ord("0")
-    text[:, :, 2] = ord(".")
-    rest = scaled % np.uint32(_SCALE)
-    for d in range(PROBABILITY_DECIMALS - 1, -1, -1):  # last digit first
-        rest, digit = np.divmod(rest, np.uint32(10))
-        text[:, :, 3 + d] = digit
-    text[:, :, 3:] += ord("0")
-    lines = np.empty((n, m * width + 1), dtype=np.uint8)
-    lines[:, :-1] = text.reshape(n, m * width)
-    lines[:, -1] = ord("\n")
-    return lines.view(f"S{m * width + 1}").ravel().tolist()
+"""Probabilities are written as 0.ddddddddd: far below any probability's own error, and
+fixed-width text numpy can write digit by digit (see training/csv_text.py)."""
 
 
 class _Writer:
-    """Formats the predictions of one chunk as CSV bytes, one line per input row.
-
-    Built by hand rather than with ``DataFrame.to_csv``, which took 2.3 s per million labels,
-    more than reading the rows: a label is looked up by class index in a table of its CSV text.
-    """
+    """Formats the predictions of one chunk as CSV bytes, one line per input row:
+    ``row,prediction[,probability_<class>...]``; refused rows keep their number, the other
+    fields empty."""
 
     def __init__(self, model: LoadedModel, probabilities: bool) -> None:
         self.model = model
@@ -251,44 +274,59 @@ class _Writer:
         self.header = ["row", "prediction"]
         if self.probabilities:
             self.header += [f"probability_{c}" for c in classes]
-        self.empty = b"," * (len(self.header) - 2) + b"\n"
         labels = model.labels if model.labels is not None else np.asarray(classes, dtype=object)
-        self.label_text = np.array([_cell(v) for v in labels.tolist()], dtype=object)
+        self.label_text = [_cell(v) for v in labels.tolist()]
 
-    def _labels(self, values: npt.NDArray[Any], indexed: bool) -> npt.NDArray[Any]:
+    def _label_codes(
+        self, values: npt.NDArray[Any], indexed: bool
+    ) -> tuple[npt.NDArray[np.int64], list[bytes]]:
+        """Each row's position in a table of label texts, and the table."""
         if indexed:
-            return self.label_text.take(values)
+            return np.asarray(values, dtype=np.int64), self.label_text
         unique, inverse = np.unique(values, return_inverse=True)
-        text = np.array([_cell(v) for v in unique.tolist()], dtype=object)
-        return text.take(inverse)
+        return inverse.astype(np.int64), [_cell(v) for v in unique.tolist()]
 
     def text(
         self, first_row: int, rows: npt.NDArray[np.float64], refused: npt.NDArray[np.bool_]
     ) -> bytes:
         """Predict the rows not refused; return the chunk's output lines, each starting with its
-        input row number (``first_row`` for the first), refused rows with empty fields."""
+        input row number (``first_row`` for the first)."""
         n = len(refused)
         good = ~refused
-        cells = np.full(n, b"", dtype=object)
-        probabilities = np.zeros((n, len(self.header) - 2))
+        width = len(self.header) - 2
+        numbers = np.arange(first_row, first_row + n, dtype=np.int64)
+        prediction: csv_text.Segment
+        codes = np.zeros(n, dtype=np.int64)  # 0: the empty text of a refused row
+        table: list[bytes] = [b""]
+        probabilities = np.zeros((n, width))
+        predicted = np.full(n, np.nan)
         if good.any():  # a runtime may refuse an empty batch
             values, proba, indexed = self.model.predict_coded(rows[good], self.probabilities)
             if self.classification:
-                cells[good] = self._labels(values, indexed)
+                label_codes, labels = self._label_codes(values, indexed)
+                codes[good] = label_codes + 1
+                table += labels
             else:
-                numbers = np.full(n, np.nan)
-                numbers[good] = values
-                cells = np.array(_float_cells(numbers), dtype=object)
+                predicted[good] = values
             if proba is not None:
                 probabilities[good] = proba
-        numbers_text = [b"%d," % i for i in range(first_row, first_row + n)]
-        lines = list(map(bytes.__add__, numbers_text, cells.tolist()))
-        if not self.probabilities:
-            return b"\n".join(lines) + b"\n" if n else b""
-        lines = list(map(bytes.__add__, lines, _probability_fields(probabilities)))
-        for i in np.flatnonzero(refused).tolist():
-            lines[i] = numbers_text[i] + self.empty
-        return b"".join(lines)
+        if self.classification:
+            prediction = csv_text.Table(codes, table)
+        else:
+            prediction = csv_text.Ragged(_float_cells(predicted))
+        segments: list[csv_text.Segment] = [
+            csv_text.Integers(numbers),
+            csv_text.Constant(b",", n),
+            prediction,
+        ]
+        if self.probabilities:
+            text = csv_text.fixed_decimals(probabilities, PROBABILITY_DECIMALS)
+            segments += [
+                csv_text.Block(text, good),
+                csv_text.Table(refused.astype(np.int64), [b"", b"," * width]),
+            ]
+        segments.append(csv_text.Constant(b"\n", n))
+        return csv_text.assemble(n, segments)
 
 
 def score_csv(
@@ -337,7 +375,7 @@ def score_csv(
             out_file.write(b",".join(_cell(h) for h in writer.header) + b"\n")
             error_writer = csv.writer(errors_file, lineterminator="\n")
             error_writer.writerow(["row", "column", "reason"])
-            for read in _chunks(data, manifest, chunk_rows):
+            for read in _read_ahead(_chunks(data, manifest, chunk_rows)):
                 chunk = encode_chunk(read.frame, manifest.features)
                 chunk = _with_malformed(chunk, total + 1, read.malformed)
                 out_file.write(writer.text(total + 1, chunk.rows, chunk.refused))

@@ -209,6 +209,23 @@ def test_missing_columns_and_missing_file_are_run_errors(
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_a_file_that_breaks_midway_stops_the_run_and_leaves_no_output(
+    scored_store: ModelStore, tmp_path: Path
+) -> None:
+    data = tmp_path / "in.csv"
+    rows = b"5.1,3.5,1.4,0.2\n" * 50
+    header = b"sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n"
+    data.write_bytes(header + rows + b"\xff\xfe,1,2,3\n" + rows)
+    out = tmp_path / "out.csv"
+
+    with pytest.raises(ScoreError, match="not a readable CSV"):
+        score_csv(scored_store, "iris", data, out, chunk_rows=10)
+
+    assert not out.exists()
+    assert not errors_path(out).exists()
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def _run_cli(store: ModelStore, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SERVEWELL_STORE": str(store.root)}
     return subprocess.run(
