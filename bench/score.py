@@ -97,9 +97,15 @@ def main() -> int:
     parser.add_argument("--models", default="iris,breast_cancer")
     parser.add_argument("--store", type=Path, help="use this store instead of training afresh")
     parser.add_argument("--probabilities", action="store_true")
+    parser.add_argument("--sklearn", action="store_true", help="scikit-learn instead of ONNX")
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk-rows", type=int, default=None)
     args = parser.parse_args()
     extra = ["--probabilities"] if args.probabilities else []
+    if args.sklearn:
+        extra.append("--sklearn")
+    if args.threads:
+        extra += ["--threads", str(args.threads)]
     if args.chunk_rows:
         extra += ["--chunk-rows", str(args.chunk_rows)]
     results: list[dict[str, Any]] = []

@@ -150,10 +150,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"predictions: {s.out}", file=sys.stderr)
     if s.refused:
         print(f"refused rows (row, column, reason): {s.errors}", file=sys.stderr)
-    for feature, count in s.out_of_range.items():
+    if s.out_of_range:
+        ranked = sorted(s.out_of_range.items(), key=lambda kv: kv[1], reverse=True)
+        shown = ", ".join(f"{name} ({count:,} rows)" for name, count in ranked[:5])
+        more = f" and {len(ranked) - 5} more features" if len(ranked) > 5 else ""
         print(
-            f"note: {count:,} scored rows have {feature} outside its training range "
-            "(predicted anyway, as the service does; extrapolations may be unreliable)",
+            f"note: values outside the training range in {shown}{more}: predicted anyway, "
+            "as the service does (extrapolations may be unreliable)",
             file=sys.stderr,
         )
     return 0

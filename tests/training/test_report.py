@@ -96,3 +96,17 @@ def test_permutation_importance_names_input_features_and_ranks_the_signal_first(
     assert first_row.startswith("| `region` |")
     assert (report / "feature_importances.png").is_file()
     assert (report / "model_importances.png").is_file()
+
+
+def test_roc_curves_are_one_binary_curve_or_one_per_class() -> None:
+    from training.evaluate import Evaluation
+    from training.report import _one_vs_rest
+
+    y = np.array(["no", "yes", "yes", "no"])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
+    binary = _one_vs_rest(Evaluation({}, y, y, proba, ["no", "yes"]))
+    assert [(name, list(pos)) for name, pos, _ in binary] == [("yes", [False, True, True, False])]
+
+    y3 = np.array(["a", "b", "c"])
+    three = _one_vs_rest(Evaluation({}, y3, y3, np.eye(3), ["a", "b", "c"]))
+    assert [name for name, _, _ in three] == ["a vs rest", "b vs rest", "c vs rest"]
