@@ -16,6 +16,8 @@ TASK ?=
 NAME ?=
 VERSION ?=
 FORCE ?=
+ESTIMATOR ?=
+KEEP ?=
 # Options for scoring a CSV (OUT defaults to <DATA>.scored.csv; PROBA=1 adds class probabilities).
 OUT ?=
 PROBA ?=
@@ -23,11 +25,12 @@ PROBA ?=
 STORE ?= models
 export SERVEWELL_STORE ?= $(STORE)
 
-.PHONY: help venv test lint typecheck unit test-slow serve train models promote rollback score bench bench-score clean bench-peers
+.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback sign score bench bench-score clean bench-peers
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column [TASK=classification|regression NAME=model] FORCE=1\n"
+	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column [TASK=classification|regression NAME=model ESTIMATOR=random_forest|extra_trees|gradient_boosting|hist_gradient_boosting|logistic_regression|linear_regression|ridge|knn] FORCE=1\n"
+	@printf "make train exits 0 when promoted (or identical to production), 3 when stored but not promoted, 1 on errors\n"
 	@printf "Scoring options: MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]\n"
 	@printf "Store: STORE=dir (default models/), exported as SERVEWELL_STORE\n"
 
@@ -55,14 +58,23 @@ test: lint typecheck unit ## Lint, type-check and run the whole default test sui
 test-slow: $(STAMP) ## Run the slow load/soak tests too
 	$(PY) -m pytest -q
 
-train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col
+train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col [ESTIMATOR=name]
 	$(PY) -m training train \
 		$(if $(MODEL),--model "$(MODEL)") $(if $(SPEC),--spec "$(SPEC)") \
 		$(if $(DATA),--data "$(DATA)") $(if $(TARGET),--target "$(TARGET)") \
-		$(if $(TASK),--task "$(TASK)") $(if $(NAME),--name "$(NAME)") $(if $(FORCE),--force)
+		$(if $(TASK),--task "$(TASK)") $(if $(NAME),--name "$(NAME)") \
+		$(if $(ESTIMATOR),--estimator "$(ESTIMATOR)") $(if $(FORCE),--force)
 
 models: $(STAMP) ## List the store: versions, production, primary metric
 	$(PY) -m training models
+
+compare: $(STAMP) ## Every version of MODEL=name side by side: metrics ± fold spread, baseline, data, params, changes
+	@test -n "$(MODEL)" || { echo "usage: make compare MODEL=name"; exit 2; }
+	$(PY) -m training compare "$(MODEL)"
+
+prune: $(STAMP) ## Remove old versions of MODEL=name, keeping the newest KEEP=n, production and the previous one
+	@test -n "$(MODEL)" -a -n "$(KEEP)" || { echo "usage: make prune MODEL=name KEEP=n"; exit 2; }
+	$(PY) -m training prune "$(MODEL)" --keep "$(KEEP)"
 
 promote: $(STAMP) ## Make MODEL=name VERSION=n the production version
 	@test -n "$(MODEL)" -a -n "$(VERSION)" || { echo "usage: make promote MODEL=name VERSION=n"; exit 2; }
@@ -71,6 +83,9 @@ promote: $(STAMP) ## Make MODEL=name VERSION=n the production version
 rollback: $(STAMP) ## Return MODEL=name to its previous production version
 	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=name"; exit 2; }
 	$(PY) -m training rollback "$(MODEL)"
+
+sign: $(STAMP) ## Re-sign every version signed in the old format with SERVEWELL_SIGNING_KEY
+	$(PY) -m training sign
 
 score: $(STAMP) ## Score a CSV of any size: MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]; refused rows go to OUT's .errors.csv
 	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make score MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]"; exit 2; }
@@ -85,7 +100,7 @@ serve: $(STAMP) ## Train the default models if the store is empty, then serve on
 	$(PY) -m serving
 
 BENCH_ARGS ?=
-bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min): table + bench/results/*.json/.png
+bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min; --baseline-ref=COMMIT adds a paired A/B with that commit): table + bench/results/*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
@@ -104,9 +119,9 @@ $(PEERS_STAMP): bench/peers-requirements.txt $(STAMP)
 		"scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')"
 	@touch $(PEERS_STAMP)
 
-bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~5 min; PEERS_ARGS=--quick ~2 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
+bench-peers: $(STAMP) $(PEERS_STAMP) ## servewell vs Seldon MLServer, wrk on loopback (~3 min; PEERS_ARGS=--quick ~1 min; first run installs MLServer into .venv-peers): table + bench/results/peers-*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) bench/peers.py --venv $(PEERS_VENV) $(PEERS_ARGS)
+	$(PY) bench/run.py --suite peers --peers-venv $(PEERS_VENV) $(PEERS_ARGS)
 
 # -- Ray Serve (optional extra `.[ray]`: large wheels, so not part of `make venv`) -------------
 RAY_STAMP := $(VENV)/.ray-installed-stamp
@@ -128,4 +143,4 @@ test-ray: $(RAY_STAMP) ## Ray Serve tests: two real replicas on a local Ray inst
 
 bench-ray: $(RAY_STAMP) ## Benchmark the Ray Serve proxy vs the single-box service (BENCH_ARGS as for bench)
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) bench/run.py --servers service,ray $(BENCH_ARGS)
+	$(PY) bench/run.py --suite ray $(BENCH_ARGS)

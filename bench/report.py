@@ -1,287 +1,235 @@
-"""Present a run: a text table, a JSON document and a PNG chart."""
+"""One report: the targets evaluated, a table on stdout, a JSON file and a PNG chart."""
 
 import json
 import shutil
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from bench import alternating, runtimes, shared_core
-from bench.alternating import Alternation
-from bench.runtimes import RuntimeTiming
-from bench.scenarios import InProcess, Measurement, Outcome
-from bench.shared_core import PairedComparison
-from bench.targets import Target
+from bench.paired import Comparison
+from bench.scenarios import Figure, Scenario, Target
+from bench.wrk import Result
 
-SCHEMA_VERSION = 2
-"""2: top-level ``runtimes`` (in-process batch cost per runtime) and ``served_runtimes``."""
+Status = Literal["PASS", "MISS", "INFO", "N/A"]
 
 
 @dataclass(frozen=True)
-class Run:
-    timestamp: str
-    """UTC, ``YYYYmmddTHHMMSSZ``; also the results file name."""
-    environment: dict[str, Any]
-    settings: dict[str, Any]
-    outcomes: list[Outcome]
-    in_process: list[InProcess]
-    targets: list[Target]
-    notes: list[str]
-    runtimes: list[RuntimeTiming] = field(default_factory=list)
-    """In-process cost of one batch call per model, runtime and batch size (``bench.runtimes``)."""
-    served_runtimes: dict[str, dict[str, str | None]] = field(default_factory=dict)
-    """server -> model -> the runtime ``GET /models/{name}`` reported (None: no answer)."""
-    paired: list[PairedComparison] = field(default_factory=list)
-    """Shared-core comparisons (``bench.shared_core``): what metrics and logging cost, and
-    two workloads on like servers."""
-    alternating: list[Alternation] = field(default_factory=list)
-    """Two workloads on one server in alternating runs at low load (``bench.alternating``)."""
+class Measured:
+    """One measured wrk run, with the CPU the server and everything else used meanwhile."""
+
+    result: Result
+    server_cpu: float
+    """% of one core, workers included."""
+    other_cpu: float
+    """% of one core used by neither the server nor wrk: noise, ideally about 0."""
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+@dataclass
+class Outcome:
+    """Every round of one scenario; figures come from the median round by req/s."""
+
+    scenario: Scenario
+    runs: list[Measured] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median(self) -> Measured | None:
+        if self.error is not None or not self.runs:
+            return None
+        ranked = sorted(self.runs, key=lambda m: m.result.requests_per_s)
+        return ranked[(len(ranked) - 1) // 2]  # a real run, never an average
+
+    def figure(self, figure: Figure) -> float | None:
+        m = self.median
+        if m is None:
+            return None
+        if figure == "errors":  # every failed request of every round counts
+            return float(sum(r.result.errors for r in self.runs))
+        if figure == "p50 ms":
+            return m.result.p50_ms
+        rps = m.result.requests_per_s
+        return rps * self.scenario.rows if figure == "rows/s" else rps
+
+    def __str__(self) -> str:
+        if self.error is not None or not self.runs:
+            return f"{self.scenario.key}: FAILED {self.error}"
+        r = self.runs[-1].result
+        return f"{self.scenario.key}: {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, " + (
+            f"{r.errors} errors"
+        )
+
+    @property
+    def spread(self) -> float | None:
+        """(max - min) / median req/s over the rounds."""
+        rates = [r.result.requests_per_s for r in self.runs]
+        median = self.figure("req/s")
+        return (max(rates) - min(rates)) / median if len(rates) > 1 and median else None
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+@dataclass(frozen=True)
+class Verdict:
+    target: Target
+    value: float | None
+    status: Status
 
 
-def render(run: Run) -> str:
-    """The human-readable report printed at the end of a run."""
-    header = [
-        "scenario",
-        "req/s",
-        "spread",
-        "rows/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "conn/read/write/timeout/non2xx",
-        "srv CPU",
-        "wrk CPU",
-        "other CPU",
-    ]
+def evaluate(
+    targets: list[Target], outcomes: list[Outcome], paired: dict[str, Comparison]
+) -> list[Verdict]:
+    by_key = {o.scenario.key: o for o in outcomes}
+    verdicts = []
+    for t in targets:
+        value: float | None
+        if t.paired:
+            value = paired[t.name].ratio if t.name in paired else None
+        else:
+            a = by_key[t.a.key].figure(t.figure) if t.a.key in by_key else None
+            b = by_key[t.b.key].figure(t.figure) if t.b and t.b.key in by_key else None
+            value = a if t.b is None else (a / b if a is not None and b else None)
+        status: Status = "INFO" if t.at_least is None and t.at_most is None else "PASS"
+        if value is None:
+            status = "N/A"
+        elif (t.at_least is not None and value < t.at_least) or (
+            t.at_most is not None and value > t.at_most
+        ):
+            status = "MISS"
+        verdicts.append(Verdict(t, value, status))
+    return verdicts
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x" if value >= 2 else f"{100 * value:.1f} %"
+
+
+def shown(target: Target, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if target.b is not None:
+        return _ratio(value)
+    return f"{value:.2f} ms" if target.figure == "p50 ms" else f"{value:.0f}"
+
+
+def goal(target: Target) -> str:
+    if target.at_least is not None:
+        return ">= " + shown(target, target.at_least)
+    return "" if target.at_most is None else "<= " + shown(target, target.at_most)
+
+
+def _table(header: str, rows: list[list[str]]) -> list[str]:
+    """Columns of ``header`` (space-separated; ``_`` is a space) over ``rows``, aligned."""
+    rows = [[h.replace("_", " ") for h in header.split()], *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    just = [str.ljust, *[str.rjust] * (len(widths) - 1)]
+    lines = ["  ".join(j(c, w) for j, c, w in zip(just, r, widths, strict=True)) for r in rows]
+    return [lines[0], "-" * len(lines[0]), *lines[1:]]
+
+
+def _num(value: float | None, spec: str, scale: float = 1) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def render(
+    outcomes: list[Outcome],
+    paired: dict[str, Comparison],
+    verdicts: list[Verdict],
+    notes: list[str],
+) -> str:
     rows = []
-    for o in run.outcomes:
-        m, e = o.median, o.errors
-        if m is None or e is None:
-            rows.append([o.scenario.key, *["-"] * 6, "FAILED (below)", "-", "-", "-"])
+    for o in outcomes:
+        m = o.median
+        if m is None:
+            rows.append([o.scenario.key, "FAILED", *[""] * 6, (o.error or "")[:60]])
             continue
-        rows.append(
-            [
-                o.scenario.key,
-                _fmt(o.requests_per_s, ",.0f"),
-                "-" if o.spread is None else f"{100 * o.spread:.0f} %",
-                _fmt(o.rows_per_s, ",.0f"),
-                _fmt(m.result.latency.p50, ".2f"),
-                _fmt(m.result.latency.p99, ".2f"),
-                str(e.total),
-                f"{e.connect}/{e.read}/{e.write}/{e.timeout}/{e.status}",
-                _fmt(m.cpu_percent(m.server_cpu_s), ".0f") + " %",
-                _fmt(m.cpu_percent(m.wrk_cpu_s), ".0f") + " %",
-                _fmt(m.cpu_percent(m.other_cpu_s), ".0f") + " %",
-            ]
-        )
-    out = _table(header, rows, right={1, 2, 3, 4, 5, 6, 8, 9, 10})
-    failed = [o for o in run.outcomes if o.median is None]
-    if failed:
-        out.append("")
-        out += [f"FAILED {o.scenario.key}: {o.error}" for o in failed]
-    if run.in_process:
-        out.append("")
-        out += _table(
-            ["in-process predict", "rows", "rows/s", "1-row predict ms"],
-            [
-                [p.model, str(p.rows), f"{p.rows_per_s:,.0f}", f"{p.single_row_ms:.3f}"]
-                for p in run.in_process
-            ],
-            right={1, 2, 3},
-        )
-    if run.runtimes:
-        out += ["", "in-process batch call (LoadedModel.predict, as a pool worker runs it):"]
-        out.append(runtimes.table(run.runtimes))
-    if run.served_runtimes:
-        out.append("")
-        out += [
-            f"{server} serves: "
-            + ", ".join(f"{model} {runtime or '?'}" for model, runtime in by_model.items())
-            for server, by_model in run.served_runtimes.items()
-        ]
-    if run.paired:
-        out += [
+        r, rows_s = m.result, o.figure("rows/s") if o.scenario.rows > 1 else None
+        errors, spread = _num(o.figure("errors"), ".0f"), _num(o.spread, ".0f", 100)
+        cells = [f"{r.requests_per_s:,.0f}", _num(rows_s, ",.0f"), f"{r.p50_ms:.2f}"]
+        cells += [f"{r.p99_ms:.2f}", errors, spread, f"{m.server_cpu:.0f}", f"{m.other_cpu:.0f}"]
+        rows.append([o.scenario.key, *cells])
+    head = "scenario req/s rows/s p50_ms p99_ms errors spread_% cpu_% other_%"
+    lines = _table(head, rows) if rows else []
+    if paired:
+        pair_rows = []
+        for name, c in paired.items():
+            low, high = c.spread or (None, None)
+            cells = [_num(c.ratio, ".1f", 100), _num(low, ".1f", 100), _num(high, ".1f", 100)]
+            pair_rows.append([name, str(len(c.runs)), *cells, (c.error or "")[:60]])
+        lines += [
             "",
-            "paired on one shared core (bench/shared_core.py): event-loop CPU per request of "
-            "A and B, median ratio B/A (range), throughput B allows vs A. Settings: A = "
-            "service_metrics or service_quiet, B = service; workloads (B vs A): two service "
-            "instances, each sent its own requests:",
+            *_table("paired_on_one_core:_A_vs_B runs ratio_% min_% max_% error", pair_rows),
         ]
-        out += _table(
-            [
-                "comparison",
-                "model",
-                "runs",
-                "A / B us",
-                "B/A CPU",
-                "tput",
-                "loop thread B/A",
-                "",
-            ],
-            shared_core.summary_rows(run.paired),
-            right={2, 3, 4, 5, 6},
-        )
-    if run.alternating:
-        out += [
-            "",
-            "alternating short runs on the service (bench/alternating.py): B's req/s over A's "
-            "(A = typed, B = v2 JSON), median of adjacent runs (range):",
-        ]
-        out += _table(
-            ["comparison", "model", "conns", "runs", "B / A", ""],
-            alternating.summary_rows(run.alternating),
-            right={2, 3, 4},
-        )
-    out.append("")
-    out += _table(
-        ["target", "measured", "goal", "result"],
-        [[t.name, t.measured, t.goal, t.status] for t in run.targets],
-        right={1},
-    )
-    out += ["", *run.notes] if run.notes else []
-    return "\n".join(out)
+    rows = [[v.target.name, shown(v.target, v.value), goal(v.target), v.status] for v in verdicts]
+    lines += ["", *_table("target measured goal status", rows)]
+    return "\n".join([*lines, "", *(f"- {n}" for n in notes)])
 
 
-def to_json(run: Run) -> dict[str, Any]:
+def to_json(
+    meta: dict[str, Any],
+    outcomes: list[Outcome],
+    paired: dict[str, Comparison],
+    verdicts: list[Verdict],
+    notes: list[str],
+) -> dict[str, Any]:
     scenarios = []
-    for o in run.outcomes:
-        median = o.median
-        errors = o.errors
+    for o in outcomes:
+        figures = {f: o.figure(f) for f in ("req/s", "rows/s", "p50 ms", "errors")}
+        rounds = [asdict(r) for r in o.runs]
         scenarios.append(
             {
-                "key": o.scenario.key,
                 **asdict(o.scenario),
+                "key": o.scenario.key,
                 "error": o.error,
-                "requests_per_s": o.requests_per_s,
-                "rows_per_s": o.rows_per_s,
-                "spread": o.spread,
-                "errors_all_rounds": None
-                if errors is None
-                else {**asdict(errors), "total": errors.total},
-                "median_round": None if median is None else o.runs.index(median),
-                "rounds": [_measurement_json(m) for m in o.runs],
-                "predictions_match_in_process": o.predictions_match,
+                **figures,
+                "rounds": rounds,
             }
         )
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "timestamp": run.timestamp,
-        "environment": run.environment,
-        "settings": run.settings,
-        "scenarios": scenarios,
-        "in_process": [{**asdict(p), "rows_per_s": p.rows_per_s} for p in run.in_process],
-        "runtimes": [asdict(t) for t in run.runtimes],
-        "served_runtimes": run.served_runtimes,
-        "paired": [
-            {
-                **asdict(c),
-                "cpu_ratio": c.cpu_ratio,
-                "loop_thread_cpu_ratio": c.loop_ratio,
-                "throughput_ratio": c.throughput_ratio,
-            }
-            for c in run.paired
-        ],
-        "alternating": [{**asdict(x), "ratio": x.ratio} for x in run.alternating],
-        "targets": [{**asdict(t), "measured": t.measured} for t in run.targets],
-        "notes": run.notes,
+    pairs = {
+        n: {"ratio": c.ratio, "error": c.error, "runs": [asdict(r) for r in c.runs]}
+        for n, c in paired.items()
     }
+    targets = [
+        {
+            "name": v.target.name,
+            "value": v.value,
+            "goal": goal(v.target),
+            "status": v.status,
+            "ratio": bool(v.target.b),
+        }
+        for v in verdicts
+    ]
+    return {**meta, "scenarios": scenarios, "paired": pairs, "targets": targets, "notes": notes}
 
 
-def _measurement_json(m: Measurement) -> dict[str, Any]:
-    r = m.result
-    return {
-        "duration_s": r.duration_s,
-        "requests": r.requests,
-        "bytes": r.bytes,
-        "requests_per_s": r.requests_per_s,
-        "latency_ms": asdict(r.latency),
-        "errors": {**asdict(r.errors), "total": r.errors.total},
-        "server_cpu_percent": m.cpu_percent(m.server_cpu_s),
-        "wrk_cpu_percent": m.cpu_percent(m.wrk_cpu_s),
-        "other_cpu_percent": m.cpu_percent(m.other_cpu_s),
-    }
-
-
-def write(run: Run, results_dir: Path, *, chart: bool) -> list[Path]:
-    """Write ``<timestamp>.json`` (+ ``.png``) and copies named ``latest``; return the paths."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = results_dir / f"{run.timestamp}.json"
-    json_path.write_text(json.dumps(to_json(run), indent=2) + "\n", encoding="utf-8")
-    written = [json_path]
-    if chart and any(o.median is not None for o in run.outcomes):
-        png_path = results_dir / f"{run.timestamp}.png"
-        draw_chart(run, png_path)
-        written.append(png_path)
-    for path in list(written):
-        latest = results_dir / f"latest{path.suffix}"
-        shutil.copyfile(path, latest)
-        written.append(latest)
+def write(document: dict[str, Any], directory: Path, stem: str, chart: bool) -> list[Path]:
+    """``<stem>.json`` (and ``.png``) in ``directory``, copied to ``latest.*``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [directory / f"{stem}.json"]
+    written[0].write_text(json.dumps(document, indent=2) + "\n")
+    if chart:
+        written.append(draw(document, directory / f"{stem}.png"))
+    for path in written:
+        shutil.copyfile(path, path.with_stem("latest"))
     return written
 
 
-def draw_chart(run: Run, path: Path) -> None:
-    """Horizontal bars: throughput, and p50/p99 latency, per scenario (log scales)."""
+def draw(document: dict[str, Any], path: Path) -> Path:
+    """Every ratio target, its bar coloured by its status (the JSON holds the rest)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [o for o in run.outcomes if o.result is not None]
-    labels = [o.scenario.key for o in measured]
-    colors = {
-        "service": "tab:blue",
-        "service_sklearn": "tab:purple",
-        "bare": "tab:gray",
-        "bare_raw": "tab:green",
-        "naive": "tab:orange",
-    }
-    bar_colors = [colors.get(o.scenario.server, "tab:green") for o in measured]
-    ys = range(len(measured))
-    fig, (ax_rps, ax_lat) = plt.subplots(
-        1, 2, figsize=(13, 0.45 * len(measured) + 1.8), sharey=True
-    )
-    ax_rps.barh(ys, [o.requests_per_s or 0 for o in measured], color=bar_colors)
-    for y, o in zip(ys, measured, strict=True):
-        label = f" {o.requests_per_s or 0:,.0f}"
-        if o.scenario.is_rows:
-            label += f" ({o.rows_per_s or 0:,.0f} rows/s)"
-        ax_rps.text(o.requests_per_s or 0, y, label, va="center", fontsize=8)
-    ax_rps.set_xscale("log")
-    ax_rps.set_xlim(right=6 * max(o.requests_per_s or 1 for o in measured))  # room for labels
-    ax_rps.set_xlabel("requests/s (log)")
-    ax_rps.set_yticks(list(ys), labels)
-    ax_rps.invert_yaxis()
-    p50 = [o.result.latency.p50 for o in measured if o.result is not None]
-    p99 = [o.result.latency.p99 for o in measured if o.result is not None]
-    ax_lat.barh([y - 0.2 for y in ys], p50, height=0.4, label="p50", color="tab:blue")
-    ax_lat.barh([y + 0.2 for y in ys], p99, height=0.4, label="p99", color="tab:red")
-    ax_lat.set_xscale("log")
-    ax_lat.set_xlabel("latency ms (log)")
-    ax_lat.legend(loc="lower right")
-    for ax in (ax_rps, ax_lat):
-        ax.grid(axis="x", which="both", alpha=0.3)
-    fig.suptitle(
-        f"servewell bench {run.timestamp}: wrk on loopback, median of rounds\n"
-        "blue/purple: service on ONNX Runtime/scikit-learn; "
-        "gray/green/orange: bare/bare_raw/naive baselines"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ratios = [t for t in document["targets"] if t["ratio"] and t["value"]]
+    fig, ax = plt.subplots(figsize=(11, 0.3 * len(ratios) + 1.5), layout="constrained")
+    colors = {"PASS": "tab:green", "MISS": "tab:red", "INFO": "tab:gray"}
+    for i, t in enumerate(ratios):
+        ax.barh(i, t["value"], color=colors[t["status"]])
+        ax.annotate(f"{t['value']:.2f} {t['goal']}", (t["value"], i), fontsize=8, va="center")
+    ax.set_yticks(range(len(ratios)), [t["name"] for t in ratios], fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("A / B (log scale; green: goal met, red: missed, gray: no goal)")
+    ax.set_title(f"servewell bench, {document['suite']}, {document['timestamp']}")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path

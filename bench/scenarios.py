@@ -1,199 +1,195 @@
-"""What one run measures: scenarios (server x model x load) and their outcomes."""
+"""What the benchmark measures, as data: servers, scenarios (server x request x load), targets.
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+A target is the ratio of two scenarios' figures (or one scenario's figure) against a threshold.
+Targets marked ``paired`` are decided by paired runs on one shared core (``bench/paired.py``),
+because sequential runs on a shared box spread by more than the few per cent they look for;
+the others come from the rounds. A target without a threshold is shown as INFO.
+"""
 
-from bench.wrk import Errors, WrkResult
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
-SERVICE = "service"
-SERVICE_SKLEARN = "service_sklearn"
-"""The service with ``SERVEWELL_RUNTIME=sklearn``: every model on scikit-learn."""
-SERVICES = (SERVICE, SERVICE_SKLEARN)
-"""Servers that run ``python -m serving`` (one per runtime setting)."""
-BARE = "bare"
-NAIVE = "naive"
-BARE_RAW = "bare_raw"
-BASELINES = (BARE, BARE_RAW, NAIVE)
-"""The apps in ``bench/baselines.py``."""
-SERVICE_QUIET = "service_quiet"
-"""The service with metrics, drift tracking and the access log off (what they cost)."""
-SERVICE_METRICS = "service_metrics"
-"""The service with metrics and drift tracking but no access log (what the log costs). It
-runs only in the shared-core comparisons (bench.shared_core), not in the rounds."""
-RAY = "ray"
-"""The service as Ray Serve replicas behind Ray's proxy (``bench/ray_serve.py``)."""
-RAY_CONNECTIONS = (1, 100)
-"""Loads at which the Ray scenario runs (when the service runs at them too)."""
-SERVERS = (*SERVICES, *BASELINES, SERVICE_QUIET, RAY)
-TYPED = "typed"
-"""The service's own predict endpoint; the other protocols are in ``bench/v2.py``."""
-V2_PROTOCOLS = ("v2json", "v2binary")
-"""Open Inference Protocol requests to the service: JSON, and JSON + binary tensor data."""
+Kind = Literal["service", "bare", "naive", "mlserver", "ray"]
+Request = Literal["typed", "rows", "v2json", "v2binary", "mlserver"]
+V2: tuple[Request, Request] = ("v2json", "v2binary")
+Figure = Literal["req/s", "rows/s", "p50 ms", "errors"]
+
+# What a user gets: metrics, drift tracking and a JSON access line per request really written.
+OBSERVED = {"SERVEWELL_METRICS": "true", "SERVEWELL_ACCESS_LOG": "true"}
+OBSERVED |= {"SERVEWELL_LOG_LEVEL": "info", "SERVEWELL_LOG_FORMAT": "json"}
+QUIET = {"SERVEWELL_METRICS": "false", "SERVEWELL_ACCESS_LOG": "false"}
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    kind: Kind = "service"
+    env: Mapping[str, str] = field(default_factory=dict)
+    """``SERVEWELL_*`` settings (an inherited value must not change what a server measures)."""
+    ref: str | None = None
+    """A git commit: run ``python -m serving`` of that commit (``--baseline-ref``)."""
+
+
+SERVERS = {
+    s.name: s
+    for s in (
+        Server("service", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}),
+        Server("service_sklearn", env={**OBSERVED, "SERVEWELL_RUNTIME": "sklearn"}),
+        Server("service_metrics", env={**OBSERVED, "SERVEWELL_ACCESS_LOG": "false"}),
+        Server("service_quiet", env={**QUIET, "SERVEWELL_LOG_LEVEL": "warning"}),
+        # As the peers comparison always ran it: defaults, no access lines at level warning.
+        Server("servewell", env={"SERVEWELL_RUNTIME": "auto", "SERVEWELL_LOG_LEVEL": "warning"}),
+        Server("bare", kind="bare"),
+        Server("naive", kind="naive"),
+        Server("mlserver", kind="mlserver"),
+        Server("ray", kind="ray", env={"SERVEWELL_LOG_LEVEL": "warning"}),
+    )
+}
+
+
+def baseline_server(ref: str) -> Server:
+    """``service`` as it was at commit ``ref``."""
+    return Server("service@base", env=SERVERS["service"].env, ref=ref)
 
 
 @dataclass(frozen=True)
 class Scenario:
-    server: str
     model: str
+    server: str
+    request: Request
     connections: int
-    rows_per_request: int = 1
-    """1: one record in ``{"instances": [...]}``; more: a ``{"rows": [...]}`` request."""
-    protocol: str = TYPED
-    """``typed`` (``/models/{name}/predict``) or one of ``V2_PROTOCOLS`` (``/v2/.../infer``)."""
-
-    @property
-    def is_rows(self) -> bool:
-        return self.rows_per_request > 1
+    rows: int = 1
+    duration_s: float | None = None
+    """Seconds per measured run; None: the run's ``--duration``."""
 
     @property
     def key(self) -> str:
-        shape = f"rows{self.rows_per_request}" if self.is_rows else "row"
-        key = f"{self.server}/{self.model}/{shape}/c{self.connections}"
-        return key if self.protocol == TYPED else f"{key}/{self.protocol}"
-
-    @property
-    def is_v2(self) -> bool:
-        return self.protocol != TYPED
+        shape = f"{self.request}{self.rows}" if self.rows > 1 else self.request
+        return f"{self.server}/{self.model}/{shape}/c{self.connections}"
 
     @property
     def path(self) -> str:
-        if self.is_v2:
-            return f"/v2/models/{self.model}/infer"
-        return f"/models/{self.model}/predict"
-
-
-def plan(
-    models: Sequence[str],
-    servers: Iterable[str],
-    *,
-    connections: Sequence[int],
-    baseline_connections: int,
-    rows_per_request: int,
-    rows_connections: int,
-    v2_connections: Sequence[int] = (),
-) -> list[Scenario]:
-    """All scenarios in the order they run within a round.
-
-    Per model, runs that are compared with each other are adjacent, so a change in background
-    load between them is less likely: the baselines, the service and the service on
-    scikit-learn at the baseline load; the rows request of the service and of the service on
-    scikit-learn. The service on scikit-learn runs only those two comparisons. With
-    ``v2_connections``, the service's Open Inference Protocol requests (JSON, binary) follow
-    its typed single-row run at those loads, and its typed rows request.
-    """
-    wanted = set(servers)
-    out: list[Scenario] = []
-    for model in models:
-        for c in sorted({*connections, baseline_connections, *v2_connections}):
-            if c == baseline_connections:
-                out += [Scenario(base, model, c) for base in BASELINES if base in wanted]
-            if SERVICE in wanted and c in connections:
-                out.append(Scenario(SERVICE, model, c))
-            if c == baseline_connections and SERVICE_QUIET in wanted:
-                out.append(Scenario(SERVICE_QUIET, model, c))
-            if RAY in wanted and c in connections and c in RAY_CONNECTIONS:
-                out.append(Scenario(RAY, model, c))
-            if SERVICE in wanted and c in v2_connections:
-                out += [Scenario(SERVICE, model, c, protocol=p) for p in V2_PROTOCOLS]
-            if c == baseline_connections and SERVICE_SKLEARN in wanted:
-                out.append(Scenario(SERVICE_SKLEARN, model, c))
-        if rows_per_request > 1:
-            out += [
-                Scenario(server, model, rows_connections, rows_per_request)
-                for server in SERVICES
-                if server in wanted
-            ]
-            if SERVICE in wanted and v2_connections:
-                out += [
-                    Scenario(SERVICE, model, rows_connections, rows_per_request, protocol=p)
-                    for p in V2_PROTOCOLS
-                ]
-    return out
+        if self.request in ("typed", "rows"):
+            return f"/models/{self.model}/predict"
+        return f"/v2/models/{self.model}/infer"
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """One wrk run of a scenario, with the CPU time everyone used meanwhile."""
-
-    result: WrkResult
-    server_cpu_s: float
-    """User + system CPU of the server's processes (workers included)."""
-    wrk_cpu_s: float
-    other_cpu_s: float
-    """Everything else on the machine (noise: ideally about 0)."""
-
-    def cpu_percent(self, cpu_s: float) -> float | None:
-        """CPU seconds over the run as % of one core (200 % = both cores of a 2-core box)."""
-        duration = self.result.duration_s
-        return 100.0 * cpu_s / duration if duration > 0 else None
+class Target:
+    name: str
+    a: Scenario
+    b: Scenario | None
+    """What ``a`` is measured against; None: ``a``'s figure itself."""
+    figure: Figure
+    at_least: float | None = None
+    paired: bool = False
+    """Decided by paired runs on one shared core (``a`` and ``b`` single rows at c=PAIR)."""
+    at_most: float | None = None
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """All rounds of one scenario; reported figures come from the median round by req/s."""
-
-    scenario: Scenario
-    runs: tuple[Measurement, ...] = ()
-    error: str | None = None
-    """Why the scenario failed (then no figure of it counts, even from earlier rounds)."""
-    predictions_match: bool | None = None
-    """Whether the service's answer to the first body equals in-process ``predict`` (rows only)."""
+class Suite:
+    scenarios: list[Scenario]
+    targets: list[Target]
 
     @property
-    def median(self) -> Measurement | None:
-        if self.error is not None or not self.runs:
-            return None
-        ranked = sorted(self.runs, key=lambda m: m.result.requests_per_s)
-        return ranked[(len(ranked) - 1) // 2]  # lower median: a real run, never an average
+    def servers(self) -> list[str]:
+        """Servers the rounds use, in the order of first use."""
+        return list(dict.fromkeys(s.server for s in self.scenarios))
 
-    @property
-    def result(self) -> WrkResult | None:
-        median = self.median
-        return None if median is None else median.result
 
-    @property
-    def errors(self) -> Errors | None:
-        """Errors summed over every round (a single failed request anywhere counts)."""
-        if self.result is None:
-            return None
-        return Errors(
-            connect=sum(m.result.errors.connect for m in self.runs),
-            read=sum(m.result.errors.read for m in self.runs),
-            write=sum(m.result.errors.write for m in self.runs),
-            timeout=sum(m.result.errors.timeout for m in self.runs),
-            status=sum(m.result.errors.status for m in self.runs),
+ROWS = 10_000
+PAIR = 50
+"""Connections per server of a pair: both load at once, 100 in all, as the rounds' c=100."""
+PAIR_SERVERS = ("service_metrics", "service_quiet", "service@base")
+
+
+def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
+    """``make bench``: the service against itself on scikit-learn, the baselines, its other
+    request forms and its observability, per model."""
+    scenarios: list[Scenario] = []
+    targets: list[Target] = []
+    for m in models:
+        typed = {c: Scenario(m, "service", "typed", c) for c in (1, 100, 1000)}
+        v2j, v2b = (({c: Scenario(m, "service", r, c) for c in (1, 100)}) for r in V2)
+        at100 = {s: Scenario(m, s, "typed", 100) for s in ("bare", "naive", "service_quiet")}
+        sk100 = Scenario(m, "service_sklearn", "typed", 100)
+        rows = Scenario(m, "service", "rows", 1, ROWS)
+        sk_rows, v2j_rows, v2b_rows = (
+            replace(rows, server="service_sklearn"),
+            *(replace(rows, request=r) for r in V2),
         )
+        # Runs that are compared sit next to each other: they see about the same background.
+        scenarios += [typed[1], v2j[1], v2b[1], at100["bare"], at100["naive"], typed[100]]
+        scenarios += [at100["service_quiet"], v2j[100], v2b[100], sk100, typed[1000]]
+        scenarios += [rows, sk_rows, v2j_rows, v2b_rows]
+        t100, pair = typed[100], Scenario(m, "service", "typed", PAIR)
+        p_metrics, p_quiet, p_base = (replace(pair, server=s) for s in PAIR_SERVERS)
+        p_v2j = replace(pair, request="v2json")
+        vs_bare, vs_naive = (
+            (0.85 if m == "iris" else None),
+            (50.0 if m == "breast_cancer" else None),
+        )
+        targets += [
+            Target(
+                f"{m}: c=100, service vs bare FastAPI POST", t100, at100["bare"], "req/s", vs_bare
+            ),
+            Target(
+                f"{m}: c=100, service vs naive predict", t100, at100["naive"], "req/s", vs_naive
+            ),
+            Target(f"{m}: c=100, ONNX Runtime vs scikit-learn", t100, sk100, "req/s"),
+            Target(f"{m}: c=1000, errors", typed[1000], None, "errors", at_most=0),
+            Target(f"{m}: c=1, p50 latency", typed[1], None, "p50 ms", at_most=3.0),
+            Target(f"{m}: {ROWS} rows, ONNX Runtime vs scikit-learn", rows, sk_rows, "rows/s", 2.0),
+            Target(f"{m}: {ROWS} rows, v2 binary vs typed", v2b_rows, rows, "rows/s", 3.0),
+            Target(f"{m}: {ROWS} rows, v2 JSON vs typed", v2j_rows, rows, "rows/s"),
+            Target(f"{m}: c=1, v2 binary (all outputs) vs typed", v2b[1], typed[1], "req/s"),
+            Target(f"{m}: c=100, v2 binary (all outputs) vs typed", v2b[100], t100, "req/s"),
+            Target(f"{m}: access log, throughput kept", pair, p_metrics, "req/s", 0.95, True),
+            Target(
+                f"{m}: metrics + access log, throughput kept", pair, p_quiet, "req/s", None, True
+            ),
+            Target(f"{m}: single row, v2 JSON vs typed", p_v2j, pair, "req/s", 0.90, True),
+        ]
+        if baseline_ref is not None:
+            name = f"{m}: single row, this commit vs {baseline_ref}"
+            targets.append(Target(name, pair, p_base, "req/s", 0.97, True))
+    if {"iris", "breast_cancer"} <= set(models):
+        # Under ONNX Runtime the model's cost should no longer show in single-row throughput.
+        bc, iris = (Scenario(m, "service", "typed", PAIR) for m in ("breast_cancer", "iris"))
+        targets.append(Target("breast_cancer vs iris, single row", bc, iris, "req/s", 0.85, True))
+    return Suite(scenarios, targets)
 
-    @property
-    def requests_per_s(self) -> float | None:
-        return None if self.result is None else self.result.requests_per_s
 
-    @property
-    def rows_per_s(self) -> float | None:
-        rps = self.requests_per_s
-        return None if rps is None else rps * self.scenario.rows_per_request
+def peers_suite(models: Sequence[str]) -> Suite:
+    """``make bench-peers``: servewell against Seldon MLServer on the same joblib files."""
+    suite = Suite([], [])
+    for c in (100, 1000):  # overload last in a round
+        for m in models:
+            ours, theirs = (
+                Scenario(m, "servewell", "typed", c),
+                Scenario(m, "mlserver", "mlserver", c),
+            )
+            suite.scenarios.extend([ours, theirs])
+            name = f"{m}: c={c}, servewell vs MLServer"
+            suite.targets.append(Target(name, ours, theirs, "req/s", 3.0 if c == 100 else None))
+            if c == 1000:
+                suite.targets.append(
+                    Target(f"{m}: c=1000, servewell errors", ours, None, "errors", at_most=0)
+                )
+    return suite
 
-    @property
-    def spread(self) -> float | None:
-        """(max - min) / median of req/s over the rounds; None with fewer than two rounds."""
-        rps = self.requests_per_s
-        if rps is None or len(self.runs) < 2 or rps <= 0:
-            return None
-        rates = [m.result.requests_per_s for m in self.runs]
-        return (max(rates) - min(rates)) / rps
 
-
-@dataclass(frozen=True)
-class InProcess:
-    """``model.predict`` called directly in the benchmark process, no HTTP."""
-
-    model: str
-    rows: int
-    batch_s: float
-    """Median seconds for one ``predict`` of ``rows`` rows."""
-    single_row_ms: float
-    """Median milliseconds for one ``predict`` of a single row."""
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.batch_s
+def ray_suite(models: Sequence[str]) -> Suite:
+    """``make bench-ray``: the service as Ray Serve replicas behind Ray's proxy vs one box."""
+    suite = Suite([], [])
+    for m in models:
+        for c in (1, 100):
+            box, ray = Scenario(m, "service", "typed", c), Scenario(m, "ray", "typed", c)
+            suite.scenarios.extend([box, ray])
+            for figure in ("req/s", "p50 ms"):
+                suite.targets.append(
+                    Target(f"{m}: c={c} {figure}, Ray Serve vs one box", ray, box, figure)
+                )
+    return suite

@@ -1,275 +1,259 @@
-"""Start the servers under test on free loopback ports, wait until ready, stop them cleanly.
+"""Start the servers under test as a user would, on free loopback ports; measure and stop them.
 
-Each server runs in its own process group so that its CPU time (including any worker
-processes) can be measured and any process it leaves behind on shutdown can be found.
+The service is ``python -m serving`` set up by ``SERVEWELL_*`` variables (from a git worktree
+of another commit for ``--baseline-ref``); the baselines are uvicorn apps; MLServer runs from
+its own virtualenv; Ray Serve through ``python -m serving.ray_local``. CPU time and leftovers
+are counted over each server's process tree: Ray's actors leave the launcher's process group.
 """
 
 import contextlib
+import json
 import os
-import resource
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
+from typing import Any
+
+from bench.scenarios import Server
+from serving.store import MODEL_FILE, ModelStore
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-READY_PATH = "/health/ready"
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 class ServerError(Exception):
-    """A server did not start, did not become ready, or did not stop."""
+    """A server did not start or did not become ready."""
 
 
 @dataclass(frozen=True)
-class ServerSpec:
-    """How to run one server; ``{port}`` in argv or env values is replaced at start."""
+class Context:
+    """What starting any server needs."""
 
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    ready_path: str = READY_PATH
-    """Answers 200 once the server can serve (another server's readiness endpoint for peers)."""
-
-
-def service_spec(
-    store: Path,
-    log_level: str = "warning",
-    *,
-    name: str = "service",
-    runtime: str = "auto",
-    extra_env: dict[str, str] | None = None,
-) -> ServerSpec:
-    """``python -m serving``, configured through its ``SERVEWELL_*`` settings.
-
-    ``runtime`` is ``SERVEWELL_RUNTIME``, set explicitly so that an inherited value cannot
-    change what a server measures: ``auto`` (ONNX Runtime where training verified parity) or
-    ``sklearn``. The service has no backlog setting; uvicorn's default (2048) is enough for
-    c=1000, and the baselines get the same number through ``--backlog``.
-    """
-    return ServerSpec(
-        name=name,
-        argv=[sys.executable, "-m", "serving"],
-        env={
-            "SERVEWELL_STORE": str(store),
-            "SERVEWELL_HOST": HOST,
-            "SERVEWELL_PORT": "{port}",
-            "SERVEWELL_LOG_LEVEL": log_level,
-            "SERVEWELL_RUNTIME": runtime,
-            # One hash seed for every service server: two of them compared in a pair then
-            # differ in their settings only (with random seeds, identical servers measured up
-            # to 3 % apart in CPU per request).
-            "PYTHONHASHSEED": "0",
-            **(extra_env or {}),
-        },
-    )
+    store: Path
+    models: list[str]
+    workdir: Path
+    peers_venv: Path = ROOT / ".venv-peers"
+    ray_config: Path = ROOT / "serving" / "ray-serve.yaml"
+    source: dict[str, Path] = field(default_factory=dict)
+    """Git commit -> a worktree of it (:func:`checkout`)."""
 
 
-def baseline_spec(kind: str, store: Path, models: list[str], backlog: int) -> ServerSpec:
-    """One uvicorn process serving ``bench.baselines:<kind>_app``, with the service's settings."""
-    return ServerSpec(
-        name=kind,
-        argv=[
-            sys.executable,
-            "-m",
-            "uvicorn",
-            f"bench.baselines:{kind}_app",
-            "--factory",
-            f"--host={HOST}",
-            "--port={port}",
-            f"--backlog={backlog}",
-            "--no-access-log",
-            "--log-level=warning",
-            "--loop=auto",  # uvloop when installed
-            "--http=auto",  # httptools when installed
-        ],
-        env={
-            "SERVEWELL_STORE": str(store),
-            "BENCH_MODELS": ",".join(models),
-            "PYTHONPATH": str(ROOT),
-        },
-    )
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text(errors="replace").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _cpu_s(pid: int) -> float:
+    stat = _stat(pid)
+    return 0.0 if stat is None else (int(stat[11]) + int(stat[12])) / _TICK
 
 
-def raise_open_files_limit(wanted: int) -> int:
-    """Raise this process's soft RLIMIT_NOFILE (inherited by servers and wrk); return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
+def host_busy_s() -> float:
+    """CPU seconds every process on this machine has used since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split(maxsplit=8)[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK  # all but idle and iowait
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid``: affinity is per thread."""
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
 
 
 @dataclass
-class RunningServer:
-    spec: ServerSpec
+class Running:
+    name: str
+    process: "subprocess.Popen[bytes]"
     port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    log: Path
+    seen: set[int] = field(default_factory=set)
     leftovers: list[int] = field(default_factory=list)
-    """Processes of this server's group still alive after the server exited (killed then)."""
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except FileNotFoundError:
-            return ""
+    def tree(self) -> list[int]:
+        """The main process and its live descendants (remembered, to find leftovers)."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[0] != "Z":
+                children.setdefault(int(stat[1]), []).append(int(entry.name))
+        found = [self.process.pid]
+        for pid in found:  # grows while walked: breadth first
+            found += children.get(pid, [])
+        self.seen.update(found[1:])
+        return found
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of every live process in the server's process group."""
-        return sum(_cpu_seconds(pid) for pid in _group_members(self.process.pid))
+    def cpu_s(self) -> float:
+        """User + system CPU of every process of the server (workers included)."""
+        return sum(_cpu_s(pid) for pid in self.tree())
 
-    def main_cpu_seconds(self) -> float:
-        """User + system CPU time of the server's main process (every thread of it)."""
-        return _cpu_seconds(self.process.pid)
+    def main_cpu_s(self) -> float:
+        """CPU of the main process, every thread (the event loop, the access log's writer)."""
+        return _cpu_s(self.process.pid)
 
-    def main_thread_cpu_seconds(self) -> float:
-        """User + system CPU time of the main process's main thread (the event loop)."""
-        return _cpu_seconds(self.process.pid, self.process.pid)
+    def pin(self, loop_cpu: int, others: set[int]) -> None:
+        """The event loop (the main thread) on ``loop_cpu``, everything else on ``others``,
+        where an unpinned deployment's scheduler could put it too."""
+        for pid in self.tree():
+            _set_affinity(pid, others)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(self.process.pid, {loop_cpu})  # the main thread's id is the pid
 
-    def members(self) -> list[int]:
-        """Live processes of the server's group (the main process and its workers)."""
-        return _group_members(self.process.pid)
+    def unpin(self) -> None:
+        for pid in self.tree():
+            _set_affinity(pid, os.sched_getaffinity(0))
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        """SIGINT (as Ctrl-C would), then SIGTERM, then SIGKILL the group; reap everything."""
-        proc = self.process
-        for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0)):
-            if proc.poll() is not None:
-                break
-            proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(wait_s)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5.0)
-        # multiprocessing's resource tracker exits a moment after its parent: give the group
-        # 2 s to empty by itself. Workers that outlive that would skew the next scenario and
-        # leak: kill them.
-        deadline = time.monotonic() + 2.0
-        while _group_members(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.leftovers = _group_members(proc.pid)
-        for pid in self.leftovers:
+    def wait_idle(self, limit_s: float = 60.0) -> None:
+        """Wait until the server uses < 10 % of a core (at most ``limit_s``): one that fell
+        behind goes on answering requests whose clients are gone, and that must not be charged
+        to the next run."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            before = self.cpu_s()
+            time.sleep(0.25)
+            if self.cpu_s() - before < 0.025:
+                return
+
+    def log_tail(self, chars: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-chars:]
+        return ""
+
+    def stop(self) -> None:
+        """SIGINT (as Ctrl-C), then SIGTERM, then SIGKILL; what of its tree outlives that is a
+        leftover: reported, and killed."""
+        self.tree()
+        for sig, wait_s in ((signal.SIGINT, 30.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if self.process.poll() is None:
+                self.process.send_signal(sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(wait_s)
+        deadline = time.monotonic() + 5.0  # multiprocessing's helpers exit a moment later
+        while (alive := [p for p in self.seen if _stat(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.leftovers = sorted(alive)
+        for pid in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
-def host_busy_cpu_seconds() -> float:
-    """CPU seconds all processes on this machine have used since boot (not idle, not steal)."""
-    fields = Path("/proc/stat").read_text(encoding="ascii").splitlines()[0].split()
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
-    return (user + nice + system + irq + softirq) / _CLK_TCK
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def _proc_stat(pid: int, task: int | None = None) -> list[str] | None:
-    """Fields of /proc/<pid>/stat (or of one thread's, ``task``) after the command name."""
-    where = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
-    try:
-        raw = Path(where).read_text(encoding="ascii", errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw.rsplit(")", 1)[1].split()
+def served_version(store: ModelStore, name: str) -> int:
+    """The production version of ``name``, else its newest."""
+    return store.production(name) or store.versions(name)[-1]
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            # Zombies (state Z) are gone already; only their parent has to reap them.
-            if stat is not None and int(stat[2]) == pgid and stat[0] != "Z":
-                members.append(int(entry.name))
-    return members
+def _mlserver_repository(ctx: Context) -> Path:
+    """A model repository on the store's own joblib files (hash-checked first): adaptive
+    batching on, two inference workers (twice the single-row throughput of MLServer's default
+    one on 2 cores), no access log and no metrics server."""
+    root = ctx.workdir / "mlserver"
+    scratch = root / ".scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    settings = {"debug": False, "host": HOST, "parallel_workers": 2, "metrics_endpoint": None}
+    settings |= {"metrics_dir": str(scratch / "m"), "environments_dir": str(scratch / "e")}
+    (root / "settings.json").write_text(json.dumps(settings))
+    store = ModelStore(ctx.store)
+    for name in ctx.models:
+        manifest = store.verify(name, served_version(store, name))
+        uri = store.version_path(name, manifest.version) / MODEL_FILE
+        model: dict[str, Any] = {"name": name, "implementation": "mlserver_sklearn.SKLearnModel"}
+        model |= {"max_batch_size": 64, "max_batch_time": 0.002}
+        model["parameters"] = {"uri": str(uri), "version": str(manifest.version)}
+        (root / name).mkdir(exist_ok=True)
+        (root / name / "model-settings.json").write_text(json.dumps(model))
+    return root
 
 
-def _cpu_seconds(pid: int, task: int | None = None) -> float:
-    stat = _proc_stat(pid, task)
-    if stat is None:
-        return 0.0
-    return (int(stat[11]) + int(stat[12])) / _CLK_TCK
+def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[str, str], Path]:
+    """argv, environment and working directory of ``server``."""
+    py, store = sys.executable, str(ctx.store)
+    if server.kind == "mlserver":
+        argv = [str(ctx.peers_venv / "bin" / "mlserver"), "start", str(_mlserver_repository(ctx))]
+        env = {"MLSERVER_HTTP_PORT": str(port), "MLSERVER_GRPC_PORT": str(free_port())}
+        return argv, {**env, "PYTHONPATH": "", "VIRTUAL_ENV": str(ctx.peers_venv)}, ctx.workdir
+    if server.kind in ("bare", "naive"):
+        argv = [py, "-m", "uvicorn", f"bench.baselines:{server.kind}_app", "--factory"]
+        argv += [f"--host={HOST}", f"--port={port}", "--backlog=2048", "--no-access-log"]
+        env = {"SERVEWELL_STORE": store, "BENCH_MODELS": ",".join(ctx.models)}
+        return [*argv, "--log-level=warning"], {**env, "PYTHONPATH": str(ROOT)}, ROOT
+    source = ROOT if server.ref is None else ctx.source[server.ref]
+    env = {"PYTHONPATH": str(source), "SERVEWELL_STORE": store, **server.env}
+    if server.kind == "ray":
+        temp = tempfile.mkdtemp(prefix="ray-b-", dir="/tmp")  # short unix socket paths
+        argv = [py, "-m", "serving.ray_local", "--config", str(ctx.ray_config), "--store", store]
+        argv += ["--port", str(port), "--num-cpus", str(os.cpu_count()), "--temp-dir", temp]
+        return argv, {**env, "RAY_USAGE_STATS_ENABLED": "0"}, source
+    # One hash seed for every service: with random ones, identical servers measured up to 3 %
+    # apart in CPU per request.
+    env |= {"SERVEWELL_HOST": HOST, "SERVEWELL_PORT": str(port), "PYTHONHASHSEED": "0"}
+    return [py, "-m", "serving"], env, source
 
 
-def is_ready(url: str, path: str = READY_PATH) -> bool:
-    """Whether ``GET <path>`` (``/health/ready`` by default) answers 200."""
-    try:
-        with urllib.request.urlopen(url + path, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _wait_ready(server: RunningServer, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not is_ready(server.url, server.spec.ready_path):
-        if server.process.poll() is not None:
-            raise ServerError(
-                f"{server.spec.name} exited with {server.process.returncode} before it was "
-                f"ready; log {server.log_path}:\n{server.log_tail()}"
-            )
-        if time.monotonic() > deadline:
-            raise ServerError(
-                f"{server.spec.name} not ready after {timeout_s:.0f} s; "
-                f"log {server.log_path}:\n{server.log_tail()}"
-            )
-        time.sleep(0.1)
-
-
-def start(spec: ServerSpec, log_dir: Path, ready_timeout_s: float) -> RunningServer:
-    """Start ``spec`` on a free port and return once ``GET /health/ready`` answers 200."""
+def start(server: Server, ctx: Context, label: str | None = None) -> Running:
+    """Start ``server`` and return once its readiness endpoint answers 200."""
     port = free_port()
-    argv = [arg.replace("{port}", str(port)) for arg in spec.argv]
-    env = {**os.environ, **{k: v.replace("{port}", str(port)) for k, v in spec.env.items()}}
-    log_path = log_dir / f"{spec.name}.log"
-    with log_path.open("wb") as log:
+    argv, env, cwd = _command(server, port, ctx)
+    log = ctx.workdir / f"{label or server.name}.log"
+    with log.open("wb") as out:
         process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = RunningServer(spec=spec, port=port, process=process, log_path=log_path)
+            argv, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    running = Running(label or server.name, process, port, log)
+    ready = running.url + ("/v2/health/ready" if server.kind == "mlserver" else "/health/ready")
+    deadline = time.monotonic() + (300 if server.kind == "ray" else 120)  # Ray takes ~1 min
     try:
-        _wait_ready(server, ready_timeout_s)
-    except BaseException:  # also Ctrl-C while waiting: never leave the server behind
-        server.stop()
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2) as resp:
+                if resp.status == 200:
+                    return running
+            if process.poll() is not None or time.monotonic() > deadline:
+                why = "exited" if process.poll() is not None else "is not ready in time"
+                raise ServerError(f"{running.name} {why}; log {log}:\n{running.log_tail()}")
+            running.tree()
+            time.sleep(0.1)
+    except BaseException:  # Ctrl-C too: never leave a server behind
+        running.stop()
         raise
-    return server
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the servers are stopped on that exit path too."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+def started(server: Server, ctx: Context) -> Iterator[Running]:
+    running = start(server, ctx)
     try:
-        yield
+        yield running
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        running.stop()
+
+
+@contextlib.contextmanager
+def checkout(commit: str, workdir: Path) -> Iterator[Path]:
+    """A git worktree of ``commit``, removed afterwards, to run its service."""
+    path, git = workdir / f"source-{commit}", ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(path), commit], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run([*git, "remove", "--force", str(path)], check=False)

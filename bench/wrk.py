@@ -1,179 +1,112 @@
-"""Run wrk against one URL with prepared POST bodies and parse its result.
+"""The one load driver: wrk with ``bench/post.lua``, and its result.
 
-wrk reports through ``bench/post.lua``'s ``done()``, which prints one ``@@WRK_JSON {...}``
-line, so nothing here depends on wrk's human-readable output format.
+``post.lua``'s ``done()`` prints one ``@@WRK_JSON {...}`` line, so nothing here depends on
+wrk's human-readable output.
 """
 
 import json
+import os
 import re
-import resource
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import PIPE
 
-LUA_SCRIPT = Path(__file__).with_name("post.lua")
-RESULT_MARKER = "@@WRK_JSON "
+SCRIPT = Path(__file__).with_name("post.lua")
+MARKER = "@@WRK_JSON "
 INSTALL_HINT = (
-    "wrk is not installed. Install it with:\n"
-    "    sudo apt-get update && sudo apt-get install -y wrk      # Debian/Ubuntu\n"
-    "    brew install wrk                                        # macOS\n"
-    "or build it from https://github.com/wg/wrk and put it on PATH."
+    "wrk is not installed: `sudo apt-get install -y wrk` (Debian/Ubuntu), `brew install wrk` "
+    "(macOS), or build https://github.com/wg/wrk and put it on PATH."
 )
 
 
 class WrkError(Exception):
-    """wrk could not run or produced no parsable result."""
+    """wrk could not run, or printed no result."""
 
 
 @dataclass(frozen=True)
-class Errors:
-    """Failed requests by kind; ``status`` counts HTTP responses >= 400 (wrk's own rule)."""
-
-    connect: int
-    read: int
-    write: int
-    timeout: int
-    status: int
-
-    @property
-    def socket(self) -> int:
-        return self.connect + self.read + self.write + self.timeout
-
-    @property
-    def total(self) -> int:
-        return self.socket + self.status
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Request latency in milliseconds."""
-
-    mean: float
-    p50: float
-    p90: float
-    p99: float
-    p999: float
-    max: float
-
-
-@dataclass(frozen=True)
-class WrkResult:
+class Result:
     duration_s: float
     requests: int
-    bytes: int
-    errors: Errors
-    latency: Latency
+    socket_errors: int
+    """Connect, read and write errors and timeouts. A request still unanswered when the run
+    ends counts as nothing: a server that never accepts a connection shows fewer requests."""
+    status_errors: int
+    """Answers with HTTP status >= 400 (wrk's rule; no endpoint redirects)."""
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
 
     @property
     def requests_per_s(self) -> float:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
 
-
-@dataclass(frozen=True)
-class WrkRun:
-    result: WrkResult
-    cpu_s: float
-    """CPU seconds (user + system) wrk itself used."""
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.status_errors
 
 
-def find_wrk() -> str | None:
+def find() -> str | None:
     return shutil.which("wrk")
 
 
-def parse_output(stdout: str) -> WrkResult:
-    """Extract the result from wrk's stdout (the line ``post.lua``'s ``done()`` printed)."""
-    match = re.search(r"^" + re.escape(RESULT_MARKER) + r"(\{.*\})\s*$", stdout, re.MULTILINE)
+def parse(stdout: str) -> Result:
+    """The result from wrk's stdout (the line ``post.lua``'s ``done()`` printed)."""
+    match = re.search(r"^" + re.escape(MARKER) + r"(\{.*\})\s*$", stdout, re.MULTILINE)
     if match is None:
-        raise WrkError(f"no {RESULT_MARKER.strip()} line in wrk output:\n{stdout[-2000:]}")
+        raise WrkError(f"no {MARKER.strip()} line in wrk output:\n{stdout[-2000:]}")
     try:
         raw = json.loads(match.group(1))
-        err = raw["errors"]
-        lat = raw["latency_us"]
-        return WrkResult(
+        err, lat = raw["errors"], raw["latency_us"]
+        return Result(
             duration_s=raw["duration_us"] / 1e6,
             requests=int(raw["requests"]),
-            bytes=int(raw["bytes"]),
-            errors=Errors(
-                connect=int(err["connect"]),
-                read=int(err["read"]),
-                write=int(err["write"]),
-                timeout=int(err["timeout"]),
-                status=int(err["status"]),
-            ),
-            latency=Latency(
-                mean=lat["mean"] / 1000,
-                p50=lat["p50"] / 1000,
-                p90=lat["p90"] / 1000,
-                p99=lat["p99"] / 1000,
-                p999=lat["p999"] / 1000,
-                max=lat["max"] / 1000,
-            ),
+            socket_errors=sum(int(err[k]) for k in ("connect", "read", "write", "timeout")),
+            status_errors=int(err["status"]),
+            p50_ms=lat["p50"] / 1000,
+            p90_ms=lat["p90"] / 1000,
+            p99_ms=lat["p99"] / 1000,
+            max_ms=lat["max"] / 1000,
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise WrkError(f"malformed wrk result line: {match.group(0)!r}") from exc
+        raise WrkError(f"malformed wrk result: {match.group(0)!r}") from exc
 
 
 def command(
-    wrk: str,
-    url: str,
-    path: str,
-    bodies_file: Path,
-    *,
-    connections: int,
-    threads: int,
-    duration_s: float,
-    timeout_s: float,
-    script: Path = LUA_SCRIPT,
+    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
 ) -> list[str]:
-    """The wrk command line; ``url`` is the server base (``http://host:port``)."""
-    return [
-        wrk,
-        f"--connections={connections}",
-        f"--threads={min(threads, connections)}",
-        f"--duration={max(1, round(duration_s))}s",
-        f"--timeout={max(1, round(timeout_s))}s",
-        f"--script={script}",
-        url + path,
-        "--",
-        str(bodies_file),
-        path,
-    ]
+    """One wrk thread by default: the box has 2 cores and the servers need them."""
+    flags = [f"--connections={conns}", f"--threads={min(threads, conns)}"]
+    flags += [f"--duration={max(1, round(seconds))}s", f"--timeout={max(1, round(timeout_s))}s"]
+    return [wrk, *flags, f"--script={SCRIPT}", url, "--", str(bodies), "/" + url.split("/", 3)[3]]
+
+
+def start(cmd: list[str], cpus: set[int] | None = None) -> "subprocess.Popen[str]":
+    """Start wrk, on ``cpus`` if given (set before exec: its threads inherit it)."""
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    try:
+        return subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, preexec_fn=pin)
+    except OSError as exc:
+        raise WrkError(f"could not run wrk: {exc}") from exc
+
+
+def finish(proc: "subprocess.Popen[str]", limit_s: float) -> Result:
+    """Wait for a started wrk (killed after ``limit_s``) and parse its result."""
+    try:
+        stdout, stderr = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.wait()
+        raise WrkError(f"wrk did not finish within {limit_s:.0f} s") from exc
+    if proc.returncode != 0:
+        raise WrkError(f"wrk exited with {proc.returncode}: {stderr.strip()[-2000:]}")
+    return parse(stdout)
 
 
 def run(
-    wrk: str,
-    url: str,
-    path: str,
-    bodies_file: Path,
-    *,
-    connections: int,
-    threads: int,
-    duration_s: float,
-    timeout_s: float,
-    script: Path = LUA_SCRIPT,
-) -> WrkRun:
-    """Run wrk once and return its parsed result and its own CPU time."""
-    cmd = command(
-        wrk,
-        url,
-        path,
-        bodies_file,
-        connections=connections,
-        threads=threads,
-        duration_s=duration_s,
-        timeout_s=timeout_s,
-        script=script,
-    )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=duration_s + timeout_s + 30, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise WrkError(f"wrk did not finish: {' '.join(cmd)}") from exc
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise WrkError(f"wrk exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return WrkRun(result=parse_output(proc.stdout), cpu_s=cpu_s)
+    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
+) -> Result:
+    cmd = command(wrk, url, bodies, conns, seconds, timeout_s, threads)
+    return finish(start(cmd), seconds + timeout_s + 30)

@@ -16,9 +16,9 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from serving.http_protocol import CoalescingHttpToolsProtocol
+from serving.http_protocol import ConnectionLimits, http_protocol
 from serving.logs import log_config, resolve_format
-from serving.settings import Settings
+from serving.settings import Settings, default_max_connections
 from serving.shutdown import exit_cleanly_on_signals
 
 log = logging.getLogger("servewell")
@@ -141,6 +141,37 @@ _LOOPS = {
 }
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments for uvicorn (``uvicorn.run`` and ``uvicorn.Config`` take the
+    same) that serve with ``settings``: ``python -m serving`` and the test server both start
+    uvicorn with them, so the tests run what users run."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        max_connections=settings.max_connections or default_max_connections(),
+        retry_after_s=settings.retry_after_s,
+    )
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        # The service writes its own access log (SERVEWELL_ACCESS_LOG), off the hot path.
+        "access_log": False,
+        # It builds no URLs and logs no client addresses, so X-Forwarded-* would change
+        # nothing it does: skip parsing them on every request.
+        "proxy_headers": False,
+        # Naming the server software only helps whoever looks for a known flaw in it.
+        "server_header": False,
+        "loop": _LOOPS[settings.loop],
+        "http": http_protocol(limits),
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "limit_concurrency": settings.limit_concurrency,
+        "backlog": settings.backlog,
+    }
+
+
 def main() -> None:
     """Start the service with the settings from the environment; Ctrl-C stops it cleanly."""
     settings = Settings()
@@ -161,22 +192,9 @@ def main() -> None:
             uvicorn.run(
                 "serving.__main__:create_app",
                 factory=True,
-                host=settings.host,
-                port=settings.port,
                 workers=settings.workers,
-                log_level=settings.log_level,
                 log_config=logging_config,
-                # The service writes its own access log (SERVEWELL_ACCESS_LOG), off the hot path.
-                access_log=False,
-                # It builds no URLs and logs no client addresses, so X-Forwarded-* would change
-                # nothing it does: skip parsing them on every request.
-                proxy_headers=False,
-                loop=_LOOPS[settings.loop],
-                http=CoalescingHttpToolsProtocol,
-                timeout_graceful_shutdown=settings.shutdown_grace_s,
-                timeout_keep_alive=settings.timeout_keep_alive_s,
-                limit_concurrency=settings.limit_concurrency,
-                backlog=settings.backlog,
+                **uvicorn_options(settings),
             )
         finally:
             if shared_dir is not None:

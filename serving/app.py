@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by serving.routes.docs, behind SERVEWELL_PROTECT_INFO
         # A trailing slash gets a JSON 404 rather than a bodiless redirect.
         redirect_slashes=False,
     )

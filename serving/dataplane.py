@@ -210,6 +210,9 @@ class DataPlane:
         self.store_error: str | None = None
         self.broken_names: dict[str, str] = {}
         """Models whose versions or production pointer could not be read."""
+        self.store_problems: dict[str, str] = {}
+        """Models whose store entries became unreadable while a version of theirs keeps
+        serving (reported, but the service stays ready)."""
         self.unreadable: dict[ModelKey, str] = {}
         """Versions that should be served but whose manifest could not be read."""
         self.rejected: dict[ModelKey, str] = {}
@@ -230,7 +233,7 @@ class DataPlane:
             try:
                 versions = self.store.versions(name)
                 production = self.store.production(name)
-            except (StoreError, OSError) as exc:  # e.g. a corrupt production pointer
+            except (StoreError, OSError, ValueError) as exc:  # e.g. a corrupt production pointer
                 self.broken_names[name] = f"{type(exc).__name__}: {exc}"
                 log.error("not serving %s: %s", name, self.broken_names[name])
                 continue
@@ -371,6 +374,8 @@ class DataPlane:
             states.setdefault(name, {})[str(version)] = {"state": "rejected", "error": reason}
         for (name, version), reason in self.unreadable.items():
             states.setdefault(name, {})[str(version)] = {"state": "failed", "error": reason}
+        for name, reason in self.store_problems.items():
+            states.setdefault(name, {})["production"] = {"state": "rejected", "error": reason}
         for name, reason in self.broken_names.items():
             states.setdefault(name, {})["production"] = {"state": "failed", "error": reason}
         # A typo in the store path must not pass for a healthy service that 404s everything.

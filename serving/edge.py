@@ -13,6 +13,8 @@ For every request it
   or compressed (415: a small gzip body can expand to gigabytes, so none is decoded), and
   beyond a budget of body bytes in flight sheds with 503 before reading the body (parsing big
   bodies is event-loop work: when it saturates, the model queues stay short and cannot tell);
+  bodies without a ``Content-Length`` count as they arrive, and one that takes the budget
+  beyond its limit is shed then (503, connection closed: the body is half read);
 * counts the response in the metrics and hands it to the access log (written off the hot path).
 
 POSTs to the exact predict and infer paths of served models (one dict lookup) are answered
@@ -287,11 +289,12 @@ class Edge:
                     assert table is not None
                     info.model = served.key[0]
                     info.version = str(served.key[1])
+                    assert ticket is not None
                     status = await self._answer(
-                        table, served, scope, receive, send, stamp, deadline
+                        table, served, scope, receive, send, stamp, deadline, ticket
                     )
                 else:
-                    status = await self._pass(scope, receive, send, stamp, deadline, app)
+                    status = await self._pass(scope, receive, send, stamp, deadline, app, ticket)
             finally:
                 current_deadline.reset(token)
         except _Refusal as refused:
@@ -340,6 +343,13 @@ class Edge:
         current_ticket.set(ticket)
         return ticket
 
+    def _arrived(self, path: str, ticket: Ticket, received: int) -> None:
+        """Count body bytes beyond those declared (:meth:`serving.shedding.Ticket.arrived`)."""
+        try:
+            ticket.arrived(received)
+        except OverloadedError as shed:
+            raise _Refusal(protocol_error_response(shed, path, path), close=True) from None
+
     def _slow_body(self, path: str, seconds: float) -> _Refusal:
         message = f"the request body did not arrive within the deadline of {seconds:g} s"
         return _refusal(path, 408, "request_timeout", message, close=True)
@@ -355,9 +365,10 @@ class Edge:
         send: Send,
         stamp: list[tuple[bytes, bytes]],
         deadline: Deadline,
+        ticket: Ticket,
     ) -> int:
         path = scope["path"]
-        body = await self._read_body(path, receive, deadline)
+        body = await self._read_body(path, receive, deadline, ticket)
         if body is None:
             return 499
         handler = table.handler
@@ -378,9 +389,11 @@ class Edge:
         await _send(send, 200, headers, payload)
         return 200
 
-    async def _read_body(self, path: str, receive: Receive, deadline: Deadline) -> bytes | None:
-        """The whole body (None when the client left first), bounded by the deadline and the
-        size limit."""
+    async def _read_body(
+        self, path: str, receive: Receive, deadline: Deadline, ticket: Ticket
+    ) -> bytes | None:
+        """The whole body (None when the client left first), bounded by the deadline, the
+        size limit and the byte budget."""
         task = asyncio.current_task()
         assert task is not None
         watcher = sweeper()
@@ -396,6 +409,8 @@ class Edge:
                 received += len(chunk)
                 if received > self.max_body_bytes:
                     raise self._too_large(path)
+                if received > ticket.length:  # never with a Content-Length
+                    self._arrived(path, ticket, received)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
@@ -417,8 +432,10 @@ class Edge:
         stamp: list[tuple[bytes, bytes]],
         deadline: Deadline,
         app: ASGICall,
+        ticket: Ticket | None,
     ) -> int:
-        """Let the app answer, with the id on its response and its body bounded."""
+        """Let the app answer, with the id on its response and its body bounded (and counted
+        against the byte budget with a ticket)."""
         status = 499
         started = False
         limit = self.max_body_bytes
@@ -435,6 +452,8 @@ class Edge:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise self._too_large(path)
+                if ticket is not None and received > ticket.length:
+                    self._arrived(path, ticket, received)
                 if watcher is not None and not message.get("more_body", False):
                     watcher.release(task)
             return message

@@ -37,9 +37,20 @@ class NotReadyError(ServingError):
 
 
 class InferenceError(ServingError):
-    """The estimator raised while predicting a batch, or its worker died."""
+    """The estimator raised while predicting a batch, or its worker died.
+
+    ``detail`` is what went wrong inside the model (the exception raised in the worker): for
+    the service log only, never for the client, to whom it could reveal internals."""
 
     type = "inference_error"
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+PREDICT_FAILED = "the model failed to predict this request"
+"""What a client is told when the model raised: the cause goes to the log."""
 
 
 class RetryableError(ServingError):

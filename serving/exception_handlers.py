@@ -39,6 +39,7 @@ from serving.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
+from serving.request_context import current_request_id
 
 log = logging.getLogger("servewell")
 
@@ -121,12 +122,24 @@ def v2_error_response(status: int, message: str, headers: dict[str, str] | None 
     return Response(v2_error_body(message), status, headers, media_type="application/json")
 
 
+def _message(exc: ServingError, where: str) -> str:
+    """What the client reads. A model's own exception (e.g. ``KeyError: ('iris', 1)``) stays
+    in the log, under the request id the client is given to quote."""
+    if isinstance(exc, InvalidInputError):
+        return exc.message
+    if isinstance(exc, InferenceError) and exc.detail is not None:
+        request_id = current_request_id() or "unknown"
+        log.error("%s: request %s: %s: %s", where, request_id, exc, exc.detail)
+        return f"{exc} (request id {request_id}; the cause is in the service log)"
+    return str(exc)
+
+
 def v2_serving_error_response(exc: ServingError, where: str) -> Response:
     """A domain error in the protocol's shape; invalid requests are 400 there."""
     status = 400 if isinstance(exc, InvalidInputError) else _status_of(exc)
-    if status >= 500:
+    if status >= 500 and not _has_detail(exc):
         log.warning("%s: %s", where, exc)
-    message = exc.message if isinstance(exc, InvalidInputError) else str(exc)
+    message = _message(exc, where)
     if isinstance(exc, InvalidInputError) and exc.details:
         shown = "; ".join(
             f"{'.'.join(map(str, map(_short, d.loc)))}: {d.msg}" for d in exc.details[:5]
@@ -140,7 +153,7 @@ def serving_error_response(exc: ServingError, where: str) -> Response:
     status = _status_of(exc)
     _log_failure(status, exc, where)
     details = exc.details if isinstance(exc, InvalidInputError) else ()
-    message = exc.message if isinstance(exc, InvalidInputError) else str(exc)
+    message = _message(exc, where)
     headers = None
     if isinstance(exc, RetryableError):
         # Whole seconds, as HTTP requires; at least 1 so clients do not retry in a tight loop.
@@ -148,9 +161,15 @@ def serving_error_response(exc: ServingError, where: str) -> Response:
     return error_response(status, exc.type, message, details, headers)
 
 
+def _has_detail(exc: ServingError) -> bool:
+    return isinstance(exc, InferenceError) and exc.detail is not None
+
+
 def _log_failure(status: int, exc: ServingError, where: str) -> None:
     # Shedding is the service working as designed: under overload it would flood the log.
-    if status >= 500 and not isinstance(exc, OverloadedError | DeadlineExceededError):
+    # A model's failure is logged with its cause and request id (_message).
+    quiet = isinstance(exc, OverloadedError | DeadlineExceededError) or _has_detail(exc)
+    if status >= 500 and not quiet:
         log.warning("%s: %s", where, exc)
 
 

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from serving.errors import InferenceError, NotReadyError
+from serving.errors import PREDICT_FAILED, InferenceError, NotReadyError
 from serving.pool import ModelKey
 from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName
 
@@ -56,9 +56,8 @@ class InlineExecutor:
             try:
                 result = model.predict(rows, want_probabilities)
             except Exception as exc:
-                loop.call_soon_threadsafe(
-                    _fail, future, InferenceError(f"{type(exc).__name__}: {exc}")
-                )
+                error = InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+                loop.call_soon_threadsafe(_fail, future, error)
             else:
                 loop.call_soon_threadsafe(_resolve, future, result)
 

@@ -73,8 +73,6 @@ class Lifecycle:
         (None when it loaded)."""
         self._previous: dict[str, list[int]] = {}
         """Earlier production versions kept loaded, most recent first."""
-        self._store_errors: dict[str, str] = {}
-        """Store problems already logged for models that keep serving."""
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self.swaps = 0
@@ -129,7 +127,13 @@ class Lifecycle:
         """Per model: what to serve, or None when it is gone from the store."""
         dp = self.dataplane
         if only is not None:
-            names = [only] if self.store.versions(only) else []
+            try:
+                published = bool(self.store.versions(only))
+            except InvalidNameError:
+                raise  # a name the store refuses outright, not a problem of this model
+            except (StoreError, OSError):
+                published = True  # reported below, as the model's own problem
+            names = [only] if published else []
             known = {only} if only in dp.default_version or only in dp.broken_names else set()
         else:
             if not self.store.root.is_dir():  # unmounted or mistyped: not "every model deleted"
@@ -141,7 +145,7 @@ class Lifecycle:
             try:
                 versions = self.store.versions(name)
                 production = self.store.production(name)
-            except (StoreError, OSError) as exc:
+            except (StoreError, OSError, ValueError) as exc:  # one model's problem, not all
                 out[name] = _Wanted(error=f"{type(exc).__name__}: {exc}")
                 continue
             if not versions:
@@ -164,6 +168,7 @@ class Lifecycle:
             log.info("model %s is gone from the store; no longer serving it", name)
             dp.default_version.pop(name, None)
             dp.broken_names.pop(name, None)
+            dp.store_problems.pop(name, None)
             self._previous.pop(name, None)
             self._forget_reports(name, keep=set())
             for key in current:
@@ -171,15 +176,17 @@ class Lifecycle:
             await self._switch(current.values())
             return True
         if wanted.error is not None:
-            if current:  # keep serving what we have; log the store problem once
-                if self._store_errors.get(name) != wanted.error:
+            if current:  # keep serving what we have; log the store problem once, report it
+                if dp.store_problems.get(name) != wanted.error:
                     log.error("model %s: cannot read the store (%s)", name, wanted.error)
-                self._store_errors[name] = wanted.error
+                dp.store_problems[name] = wanted.error
                 return False
+            if dp.broken_names.get(name) != wanted.error:
+                log.error("not serving %s: %s", name, wanted.error)
             dp.broken_names[name] = wanted.error
             return False
         dp.broken_names.pop(name, None)
-        self._store_errors.pop(name, None)
+        dp.store_problems.pop(name, None)
         assert wanted.default is not None
         old_default = dp.default_version.get(name)
         old_ok = old_default is not None and self._ready((name, old_default))

@@ -71,18 +71,38 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (line feeds, carriage returns,
+    other control characters, Unicode line separators) written as its Python escape, so
+    that what a client sent (a path, a header, a name) cannot start a log line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TextFormatter(logging.Formatter):
-    """The classic line, with ``[request id]`` after the logger name when there is one."""
+    """The classic line, with ``[request id]`` after the logger name when there is one.
+
+    A record is one line: its message is escaped (:func:`printable`). A traceback or stack
+    follows on lines of its own, each indented, so a line that starts at its first column
+    is always the start of a record."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = printable(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         request_id = getattr(record, "request_id", None)
         if request_id:
             head, sep, tail = line.partition(": ")
-            line = f"{head} [{request_id}]{sep}{tail}"
+            line = f"{head} [{printable(str(request_id))}]{sep}{tail}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for text in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if text:
+                line += "".join(f"\n    {printable(part)}" for part in text.splitlines())
         return line
 
 
@@ -206,10 +226,10 @@ class AccessLog:
         ts, rid, method, path, status, seconds, model, version, rows = e
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
         millis = int(ts * 1000) % 1000
-        what = f" {model} v{version} rows={rows}" if model else ""
+        what = f" {printable(model)} v{version} rows={rows}" if model else ""
         return (
-            f"{stamp},{millis:03d} INFO servewell.access [{rid}]: "
-            f"{method} {path} {status} {seconds * 1000:.2f} ms{what}\n"
+            f"{stamp},{millis:03d} INFO servewell.access [{printable(rid)}]: "
+            f"{printable(method)} {printable(path)} {status} {seconds * 1000:.2f} ms{what}\n"
         )
 
 

@@ -16,7 +16,6 @@ the same values, shared by every row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -166,7 +165,7 @@ class OnnxModel:
     Inputs: a 2-D float64 array (input_format "ndarray"), or anything indexable by feature
     name (a DataFrame, or a dict of 1-D arrays) for per-column graphs."""
 
-    def __init__(self, signature: Signature, onnx: bytes | Path, *, threads: int = 1) -> None:
+    def __init__(self, signature: Signature, onnx: bytes, *, threads: int = 1) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -176,7 +175,7 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        source = onnx.read_bytes() if isinstance(onnx, Path) else onnx
+        source = onnx
         self.task = signature.task
         self._argmax_labels = signature.labels_from_probabilities
         classes = signature.classes

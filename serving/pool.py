@@ -38,9 +38,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from serving.errors import InferenceError, NotReadyError, WorkerLostError
+from serving.errors import PREDICT_FAILED, InferenceError, NotReadyError, WorkerLostError
 from serving.runtime import FloatArray, LoadedModel, Prediction, RuntimeName, RuntimePolicy, load
 from serving.shared_arrays import REGION, Inbox, Outbox
 from serving.store import ModelStore
@@ -135,10 +133,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
-    model = load(store, *key, policy)
-    with contextlib.suppress(Exception):  # warm-up only: first calls are slow
-        model.predict(np.zeros((1, len(model.manifest.features))), False)
-    return model
+    # runtime.load predicts one row: a model that cannot is a load failure, never served.
+    return load(store, *key, policy)
 
 
 def _control(
@@ -479,7 +475,7 @@ class InferencePool:
             batch, worker.batch = worker.batch, None
             if job is not None and job[0] == task_id and not job[1].done():
                 if not ok:
-                    job[1].set_exception(InferenceError(payload))
+                    job[1].set_exception(InferenceError(PREDICT_FAILED, detail=payload))
                 else:
                     assert batch is not None  # a batch's reply: its job is that batch
                     try:
@@ -488,7 +484,9 @@ class InferencePool:
                         )
                     except Exception as exc:  # a protocol bug must fail the batch, not hang it
                         log.exception("unreadable answer from worker %s", worker.pid)
-                        job[1].set_exception(InferenceError(f"{type(exc).__name__}: {exc}"))
+                        job[1].set_exception(
+                            InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+                        )
                     else:
                         job[1].set_result(result)
         self._feed(worker)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 DEPLOYMENT_NAME = "servewell"
 REPLICA_HEADER = b"x-servewell-replica"
 
-# Measured on a 2-core box (README, "Ray Serve"): behind Ray's proxy a one-worker pool per
+# Measured on a 2-core box (bench/RESULTS.md, "Ray Serve"): behind Ray's proxy a one-worker pool per
 # replica was no faster than inline, so replicas run batches inline by default: Ray already
 # gives each replica its own process, and no process runs outside the CPUs Ray reserves for it.
 # ``settings: {inference: pool}`` brings the pool back (big models, large ``rows`` requests).

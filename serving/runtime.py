@@ -165,23 +165,58 @@ def _votes_by_probabilities(estimator: Any) -> bool:
 
 
 def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> LoadedModel:
-    """Verify a version's files, then load it into the runtime the policy and manifest allow."""
-    manifest = store.verify(name, version)
-    path = store.onnx_path(manifest)
-    if policy.allows_onnx(name) and path is not None:
+    """Verify a version's files, load it into the runtime the policy and manifest allow, and
+    predict one row with it: a version that cannot predict is a load failure, not served.
+
+    Only the bytes the store verified are deserialised; no path is opened again."""
+    verified = store.read_version(name, version, onnx=policy.allows_onnx(name))
+    manifest = verified.manifest
+    model: LoadedModel | None = None
+    if verified.onnx is not None:
         from serving.onnx_runtime import OnnxModel, Signature
 
         try:
-            onnx = OnnxModel(Signature.of(manifest), path, threads=policy.onnx_threads)
+            onnx = OnnxModel(Signature.of(manifest), verified.onnx, threads=policy.onnx_threads)
         except Exception as exc:  # e.g. onnxruntime missing or too old for the graph
             log.warning(
                 "%s v%s: ONNX Runtime unavailable (%s); using scikit-learn", name, version, exc
             )
         else:
-            return LoadedModel(manifest, onnx, "onnx")
-    manifest, estimator = store.load_model(name, version)
-    cap_jobs(estimator, policy.onnx_threads)
-    return LoadedModel(manifest, estimator, "sklearn")
+            model = LoadedModel(manifest, onnx, "onnx")
+    if model is None:
+        estimator = verified.estimator()
+        cap_jobs(estimator, policy.onnx_threads)
+        model = LoadedModel(manifest, estimator, "sklearn")
+    warm_up(model)
+    return model
+
+
+class WarmUpError(Exception):
+    """A loaded model failed to predict one typical row: it is not served."""
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Predict one row of training-like values (first calls are slow, and a model that fails
+    here would fail every request)."""
+    try:
+        model.predict(_typical_row(model.manifest), False)
+    except Exception as exc:
+        raise WarmUpError(f"the warm-up prediction failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _typical_row(manifest: Manifest) -> FloatArray:
+    """One encoded row: each feature's training example (or mean), categories by index."""
+    row = np.zeros((1, len(manifest.features)))
+    for i, feature in enumerate(manifest.features):
+        example = feature.example
+        if feature.kind == FeatureKind.CATEGORICAL:
+            categories = feature.categories or []
+            row[0, i] = categories.index(example) if example in categories else 0.0
+        elif isinstance(example, int | float) and np.isfinite(example):
+            row[0, i] = float(example)
+        elif feature.mean is not None and np.isfinite(feature.mean):
+            row[0, i] = feature.mean
+    return row
 
 
 def cap_jobs(estimator: Any, threads: int) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.runtime import RuntimePolicy
@@ -19,6 +20,28 @@ def default_pool_size() -> int:
     busy under load, so a second worker only competes with it; one worker plus the loop is best.
     """
     return max(1, (os.cpu_count() or 1) - 1)
+
+
+CONNECTION_RESERVE_MIN = 128
+"""Descriptors kept out of the automatic connection limit at least (a process with a low
+limit still needs its pool pipes, shared regions, log and model files)."""
+
+
+def default_max_connections() -> int:
+    """Open connections allowed when ``max_connections`` is unset: the process's descriptor
+    limit (``RLIMIT_NOFILE``, soft) less a reserve of an eighth of it, at least
+    :data:`CONNECTION_RESERVE_MIN`; 65 536 when the limit is infinite.
+
+    Every connection holds a descriptor. At the limit ``accept`` fails, and new clients wait
+    in the kernel's queue until some connection closes, while the pool, which opens
+    descriptors for large answers (shared regions), fails too. Refusing connections below
+    the limit keeps both working. An eighth leaves room for the rest of the process (23
+    descriptors measured at rest with two pool workers) and for bursts of shared regions.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65_536
+    return max(1, soft - max(CONNECTION_RESERVE_MIN, soft // 8))
 
 
 class Settings(BaseSettings):
@@ -54,7 +77,18 @@ class Settings(BaseSettings):
 
     signing_key: SecretStr | None = None
     """HMAC key of a signed store (the one training used): with it, every manifest must carry
-    a matching signature or its model is not served."""
+    a matching signature or its model is not served. Set but empty is refused at start (it
+    would silently turn signing off)."""
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError(
+                "SERVEWELL_SIGNING_KEY is set but empty, which would turn signing off: "
+                "set the key the store was signed with, or unset the variable"
+            )
+        return value
 
     serve_all_versions: bool = False
     """Serve every published version of each model, not only the production one (or the
@@ -73,6 +107,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     """Bearer token of the admin API (``/admin/...``: reload, promote, rollback, versions).
     Unset (default): the admin API is disabled and answers 404."""
+
+    protect_info: bool = False
+    """Put what the service tells about its models behind the admin token: ``GET /models``,
+    ``/models/{name}``, ``/models/{name}/drift``, ``/metrics``, the Open Inference Protocol
+    model metadata (``GET /v2/models/{name}[/versions/{v}]``), ``/openapi.json``, ``/docs``
+    and ``/redoc`` answer 401 without it and 403 with a wrong one; ``/health/ready`` keeps
+    answering its status code to anyone, with its details only for the token. Liveness,
+    readiness of the protocol and predict and infer stay open. Needs ``admin_token``."""
 
     strict_sklearn_version: bool = False
     """Refuse a model whose manifest records another scikit-learn version than the one serving
@@ -168,6 +210,28 @@ class Settings(BaseSettings):
     timeout_keep_alive_s: int = Field(default=5, ge=1)
     """An idle keep-alive connection is closed after this many seconds."""
 
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest time a client may take to send a request's line and headers: from when it
+    connects (and, on a kept-alive connection, from the first byte of each next request).
+    Beyond it the connection is closed, with a 408 if part of a request had arrived. Without
+    it, a client that opens connections and never finishes their headers (slowloris) holds
+    them forever: the request deadline only starts once the headers are in."""
+
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line and header lines, in bytes). A bigger one gets 431
+    and the connection is closed, as soon as that many bytes have arrived (the head is held
+    in memory until it is complete)."""
+
+    max_headers: int = Field(default=100, ge=1)
+    """Most header lines in a request; more get 431 and the connection is closed."""
+
+    max_connections: int | None = Field(default=None, ge=1)
+    """Most connections open at once in each server process. Beyond it a new connection gets
+    a 503 (``Retry-After``) and is closed at once, while the open ones are served as before.
+    Unset (default): sized from the process's descriptor limit (``ulimit -n``) less a reserve
+    (:func:`default_max_connections`), so that idle connections cannot use up the
+    descriptors the process needs to accept and to serve."""
+
     limit_concurrency: int | None = Field(default=None, ge=1)
     """Most connections (plus requests) served at once; beyond it uvicorn answers 503 at once.
     Unset: no limit (admission per model bounds the work instead)."""
@@ -185,6 +249,15 @@ class Settings(BaseSettings):
     schemas) out of the garbage collector's reach (``gc.freeze``), so that full collections
     stop walking them: under load they stalled the event loop for 0.1-0.3 s every few seconds
     (2-core box), delaying every request in flight. Applies to ``python -m serving``."""
+
+    @model_validator(mode="after")
+    def _protected_info_needs_a_token(self) -> Settings:
+        if self.protect_info and not self.admin_enabled:
+            raise ValueError(
+                "protect_info needs admin_token: without it the protected endpoints would "
+                "answer no one"
+            )
+        return self
 
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
@@ -205,4 +278,4 @@ class Settings(BaseSettings):
     def signing_key_bytes(self) -> bytes | None:
         if self.signing_key is None:
             return None
-        return self.signing_key.get_secret_value().encode("utf-8") or None
+        return self.signing_key.get_secret_value().encode("utf-8")

@@ -10,9 +10,11 @@ model it is for, and a request shed there costs the loop no more than its header
 
 Two signals, each a few attribute reads per request:
 
-* **In-flight body bytes** (``max_inflight_body_bytes``): declared bytes of the prediction
-  requests being handled now. Beyond the budget the loop is busy with bodies it has not
-  queued yet (big bodies for several models, a flood of them), which the queues cannot see.
+* **In-flight body bytes** (``max_inflight_body_bytes``): body bytes of the prediction
+  requests being handled now, declared (``Content-Length``) or, beyond that (a chunked body
+  declares nothing), arrived (:meth:`Ticket.arrived`). Beyond the budget the loop is busy
+  with bodies it has not queued yet (big bodies for several models, a flood of them), which
+  the queues cannot see.
 * **The model's queue** (``max_queue_rows``): rows waiting for the pool plus the rows this
   request will add. Those are not known before parsing, so they are estimated from the
   declared length with the model's bytes per row, learned from the bodies admitted before
@@ -69,6 +71,20 @@ class Ticket:
             decayed = load.bytes_per_row * _RATIO_DECAY
             load.bytes_per_row = ratio if ratio > decayed else decayed
 
+    def arrived(self, received: int) -> None:
+        """``received`` body bytes have arrived, more than counted so far (a body sent
+        chunked declares no length): they count against the budget, and beyond it, unless
+        the request is alone, :class:`OverloadedError` (its bytes stay counted until
+        :meth:`release`, as the request's do)."""
+        shedder = self.shedder
+        inflight = shedder.inflight_bytes + received - self.length
+        shedder.inflight_bytes = inflight
+        self.length = received
+        budget = shedder.max_inflight_bytes
+        if budget is not None and inflight > budget and inflight > received:
+            shedder.shed_on_bytes += 1
+            raise OverloadedError("the service is at capacity; retry later", shedder.retry_after_s)
+
     def release(self) -> None:
         """The request is answered: its bytes leave the budget."""
         self.shedder.inflight_bytes -= self.length
@@ -85,7 +101,8 @@ class Shedder:
         self.max_queue_rows = max_queue_rows
         self.retry_after_s = retry_after_s
         self.inflight_bytes = 0
-        """Declared body bytes of the prediction requests admitted and not answered yet."""
+        """Body bytes (declared, or arrived beyond that) of the prediction requests admitted
+        and not answered yet."""
         self._loads: dict[int, tuple[weakref.ref[MicroBatcher], _ModelLoad]] = {}
         """By ``id`` of the model's batcher (a WeakKeyDictionary costs more per request)."""
         self.shed_on_bytes = 0

@@ -20,15 +20,18 @@ partial version and a failed run leaves nothing behind. Pointer files are replac
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
 import shutil
-import tempfile
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -52,11 +55,22 @@ ONNX_FILE = "model.onnx"
 REPORT_DIR = "report"
 PRODUCTION_FILE = "production"
 HISTORY_FILE = "history.json"
+LOCK_FILE = "pointer.lock"
 MANIFEST_SCHEMA_VERSION = 1
+SIGNATURE_FORMAT = "servewell-hmac-sha256-v2"
+"""First word of ``manifest.sig``: which message the HMAC covers (see :func:`sign`)."""
 
 _STAGING_PREFIX = ".staging-"
+_REMOVING_PREFIX = ".removing-"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# ASCII only and canonical: str.isdigit() also takes "²" (which int() refuses) and "01"
+# would name the same version as "1".
+_VERSION_RE = re.compile(r"[1-9][0-9]{0,17}")
+_OLD_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _HASH_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted in place of a file must not hang the reader.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class StoreError(Exception):
@@ -222,6 +236,39 @@ class VersionInfo:
     is_production: bool
 
 
+@dataclass(frozen=True)
+class VerifiedVersion:
+    """A version's manifest and the files a runtime uses, as the very bytes that were hashed.
+
+    Nothing here re-opens a path: a file swapped on disk after verification is never read."""
+
+    manifest: Manifest
+    files: Mapping[str, bytes]
+    folder: Path
+    """Where the files were read (for messages; never opened again)."""
+
+    @property
+    def onnx(self) -> bytes | None:
+        """The ONNX graph when it passed parity and was asked for; None otherwise."""
+        onnx = self.manifest.onnx
+        if not self.manifest.onnx_ready or onnx is None or onnx.file is None:
+            return None
+        return self.files.get(onnx.file)
+
+    def estimator(self) -> Any:
+        """Unpickle the fitted estimator from the verified bytes."""
+        import joblib  # heavy; only readers that unpickle pay for it
+
+        m = self.manifest
+        try:
+            return joblib.load(io.BytesIO(self.files[MODEL_FILE]))
+        except Exception as exc:
+            raise ArtifactLoadError(
+                f"{m.name} v{m.version}: cannot unpickle {self.folder / MODEL_FILE}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -240,8 +287,17 @@ def validate_name(name: str) -> str:
     return name
 
 
+def parse_version(text: str) -> int | None:
+    """A version number written the one way the store writes it (ASCII digits, no sign, no
+    leading zero), or None."""
+    return int(text) if _VERSION_RE.fullmatch(text) else None
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Created with os.open and mode 0o666 so the umask applies as for any other file (mkstemp
+    # makes 0600: a service running as another user could not read the pointer).
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -252,6 +308,78 @@ def _atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _is_symlink(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
+    """Open a directory without following a symlink (OSError ELOOP/ENOTDIR for one)."""
+    return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _read_regular(fd: int, what: str) -> bytes:
+    """Every byte of an opened file, which must be a regular file."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise IntegrityError(f"{what} is not a regular file")
+    chunks = []
+    while chunk := os.read(fd, _HASH_CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_under(dir_fd: int, rel: str, what: str, folder: Path) -> bytes:
+    """Read ``rel`` (a relative POSIX path) below an open directory, following no symlink at
+    any step, so what is read is what lies inside the directory, whatever is swapped later."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise IntegrityError(f"{what}: manifest lists {rel!r} outside its version")
+    opened: list[int] = []
+    try:
+        current = dir_fd
+        for part in parts[:-1]:
+            current = _open_dir(part, current)
+            opened.append(current)
+        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=current)
+        try:
+            return _read_regular(fd, f"{what}: {folder / rel}")
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise IntegrityError(f"{what}: artifact file {folder / rel} is missing") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise IntegrityError(
+                f"{what}: {folder / rel} is (or lies below) a symbolic link; the store never "
+                "follows one"
+            ) from None
+        raise
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _read_file_nofollow(path: Path) -> bytes:
+    """A file of a model folder, read without following a symlink at the folder or the file;
+    FileNotFoundError when absent."""
+    try:
+        dir_fd = _open_dir(path.parent)
+        try:
+            fd = os.open(path.name, _FILE_FLAGS, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+            raise StoreError(f"{path} is a symbolic link; the store never follows one") from None
+        raise
+    try:
+        return _read_regular(fd, str(path))
+    finally:
+        os.close(fd)
 
 
 class StagedVersion:
@@ -274,17 +402,68 @@ class StagedVersion:
         return path
 
 
-def sign(key: bytes, manifest_bytes: bytes) -> str:
-    """HMAC-SHA256 of the manifest file's bytes, hex encoded."""
-    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
+def _signed_message(name: str, version: int, manifest_bytes: bytes) -> bytes:
+    # Name and version are in the message so a signed manifest copied to another version
+    # number or model is refused; neither can hold a NUL, and the manifest comes last.
+    return b"\0".join(
+        [
+            SIGNATURE_FORMAT.encode("ascii"),
+            name.encode("utf-8"),
+            str(version).encode("ascii"),
+            manifest_bytes,
+        ]
+    )
+
+
+def sign(key: bytes, name: str, version: int, manifest_bytes: bytes) -> str:
+    """The content of ``manifest.sig``: the format tag and the HMAC-SHA256 (hex) of the tag,
+    the model name, the version number and the manifest file's bytes."""
+    digest = hmac.new(key, _signed_message(name, version, manifest_bytes), "sha256").hexdigest()
+    return f"{SIGNATURE_FORMAT} {digest}"
+
+
+def _bound_manifest(raw: bytes, name: str, version: int) -> Manifest:
+    """The manifest, which must describe the folder it lies in (signed or not)."""
+    manifest = Manifest.model_validate_json(raw)
+    if manifest.name != name or manifest.version != version:
+        raise IntegrityError(
+            f"{name} v{version}: its manifest describes {manifest.name} v{manifest.version} (a "
+            "version copied or moved to another folder); refused"
+        )
+    return manifest
+
+
+def _hash_check(what: str, path: Path, data: bytes, expected: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise IntegrityError(f"{what}: sha256 of {path} is {actual}, manifest says {expected}")
+
+
+def _check_files(
+    fd: int, manifest: Manifest, what: str, folder: Path, keep: set[str]
+) -> dict[str, bytes]:
+    """Hash every file the manifest lists (below the open version folder ``fd``); return the
+    bytes of those in ``keep``."""
+    kept: dict[str, bytes] = {}
+    for rel, expected in manifest.files.items():
+        data = _read_under(fd, rel, what, folder)
+        _hash_check(what, folder / rel, data, expected)
+        if rel in keep:
+            kept[rel] = data
+    return kept
 
 
 class ModelStore:
     """Reads and writes model versions under one root directory.
 
-    With a ``signing_key``, every version written gets ``manifest.sig`` (HMAC-SHA256 of the
-    manifest bytes) and every version read must carry a matching one: someone who can write the
-    store but does not hold the key cannot forge a manifest that lists their own hashes.
+    With a ``signing_key``, every version written gets ``manifest.sig`` (HMAC-SHA256 over the
+    model name, the version number and the manifest bytes) and every version read must carry a
+    matching one: someone who can write the store but does not hold the key can neither forge
+    a manifest that lists their own hashes nor pass a signed version off as another one.
+
+    No reader follows a symlink inside the store (model and version folders, artifact files,
+    the production pointer, the history), and every file a runtime uses is read once: the bytes
+    hashed are the bytes deserialised (:meth:`read_version`).
     """
 
     def __init__(self, root: Path | str, *, signing_key: bytes | None = None) -> None:
@@ -305,60 +484,139 @@ class ModelStore:
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
         return self._model_dir(name) / str(version)
 
+    def _open_version(self, name: str, version: int) -> int:
+        """An open descriptor of the version folder (never through a symlink)."""
+        path = self._version_dir(name, version)
+        try:
+            model_fd = _open_dir(path.parent)
+        except FileNotFoundError:
+            raise ModelNotFoundError(f"model {name!r} has no version {version}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise InvalidNameError(
+                    f"model directory {path.parent} escapes the store root"
+                ) from None
+            raise
+        try:
+            return _open_dir(path.name, model_fd)
+        except FileNotFoundError:
+            raise ModelNotFoundError(f"model {name!r} has no version {version}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise IntegrityError(
+                    f"{name} v{version}: the version folder {path} is a symbolic link (or not a "
+                    "folder); the store never follows one"
+                ) from None
+            raise
+        finally:
+            os.close(model_fd)
+
     def names(self) -> list[str]:
-        """Models that have at least one published version, sorted."""
+        """Models that have at least one published version (or a folder the store cannot
+        read, so that it is reported rather than ignored), sorted."""
         if not self.root.is_dir():
             return []
         out = []
         for child in sorted(self.root.iterdir()):
             usable = child.is_dir() and not child.is_symlink() and _NAME_RE.fullmatch(child.name)
-            if usable and self.versions(child.name):
+            if not usable:
+                continue
+            try:
+                published = bool(self.versions(child.name))
+            except (StoreError, OSError):
+                published = True
+            if published:
                 out.append(child.name)
         return out
 
     def versions(self, name: str) -> list[int]:
-        """Published versions of a model, ascending. Staging directories are invisible."""
+        """Published versions of a model, ascending. Staging directories are invisible.
+
+        Raises StoreError for a folder whose name passes for a number but is not one the
+        store writes (``01``, ``²``): a version someone meant to publish is never skipped
+        silently."""
         model_dir = self._model_dir(name)
         if not model_dir.is_dir():
             return []
-        return sorted(
-            int(p.name)
-            for p in model_dir.iterdir()
-            if p.name.isdigit() and p.is_dir() and (p / MANIFEST_FILE).is_file()
-        )
+        out = []
+        for p in model_dir.iterdir():
+            version = parse_version(p.name)
+            if version is None:
+                if p.name.isdecimal() or p.name.isdigit() or p.name.isnumeric():
+                    raise StoreError(
+                        f"{p} is not a valid version folder name: use ASCII digits without "
+                        "a leading zero"
+                    )
+                continue
+            if p.is_dir() and (p / MANIFEST_FILE).is_file():
+                out.append(version)
+        return sorted(out)
 
     def production(self, name: str) -> int | None:
         """The version the production pointer names, or None when nothing is promoted."""
         pointer = self._model_dir(name) / PRODUCTION_FILE
         try:
-            text = pointer.read_text(encoding="utf-8").strip()
+            raw = _read_file_nofollow(pointer)
         except FileNotFoundError:
             return None
-        if not text.isdigit():
-            raise StoreError(f"production pointer {pointer} is corrupt: {text!r}")
-        return int(text)
+        text = raw.decode("ascii", "replace").strip(" \t\r\n")
+        version = parse_version(text)
+        if version is None:
+            raise StoreError(f"production pointer {pointer} is corrupt: {raw[:40]!r}")
+        return version
 
     def manifest(self, name: str, version: int) -> Manifest:
         """The manifest, signature-checked when the store has a signing key."""
-        path = self._version_dir(name, version) / MANIFEST_FILE
+        fd = self._open_version(name, version)
         try:
-            raw = path.read_bytes()
+            return self._manifest_at(fd, name, version)
+        finally:
+            os.close(fd)
+
+    def _manifest_at(self, fd: int, name: str, version: int) -> Manifest:
+        path = self._version_dir(name, version) / MANIFEST_FILE
+        what = f"{name} v{version}"
+        try:
+            manifest_fd = os.open(MANIFEST_FILE, _FILE_FLAGS, dir_fd=fd)
         except FileNotFoundError:
             raise ModelNotFoundError(f"model {name!r} has no version {version}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                raise IntegrityError(
+                    f"{what}: {path} is a symbolic link; the store never follows one"
+                ) from None
+            raise
+        try:
+            raw = _read_regular(manifest_fd, str(path))
+        finally:
+            os.close(manifest_fd)
         if self._key is not None:
-            self._check_signature(path, raw)
-        return Manifest.model_validate_json(raw)
+            self._check_signature(fd, path, name, version, raw)
+        return _bound_manifest(raw, name, version)
 
-    def _check_signature(self, manifest_path: Path, raw: bytes) -> None:
+    def _check_signature(
+        self, fd: int, manifest_path: Path, name: str, version: int, raw: bytes
+    ) -> None:
         assert self._key is not None
         sig_path = manifest_path.with_name(SIGNATURE_FILE)
         try:
-            claimed = sig_path.read_text(encoding="ascii").strip()
-        except (FileNotFoundError, UnicodeDecodeError):
+            sig_fd = os.open(SIGNATURE_FILE, _FILE_FLAGS, dir_fd=fd)
+            try:
+                claimed = _read_regular(sig_fd, str(sig_path)).decode("ascii").strip()
+            finally:
+                os.close(sig_fd)
+        except (OSError, UnicodeDecodeError, IntegrityError):
             raise IntegrityError(
-                f"{manifest_path} is not signed ({sig_path.name} missing) and a signing key is set"
+                f"{manifest_path} is not signed ({sig_path.name} missing or unreadable) and a "
+                "signing key is set"
             ) from None
-        if not hmac.compare_digest(claimed, sign(self._key, raw)):
+        if _OLD_SIGNATURE_RE.fullmatch(claimed):
+            raise IntegrityError(
+                f"signature {sig_path} uses the old format, which does not bind the manifest to "
+                "its model name and version; re-sign the store with the same key: "
+                "`python -m training sign`"
+            )
+        if not hmac.compare_digest(claimed, sign(self._key, name, version, raw)):
             raise IntegrityError(f"signature {sig_path} does not match {manifest_path}")
 
     def version_path(self, name: str, version: int) -> Path:
@@ -368,7 +626,8 @@ class ModelStore:
         return path
 
     def onnx_path(self, manifest: Manifest) -> Path | None:
-        """The version's ONNX file when it passed parity and is hashed; None otherwise."""
+        """Where the version's ONNX file lies when it passed parity and is hashed (for tools;
+        the service reads verified bytes through :meth:`read_version`)."""
         if not manifest.onnx_ready or manifest.onnx is None or manifest.onnx.file is None:
             return None
         return self.version_path(manifest.name, manifest.version) / manifest.onnx.file
@@ -386,45 +645,39 @@ class ModelStore:
             for v in self.versions(name)
         ]
 
-    def verify(self, name: str, version: int) -> Manifest:
-        """Check every artifact file against the manifest's sha256; return the manifest.
+    def read_version(
+        self, name: str, version: int, *, onnx: bool = False, model: bool = True
+    ) -> VerifiedVersion:
+        """Check the manifest (and its signature) and every file it lists; keep the bytes of
+        the estimator (with ``model``) and, with ``onnx``, of the ONNX graph when it may serve.
 
-        Raises IntegrityError naming the first file that is missing or does not match. Files in
-        the version directory that the manifest does not list are ignored by readers, so they
-        need no check.
+        Each file is read once, through descriptors opened below the version folder without
+        following symlinks; the bytes hashed are the bytes returned. Raises IntegrityError
+        naming the first file that is missing or does not match. Files in the version folder
+        that the manifest does not list are never read by anyone, so they need no check.
         """
-        manifest = self.manifest(name, version)
-        vdir = self._version_dir(name, version)
-        for rel, expected in manifest.files.items():
-            path = (vdir / rel).resolve()
-            if not path.is_relative_to(vdir.resolve()):
-                raise IntegrityError(
-                    f"{name} v{version}: manifest lists {rel!r} outside its version"
-                )
-            if not path.is_file():
-                raise IntegrityError(f"{name} v{version}: artifact file {path} is missing")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise IntegrityError(
-                    f"{name} v{version}: sha256 of {path} is {actual}, manifest says {expected}"
-                )
-        if MODEL_FILE not in manifest.files:
-            raise IntegrityError(f"{name} v{version}: manifest does not list {MODEL_FILE}")
-        return manifest
+        fd = self._open_version(name, version)
+        try:
+            manifest = self._manifest_at(fd, name, version)
+            what = f"{name} v{version}"
+            if MODEL_FILE not in manifest.files:
+                raise IntegrityError(f"{what}: manifest does not list {MODEL_FILE}")
+            keep = {MODEL_FILE} if model else set()
+            if onnx and manifest.onnx_ready and manifest.onnx is not None and manifest.onnx.file:
+                keep.add(manifest.onnx.file)
+            kept = _check_files(fd, manifest, what, self._version_dir(name, version), keep)
+        finally:
+            os.close(fd)
+        return VerifiedVersion(manifest, kept, self._version_dir(name, version))
+
+    def verify(self, name: str, version: int) -> Manifest:
+        """Check every artifact file against the manifest's sha256; return the manifest."""
+        return self.read_version(name, version, model=False).manifest
 
     def load_model(self, name: str, version: int) -> tuple[Manifest, Any]:
-        """Verify hashes, then unpickle. Never unpickles a file that failed verification."""
-        import joblib  # heavy; only readers that unpickle pay for it
-
-        manifest = self.verify(name, version)
-        path = self._version_dir(name, version) / MODEL_FILE
-        try:
-            model = joblib.load(path)
-        except Exception as exc:
-            raise ArtifactLoadError(
-                f"{name} v{version}: cannot unpickle {path}: {type(exc).__name__}: {exc}"
-            ) from exc
-        return manifest, model
+        """Verify, then unpickle the very bytes verified (never a file that failed)."""
+        verified = self.read_version(name, version)
+        return verified.manifest, verified.estimator()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -458,7 +711,7 @@ class ModelStore:
                 (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
                 if self._key is not None:
                     (staging / SIGNATURE_FILE).write_text(
-                        sign(self._key, manifest_bytes) + "\n", encoding="ascii"
+                        sign(self._key, name, version, manifest_bytes) + "\n", encoding="ascii"
                     )
                 target = model_dir / str(version)
                 try:
@@ -474,18 +727,70 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
+    def resign(self, name: str, version: int) -> bool:
+        """Sign a version in the current format; False when it already is.
+
+        The version must carry a valid signature of the old format (the HMAC of the manifest
+        bytes alone) made with the same key, describe its own folder, and every file must
+        match the manifest: re-signing never blesses a manifest nobody signed."""
+        if self._key is None:
+            raise StoreError("re-signing needs a signing key (SERVEWELL_SIGNING_KEY)")
+        fd = self._open_version(name, version)
+        try:
+            path = self._version_dir(name, version)
+            what = f"{name} v{version}"
+            try:
+                raw = _read_under(fd, MANIFEST_FILE, what, path)
+                claimed = _read_under(fd, SIGNATURE_FILE, what, path).decode("ascii").strip()
+            except UnicodeDecodeError:
+                raise IntegrityError(f"{what}: {SIGNATURE_FILE} is not readable") from None
+            if hmac.compare_digest(claimed, sign(self._key, name, version, raw)):
+                return False
+            old = hmac.new(self._key, raw, "sha256").hexdigest()
+            if not hmac.compare_digest(claimed, old):
+                raise IntegrityError(
+                    f"{what}: {SIGNATURE_FILE} is not a valid signature of the old format with "
+                    "this key; not re-signed"
+                )
+            _check_files(fd, _bound_manifest(raw, name, version), what, path, set())
+        finally:
+            os.close(fd)
+        _atomic_write_text(path / SIGNATURE_FILE, sign(self._key, name, version, raw) + "\n")
+        return True
+
+    @contextlib.contextmanager
+    def _pointer_lock(self, name: str) -> Iterator[None]:
+        """Hold the model's pointer lock: promote and rollback read, change and write the
+        production pointer and the history under it, in the service and the CLI alike."""
+        path = self._model_dir(name) / LOCK_FILE
+        try:
+            # Read-only is enough for flock, so any user who can read the store can lock.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                raise StoreError(
+                    f"{path} is a symbolic link; the store never follows one"
+                ) from None
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def promote(self, name: str, version: int) -> int | None:
         """Point production at ``version``; return the previous production version."""
         self.verify(name, version)
-        previous = self.production(name)
-        if previous == version:
-            return previous
         model_dir = self._model_dir(name)
-        if previous is not None:
-            history = self._history(name)
-            history.append(previous)
-            _atomic_write_text(model_dir / HISTORY_FILE, json.dumps(history) + "\n")
-        _atomic_write_text(model_dir / PRODUCTION_FILE, f"{version}\n")
+        with self._pointer_lock(name):
+            previous = self.production(name)
+            if previous == version:
+                return previous
+            if previous is not None:
+                history = self._history(name)
+                history.append(previous)
+                _atomic_write_text(model_dir / HISTORY_FILE, json.dumps(history) + "\n")
+            _atomic_write_text(model_dir / PRODUCTION_FILE, f"{version}\n")
         return previous
 
     def rollback(self, name: str) -> tuple[int, int]:
@@ -496,23 +801,67 @@ class ModelStore:
         published = set(self.versions(name))
         if not published:
             raise ModelNotFoundError(f"no model named {name!r} in the store")
-        current = self.production(name)
-        history = self._history(name)
-        while history and (history[-1] not in published or history[-1] == current):
-            history.pop()
-        if current is None or not history:
-            raise StoreError(f"model {name!r} has no earlier production version to roll back to")
-        target = history.pop()
-        self.verify(name, target)
         model_dir = self._model_dir(name)
-        _atomic_write_text(model_dir / PRODUCTION_FILE, f"{target}\n")
-        _atomic_write_text(model_dir / HISTORY_FILE, json.dumps(history) + "\n")
+        with self._pointer_lock(name):
+            current = self.production(name)
+            history = self._history(name)
+            while history and (history[-1] not in published or history[-1] == current):
+                history.pop()
+            if current is None or not history:
+                raise StoreError(
+                    f"model {name!r} has no earlier production version to roll back to"
+                )
+            target = history.pop()
+            self.verify(name, target)
+            _atomic_write_text(model_dir / PRODUCTION_FILE, f"{target}\n")
+            _atomic_write_text(model_dir / HISTORY_FILE, json.dumps(history) + "\n")
         return current, target
 
+    def previous_production(self, name: str) -> int | None:
+        """The published version a rollback would return to, or None."""
+        published = set(self.versions(name))
+        current = self.production(name)
+        earlier = [v for v in self._history(name) if v in published and v != current]
+        return earlier[-1] if earlier else None
+
+    def remove_versions(self, name: str, versions: list[int]) -> None:
+        """Delete versions, never the production one nor the one a rollback returns to.
+
+        Each is first renamed to a hidden name, which readers ignore, then deleted: readers see
+        a version whole or not at all, and a crash in between leaves only a hidden folder that
+        the next call clears. Held under the pointer lock, so no promote moves production onto
+        a version being removed.
+        """
+        model_dir = self._model_dir(name)
+        with self._pointer_lock(name):
+            protected = {self.production(name), self.previous_production(name)}
+            refused = sorted(set(versions) & protected - {None})
+            if refused:
+                raise StoreError(
+                    f"model {name!r}: v{refused[0]} is production or what rollback returns to; "
+                    "not removed"
+                )
+            for version in versions:
+                path = self.version_path(name, version)
+                os.rename(path, model_dir / f"{_REMOVING_PREFIX}{version}-{uuid.uuid4().hex}")
+        for leftover in model_dir.glob(f"{_REMOVING_PREFIX}*"):
+            shutil.rmtree(leftover)
+
     def _history(self, name: str) -> list[int]:
+        path = self._model_dir(name) / HISTORY_FILE
         try:
-            raw = (self._model_dir(name) / HISTORY_FILE).read_text(encoding="utf-8")
+            raw = _read_file_nofollow(path)
         except FileNotFoundError:
             return []
-        data = json.loads(raw)
-        return [int(v) for v in data]
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = f"not JSON ({exc})"
+        else:
+            if isinstance(data, list) and all(type(v) is int and v >= 1 for v in data):
+                return list(data)
+            problem = "not a list of version numbers"
+        raise StoreError(
+            f"the rollback history {path} is corrupt: {problem}; fix it, or delete it to "
+            "forget the earlier production versions"
+        )

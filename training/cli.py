@@ -1,4 +1,13 @@
-"""`python -m training`: train specs, list the store, promote and roll back versions."""
+"""`python -m training`: train specs, list, compare and prune the store, promote and roll back.
+
+Exit codes of ``train`` (and so of ``make train``), for CI:
+
+- 0: every model trained was promoted, or was identical to production (nothing written);
+- 1: an error (bad spec, data, estimator or store); it wins over 3 when both happen;
+- 2: bad command-line usage;
+- 3: a version was stored but not promoted (the gate refused it), and no error occurred;
+- 130: interrupted.
+"""
 
 from __future__ import annotations
 
@@ -8,63 +17,110 @@ import sys
 from pathlib import Path
 
 from serving.store import ModelStore, StoreError, Task
+from training.compare import render
 from training.datasets import DataError, infer_csv_task
 from training.pipeline import EstimatorError
+from training.prune import prune
 from training.run import TrainResult, train
 from training.score import DEFAULT_CHUNK_ROWS, Progress, ScoreError, peak_memory_mb, score_csv
-from training.spec import Spec, SpecError, adhoc_csv_spec, load_spec, shipped_names, shipped_spec
+from training.spec import (
+    Spec,
+    SpecError,
+    adhoc_csv_spec,
+    load_spec,
+    shipped_names,
+    shipped_spec,
+)
 
 DEFAULT_STORE = "models"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_PROMOTED = 3
 _USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError, ScoreError)
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
     # The same variables the service reads: one store, one key.
-    key = os.environ.get("SERVEWELL_SIGNING_KEY", "").encode("utf-8") or None
+    key = os.environ.get("SERVEWELL_SIGNING_KEY")
+    if key is not None and not key:
+        # An empty key would write an unsigned store that a signed service then refuses.
+        raise StoreError(
+            "SERVEWELL_SIGNING_KEY is set but empty, which would turn signing off: set the "
+            "key or unset the variable"
+        )
     root = args.store or os.environ.get("SERVEWELL_STORE") or DEFAULT_STORE
-    return ModelStore(root, signing_key=key)
+    return ModelStore(root, signing_key=key.encode("utf-8") if key else None)
 
 
-def _specs(args: argparse.Namespace) -> list[Spec]:
+def _specs(args: argparse.Namespace) -> list[tuple[Spec, str]]:
+    """The specs to train, each with the make command that retrains it with FORCE=1."""
     if args.data or args.target:
         if not (args.data and args.target):
             raise SpecError("ad-hoc training needs both DATA=file.csv and TARGET=column")
         path = Path(args.data)
         task = Task(args.task) if args.task else infer_csv_task(path, args.target)
         print(f"ad-hoc {task.value} on {path}, target {args.target!r}")
-        return [adhoc_csv_spec(path, args.target, task, args.name)]
+        options = [("TASK", args.task), ("NAME", args.name), ("ESTIMATOR", args.estimator)]
+        extra = "".join(f" {k}={v}" for k, v in options if v)
+        spec = adhoc_csv_spec(path, args.target, task, args.name, args.estimator)
+        return [(spec, f"make train DATA={args.data} TARGET={args.target}{extra} FORCE=1")]
     if args.spec:
-        return [load_spec(path) for path in args.spec]
-    if args.model:
-        return [shipped_spec(name) for name in args.model]
-    return [shipped_spec(name) for name in shipped_names()]
+        return [(load_spec(path), f"make train SPEC={path} FORCE=1") for path in args.spec]
+    names = args.model or shipped_names()
+    return [(shipped_spec(name), f"make train MODEL={name} FORCE=1") for name in names]
 
 
-def _report(result: TrainResult) -> None:
+def _report(result: TrainResult, retrain: str) -> int:
     m = result.manifest
+    if result.identical:
+        print(
+            f"[{m.name}] identical to production v{m.version}: same data, spec and metrics; "
+            "no new version (FORCE=1 makes one)"
+        )
+        return EXIT_OK
     print(f"[{m.name}] v{m.version}: {m.primary_metric}={m.primary_score:.4f}")
     if result.promoted:
-        print(f"[{m.name}] v{m.version} is now production ({result.decision.reason})")
-    else:
-        print(f"[{m.name}] v{m.version} stored but NOT promoted: {result.decision.reason}")
-        print(result.decision.comparison(m))
-        print(f"    to promote it anyway: make promote MODEL={m.name} VERSION={m.version}")
+        how = "forced, " if not result.decision.promote else ""
+        print(f"[{m.name}] v{m.version} is now production ({how}{result.decision.reason})")
+        return EXIT_OK
+    print(f"[{m.name}] v{m.version} stored but NOT promoted: {result.decision.reason}")
+    print(result.decision.comparison(m))
+    print(f"    to promote this version anyway: make promote MODEL={m.name} VERSION={m.version}")
+    print(f"    or retrain and promote regardless: {retrain}")
+    return EXIT_NOT_PROMOTED
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     store = _store(args)
     specs = _specs(args)  # every spec parses before anything trains
     failures = 0
-    for spec in specs:
+    refused = 0
+    for spec, retrain in specs:
         try:
-            _report(train(spec, store, force_promote=args.force))
+            result = train(spec, store, force_promote=args.force)
+            refused += _report(result, retrain) == EXIT_NOT_PROMOTED
         except _USER_ERRORS as exc:
             print(f"[{spec.name}] error: {exc}", file=sys.stderr)
             failures += 1
         except ValueError as exc:  # scikit-learn rejects data it cannot fit
             print(f"[{spec.name}] error while fitting: {exc}", file=sys.stderr)
             failures += 1
-    return 1 if failures else 0
+    if failures:
+        return EXIT_ERROR
+    return EXIT_NOT_PROMOTED if refused else EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    print(render(_store(args), args.name))
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    result = prune(_store(args), args.name, args.keep)
+    removed = ", ".join(f"v{v}" for v in result.removed) or "nothing"
+    kept = ", ".join(f"v{v}" for v in result.kept)
+    print(f"[{args.name}] removed {removed}; kept {kept}")
+    return EXIT_OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -107,13 +163,30 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sign(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if os.environ.get("SERVEWELL_SIGNING_KEY") is None:
+        raise StoreError("signing needs SERVEWELL_SIGNING_KEY (the key the store was signed with)")
+    failures = 0
+    for name in args.model or store.names():
+        for version in store.versions(name):
+            try:
+                changed = store.resign(name, version)
+            except (StoreError, ValueError) as exc:  # ValueError: an unparsable manifest
+                print(f"[{name}] v{version} NOT re-signed: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            print(f"[{name}] v{version} {'re-signed' if changed else 'already signed'}")
+    return 1 if failures else 0
+
+
 def cmd_ensure_default(args: argparse.Namespace) -> int:
     store = _store(args)
     if store.names():
         print(f"store {store.root} has models: {', '.join(store.names())}")
         return 0
     print(f"store {store.root} is empty: training the shipped specs")
-    args.spec = args.model = args.data = args.target = None
+    args.spec = args.model = args.data = args.target = args.estimator = None
     args.force = False
     return cmd_train(args)
 
@@ -176,8 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="target column of the ad-hoc CSV")
     p.add_argument("--task", choices=[t.value for t in Task], help="default: inferred")
     p.add_argument("--name", help="model name for ad-hoc CSV (default: file name)")
-    p.add_argument("--force", action="store_true", help="promote even if worse than production")
+    p.add_argument(
+        "--estimator",
+        help="ad-hoc CSV estimator: random_forest (default), extra_trees, gradient_boosting, "
+        "hist_gradient_boosting, logistic_regression, linear_regression, ridge, knn",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even if the gate refuses; store a version even if identical to production",
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="every version side by side, and what changed")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("prune", help="remove old versions but production and the previous one")
+    p.add_argument("name")
+    p.add_argument("--keep", type=int, required=True, help="newest versions to keep")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("models", help="list the store: versions, production, primary metric")
     p.set_defaults(func=cmd_models)
@@ -190,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="return to the previous production version")
     p.add_argument("name")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "sign",
+        help="re-sign every version (signed with the old format) with SERVEWELL_SIGNING_KEY",
+    )
+    p.add_argument("--model", action="append", help="only this model (repeatable)")
+    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser(
         "score", help="score a CSV file of any size (predictions to OUT, refused rows beside it)"

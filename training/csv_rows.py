@@ -8,8 +8,8 @@ so this module applies the same rules to whole columns with numpy:
   a boolean true/false or 1/0 (any case, as the training CSV reader accepts them);
 - a categorical value must be one of the training categories (after stripping surrounding
   spaces, as training did): an unseen category is refused, as the service refuses it;
-- an empty cell (or another pandas NA marker such as ``NA``) is a missing value, refused unless
-  the feature was nullable in training;
+- an empty cell (or another of training's missing-value markers, such as ``NA`` or ``?``) is a
+  missing value, refused unless the feature was nullable in training;
 - values outside the training range are scored, and counted (the service predicts them too,
   with a warning).
 

@@ -26,6 +26,34 @@ _BUNDLED = {
     "wine": ("load_wine", "cultivar"),
 }
 _MAX_CLASSES_FOR_INT_TARGET = 20
+# What counts as "no value" in a CSV cell: pandas' documented default ``na_values`` plus "?"
+# (common in exported data). Spelled out so a pandas upgrade cannot change what goes missing,
+# and read with keep_default_na=False so these and only these become missing.
+MISSING_MARKERS: frozenset[str] = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+        "?",
+    }
+)
+_ROWS_SHOWN = 5
 
 
 class DataError(Exception):
@@ -41,6 +69,8 @@ class Dataset:
     origin: str
     fingerprint: str
     """sha256 of the feature table plus target, canonically serialised (CSV, fixed format)."""
+    split_by: pd.Series[Any] | None = None
+    """The spec's group or time column (split.group_column / split.time_column), not a feature."""
     warnings: tuple[str, ...] = ()
     """Things that are legal but probably not meant (e.g. an id column used as a category)."""
 
@@ -70,13 +100,29 @@ def _load_bundled(source: str) -> tuple[pd.DataFrame, str]:
     return frame, f"scikit-learn bundled dataset {name}"
 
 
-def _load_csv(path: Path) -> tuple[pd.DataFrame, str]:
+@dataclass(frozen=True)
+class _Raw:
+    frame: pd.DataFrame
+    origin: str
+    text: pd.DataFrame | None = None
+    """The CSV's cells as written (stripped strings), to say which held a missing-value marker."""
+
+
+def _load_csv(path: Path) -> _Raw:
     if path.is_dir():
         raise DataError(f"data path {path} is a directory, not a CSV file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        frame = pd.read_csv(
+            path,
+            skipinitialspace=True,
+            keep_default_na=False,
+            na_values=sorted(MISSING_MARKERS),
+        )
+        text = pd.read_csv(
+            path, skipinitialspace=True, keep_default_na=False, na_filter=False, dtype=str
+        )
         # pandas renames a repeated header ("a", "a.1"); a repeated column is a mistake.
         with path.open(newline="", encoding="utf-8") as fh:
             header = [c.strip() for c in next(csv.reader(fh), [])]
@@ -87,15 +133,49 @@ def _load_csv(path: Path) -> tuple[pd.DataFrame, str]:
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
         raise DataError(f"data file {path} repeats column(s) {repeated} in its header")
-    return frame, str(path)
+    return _Raw(frame, str(path), text.apply(lambda c: c.str.strip()))
 
 
 def load_raw(spec: Spec) -> tuple[pd.DataFrame, str]:
+    raw = _load(spec)
+    return raw.frame, raw.origin
+
+
+def _load(spec: Spec) -> _Raw:
     path = spec.dataset_path()
     if path is not None:
         return _load_csv(path)
     assert spec.dataset.source is not None
-    return _load_bundled(spec.dataset.source)
+    return _Raw(*_load_bundled(spec.dataset.source))
+
+
+def _check_markers(spec: Spec, raw: _Raw, column: str, kind: FeatureKind) -> str | None:
+    """Refuse missing-value markers in a numeric, integer or boolean column the spec does not
+    allow them in; otherwise return the note that says how many were read as missing."""
+    if raw.text is None:
+        return None
+    cells = raw.text[column]
+    marked = cells.isin(MISSING_MARKERS).to_numpy()
+    if not marked.any():
+        return None
+    count = int(marked.sum())
+    rows = [int(i) + 1 for i in np.flatnonzero(marked)[:_ROWS_SHOWN]]
+    shown = ", ".join(map(str, rows)) + (", ..." if count > len(rows) else "")
+    values = cells[marked].value_counts()
+    spelled = ", ".join(f"{v!r} x{n}" for v, n in values.items())
+    found = f"{count} missing-value marker(s) ({spelled}) in {raw.origin}, at row(s) {shown}"
+    if kind == FeatureKind.CATEGORICAL:
+        return f"categorical feature {column!r}: {found}; read as missing (its own category)"
+    if column in spec.features.allow_missing:
+        return (
+            f"{kind.value} feature {column!r}: {found}; read as missing and imputed "
+            f"({spec.preprocessing.impute}) as features.allow_missing says"
+        )
+    raise DataError(
+        f"{kind.value} feature {column!r} has {found}. Nothing is read as missing unless the "
+        f"spec allows it: fix the data, or add it to the spec's features.allow_missing "
+        f'(allow_missing = ["{column}"]) to impute those values'
+    )
 
 
 def infer_task(y: pd.Series[Any]) -> Task:
@@ -184,7 +264,8 @@ def fingerprint(X: pd.DataFrame, y: pd.Series[Any]) -> str:
 
 
 def load_dataset(spec: Spec) -> Dataset:
-    frame, origin = load_raw(spec)
+    raw = _load(spec)
+    frame, origin = raw.frame, raw.origin
     target = spec.dataset.target
     if frame.empty or len(frame.columns) == 0:
         raise DataError(f"dataset {origin} has no rows")
@@ -204,7 +285,15 @@ def load_dataset(spec: Spec) -> Dataset:
         columns = list(spec.features.include)
     else:
         columns = [c for c in frame.columns if c != target]
-    columns = [c for c in columns if c not in set(spec.features.exclude)]
+    split_column = spec.split.group_column or spec.split.time_column
+    columns = [c for c in columns if c not in {*spec.features.exclude, split_column}]
+    if split_column is not None and split_column not in frame.columns:
+        raise DataError(f"split column {split_column!r} not found in {origin}")
+    if split_column is not None and frame[split_column].isna().any():
+        raise DataError(f"split column {split_column!r} has missing values in {origin}")
+    unknown = [c for c in spec.features.allow_missing if c not in columns]
+    if unknown:
+        raise DataError(f"features.allow_missing names {unknown}, which are not features")
     missing = [c for c in [*columns, *spec.features.kinds] if c not in frame.columns]
     if missing:
         raise DataError(f"feature column(s) {missing} not found in {origin}")
@@ -216,29 +305,42 @@ def load_dataset(spec: Spec) -> Dataset:
         raise DataError(f"dataset {origin} has only {len(frame)} rows; need at least 10")
 
     kinds: dict[str, FeatureKind] = {}
+    notes: list[str] = []
     X = pd.DataFrame(index=frame.index)
     for col in columns:
         kind = spec.features.kinds.get(col) or _infer_kind(frame[col])
+        note = _check_markers(spec, raw, col, kind)
+        if note is not None:
+            notes.append(note)
         kinds[str(col)] = kind
         X[str(col)] = _coerce(frame[col], kind)
-    warnings = tuple(
+    notes.extend(
         f"categorical feature {col!r} has {X[col].nunique()} distinct values in {len(X)} rows; "
         "if it is an id or free text, exclude it (features.exclude)"
         for col, kind in kinds.items()
         if kind == FeatureKind.CATEGORICAL and X[col].nunique() > max(50, len(X) // 2)
     )
+    warnings = tuple(notes)
     if isinstance(y.dtype, pd.StringDtype) or y.dtype == object:
         y = y.astype(str)
     X = X.reset_index(drop=True)
     y = y.reset_index(drop=True).rename(target)
+    split_by = None if split_column is None else frame[split_column].reset_index(drop=True)
     return Dataset(
-        X=X, y=y, kinds=kinds, origin=origin, fingerprint=fingerprint(X, y), warnings=warnings
+        X=X,
+        y=y,
+        kinds=kinds,
+        origin=origin,
+        fingerprint=fingerprint(X, y),
+        warnings=warnings,
+        split_by=split_by,
     )
 
 
 def infer_csv_task(path: Path, target: str) -> Task:
     """The task an ad-hoc CSV's target implies (see infer_task)."""
-    frame, origin = _load_csv(path)
+    raw = _load_csv(path)
+    frame, origin = raw.frame, raw.origin
     if target not in frame.columns:
         raise DataError(
             f"target column {target!r} not found in {origin}; columns are: "

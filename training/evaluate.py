@@ -1,12 +1,14 @@
-"""Holdout metrics for classifiers and regressors."""
+"""Metrics for classifiers and regressors: on the holdout, and per cross-validation fold."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from serving.store import Task
 
@@ -50,3 +52,37 @@ def evaluate(model: Any, X: Any, y: Any, task: Task) -> Evaluation:
                 skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)
             )
     return Evaluation(values, y_true, y_pred, proba, classes)
+
+
+FoldScores = dict[str, list[float]]
+"""Metric name -> its value on each fold, in fold order (metrics computable on every fold)."""
+
+
+def cross_validate(
+    estimator: Any,
+    X: pd.DataFrame,
+    y: npt.NDArray[Any],
+    folds: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]],
+    task: Task,
+    to_input: Callable[[pd.DataFrame], Any],
+) -> FoldScores:
+    """Fit a fresh clone of ``estimator`` on each fold's fitting rows and score the rest."""
+    from sklearn.base import clone
+
+    per_fold: list[dict[str, float]] = []
+    for fit_rows, validate_rows in folds:
+        model = clone(estimator)
+        model.fit(to_input(X.iloc[fit_rows]), y[fit_rows])
+        held_out = to_input(X.iloc[validate_rows])
+        per_fold.append(evaluate(model, held_out, y[validate_rows], task).metrics)
+    common = set.intersection(*(set(m) for m in per_fold)) if per_fold else set()
+    return {name: [m[name] for m in per_fold] for name in sorted(common)}
+
+
+def summary(scores: FoldScores, prefix: str = "cv_") -> dict[str, float]:
+    """``cv_<metric>_mean`` and ``cv_<metric>_std`` (sample std over folds) for the manifest."""
+    out: dict[str, float] = {}
+    for name, values in scores.items():
+        out[f"{prefix}{name}_mean"] = float(np.mean(values))
+        out[f"{prefix}{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return out

@@ -119,25 +119,41 @@ def holdout_rows(metrics: dict[str, float]) -> list[str]:
 def comparison_rows(
     metrics: dict[str, float], extra_rows: Sequence[Sequence[str]] = ()
 ) -> list[str]:
-    """The "Baseline and cross-validation" table: per holdout metric, its baseline
-    (``baseline_<metric>``) and cross-validation figures (``cv_<metric>_mean`` and
-    ``cv_<metric>_std``) where the metrics hold them, then ``extra_rows`` as given (cells:
-    metric, holdout, baseline, cross-validation). Empty when there is nothing to show."""
+    """The "Baseline and cross-validation" table: per holdout metric, its baseline on the
+    holdout (``baseline_<metric>``, with the baseline's cross-validation
+    ``baseline_cv_<metric>_mean`` ± ``_std`` where present) and the model's cross-validation
+    (``cv_<metric>_mean`` ± ``cv_<metric>_std``), then ``extra_rows`` as given (cells: metric,
+    holdout, baseline, cross-validation). Empty when there is nothing to show."""
+
+    def spread(prefix: str, key: str) -> str:
+        mean = metrics.get(f"{prefix}{key}_mean")
+        std = metrics.get(f"{prefix}{key}_std")
+        if mean is None:
+            return ""
+        return f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
     rows: list[str] = []
+    known: set[str] = set()
     for key, value in sorted(metrics.items()):
         if _is_comparison(key):
             continue
-        baseline = metrics.get(f"{BASELINE_PREFIX}{key}")
-        mean = metrics.get(f"{CV_PREFIX}{key}_mean")
-        std = metrics.get(f"{CV_PREFIX}{key}_std")
-        if baseline is None and mean is None:
+        names = {
+            f"{BASELINE_PREFIX}{key}",
+            *(
+                f"{p}{key}_{s}"
+                for p in (CV_PREFIX, f"{BASELINE_PREFIX}{CV_PREFIX}")
+                for s in ("mean", "std")
+            ),
+        }
+        known |= names
+        if not names & set(metrics):
             continue
-        cv = "" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+        baseline = metrics.get(f"{BASELINE_PREFIX}{key}")
         base = "" if baseline is None else f"{baseline:.4f}"
-        rows.append(f"| {key} | {value:.4f} | {base} | {cv} |")
-    known = {f"{BASELINE_PREFIX}{k}" for k in metrics} | {
-        f"{CV_PREFIX}{k}_{s}" for k in metrics for s in ("mean", "std")
-    }
+        base_cv = spread(f"{BASELINE_PREFIX}{CV_PREFIX}", key)
+        if base_cv:
+            base = f"{base} (cross-validation {base_cv})".strip()
+        rows.append(f"| {key} | {value:.4f} | {base} | {spread(CV_PREFIX, key)} |")
     for key, value in sorted(metrics.items()):  # comparison figures of no holdout metric
         if _is_comparison(key) and key not in known:
             rows.append(f"| {key} |  | {value:.4f} |  |")

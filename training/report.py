@@ -190,6 +190,7 @@ def write_report(
     features: list[Feature],
     context: dict[str, Any],
     holdout: Any = None,
+    all_metrics: dict[str, float] | None = None,
     extra_comparison_rows: Sequence[Sequence[str]] = (),
 ) -> list[str]:
     """Write metrics.json, importance.json, plots and model_card.md into ``out``; return the
@@ -197,9 +198,10 @@ def write_report(
 
     ``holdout``: the holdout rows as the pipeline takes them (permutation importance shuffles
     its columns; without it the card has no permutation importance).
-    ``extra_comparison_rows``: more rows for the card's "Baseline and cross-validation"
-    table (cells: metric, holdout, baseline, cross-validation), which already shows any
-    ``baseline_<metric>``, ``cv_<metric>_mean`` and ``cv_<metric>_std`` in the metrics.
+    ``all_metrics``: the manifest's metrics (default: the holdout's); the card's "Baseline and
+    cross-validation" table shows their ``baseline_<metric>``, ``baseline_cv_<metric>_mean``
+    / ``_std`` and ``cv_<metric>_mean`` / ``_std``. ``extra_comparison_rows``: more rows for
+    that table (cells: metric, holdout, baseline, cross-validation).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(
@@ -263,7 +265,7 @@ def write_report(
     )
     card = render(
         facts,
-        metrics=evaluation.metrics,
+        metrics={**(all_metrics or {}), **evaluation.metrics},
         features=features,
         plots=plots,
         onnx=context.get("onnx"),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import platform
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -26,25 +28,39 @@ from serving.store import (
     Target,
     Task,
 )
-from training import onnx_export
-from training.datasets import Dataset, load_dataset
-from training.evaluate import evaluate
-from training.gate import GateDecision, decide
+from training import gate, onnx_export
+from training.datasets import DataError, Dataset, load_dataset
+from training.evaluate import FoldScores, cross_validate, evaluate, summary
+from training.folds import Splits, make_splits
+from training.gate import Comparison, GateDecision
 from training.pipeline import build_pipeline, import_estimator, task_of
 from training.report import write_report
-from training.spec import CLASSIFICATION_METRICS, METRICS_HIGHER_IS_BETTER, Spec
+from training.search import SearchOutcome, run_search
+from training.spec import CLASSIFICATION_METRICS, METRICS_HIGHER_IS_BETTER, Spec, SpecError
 
 Echo = Callable[[str], None]
+
+
+OUTCOME_KEY = "outcome"
+"""Key of ``Manifest.spec`` that holds what training found rather than what the spec asked
+(folds, baseline, search results, the gate's reason); spec comparisons leave it out."""
+EVALUATION_FILE = "evaluation.json"
+"""In the report folder: holdout metrics, every fold score, the gate's comparisons."""
+SEARCH_FILE = "search_results.csv"
+"""In the report folder of a searched version: one row per candidate, best first."""
 
 
 @dataclass(frozen=True)
 class TrainResult:
     name: str
     version: int
+    """The new version, or production's when the run was identical to it."""
     promoted: bool
     manifest: Manifest
     decision: GateDecision
     path: Path
+    identical: bool = False
+    """Same data, spec and metrics as production: nothing was written."""
 
 
 @contextlib.contextmanager
@@ -167,6 +183,104 @@ def resolve_task(spec: Spec) -> Task:
     return task_of(import_estimator(spec.estimator.class_))
 
 
+def _baselines(task: Task, seed: int) -> dict[str, Any]:
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    if task == Task.REGRESSION:
+        return {"mean": DummyRegressor(strategy="mean")}
+    # most_frequent is the bar for accuracy (and scores every ranking metric at chance);
+    # stratified guesses score higher on macro F1, where most_frequent leaves classes empty.
+    return {
+        "most_frequent": DummyClassifier(strategy="most_frequent"),
+        "stratified": DummyClassifier(strategy="stratified", random_state=seed),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+def _identical(
+    prod: Manifest, spec_dict: dict[str, Any], fp: str, metrics: dict[str, float]
+) -> bool:
+    recorded = {k: v for k, v in prod.spec.items() if k != OUTCOME_KEY}
+    return (
+        prod.data_fingerprint == fp
+        and recorded == spec_dict
+        and set(prod.metrics) == set(metrics)
+        and all(abs(prod.metrics[k] - v) <= 1e-12 for k, v in metrics.items())
+    )
+
+
+def _production_scores(
+    store: ModelStore,
+    name: str,
+    signature: tuple[Task, str, list[str]],
+    X_train: pd.DataFrame,
+    y_train: np.ndarray[Any, Any],
+    splits: Splits,
+    to_input: Callable[[pd.DataFrame], Any],
+    echo: Echo,
+) -> tuple[Manifest | None, FoldScores | None]:
+    """Production's pipeline refitted on the candidate's folds, when its inputs match."""
+    current = store.production(name)
+    if current is None:
+        return None, None
+    manifest, model = store.load_model(name, current)
+    if (manifest.task, manifest.input_format, manifest.feature_names) != signature:
+        echo(f"    production v{current} takes other inputs; not refitted on these folds")
+        return manifest, None
+    try:
+        return manifest, cross_validate(
+            model, X_train, y_train, splits.folds, task=manifest.task, to_input=to_input
+        )
+    except (ValueError, TypeError) as exc:  # e.g. missing values its pipeline never imputed
+        echo(f"    production v{current} could not be refitted on these folds: {exc}")
+        return manifest, None
+
+
+def _versus_production(
+    spec: Spec,
+    prod: Manifest,
+    prod_scores: FoldScores | None,
+    cv: FoldScores,
+    metrics: dict[str, float],
+    primary: str,
+    splits: Splits,
+) -> Comparison:
+    higher = METRICS_HIGHER_IS_BETTER[primary]
+    against = f"production v{prod.version}"
+    margin = spec.evaluation.tolerance
+    if prod_scores is not None and primary in prod_scores:
+        return gate.paired(
+            against,
+            primary,
+            cv[primary],
+            prod_scores[primary],
+            significance=spec.evaluation.significance,
+            validate_to_fit=splits.validate_to_fit,
+            higher_is_better=higher,
+            margin=margin,
+        )
+    mean, std = f"cv_{primary}_mean", f"cv_{primary}_std"
+    if mean in prod.metrics and std in prod.metrics:
+        return gate.unpaired(
+            against,
+            primary,
+            (metrics[mean], metrics[std]),
+            (prod.metrics[mean], prod.metrics[std]),
+            k=len(splits.folds),
+            significance=spec.evaluation.significance,
+            validate_to_fit=splits.validate_to_fit,
+            higher_is_better=higher,
+            margin=margin,
+        )
+    old = prod.metrics.get(primary, float("-inf") if higher else float("inf"))
+    return gate.holdout_only(
+        against, primary, metrics[primary], old, higher_is_better=higher, margin=margin
+    )
+
+
 def train(
     spec: Spec,
     store: ModelStore,
@@ -177,18 +291,15 @@ def train(
     """Train ``spec`` into ``store``; promote when the gate allows (or ``force_promote``).
 
     Every input problem raises before anything is written; the new version becomes visible
-    only once it is complete.
+    only once it is complete. A run whose data fingerprint, spec and metrics all equal
+    production's writes nothing (unless forced) and returns ``identical=True``.
     """
-    from sklearn.model_selection import train_test_split
-
     echo(f"[{spec.name}] training {spec.estimator.class_}")
     task = resolve_task(spec)
     primary = spec.evaluation.primary_metric or (
         "f1_macro" if task == Task.CLASSIFICATION else "rmse"
     )
     if (primary in CLASSIFICATION_METRICS) != (task == Task.CLASSIFICATION):
-        from training.spec import SpecError
-
         raise SpecError(f"primary metric {primary!r} does not apply to {task.value}")
 
     with _stage(echo, "load"):
@@ -199,19 +310,10 @@ def train(
     if task == Task.CLASSIFICATION:
         counts = data.y.value_counts()
         if len(counts) < 2:
-            from training.datasets import DataError
-
             raise DataError(f"target {spec.dataset.target!r} has a single class; nothing to learn")
-    stratify = data.y if task == Task.CLASSIFICATION and spec.split.stratify else None
-    if stratify is not None and data.y.value_counts().min() < 2:
-        stratify = None  # a class with one row cannot be split both ways
-    X_train, X_test, y_train, y_test = train_test_split(
-        data.X,
-        data.y,
-        test_size=spec.split.test_size,
-        random_state=spec.split.seed,
-        stratify=stratify,
-    )
+    splits = make_splits(spec, data, task)
+    X_train, X_test = data.X.iloc[splits.train], data.X.iloc[splits.test]
+    y_train, y_test = data.y.iloc[splits.train], data.y.iloc[splits.test]
     features = feature_schema(data, X_train)
     nullable = {f.name for f in features if f.nullable}
     has_categorical = any(k == FeatureKind.CATEGORICAL for k in data.kinds.values())
@@ -220,19 +322,122 @@ def train(
     def model_input(frame: pd.DataFrame) -> Any:
         return frame if has_categorical else frame.to_numpy(dtype=np.float64)
 
+    y_fit = y_train.to_numpy()
+    searched: SearchOutcome | None = None
     with _stage(echo, "fit"):
         model = build_pipeline(spec, data.kinds, nullable)
-        model.fit(model_input(X_train), y_train.to_numpy())
+        if spec.search is not None:
+            searched = run_search(
+                spec.search, model, model_input(X_train), y_fit, splits.folds, primary=primary
+            )
+            model = searched.model
+            echo(
+                f"    {spec.search.kind} search over {len(searched.table)} candidates by "
+                f"{searched.scoring}: best {searched.best_params}"
+            )
+        else:
+            model.fit(model_input(X_train), y_fit)
+
+    with _stage(echo, "cross-validate"):
+        cv = cross_validate(model, X_train, y_fit, splits.folds, task, model_input)
+        if primary not in cv:
+            raise SpecError(f"primary metric {primary!r} could not be computed on every fold")
+        echo(f"    {splits.kind}: " + _spread(cv))
 
     with _stage(echo, "evaluate"):
         evaluation = evaluate(model, model_input(X_test), y_test, task)
         if primary not in evaluation.metrics:
-            from training.spec import SpecError
-
             raise SpecError(f"primary metric {primary!r} could not be computed on the holdout")
-        echo("    " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(evaluation.metrics.items())))
+        echo(
+            "    holdout: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in sorted(evaluation.metrics.items()))
+        )
+
+    with _stage(echo, "baseline"):
+        higher = METRICS_HIGHER_IS_BETTER[primary]
+        tried = {
+            label: cross_validate(dummy, X_train, y_fit, splits.folds, task, model_input)
+            for label, dummy in _baselines(task, spec.split.seed).items()
+        }
+        usable = {k: v for k, v in tried.items() if primary in v}
+        strategy = (max if higher else min)(usable, key=lambda k: _mean(usable[k][primary]))
+        baseline_cv = usable[strategy]
+        dummy = _baselines(task, spec.split.seed)[strategy].fit(model_input(X_train), y_fit)
+        baseline_holdout = evaluate(dummy, model_input(X_test), y_test, task).metrics
+        echo(f"    {strategy}: " + _spread(baseline_cv))
+
+    metrics: dict[str, float] = {
+        **evaluation.metrics,
+        **summary(cv),
+        **{f"baseline_{k}": v for k, v in baseline_holdout.items()},
+        **summary(baseline_cv, prefix="baseline_cv_"),
+    }
+    spec_dict = spec.to_dict()
+    current = store.production(spec.name)
+    if current is not None:
+        prod_manifest = store.manifest(spec.name, current)
+        if _identical(prod_manifest, spec_dict, data.fingerprint, metrics):
+            echo(f"    identical to production v{current} (same data, spec and metrics)")
+            if not force_promote:
+                return TrainResult(
+                    name=spec.name,
+                    version=current,
+                    promoted=False,
+                    manifest=prod_manifest,
+                    decision=GateDecision(
+                        False, f"identical to production v{current}", prod_manifest
+                    ),
+                    path=store.version_path(spec.name, current),
+                    identical=True,
+                )
+
+    with _stage(echo, "gate"):
+        versus_baseline = gate.paired(
+            f"the trivial baseline ({strategy})",
+            primary,
+            cv[primary],
+            baseline_cv[primary],
+            higher_is_better=higher,
+            margin=0.0,
+            significance=spec.evaluation.significance,
+            validate_to_fit=splits.validate_to_fit,
+        )
+        prod, prod_scores = _production_scores(
+            store,
+            spec.name,
+            (task, input_format, list(data.kinds)),
+            X_train,
+            y_fit,
+            splits,
+            model_input,
+            echo,
+        )
+        versus = (
+            None
+            if prod is None
+            else _versus_production(spec, prod, prod_scores, cv, metrics, primary, splits)
+        )
+        decision = gate.decide(
+            versus_baseline, prod, versus, None if prod_scores is None else summary(prod_scores)
+        )
+        echo(f"    {decision.reason}")
 
     classes = [_scalar(c) for c in model.classes_] if task == Task.CLASSIFICATION else None
+    outcome: dict[str, Any] = {
+        "cv": splits.kind,
+        "folds": len(splits.folds),
+        "baseline": strategy,
+        "gate": decision.reason,
+        "forced": force_promote and not decision.promote,
+        "search": None
+        if searched is None
+        else {
+            "kind": spec.search.kind if spec.search else None,
+            "scoring": searched.scoring,
+            "best_params": searched.best_params,
+            "results": searched.table,
+        },
+    }
     fields: dict[str, Any] = {
         "created": datetime.now(UTC),
         "task": task,
@@ -240,10 +445,10 @@ def train(
         "features": features,
         "target": Target(name=spec.dataset.target, classes=classes),
         "estimator": spec.estimator.class_,
-        "metrics": evaluation.metrics,
+        "metrics": metrics,
         "primary_metric": primary,
-        "higher_is_better": METRICS_HIGHER_IS_BETTER[primary],
-        "spec": spec.to_dict(),
+        "higher_is_better": higher,
+        "spec": {**spec_dict, OUTCOME_KEY: outcome},
         "data_fingerprint": data.fingerprint,
         "n_train_rows": len(X_train),
         "n_test_rows": len(X_test),
@@ -274,13 +479,22 @@ def train(
                     "onnx": onnx,
                 },
                 holdout=model_input(X_test),
+                all_metrics=metrics,
             )
+            _write_evaluation(
+                staged.report_dir,
+                holdout=evaluation.metrics,
+                folds={"candidate": cv, strategy: baseline_cv, "production": prod_scores},
+                decision=decision,
+                outcome=outcome,
+            )
+            if searched is not None:
+                _write_search_table(staged.report_dir / SEARCH_FILE, searched.table)
         assert staged.version is not None
         version = staged.version
         echo(f"    wrote {staged.path}")
 
     manifest = store.manifest(spec.name, version)
-    decision = decide(store, manifest, tolerance=spec.evaluation.tolerance)
     promoted = decision.promote or force_promote
     if promoted:
         store.promote(spec.name, version)
@@ -292,3 +506,49 @@ def train(
         decision=decision,
         path=staged.path,
     )
+
+
+def _spread(scores: FoldScores) -> str:
+    return ", ".join(
+        f"{k}={np.mean(v):.4f}±{np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"
+        for k, v in sorted(scores.items())
+    )
+
+
+def _write_evaluation(
+    out: Path,
+    *,
+    holdout: dict[str, float],
+    folds: dict[str, FoldScores | None],
+    decision: GateDecision,
+    outcome: dict[str, Any],
+) -> None:
+    """Every fold score behind the gate's decision, next to the holdout figures."""
+    comparisons = [c for c in (decision.baseline, decision.versus_production) if c is not None]
+    body = {
+        "holdout": holdout,
+        "cv": outcome["cv"],
+        "folds": {k: v for k, v in folds.items() if v is not None},
+        "gate": {
+            "promote": decision.promote,
+            "reason": decision.reason,
+            "comparisons": [{**asdict(c), "better": c.better} for c in comparisons],
+        },
+    }
+    (out / EVALUATION_FILE).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+def _write_search_table(path: Path, table: list[dict[str, Any]]) -> None:
+    names = sorted({k for row in table for k in row["params"]})
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["rank", "mean_test_score", "std_test_score", *names])
+        for row in table:
+            writer.writerow(
+                [
+                    row["rank"],
+                    repr(row["mean_test_score"]),
+                    repr(row["std_test_score"]),
+                    *(row["params"].get(n, "") for n in names),
+                ]
+            )

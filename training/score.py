@@ -38,6 +38,7 @@ from serving.runtime import LoadedModel, RuntimeName, RuntimePolicy, load
 from serving.store import Manifest, ModelStore, StoreError, Task
 from training import csv_text
 from training.csv_rows import EncodedChunk, RowErrors, encode_chunk, read_dtypes
+from training.datasets import MISSING_MARKERS
 
 DEFAULT_CHUNK_ROWS = 50_000
 """Rows per chunk: large enough that per-chunk overheads vanish (reading, one runtime call),
@@ -148,6 +149,9 @@ def _chunks(path: Path, manifest: Manifest, chunk_rows: int) -> Iterator[_Chunk]
                 raw,
                 dtype=read_dtypes(manifest.features),
                 skipinitialspace=True,
+                # The cells training reads as missing, and only those.
+                keep_default_na=False,
+                na_values=sorted(MISSING_MARKERS),
                 chunksize=chunk_rows,
                 # Whole chunks at once: no mixed-type columns inside a chunk (and no warning).
                 low_memory=False,

@@ -56,6 +56,10 @@ class FeaturesSection(_Section):
     """Columns to drop (ids, leaky columns)."""
     kinds: dict[str, FeatureKind] = Field(default_factory=dict)
     """Override the inferred kind of a column (numeric, integer, boolean, categorical)."""
+    allow_missing: list[str] = Field(default_factory=list)
+    """Numeric, integer or boolean columns whose missing-value markers (empty, ``NA``, ``n/a``,
+    ``null``, ``NaN``, ``?``, ...) are read as missing and imputed; in any other such column a
+    marker refuses the data, so nothing becomes missing without the spec saying so."""
 
 
 class EstimatorSection(_Section):
@@ -77,7 +81,38 @@ class SplitSection(_Section):
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 42
     stratify: bool = True
-    """Stratify the holdout by class (classification only)."""
+    """Stratify the holdout and the folds by class (classification only)."""
+    folds: int = Field(5, ge=2, le=50)
+    """Cross-validation folds on the training part (the holdout is never in them)."""
+    group_column: str | None = None
+    """Rows sharing a value of this column stay on one side of every split (GroupKFold); the
+    column is not a feature."""
+    time_column: str | None = None
+    """Rows are ordered by this column: the holdout is the latest ``test_size`` share and the
+    folds are time-ordered (TimeSeriesSplit, each fold validated on rows later than its
+    training rows); the column is not a feature."""
+
+    @model_validator(mode="after")
+    def _one_ordering(self) -> SplitSection:
+        if self.group_column is not None and self.time_column is not None:
+            raise ValueError("give at most one of split.group_column and split.time_column")
+        return self
+
+
+class Distribution(_Section):
+    """A random search's distribution for one parameter."""
+
+    distribution: Literal["uniform", "loguniform", "randint"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if not self.low < self.high:
+            raise ValueError("a distribution needs low < high")
+        if self.distribution == "loguniform" and self.low <= 0:
+            raise ValueError("a loguniform distribution needs low > 0")
+        return self
 
 
 class EvaluationSection(_Section):
@@ -86,8 +121,44 @@ class EvaluationSection(_Section):
     primary_metric: str | None = None
     """Metric the promotion gate compares; default f1_macro (classification) or rmse."""
     tolerance: float = Field(0.0, ge=0.0)
-    """A new version is promoted when its primary metric is at most this much worse than
-    production's (absolute difference)."""
+    """The smallest improvement of the primary metric (absolute, mean over folds) worth a
+    promotion; a candidate must also beat production beyond fold noise (training/gate.py)."""
+    significance: float = Field(0.05, gt=0.0, lt=0.5)
+    """Level of the one-sided paired test over folds that the gate applies."""
+
+
+class SearchSection(_Section):
+    """A hyper-parameter search around the spec's estimator; the best candidate is trained."""
+
+    kind: Literal["grid", "random"] = "grid"
+    n_iter: int = Field(10, ge=1)
+    """Candidates drawn by a random search."""
+    scoring: str | None = None
+    """Metric the search ranks by (one of the metric names); default: the primary metric."""
+    seed: int = 0
+    """Seed of a random search's draws."""
+    params: dict[str, list[Any] | Distribution]
+    """Pipeline parameter names (``model__C``; a name without ``__`` is the estimator's) to
+    lists of values, or (random search) distributions."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSection:
+        if not self.params:
+            raise ValueError("search.params is empty")
+        for name, values in self.params.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"search.params.{name} is an empty list")
+            if self.kind == "grid" and not isinstance(values, list):
+                raise ValueError(
+                    f"search.params.{name}: a grid search takes lists of values; "
+                    'distributions need kind = "random"'
+                )
+        if self.scoring is not None and self.scoring not in METRICS_HIGHER_IS_BETTER:
+            raise ValueError(
+                f"search.scoring {self.scoring!r} is not one of "
+                f"{', '.join(sorted(METRICS_HIGHER_IS_BETTER))}"
+            )
+        return self
 
 
 class Spec(_Section):
@@ -101,6 +172,7 @@ class Spec(_Section):
     preprocessing: PreprocessingSection = PreprocessingSection()
     split: SplitSection = SplitSection()
     evaluation: EvaluationSection = EvaluationSection()
+    search: SearchSection | None = None
     base_dir: str = Field(".", exclude=True)
     """Folder relative dataset paths resolve against (the spec file's folder)."""
 
@@ -181,20 +253,66 @@ def shipped_spec(name: str) -> Spec:
     return load_spec(path)
 
 
-def adhoc_csv_spec(data: Path, target: str, task: Task, name: str | None) -> Spec:
-    """A spec for ``make train DATA=file.csv TARGET=column``: a random forest with defaults."""
+# Short names for ``make train DATA=... TARGET=... ESTIMATOR=name``: (classifier, regressor)
+# import paths and their parameters; None where the name has no such variant.
+ESTIMATORS: dict[str, tuple[str | None, str | None, dict[str, Any]]] = {
+    "random_forest": (
+        "sklearn.ensemble.RandomForestClassifier",
+        "sklearn.ensemble.RandomForestRegressor",
+        {"n_estimators": 100, "random_state": 0},
+    ),
+    "extra_trees": (
+        "sklearn.ensemble.ExtraTreesClassifier",
+        "sklearn.ensemble.ExtraTreesRegressor",
+        {"n_estimators": 100, "random_state": 0},
+    ),
+    "gradient_boosting": (
+        "sklearn.ensemble.GradientBoostingClassifier",
+        "sklearn.ensemble.GradientBoostingRegressor",
+        {"random_state": 0},
+    ),
+    "hist_gradient_boosting": (
+        "sklearn.ensemble.HistGradientBoostingClassifier",
+        "sklearn.ensemble.HistGradientBoostingRegressor",
+        {"random_state": 0},
+    ),
+    "logistic_regression": ("sklearn.linear_model.LogisticRegression", None, {"max_iter": 1000}),
+    "linear_regression": (None, "sklearn.linear_model.LinearRegression", {}),
+    "ridge": (None, "sklearn.linear_model.Ridge", {}),
+    "knn": (
+        "sklearn.neighbors.KNeighborsClassifier",
+        "sklearn.neighbors.KNeighborsRegressor",
+        {},
+    ),
+}
+DEFAULT_ESTIMATOR = "random_forest"
+
+
+def estimator_names(task: Task) -> list[str]:
+    """The short estimator names that exist for ``task``."""
+    slot = 0 if task == Task.CLASSIFICATION else 1
+    return [name for name, entry in ESTIMATORS.items() if entry[slot] is not None]
+
+
+def adhoc_csv_spec(
+    data: Path, target: str, task: Task, name: str | None, estimator: str | None = None
+) -> Spec:
+    """A spec for ``make train DATA=file.csv TARGET=column [ESTIMATOR=name]`` with defaults."""
     model_name = name or _slug(data.stem)
-    estimator = (
-        "sklearn.ensemble.RandomForestRegressor"
-        if task == Task.REGRESSION
-        else "sklearn.ensemble.RandomForestClassifier"
-    )
+    short = estimator or DEFAULT_ESTIMATOR
+    entry = ESTIMATORS.get(short)
+    path = None if entry is None else entry[0 if task == Task.CLASSIFICATION else 1]
+    if entry is None or path is None:
+        raise SpecError(
+            f"unknown estimator {short!r} for {task.value}; choose one of: "
+            + ", ".join(estimator_names(task))
+        )
     return parse_spec(
         {
             "name": model_name,
             "description": f"Ad-hoc model trained from {data.name}, target {target!r}.",
             "dataset": {"path": str(data.resolve()), "target": target},
-            "estimator": {"class": estimator, "params": {"n_estimators": 100, "random_state": 0}},
+            "estimator": {"class": path, "params": dict(entry[2])},
             "evaluation": {"task": task.value},
         },
         origin=f"ad-hoc spec for {data}",

@@ -57,7 +57,7 @@ class InferenceService:
             request_id, binary_output = plain.id, False
             wanted, rows = signature.wanted(plain.outputs), plain.rows
         else:
-            request = parse_document(document, binary, header_length)
+            request = parse_document(document, binary, header_length, signature.max_elements)
             request_id, binary_output = request.id, request.binary_output
             wanted = signature.wanted(request.outputs)
             rows = signature.rows(request.inputs)

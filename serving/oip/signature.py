@@ -84,6 +84,9 @@ class Signature:
         self.max_rows = max_rows
         self.features = manifest.features
         self.width = len(self.features)
+        # Twice what a valid request holds: just beyond, the checks of the rows explain better.
+        self.max_elements = 2 * max_rows * max(1, self.width)
+        """Inputs of one request with more elements are refused before they are decoded."""
         self.index = {f.name: i for i, f in enumerate(self.features)}
         # A feature named like the 2-D tensor would make one-tensor requests ambiguous.
         self.matrix_ok = MATRIX_INPUT not in self.index and all(

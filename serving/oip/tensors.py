@@ -9,10 +9,11 @@ each a 4-byte little-endian length followed by that many bytes. Responses work t
 for outputs asked for in binary (``binary_data`` per output, ``binary_data_output`` for all).
 
 Binary inputs are decoded with ``numpy.frombuffer`` (no copy, no per-element Python), BYTES
-by regular expressions when they repeat a few values (categories), else by walking their
-framing. Responses put numeric outputs in binary straight from their arrays, and in JSON
-through orjson's own numpy support. Every problem is an ``InvalidInputError`` (or its
-``MalformedRequestError`` for framing and JSON syntax) whose message says where.
+by a regular expression when their elements have a few distinct lengths (categories), else
+by walking their framing. Responses put numeric outputs in binary straight from their
+arrays, and in JSON through orjson's own numpy support. Every problem is an
+``InvalidInputError`` (or its ``MalformedRequestError`` for framing and JSON syntax) whose
+message says where.
 """
 
 from __future__ import annotations
@@ -123,10 +124,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON part and the binary part of a request body."""
     if header_length is None:
         return body, memoryview(b"")
-    text = header_length.strip()
-    if not text.isdigit() or len(text) > 12:
+    # ASCII digits only: str.isdigit also takes "²" and other digits int() refuses.
+    text = header_length.strip(" \t")
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise _malformed(
-            f"the Inference-Header-Content-Length header must be a byte count, not {text[:40]!r}"
+            "the Inference-Header-Content-Length header must be a byte count (ASCII digits), "
+            f"not {_shown(text)}"
         )
     length = int(text)
     if length > len(body):
@@ -154,10 +157,12 @@ def _flag(parameters: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_request(
+    body: bytes, header_length: str | None, max_elements: int = _MAX_ELEMENTS
+) -> InferRequest:
     """Decode an inference request body (JSON, with or without binary tensor data)."""
     head, binary = split_body(body, header_length)
-    return parse_document(decode_json(head), binary, header_length)
+    return parse_document(decode_json(head), binary, header_length, max_elements)
 
 
 def decode_json(head: bytes) -> Any:
@@ -168,8 +173,13 @@ def decode_json(head: bytes) -> Any:
         raise _malformed(f"the inference request is not valid JSON: {exc}") from None
 
 
-def parse_document(document: Any, binary: memoryview, header_length: str | None) -> InferRequest:
-    """An inference request from its decoded JSON part and its binary part."""
+def parse_document(
+    document: Any, binary: memoryview, header_length: str | None, max_elements: int = _MAX_ELEMENTS
+) -> InferRequest:
+    """An inference request from its decoded JSON part and its binary part. ``max_elements``:
+    the most elements its tensors may hold together, checked from their shapes before any
+    is decoded (decoding is event-loop work that grows with the elements, and a body of
+    empty BYTES elements holds millions)."""
     if not isinstance(document, dict):
         raise _bad("the inference request must be a JSON object")
     unknown = document.keys() - _REQUEST_FIELDS
@@ -188,10 +198,12 @@ def parse_document(document: Any, binary: memoryview, header_length: str | None)
         raise _bad("inputs must be a non-empty list of tensors")
     inputs: list[Tensor] = []
     offset = 0
+    budget = max_elements
     for i, raw in enumerate(raw_inputs):
-        tensor, size = _input(raw, i, binary, offset)
+        tensor, size = _input(raw, i, binary, offset, budget)
         inputs.append(tensor)
         offset += size
+        budget -= math.prod(tensor.shape)
     if offset != len(binary):
         if header_length is None:
             raise _bad("binary_data_size is given but there is no Inference-Header-Content-Length")
@@ -227,8 +239,9 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     return out
 
 
-def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, int]:
-    """One input tensor, and how many bytes of the binary part it used."""
+def _input(raw: Any, i: int, binary: memoryview, offset: int, budget: int) -> tuple[Tensor, int]:
+    """One input tensor, and how many bytes of the binary part it used; ``budget``: the most
+    elements it may have."""
     where = f"inputs[{i}]"
     if not isinstance(raw, dict):
         raise _bad(f"{where} must be an object with name, shape, datatype and data")
@@ -241,7 +254,9 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
         raise _bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise _bad(f"{where}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}")
+        raise _bad(
+            f"{where}: datatype {_shown(datatype)} is not one of {', '.join(sorted(DATATYPES))}"
+        )
     shape_raw = raw.get("shape")
     if (
         not isinstance(shape_raw, list)
@@ -253,6 +268,11 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, i
     count = math.prod(shape)
     if count > _MAX_ELEMENTS:
         raise _bad(f"{where}: shape {list(shape)} has too many elements")
+    if count > budget:
+        raise _bad(
+            f"{where}: shape {list(shape)} makes the inputs hold far more elements than this "
+            "model takes in one request (its features times the most rows per request)"
+        )
     parameters = _parameters(raw.get("parameters"), where)
     size = parameters.get("binary_data_size")
     has_data = "data" in raw
@@ -296,61 +316,87 @@ def _from_binary(
 
 _FEW_ELEMENTS = 256
 """Smaller BYTES tensors are walked element by element: as fast, and nothing to compile."""
-_MAX_DISTINCT = 32
-"""BYTES tensors with more distinct values than this are walked element by element."""
+_MAX_LENGTHS = 16
+"""BYTES tensors whose elements have more distinct lengths than this are walked."""
+_MAX_SPLIT_LENGTH = 1 << 16
+"""BYTES tensors with a longer element are walked (long texts are few per byte anyway)."""
+_LEARN = 64
+"""Elements walked in Python to learn lengths before each run at C speed."""
+_MAX_ROUNDS = 2
+"""Rounds of learning and running before the tensor is walked instead."""
 
 
 def _bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]:
     """The elements of a binary BYTES tensor, as text."""
     if count >= _FEW_ELEMENTS:
-        repeated = _repeated_texts(chunk, count)
-        if repeated is not None:
-            return repeated
+        split = _split_texts(chunk, count)
+        if split is not None:
+            return split
     return _walk_bytes_elements(chunk, count, where)
 
 
-def _repeated_texts(chunk: memoryview, count: int) -> list[str] | None:
-    """The elements of a BYTES tensor with few distinct values (e.g. categories), or None when
-    it is anything else (more distinct values, bad framing, not UTF-8, another count).
+def _split_texts(chunk: memoryview, count: int) -> list[str] | None:
+    """The elements of a BYTES tensor whose elements have few distinct lengths (categories,
+    identifiers), or None when it is anything else (more lengths, a long element, bad
+    framing, not UTF-8, another count).
 
-    Walking 10 000 length-prefixed elements in Python costs several milliseconds. Instead, the
-    distinct framed elements (length prefix + bytes) are learned one at a time, and a regular
-    expression matching any of them skips, at C speed, over the run of known elements that
-    follows; a final ``findall`` splits the whole tensor. Splitting a concatenation of known
-    framed elements this way is exact: at each boundary at most one of them can match (two
-    framed elements of one length differ in their bytes, of different lengths in their
-    prefix). Whatever is not certain returns None, and the caller walks the elements (which
+    Walking 10 000 length-prefixed elements in Python costs several milliseconds. Instead, a
+    regular expression splits the tensor at C speed: one alternative per distinct length,
+    its 4-byte prefix then that many bytes of anything. Splitting this way is exact: at each
+    boundary the prefix selects one alternative. The lengths are learned by walking a few
+    elements, then a starred pattern skips the run of elements of known lengths that
+    follows, for at most two rounds. The pattern depends on the lengths only, not on the
+    values, so its size and the number of compilations per request are bounded by
+    constants (and a client's values cannot make the compilation cost grow with their
+    size). Whatever is not certain returns None, and the caller walks the elements (which
     also says what is wrong)."""
     end = len(chunk)
-    framed: dict[bytes, str] = {}
+    prefixes: set[bytes] = set()
     position = 0
-    while position < end:
-        if framed:
-            run = re.compile(b"(?:" + _alternatives(framed) + b")*").match(chunk, position)
-            assert run is not None  # a starred pattern matches, if only the empty string
-            position = run.end()
+    for _ in range(_MAX_ROUNDS):
+        for _ in range(_LEARN):
             if position == end:
                 break
-        if len(framed) >= _MAX_DISTINCT or position + 4 > end:
+            if position + 4 > end:
+                return None
+            (length,) = _LENGTH.unpack_from(chunk, position)
+            if length > _MAX_SPLIT_LENGTH:
+                return None
+            prefixes.add(bytes(chunk[position : position + 4]))
+            position += 4 + length
+            if position > end:
+                return None
+        if len(prefixes) > _MAX_LENGTHS:
             return None
-        stop = position + 4 + _LENGTH.unpack_from(chunk, position)[0]
-        if stop > end:
-            return None
-        element = bytes(chunk[position:stop])
-        try:
-            framed[element] = element[4:].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        position = stop
-    elements = re.compile(_alternatives(framed)).findall(chunk) if framed else []
+        if position < end:
+            run = _length_pattern(frozenset(prefixes), b"*").match(chunk, position)
+            assert run is not None  # a starred pattern matches, if only the empty string
+            position = run.end()
+        if position == end:
+            break
+    else:
+        return None
+    # The walk and the runs went from boundary to boundary to the end: findall from the
+    # start meets the same boundaries.
+    elements = _length_pattern(frozenset(prefixes), b"").findall(chunk) if prefixes else []
     if len(elements) != count:
         return None
-    return list(map(framed.__getitem__, elements))
+    texts: dict[bytes, str] = {}
+    try:
+        for element in set(elements):
+            texts[element] = element[4:].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return list(map(texts.__getitem__, elements))
 
 
-def _alternatives(framed: Iterable[bytes]) -> bytes:
-    # Sorted, so that one set of values gives one pattern (re caches compiled patterns).
-    return b"|".join(re.escape(element) for element in sorted(framed))
+def _length_pattern(prefixes: frozenset[bytes], repeat: bytes) -> re.Pattern[bytes]:
+    """Any framed element with one of these length prefixes (``repeat``: ``*`` for a run).
+    Sorted, so that one set of lengths gives one pattern (re caches compiled patterns)."""
+    alternatives = b"|".join(
+        re.escape(prefix) + b".{%d}" % _LENGTH.unpack(prefix)[0] for prefix in sorted(prefixes)
+    )
+    return re.compile(b"(?s)(?:" + alternatives + b")" + repeat)
 
 
 def _walk_bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]:
@@ -374,13 +420,37 @@ def _walk_bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]
     return out
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    if not any(isinstance(x, list) for x in data):
+def _flatten(data: list[Any], depth: int, where: str) -> list[Any]:
+    """Nested lists, flat; nested at most ``depth`` deep (the shape's dimensions). A loop,
+    not recursion: JSON may nest deeper than Python recurses."""
+    if not any(type(x) is list for x in data):
         return data
     out: list[Any] = []
-    for x in data:
-        out.extend(_flatten(x) if isinstance(x, list) else [x])
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if type(x) is list:
+                if len(stack) >= depth:
+                    raise _bad(
+                        f"{where}: data is nested deeper than its shape's {depth} dimension(s)"
+                    )
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
     return out
+
+
+def _shown(value: Any) -> str:
+    """A value the client sent, for a message: short, and never a walk of nested containers
+    (their repr recurses, and JSON nests deeper than Python recurses)."""
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, dict):
+        return "a JSON object"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _from_json(
@@ -389,14 +459,14 @@ def _from_json(
     if not isinstance(data, list):
         raise _bad(f"{where}: data must be a list (flat or nested like the shape)")
     if datatype == BYTES:
-        flat = _flatten(data)
+        flat = _flatten(data, len(shape), where)
         if len(flat) != count:
             raise _bad(
                 f"{where}: shape {list(shape)} needs {count} elements but data has {len(flat)}"
             )
         for i, value in enumerate(flat):
             if not isinstance(value, str):
-                raise _bad(f"{where}: BYTES element {i} must be a string, not {value!r:.40}")
+                raise _bad(f"{where}: BYTES element {i} must be a string, not {_shown(value)}")
         return flat
     try:
         array = np.array(data)

@@ -18,25 +18,35 @@ from starlette.responses import Response
 from serving.errors import NotReadyError
 from serving.lifecycle import Lifecycle
 from serving.schemas import ErrorResponse
+from serving.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token (SERVEWELL_ADMIN_TOKEN).")
 
 
-def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Lifecycle:
-    """The lifecycle of the running service, for a caller that holds the admin token."""
-    settings = request.app.state.settings
-    if not settings.admin_enabled:
-        raise HTTPException(404, "the admin API is disabled (no admin token is configured)")
-    secret: str = settings.admin_token.get_secret_value()
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def check_token(
+    settings: Settings, credentials: HTTPAuthorizationCredentials | None, what: str
+) -> None:
+    """Refuse a caller without the admin token (401) or with another one (403); ``what``
+    needs the token, for the message."""
+    assert settings.admin_token is not None
+    secret = settings.admin_token.get_secret_value()
     if credentials is None:
         raise HTTPException(
-            401, "the admin API needs a bearer token", headers={"WWW-Authenticate": "Bearer"}
+            401, f"{what} needs a bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
     if not hmac.compare_digest(credentials.credentials.encode(), secret.encode()):
         raise HTTPException(403, "the admin token is not valid")
+
+
+def require_admin(request: Request, credentials: CredentialsDep) -> Lifecycle:
+    """The lifecycle of the running service, for a caller that holds the admin token."""
+    settings: Settings = request.app.state.settings
+    if not settings.admin_enabled:
+        raise HTTPException(404, "the admin API is disabled (no admin token is configured)")
+    check_token(settings, credentials, "the admin API")
     lifecycle: Lifecycle | None = getattr(request.app.state, "lifecycle", None)
     if lifecycle is None:
         raise NotReadyError("the service is starting")

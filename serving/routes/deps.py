@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from serving.dataplane import DataPlane
 from serving.errors import NotReadyError
+from serving.routes.admin import CredentialsDep, check_token
+from serving.settings import Settings
 
 
 def get_dataplane(request: Request) -> DataPlane:
@@ -18,3 +21,41 @@ def get_dataplane(request: Request) -> DataPlane:
 
 
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+
+
+def protect_info(request: Request, credentials: CredentialsDep) -> None:
+    """With ``protect_info``, only a caller with the admin token may go on."""
+    settings: Settings = request.app.state.settings
+    if settings.protect_info:
+        check_token(settings, credentials, "this endpoint (SERVEWELL_PROTECT_INFO)")
+
+
+def holds_token(request: Request, credentials: CredentialsDep) -> bool:
+    """Whether the caller may see details ``protect_info`` hides: always without the
+    setting; with it, only with the admin token (a wrong token is a 403, no token False)."""
+    settings: Settings = request.app.state.settings
+    if not settings.protect_info:
+        return True
+    if credentials is None:
+        return False
+    check_token(settings, credentials, "")
+    return True
+
+
+InfoAccess = Depends(protect_info)
+"""For ``dependencies=[...]`` of the routes that ``protect_info`` puts behind the token."""
+HoldsTokenDep = Annotated[bool, Depends(holds_token)]
+
+
+def without_store_root(value: Any, root: Path) -> Any:
+    """``value`` (a response being built: dicts, lists, text) with the store's absolute path
+    written ``<store>`` in its texts: errors name artifact files, and where the store lies
+    on the server's disk is no client's business (the log keeps the whole text)."""
+    absolute = str(root.resolve())
+    if isinstance(value, str):
+        return value.replace(absolute, "<store>")
+    if isinstance(value, dict):
+        return {key: without_store_root(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_store_root(item, root) for item in value]
+    return value

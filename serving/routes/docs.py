@@ -5,15 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import fastapi_offline
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
+
+from serving.routes.deps import InfoAccess
 
 STATIC_URL = "/docs-static"
 STATIC_DIR = Path(fastapi_offline.__file__).parent / "static"
 
-router = APIRouter(include_in_schema=False)
+# The schema names every model's features, estimator and metric: protected like the rest.
+router = APIRouter(include_in_schema=False, dependencies=[InfoAccess])
+
+
+@router.get("/openapi.json")
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
 
 
 @router.get("/docs")

@@ -6,6 +6,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from serving.routes.deps import HoldsTokenDep, without_store_root
+
 router = APIRouter(prefix="/health", tags=["health"])
 
 
@@ -22,11 +24,13 @@ async def live() -> Response:
     summary="Every model that should be served is loaded and the pool is up",
     responses={503: {"description": "Not ready; the body has the state of every model."}},
 )
-async def ready(request: Request) -> Response:
+async def ready(request: Request, details: HoldsTokenDep) -> Response:
+    """With ``SERVEWELL_PROTECT_INFO``, the state of the pool and of every model only for
+    the admin token; the status code for anyone, since probes carry no token."""
     dataplane = getattr(request.app.state, "dataplane", None)
     if dataplane is None:
-        return Response(
-            orjson.dumps({"ready": False, "models": {}}), 503, media_type="application/json"
-        )
+        body: dict[str, object] = {"ready": False, "models": {}} if details else {"ready": False}
+        return Response(orjson.dumps(body), 503, media_type="application/json")
     ok, detail = dataplane.readiness()
-    return Response(orjson.dumps(detail), 200 if ok else 503, media_type="application/json")
+    body = without_store_root(detail, dataplane.store.root) if details else {"ready": ok}
+    return Response(orjson.dumps(body), 200 if ok else 503, media_type="application/json")

@@ -10,9 +10,9 @@ from starlette.responses import Response
 
 from serving.dataplane import ServedModel
 from serving.errors import ModelUnavailableError, UnknownModelError
-from serving.routes.deps import DataPlaneDep
+from serving.routes.deps import DataPlaneDep, InfoAccess, without_store_root
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[InfoAccess])
 
 
 def _summary(served: ServedModel, default: bool) -> dict[str, Any]:
@@ -51,7 +51,8 @@ async def list_models(dataplane: DataPlaneDep) -> Response:
         item["versions"].append({**entry, "error": reason})
     for name, reason in sorted(dataplane.broken_names.items()):
         models[name] = {"name": name, "default_version": None, "versions": [], "error": reason}
-    return Response(orjson.dumps({"models": list(models.values())}), media_type="application/json")
+    body = without_store_root({"models": list(models.values())}, dataplane.store.root)
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get(
@@ -93,4 +94,6 @@ async def get_model(name: str, dataplane: DataPlaneDep) -> Response:
         "sklearn": m.environment.sklearn,
         "warnings": served.warnings,
     }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(
+        orjson.dumps(without_store_root(body, dataplane.store.root)), media_type="application/json"
+    )

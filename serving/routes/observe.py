@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from serving.errors import ModelUnavailableError, UnknownModelError
 from serving.observability import Observability
-from serving.routes.deps import DataPlaneDep
+from serving.routes.deps import DataPlaneDep, InfoAccess
 
 router = APIRouter()
 
@@ -29,6 +29,7 @@ def _observability(request: Request) -> Observability:
     summary="Prometheus metrics of every server process",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format."}},
+    dependencies=[InfoAccess],
 )
 async def metrics(request: Request) -> Response:
     observability = _observability(request)
@@ -43,6 +44,7 @@ async def metrics(request: Request) -> Response:
     tags=["models"],
     summary="Recent inputs vs training: share out of range and PSI per feature",
     responses={404: {"description": "Unknown model, or drift tracking is off."}},
+    dependencies=[InfoAccess],
 )
 async def drift(name: str, request: Request, dataplane: DataPlaneDep) -> Response:
     """Over a sliding window of the most recent input rows of the model's production version

@@ -22,6 +22,7 @@ from serving.lifecycle import Lifecycle
 from serving.oip.http import infer_headers, response_headers
 from serving.oip.service import InferenceService
 from serving.routes.admin import require_admin
+from serving.routes.deps import InfoAccess
 
 SERVER_NAME = "servewell"
 EXTENSIONS = ["binary_tensor_data"]
@@ -83,12 +84,18 @@ async def ready(request: Request) -> Response:
     return _json({"ready": True}) if ok else _json({"error": "the server is not ready"}, 503)
 
 
-@router.get("/models/{name}", summary="Model metadata (production version)")
+@router.get(
+    "/models/{name}", summary="Model metadata (production version)", dependencies=[InfoAccess]
+)
 async def model_metadata(name: str, service: ServiceDep) -> Response:
     return _json(service.metadata(service.dataplane.resolve(name)))
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata (one version)",
+    dependencies=[InfoAccess],
+)
 async def version_metadata(name: str, version: VersionPath, service: ServiceDep) -> Response:
     return _json(service.metadata(service.dataplane.resolve(name, int(version))))
 

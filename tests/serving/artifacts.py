@@ -3,10 +3,16 @@ pickle whose unpickling would leave a marker file (proof that nothing was execut
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import pathlib
 import pickle
 import shutil
 from typing import Any
+
+import joblib
+import numpy as np
 
 from serving.store import MODEL_FILE, PRODUCTION_FILE, ModelStore
 
@@ -60,3 +66,73 @@ def set_production(store: ModelStore, name: str, version: int) -> None:
     """Move the pointer without the store's verification, as a careless script or an
     attacker with write access to the store could."""
     (store.root / name / PRODUCTION_FILE).write_text(f"{version}\n", encoding="utf-8")
+
+
+class _Digest:
+    """A sha256 that, once it has produced the digest of ``hook.original``, lets the hook swap
+    the file on disk: the moment between hashing a file and deserialising it."""
+
+    def __init__(self, hook: SwapAfterHashing, data: bytes = b"") -> None:
+        self._hook = hook
+        self._real = hashlib.sha256()
+        self._seen = bytearray()
+        self.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._real.update(data)
+        self._seen += data
+
+    def hexdigest(self) -> str:
+        out = self._real.hexdigest()
+        if bytes(self._seen) == self._hook.original:
+            self._hook.swap()
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class SwapAfterHashing:
+    """Stands in for the ``hashlib`` module of serving.store (monkeypatched): right after the
+    store hashes ``target``'s bytes, ``target`` is atomically replaced by ``replacement``, as
+    an ``os.replace`` loop racing the loader would."""
+
+    def __init__(self, target: pathlib.Path, replacement: bytes) -> None:
+        self.target = target
+        self.original = target.read_bytes()
+        self.replacement = replacement
+        self.swapped = 0
+
+    def sha256(self, data: bytes = b"") -> _Digest:
+        return _Digest(self, data)
+
+    def swap(self) -> None:
+        tmp = self.target.with_name(self.target.name + ".swap")
+        tmp.write_bytes(self.replacement)
+        os.replace(tmp, self.target)
+        self.swapped += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(hashlib, name)
+
+
+class RaisingClassifier:
+    """An iris-shaped classifier that raises ``KeyError(('iris', 1))`` on every row
+    (``always``) or on rows whose first value is negative: a model that fails inside the
+    worker. Unpickled by the pool's workers, so it lives in an importable module."""
+
+    def __init__(self, always: bool) -> None:
+        self.always = always
+        self.classes_ = np.array(["setosa", "versicolor", "virginica"], dtype=object)
+
+    def predict(self, X: Any) -> Any:
+        rows = np.asarray(X, dtype=np.float64)
+        if self.always or (rows[:, 0] < 0).any():
+            raise KeyError(("iris", 1))
+        return self.classes_.take(np.zeros(len(rows), dtype=np.intp))
+
+
+def raising_model_bytes(always: bool) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(RaisingClassifier(always), buffer)
+    return buffer.getvalue()

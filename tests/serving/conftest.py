@@ -15,8 +15,8 @@ import httpx
 import pytest
 import uvicorn
 
+from serving.__main__ import uvicorn_options
 from serving.app import create_app
-from serving.http_protocol import CoalescingHttpToolsProtocol
 from serving.settings import Settings
 from serving.store import MODEL_FILE, ModelStore
 from training.run import train
@@ -81,14 +81,7 @@ def quiet_settings(trained_store: ModelStore, **overrides: Any) -> Settings:
 def start_server(settings: Settings) -> tuple[RunningServer, threading.Thread]:
     """Run uvicorn with create_app(settings) in a thread; return once it accepts requests."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level=settings.log_level,
-        access_log=False,
-        http=CoalescingHttpToolsProtocol,  # as python -m serving runs it
-    )
+    config = uvicorn.Config(app, **uvicorn_options(settings))  # as python -m serving runs it
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

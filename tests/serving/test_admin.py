@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import pickle
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -195,3 +196,47 @@ def test_forged_manifest_is_refused_under_hmac_and_nothing_executes(
     assert not marker.exists()
     set_production(store, "iris", 1)
     assert client.post("/admin/models/iris/reload", headers=AUTH).json()["rejected"] == {}
+
+
+def test_a_corrupt_history_is_a_409_naming_the_file(
+    client: httpx.Client, store: ModelStore
+) -> None:
+    history = store.root / "iris" / "history.json"
+    saved = history.read_bytes() if history.exists() else None
+    production = store.production("iris")
+    new = publish_copy(store, "iris", store, "iris", 1)
+    history.write_text('{"not": "a list"}', encoding="utf-8")
+    try:
+        for path in (f"/admin/models/iris/promote/{new}", "/admin/models/iris/rollback"):
+            response = client.post(path, headers=AUTH)
+            assert response.status_code == 409, response.text
+            message = response.json()["error"]["message"]
+            assert f"rollback history {history} is corrupt" in message
+        assert store.production("iris") == production
+    finally:
+        if saved is None:
+            history.unlink()
+        else:
+            history.write_bytes(saved)
+
+
+def test_a_signed_version_copied_to_another_number_is_refused(
+    client: httpx.Client, store: ModelStore
+) -> None:
+    production = store.production("iris")
+    assert production is not None
+    copy = store.root / "iris" / str(max(store.versions("iris")) + 1)
+    shutil.copytree(store.version_path("iris", 1), copy)
+    try:
+        refused = client.post(f"/admin/models/iris/promote/{copy.name}", headers=AUTH)
+        assert refused.status_code == 409, refused.text
+        assert "signature" in refused.json()["error"]["message"]
+        set_production(store, "iris", int(copy.name))
+        reloaded = client.post("/admin/models/iris/reload", headers=AUTH)
+        assert "signature" in reloaded.json()["rejected"][copy.name]
+        served = client.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
+        assert served.json()["version"] == production
+    finally:
+        shutil.rmtree(copy)
+        set_production(store, "iris", production)
+        client.post("/admin/models/iris/reload", headers=AUTH)

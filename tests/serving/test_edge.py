@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,6 +18,7 @@ from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, runn
 
 TOKEN = "edge-test-token"
 LIMIT = 4096
+BUDGET = 3000
 INFER = "/v2/models/iris/infer"
 
 
@@ -27,6 +29,7 @@ def live(trained_store: ModelStore) -> Iterator[RunningServer]:
         pool_size=1,
         poll_interval_s=0,
         max_body_bytes=LIMIT,
+        max_inflight_body_bytes=BUDGET,
         request_timeout_s=1.0,
         admin_token=TOKEN,
     )
@@ -131,3 +134,52 @@ def test_every_answer_echoes_the_request_id(
     response = http.request(method, path, content=content, headers=sent)
     assert response.status_code == status, response.text
     assert response.headers["x-request-id"] == "edge-42"
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_chunked_bodies_count_against_the_byte_budget_as_they_arrive(
+    live: RunningServer,
+) -> None:
+    port = int(live.url.rsplit(":", 1)[1])
+    predict = b"POST /models/iris/predict HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+    chunked = predict + b"transfer-encoding: chunked\r\n"
+    rows = json.dumps({"rows": [IRIS_ROW]}).encode()
+    padded = rows[:-1] + b" " * 2000  # whitespace is valid JSON: the closing brace comes later
+    with socket.create_connection(("127.0.0.1", port)) as first:
+        # Within the budget (and alone): admitted, its body not finished yet.
+        first.sendall(chunked + b"x-request-timeout: 10\r\n\r\n" + _chunk(padded))
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port)) as declared:
+            declared.sendall(predict + b"content-length: 2000\r\n\r\n")
+            shed = _until_closed(declared)
+        with socket.create_connection(("127.0.0.1", port)) as undeclared:
+            undeclared.sendall(chunked + b"\r\n" + _chunk(padded))
+            shed_later = _until_closed(undeclared)
+        for answer in (shed, shed_later):
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503"), answer
+            assert b"retry-after: 1" in head.lower()
+            assert json.loads(body)["error"]["type"] == "overloaded"
+        first.sendall(_chunk(b"}") + b"0\r\n\r\n")
+        first.settimeout(10)
+        answer = first.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    shedder = live.app.edge.shedder
+    deadline = time.monotonic() + 5
+    while shedder.inflight_bytes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert shedder.inflight_bytes == 0

@@ -16,7 +16,12 @@ import httpx
 import pytest
 
 from serving.store import MODEL_FILE, ModelStore
-from tests.serving.artifacts import malicious_pickle, publish_copy, set_production
+from tests.serving.artifacts import (
+    malicious_pickle,
+    publish_copy,
+    raising_model_bytes,
+    set_production,
+)
 from tests.serving.conftest import (
     IRIS_ROW,
     RunningServer,
@@ -404,3 +409,103 @@ def test_admin_api_is_disabled_without_a_token(strict_http: httpx.Client) -> Non
         response = strict_http.request(method, path, headers={"authorization": "Bearer x"})
         assert response.status_code == 404, (path, response.text)
     assert not any(p.startswith("/admin") for p in strict_http.get("/openapi.json").json()["paths"])
+
+
+# -- models that fail in the worker, malformed store entries ------------------------------------
+
+
+def test_a_model_that_fails_its_warm_up_is_refused_and_the_old_version_keeps_serving(
+    http: httpx.Client, store: ModelStore
+) -> None:
+    old = served_version(http, "iris", IRIS_ROW)
+    new = publish_copy(
+        store, "iris", store, "iris", old, model_bytes=raising_model_bytes(True), with_onnx=False
+    )
+    refused = http.post(f"/admin/models/iris/promote/{new}", headers=AUTH)
+    assert refused.status_code == 409, refused.text
+    assert "warm-up prediction failed" in refused.json()["error"]["message"]
+    assert served_version(http, "iris", IRIS_ROW) == old
+    status, detail = readiness(http)
+    assert status == 200
+    assert detail["models"]["iris"][str(new)]["state"] == "rejected"
+    assert http.post(f"/admin/models/iris/promote/{old}", headers=AUTH).status_code == 200
+
+
+def test_a_model_error_reaches_the_client_as_a_generic_message_with_the_request_id(
+    http: httpx.Client, store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = served_version(http, "iris", IRIS_ROW)
+    new = publish_copy(
+        store, "iris", store, "iris", old, model_bytes=raising_model_bytes(False), with_onnx=False
+    )
+    assert http.post(f"/admin/models/iris/promote/{new}", headers=AUTH).status_code == 200
+    try:
+        bad_row = [-1.0, 3.5, 1.4, 0.2]  # the model raises KeyError(('iris', 1)) for it
+        response = http.post(
+            "/models/iris/predict", json={"rows": [bad_row]}, headers={"x-request-id": "probe-1"}
+        )
+        assert response.status_code == 500, response.text
+        error = response.json()["error"]
+        assert error["type"] == "inference_error"
+        assert "request id probe-1" in error["message"]
+        assert "KeyError" not in response.text
+        assert "iris', 1" not in response.text
+        v2 = http.post(
+            "/v2/models/iris/infer",
+            json={
+                "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": bad_row}]
+            },
+            headers={"x-request-id": "probe-2"},
+        )
+        assert v2.status_code == 500, v2.text
+        assert "request id probe-2" in v2.json()["error"]
+        assert "KeyError" not in v2.text
+        logged = [r.getMessage() for r in caplog.records]
+        assert any("probe-1" in m and "KeyError: ('iris', 1)" in m for m in logged), logged
+        assert served_version(http, "iris", IRIS_ROW) == new  # other rows still answered
+    finally:
+        assert http.post(f"/admin/models/iris/promote/{old}", headers=AUTH).status_code == 200
+
+
+def test_malformed_store_entries_refuse_their_model_and_polling_follows_the_others(
+    http: httpx.Client, store: ModelStore
+) -> None:
+    old = served_version(http, "iris", IRIS_ROW)
+    diabetes = served_version(http, "diabetes", DIABETES_ROW)
+    odd_folder = store.root / "diabetes" / "²"
+    shutil.copytree(store.version_path("diabetes", diabetes), odd_folder)
+    publish_copy(store, "petals", store, "iris", old)
+    (store.root / "petals" / "production").write_text("²\n", encoding="utf-8")
+    try:
+        new = publish_copy(store, "iris", store, "iris", old)
+        set_production(store, "iris", new)
+        wait_for(lambda: served_version(http, "iris", IRIS_ROW) == new)  # still followed
+        wait_for(lambda: "petals" in readiness(http)[1]["models"])
+        status, detail = readiness(http)
+        assert status == 503  # petals should be served and is not
+        assert "production pointer" in detail["models"]["petals"]["production"]["error"]
+        reported = detail["models"]["diabetes"]["production"]  # its old version still serves
+        assert reported["state"] == "rejected"
+        assert "not a valid version folder name" in reported["error"]
+        assert served_version(http, "diabetes", DIABETES_ROW) == diabetes
+        assert http.post("/models/petals/predict", json={"rows": [IRIS_ROW]}).status_code == 503
+    finally:
+        shutil.rmtree(odd_folder)
+        shutil.rmtree(store.root / "petals")
+        set_production(store, "iris", old)
+    wait_for(lambda: readiness(http)[0] == 200 and served_version(http, "iris", IRIS_ROW) == old)
+    assert "production" not in readiness(http)[1]["models"]["diabetes"]
+
+
+def test_a_malformed_store_entry_at_start_refuses_only_its_model(
+    store: ModelStore, tmp_path: Path
+) -> None:
+    copy = ModelStore(tmp_path / "copy")
+    shutil.copytree(store.root, copy.root)
+    shutil.copytree(copy.root / "diabetes" / "1", copy.root / "diabetes" / "²")
+    settings = quiet_settings(copy, pool_size=1, poll_interval_s=0)
+    with running_server(settings) as running, running.client() as client:
+        status, detail = readiness(client)
+        assert status == 503
+        assert "not a valid version folder name" in str(detail["models"]["diabetes"])
+        assert served_version(client, "iris", IRIS_ROW) >= 1

@@ -5,9 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import sys
+from typing import Literal
+from urllib.parse import urlsplit
+
+import pytest
 
 from serving.logs import AccessLog, JsonFormatter, RequestIdFilter, TextFormatter, resolve_format
 from serving.request_context import CURRENT, RequestInfo, new_request_id, valid_request_id
+from serving.store import ModelStore
+from tests.serving.conftest import quiet_settings, running_server
+
+FORGED = "2026-01-01 00:00:00,000 INFO servewell.access [x]: POST /admin/models/iris/promote/1 200"
 
 
 def _record(message: str) -> logging.LogRecord:
@@ -98,3 +108,56 @@ def test_request_ids() -> None:
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(valid_request_id(i.encode()) for i in ids)
+
+
+def test_text_records_are_one_line_whatever_the_client_sent() -> None:
+    try:
+        raise ValueError("boom\n" + FORGED)
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "servewell", logging.ERROR, __file__, 1, "on GET %s", ("/a\n" + FORGED,), exc_info
+    )
+    lines = TextFormatter().format(record).splitlines()
+    assert lines[0].endswith("on GET /a\\n" + FORGED)
+    assert all(line.startswith("    ") for line in lines[1:])  # the traceback, indented
+    assert lines[-1] == "    " + FORGED
+    for text in ("a\rb", "a\x85b", "a\u2028b", "a\x00b", "a\x1b[31mb"):
+        line = TextFormatter().format(_record(text))
+        assert line.isprintable(), line
+        assert line.endswith(repr(text)[1:-1]), line
+
+
+def test_access_lines_escape_the_path() -> None:
+    out = io.StringIO()
+    for fmt in ("text", "json"):
+        access = AccessLog(fmt, out)
+        access.add(
+            (1_700_000_000.5, "r1", "GET", "/a\n" + FORGED + "\r\u2028", 404, 0.001, "", "", 0)
+        )
+        access.flush()
+    text, line = out.getvalue().split("\n")[:2]
+    assert text.endswith("GET /a\\n" + FORGED + "\\r\\u2028 404 1.00 ms")
+    assert json.loads(line)["path"] == "/a\n" + FORGED + "\r\u2028"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_path_that_decodes_to_a_newline_cannot_forge_a_log_line(
+    trained_store: ModelStore, capfd: pytest.CaptureFixture[str], fmt: Literal["text", "json"]
+) -> None:
+    settings = quiet_settings(trained_store, pool_size=1, log_level="info", log_format=fmt)
+    path = "/nothing%0a" + FORGED.replace(" ", "%20")
+    with running_server(settings) as running:
+        address = urlsplit(running.url)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 404")
+    lines = [line for line in capfd.readouterr().err.splitlines() if "nothing" in line]
+    assert len(lines) == 1, lines
+    if fmt == "json":
+        assert json.loads(lines[0])["path"] == "/nothing\n" + FORGED
+    else:
+        assert "GET /nothing\\n" + FORGED + " 404" in lines[0]

@@ -111,6 +111,8 @@ def test_serve_and_stop_on_sigint(trained_store: ModelStore, loop: str) -> None:
         assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
         ok = httpx.post(f"{url}/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})
         assert ok.status_code == 200
+        assert "server" not in ok.headers  # uvicorn's options are the test server's
+        assert ok.headers["date"]
 
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
         output, _ = process.communicate(timeout=30)

@@ -15,7 +15,7 @@ def _model(store: ModelStore, name: str) -> OnnxModel:
     manifest = store.manifest(name, 1)
     path = store.onnx_path(manifest)
     assert path is not None
-    return OnnxModel(Signature.of(manifest), path)
+    return OnnxModel(Signature.of(manifest), path.read_bytes())
 
 
 def test_a_labels_call_runs_neither_probabilities_nor_label_text(

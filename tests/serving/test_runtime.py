@@ -14,6 +14,7 @@ from serving.dataplane import RowEncoder
 from serving.runtime import LoadedModel, RuntimePolicy, cap_jobs, load
 from serving.settings import Settings
 from serving.store import ModelStore
+from tests.serving.artifacts import SwapAfterHashing, publish_copy
 from training.onnx_export import PROBA_TOLERANCE, generated_rows
 from training.run import train
 from training.spec import shipped_spec
@@ -269,7 +270,7 @@ def test_a_forest_graph_writes_class_positions_and_answers_as_its_text_labels(
     path = trained_store.onnx_path(manifest)
     assert path is not None
     signature = replace(Signature.of(manifest), labels_from_probabilities=False)
-    model = OnnxModel(signature, path)
+    model = OnnxModel(signature, path.read_bytes())
     frame = generated_rows(manifest.features, 3000, seed=12)
     rows = RowEncoder(manifest).rows([tuple(r) for r in frame.itertuples(index=False)])
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -280,3 +281,22 @@ def test_a_forest_graph_writes_class_positions_and_answers_as_its_text_labels(
     assert np.array_equal(probabilities, np.asarray(graph_proba, dtype=np.float64))
     assert len({id(label) for label in labels.tolist()}) <= 2
     assert model.predict_both(rows, want_probabilities=False)[0].tolist() == labels.tolist()
+
+
+def test_an_onnx_file_swapped_after_hashing_is_never_read(
+    trained_store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.store
+
+    store = ModelStore(tmp_path / "s", signing_key=b"k1")
+    version = publish_copy(store, "iris", trained_store, "iris", 1)
+    manifest = store.manifest("iris", version)
+    path = store.onnx_path(manifest)
+    assert path is not None
+    hook = SwapAfterHashing(path, b"not an onnx graph")
+    monkeypatch.setattr(serving.store, "hashlib", hook)
+    loaded = load(store, "iris", version, RuntimePolicy())
+    assert hook.swapped == 1
+    assert loaded.runtime == "onnx"  # the verified graph, not a fallback after reading junk
+    rows = np.array([[5.1, 3.5, 1.4, 0.2]])
+    assert loaded.predict(rows, False).predictions.tolist() == ["setosa"]

@@ -41,3 +41,9 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_setting_has_a_docstring() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, name
+
+
+def test_an_empty_signing_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVEWELL_SIGNING_KEY", "")
+    with pytest.raises(ValueError, match="SERVEWELL_SIGNING_KEY is set but empty"):
+        Settings()

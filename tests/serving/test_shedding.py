@@ -55,6 +55,27 @@ def test_the_byte_budget_sheds_beyond_it_but_a_lone_request_always_enters() -> N
     assert shedder.inflight_bytes == 0
 
 
+def test_bytes_arriving_beyond_those_declared_count_against_the_budget() -> None:
+    shedder = Shedder(max_inflight_bytes=100, max_queue_rows=10, retry_after_s=2.0)
+    alone = shedder.admit(0, None)  # a chunked body declares nothing
+    alone.arrived(80)
+    alone.arrived(150)  # beyond the budget, but alone: it goes on
+    assert shedder.inflight_bytes == 150
+    alone.release()
+    first = shedder.admit(0, None)
+    first.arrived(60)
+    second = shedder.admit(0, None)
+    second.arrived(40)  # exactly at the budget
+    with pytest.raises(OverloadedError) as caught:
+        second.arrived(41)
+    assert caught.value.retry_after == 2.0
+    assert shedder.shed_on_bytes == 1
+    assert shedder.inflight_bytes == 101  # counted until the request ends
+    first.release()
+    second.release()
+    assert shedder.inflight_bytes == 0
+
+
 def test_no_budget_means_no_byte_shedding() -> None:
     shedder = Shedder(max_inflight_bytes=None, max_queue_rows=10, retry_after_s=1.0)
     tickets = [shedder.admit(10**9, None) for _ in range(3)]

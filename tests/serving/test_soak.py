@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench import bodies as bench_bodies
 from bench import wrk
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW
@@ -35,30 +36,18 @@ def _rss_kib(pid: int) -> int:
 
 
 def _bodies(tmp_path: Path, name: str, rows: int, count: int = 20) -> Path:
-    path = tmp_path / f"{name}.jsonl"
-    path.write_text("".join(json.dumps({"rows": [IRIS_ROW] * rows}) + "\n" for _ in range(count)))
-    return path
+    body = json.dumps({"rows": [IRIS_ROW] * rows}).encode()
+    return bench_bodies.write(tmp_path / f"{name}.rec", [(body, 0)] * count)
 
 
 def _wrk_in_thread(
-    url: str, bodies: Path, connections: int, seconds: float, out: list[wrk.WrkRun]
+    url: str, bodies: Path, connections: int, seconds: float, out: list[wrk.Result]
 ) -> threading.Thread:
-    binary = wrk.find_wrk()
+    binary = wrk.find()
     assert binary, wrk.INSTALL_HINT
 
     def go() -> None:
-        out.append(
-            wrk.run(
-                binary,
-                url,
-                "/models/iris/predict",
-                bodies,
-                connections=connections,
-                threads=2,
-                duration_s=seconds,
-                timeout_s=30,
-            )
-        )
+        out.append(wrk.run(binary, url + PREDICT, bodies, connections, seconds, 30, threads=2))
 
     thread = threading.Thread(target=go)
     thread.start()
@@ -68,7 +57,7 @@ def _wrk_in_thread(
 def test_soak_60s_at_1000_connections_mixed_sizes(
     trained_store: ModelStore, tmp_path: Path
 ) -> None:
-    if not wrk.find_wrk():
+    if not wrk.find():
         pytest.skip(wrk.INSTALL_HINT)
     process, url = _start(trained_store, pool_size="1")
     try:
@@ -77,7 +66,7 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
         bulk = _bodies(tmp_path, "bulk", 1000)
         # Warm-up: the same mix for 20 s (buffers and allocator pools reach their size), then
         # the RSS baseline.
-        warm: list[wrk.WrkRun] = []
+        warm: list[wrk.Result] = []
         threads = [
             _wrk_in_thread(url, single, 950, 20, warm),
             _wrk_in_thread(url, bulk, 50, 20, warm),
@@ -85,7 +74,7 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
         for thread in threads:
             thread.join(120)
         baseline = {pid: _rss_kib(pid) for pid in processes}
-        runs: list[wrk.WrkRun] = []
+        runs: list[wrk.Result] = []
         threads = [
             _wrk_in_thread(url, single, 950, 60, runs),
             _wrk_in_thread(url, bulk, 50, 60, runs),
@@ -95,12 +84,12 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
         after = {pid: _rss_kib(pid) for pid in processes}
         assert len(runs) == 2
         for run in runs:
-            assert run.result.requests > 0
-            assert run.result.errors.total == 0, run.result.errors
+            assert run.requests > 0
+            assert run.errors == 0, run
         growth = {pid: (after[pid] - baseline[pid]) / baseline[pid] for pid in processes}
         report = {
-            "requests": [r.result.requests for r in runs],
-            "p99_ms": [r.result.latency.p99 for r in runs],
+            "requests": [r.requests for r in runs],
+            "p99_ms": [r.p99_ms for r in runs],
             "rss_kib_before": baseline,
             "rss_kib_after": after,
         }

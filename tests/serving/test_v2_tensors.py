@@ -5,6 +5,7 @@ tritonclient's own (de)serialisers, so the formats cannot drift apart silently."
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import orjson
@@ -14,10 +15,12 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 from serving.errors import InvalidInputError, MalformedRequestError
 from serving.oip.tensors import (
     OutputTensor,
-    _repeated_texts,
+    _bytes_elements,
+    _split_texts,
     encode_response,
     frame_texts,
     parse_request,
+    split_body,
 )
 
 
@@ -280,7 +283,7 @@ def _bytes_request(texts: list[str], count: int | None = None, tail: bytes = b""
 
 @pytest.mark.parametrize("distinct", [1, 3, 40])
 def test_large_bytes_tensors_decode_like_small_ones(distinct: int) -> None:
-    """Large BYTES tensors are split by pattern matching (few distinct values) or walked
+    """Large BYTES tensors are split by pattern matching (few distinct lengths) or walked
     (many): either way element for element what tritonclient framed, including values that
     hold regex syntax, nothing, non-ASCII text or bytes that look like a length prefix."""
     tricky = ["", "a", "\x01\x00\x00\x00a", ".*", "(a|b)", "é€", "a\x00b", "month-to-month"]
@@ -290,8 +293,35 @@ def test_large_bytes_tensors_decode_like_small_ones(distinct: int) -> None:
     assert _bytes_request(texts) == texts
     assert _bytes_request(texts[:5]) == texts[:5]
     framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
-    split = _repeated_texts(framed, len(texts))  # the path taken: by pattern when few values
-    assert split == (texts if distinct <= 32 else None)
+    assert _split_texts(framed, len(texts)) == texts  # the path taken: few lengths
+
+
+def test_bytes_tensors_of_many_lengths_are_walked() -> None:
+    texts = ["x" * (i % 40) for i in range(3000)]
+    assert _bytes_request(texts) == texts
+    framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
+    assert _split_texts(framed, len(texts)) is None
+    # A length first seen after the first learning walk and run is learned in a second round.
+    late = ["ab"] * 2999 + ["abc"]
+    assert _bytes_request(late) == late
+
+
+def test_bytes_splitting_cost_does_not_grow_with_distinct_long_values() -> None:
+    """32 distinct 8 KB elements repeated 256 times: the split pattern depends on the one
+    length, not on the values, so decoding costs about what one repeated value costs (a
+    pattern of every value seen, as once, took seconds to compile)."""
+
+    def seconds(texts: list[str]) -> float:
+        framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
+        start = time.perf_counter()
+        assert _bytes_elements(framed, len(texts), "t") == texts
+        return time.perf_counter() - start
+
+    distinct = [f"{i:02d}" + "x" * 8190 for i in range(32)]
+    repeated = [distinct[0]] * 256
+    spread = [distinct[i % 32] for i in range(256)]
+    baseline = min(seconds(repeated) for _ in range(3))
+    assert min(seconds(spread) for _ in range(3)) < 10 * baseline + 0.05
 
 
 def test_large_bytes_tensors_refuse_what_small_ones_refuse() -> None:
@@ -310,3 +340,36 @@ def test_large_bytes_tensors_refuse_what_small_ones_refuse() -> None:
     body, length = _binary_request([("t", "BYTES", [501], bad_utf8)])
     with pytest.raises(InvalidInputError, match="BYTES element 500 is not UTF-8"):
         parse_request(body, length)
+
+
+def test_bytes_data_nested_as_the_shape_at_most() -> None:
+    def parse(shape: list[int], data: str, datatype: str = '"BYTES"') -> object:
+        tensor = f'{{"name": "t", "datatype": {datatype}, "shape": {shape}, "data": {data}}}'
+        return parse_request(f'{{"inputs": [{tensor}]}}'.encode(), None).inputs[0].values
+
+    assert parse([2, 2], '[["a", "b"], ["c", "d"]]') == ["a", "b", "c", "d"]
+    assert parse([2, 2], '["a", "b", "c", "d"]') == ["a", "b", "c", "d"]
+    deep = "[" * 1000 + '"a"' + "]" * 1000  # deeper than Python recurses
+    with pytest.raises(InvalidInputError, match="'t': data is nested deeper than its shape's 1"):
+        parse([1], deep)
+    with pytest.raises(InvalidInputError, match="datatype a JSON array is not one of"):
+        parse([1], '["a"]', deep)
+
+
+@pytest.mark.parametrize("header", ["²", "1²", "١٢", "\xa012", "12\x00", "-1", "1e3", "0x10", ""])
+def test_header_length_is_ascii_digits(header: str) -> None:
+    # As the edge hands it over: the header's bytes decoded as latin-1.
+    with pytest.raises(MalformedRequestError, match="must be a byte count"):
+        split_body(b'{"inputs": []}', header)
+    assert split_body(b"{}xy", " 2\t")[0] == b"{}"
+
+
+def test_elements_beyond_the_limit_are_refused_before_decoding() -> None:
+    body, length = _binary_request([("t", "BYTES", [1000], struct.pack("<I", 0) * 1000)])
+    assert parse_request(body, length, max_elements=1000).inputs[0].values == [""] * 1000
+    with pytest.raises(InvalidInputError, match=r"inputs\[0\] 't': shape \[1000\] makes"):
+        parse_request(body, length, max_elements=1000 - 1)  # the framing is not even read
+    two = [("a", "FP64", [3], bytes(24)), ("b", "FP64", [3], bytes(24))]
+    body, length = _binary_request(two)
+    with pytest.raises(InvalidInputError, match=r"inputs\[1\] 'b': shape \[3\] makes"):
+        parse_request(body, length, max_elements=5)

@@ -162,3 +162,52 @@ def test_id_like_category_is_warned_about(tmp_path: Path, store: ModelStore) -> 
     lines: list[str] = []
     train(spec, store, echo=lines.append)
     assert any("'customer' has 120 distinct values" in line for line in lines)
+
+
+MARKED_ROWS = "".join(
+    f"{'n/a' if i in (3, 7) else ('NA' if i == 11 else i)},{i % 3},{'a' if i % 2 else 'b'}\n"
+    for i in range(40)
+)
+
+
+def test_missing_markers_in_a_numeric_column_are_refused_by_default(
+    tmp_path: Path, store: ModelStore
+) -> None:
+    spec = load_spec(_csv_spec(tmp_path, _csv(tmp_path, "x,z,y\n" + MARKED_ROWS)))
+    with pytest.raises(DataError) as info:
+        train(spec, store, echo=quiet)
+    message = str(info.value)
+    assert "feature 'x' has 3 missing-value marker(s) ('n/a' x2, 'NA' x1)" in message
+    assert "at row(s) 4, 8, 12" in message
+    assert 'allow_missing = ["x"]' in message
+    assert store.names() == []
+
+
+def test_question_mark_is_a_missing_marker_too(tmp_path: Path, store: ModelStore) -> None:
+    csv = _csv(tmp_path, "x,z,y\n" + GOOD_ROWS + "?,1,a\n")
+    with pytest.raises(DataError, match=r"feature 'x' has 1 missing-value marker\(s\) \('\?' x1\)"):
+        train(load_spec(_csv_spec(tmp_path, csv)), store, echo=quiet)
+
+
+def test_allowed_missing_markers_are_reported_and_imputed(
+    tmp_path: Path, store: ModelStore
+) -> None:
+    csv = _csv(tmp_path, "x,z,y\n" + MARKED_ROWS)
+    spec = load_spec(_csv_spec(tmp_path, csv, extra='[features]\nallow_missing = ["x"]\n'))
+    lines: list[str] = []
+    result = train(spec, store, echo=lines.append)
+    assert any("'x': 3 missing-value marker(s)" in line and "imputed" in line for line in lines)
+    x = next(f for f in result.manifest.features if f.name == "x")
+    assert x.nullable
+
+
+def test_missing_marker_in_a_categorical_column_is_reported(
+    tmp_path: Path, store: ModelStore
+) -> None:
+    rows = "".join(
+        f"{i},{'N/A' if i == 5 else ('red' if i % 2 else 'blue')},{i % 2}\n" for i in range(40)
+    )
+    spec = load_spec(_csv_spec(tmp_path, _csv(tmp_path, "x,colour,y\n" + rows)))
+    lines: list[str] = []
+    train(spec, store, echo=lines.append)
+    assert any("categorical feature 'colour': 1 missing-value marker(s)" in line for line in lines)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from serving.store import ModelStore
 
 
-def run(store: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SERVEWELL_STORE": str(store)}
+def run(
+    store: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "training", *args],
-        env=env,
+        env={**os.environ, "SERVEWELL_STORE": str(store), **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -28,7 +32,11 @@ def test_train_models_promote_rollback(tmp_path: Path) -> None:
     first = run(store, "train", "--model", "iris")
     assert first.returncode == 0, first.stderr
     assert "[iris] v1 is now production" in first.stdout
-    second = run(store, "train", "--model", "iris")
+    same = run(store, "train", "--model", "iris")
+    assert same.returncode == 0, same.stderr
+    assert "identical to production v1" in same.stdout
+    assert ModelStore(store).versions("iris") == [1]
+    second = run(store, "train", "--model", "iris", "--force")
     assert second.returncode == 0, second.stderr
 
     listing = run(store, "models")
@@ -46,6 +54,15 @@ def test_train_models_promote_rollback(tmp_path: Path) -> None:
     promoted = run(store, "promote", "iris", "2")
     assert promoted.returncode == 0
     assert "production is now v2 (was v1)" in promoted.stdout
+
+    compared = run(store, "compare", "iris")
+    assert compared.returncode == 0, compared.stderr
+    assert "v1" in compared.stdout
+    assert "v2 (production)" in compared.stdout
+    assert "v2 vs v1:" in compared.stdout
+    pruned = run(store, "prune", "iris", "--keep", "1")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "kept v1, v2" in pruned.stdout  # v1 is the previous production
 
     missing = run(store, "promote", "iris", "9")
     assert missing.returncode == 1
@@ -86,9 +103,40 @@ def test_not_promoted_run_explains_how_to_force(tmp_path: Path) -> None:
     spec_dir = Path(__file__).resolve().parents[2] / "training" / "specs"
     weak.write_text((spec_dir / "iris.toml").read_text().replace("C = 1.0", "C = 0.0005"))
     result = run(store, "train", "--spec", str(weak))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "stored but NOT promoted" in result.stdout
     assert "make promote MODEL=iris VERSION=2" in result.stdout
+    assert f"make train SPEC={weak} FORCE=1" in result.stdout
+
+
+def test_useless_model_exits_3_against_its_baseline(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rows = [f"{a:.5f},{b:.5f},{'yes' if c < 0.7 else 'no'}" for a, b, c in rng.random((120, 3))]
+    csv = tmp_path / "noise.csv"
+    csv.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    store = tmp_path / "store"
+    args = ["train", "--data", str(csv), "--target", "label", "--estimator", "extra_trees"]
+    result = run(store, *args)
+    assert result.returncode == 3, result.stderr
+    assert "not better than the trivial baseline" in result.stdout
+    assert f"make train DATA={csv} TARGET=label ESTIMATOR=extra_trees FORCE=1" in result.stdout
+    assert ModelStore(store).production("noise") is None
+    assert ModelStore(store).manifest("noise", 1).estimator.endswith("ExtraTreesClassifier")
+
+    forced = run(store, *args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert ModelStore(store).production("noise") == 2
+
+
+def test_unknown_estimator_name_lists_the_known_ones(tmp_path: Path) -> None:
+    csv = tmp_path / "d.csv"
+    csv.write_text("x,y\n" + "".join(f"{i},{i * 0.5}\n" for i in range(30)))
+    result = run(
+        tmp_path / "store", "train", "--data", str(csv), "--target", "y", "--estimator", "svm"
+    )
+    assert result.returncode == 1
+    assert "unknown estimator 'svm' for regression" in result.stderr
+    assert "linear_regression, ridge" in result.stderr
 
 
 def test_ensure_default_trains_only_an_empty_store(tmp_path: Path) -> None:
@@ -100,3 +148,39 @@ def test_ensure_default_trains_only_an_empty_store(tmp_path: Path) -> None:
     assert again.returncode == 0
     assert "has models" in again.stdout
     assert ModelStore(store).versions("iris") == [1]
+
+
+def test_an_empty_signing_key_is_a_clear_error(tmp_path: Path) -> None:
+    result = run(tmp_path / "store", "models", env={"SERVEWELL_SIGNING_KEY": ""})
+    assert result.returncode == 1
+    assert "SERVEWELL_SIGNING_KEY is set but empty" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_history_and_re_signing_old_signatures(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    key = {"SERVEWELL_SIGNING_KEY": "k1"}
+    assert run(store, "train", "--model", "iris", env=key).returncode == 0
+    assert run(store, "train", "--model", "iris", "--force", env=key).returncode == 0
+    history = store / "iris" / "history.json"
+    history.write_text("[1, oops", encoding="utf-8")
+    for args in (["promote", "iris", "1"], ["rollback", "iris"]):
+        result = run(store, *args, env=key)
+        assert result.returncode == 1
+        assert f"rollback history {history} is corrupt" in result.stderr
+        assert "Traceback" not in result.stderr
+    history.write_text("[1]\n", encoding="utf-8")
+
+    # A store signed before signatures named their model and version:
+    version = store / "iris" / "1"
+    old = hmac.new(b"k1", (version / "manifest.json").read_bytes(), "sha256").hexdigest()
+    (version / "manifest.sig").write_text(old + "\n", encoding="ascii")
+    assert "python -m training sign" in run(store, "models", env=key).stdout
+    signed = run(store, "sign", env=key)
+    assert signed.returncode == 0, signed.stderr
+    assert "[iris] v1 re-signed" in signed.stdout
+    assert "[iris] v2 already signed" in signed.stdout
+    assert ModelStore(store, signing_key=b"k1").verify("iris", 1).version == 1
+    other = run(store, "sign", env={"SERVEWELL_SIGNING_KEY": "not-the-key"})
+    assert other.returncode == 1
+    assert "NOT re-signed" in other.stderr

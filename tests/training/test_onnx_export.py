@@ -34,7 +34,7 @@ def test_shipped_specs_compile_with_recorded_parity(store: ModelStore, name: str
 
     # The served object answers like the pipeline on rows it was not checked on.
     _, pipeline = store.load_model(name, result.version)
-    onnx_model = OnnxModel(Signature.of(m), onnx_path)
+    onnx_model = OnnxModel(Signature.of(m), onnx_path.read_bytes())
     rows = onnx_export.generated_rows(m.features, 300, seed=12345)
     X = rows if m.input_format == "dataframe" else rows.to_numpy(dtype=np.float64)
     if m.task == "classification":
@@ -59,7 +59,9 @@ def test_unconvertible_model_is_trained_and_says_why(store: ModelStore) -> None:
     lines: list[str] = []
     result = train(spec, store, echo=lines.append)
     m = result.manifest
-    assert result.promoted
+    # Squared features explain almost none of diabetes (cv r2 ~0.04): stored, but the gate
+    # keeps it below its mean baseline's noise, so it is not promoted.
+    assert "trivial baseline" in result.decision.reason
     assert m.onnx is not None
     assert m.onnx.status == "conversion_failed"
     assert m.onnx.reason

@@ -110,3 +110,18 @@ def test_roc_curves_are_one_binary_curve_or_one_per_class() -> None:
     y3 = np.array(["a", "b", "c"])
     three = _one_vs_rest(Evaluation({}, y3, y3, np.eye(3), ["a", "b", "c"]))
     assert [name for name, _, _ in three] == ["a vs rest", "b vs rest", "c vs rest"]
+
+
+def test_card_shows_the_baseline_and_cross_validation_of_the_run(store: ModelStore) -> None:
+    result = train(shipped_spec("iris"), store, echo=quiet)
+    m = result.manifest
+    card = (_report(result) / "model_card.md").read_text()
+
+    section = card.split("## Baseline and cross-validation")[1].split("##")[0]
+    primary = m.primary_metric
+    row = next(line for line in section.splitlines() if line.startswith(f"| {primary} |"))
+    assert f"{m.metrics[f'cv_{primary}_mean']:.4f} ± {m.metrics[f'cv_{primary}_std']:.4f}" in row
+    assert f"| {m.metrics[f'baseline_{primary}']:.4f} (cross-validation " in row
+    holdout = card.split("## Holdout metrics")[1].split("##")[0]
+    assert "cv_" not in holdout
+    assert "baseline_" not in holdout

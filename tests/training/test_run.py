@@ -34,14 +34,25 @@ def test_each_shipped_spec_trains_end_to_end(store: ModelStore, name: str) -> No
     plots = sorted(p.name for p in report.glob("*.png"))
     if manifest.task == Task.CLASSIFICATION:
         assert {"confusion_matrix.png", "roc.png"} <= set(plots)
-        assert {"accuracy", "f1_macro", "roc_auc"} <= set(manifest.metrics)
+        holdout = {"accuracy", "f1_macro", "roc_auc"}
     else:
         assert {"predicted_vs_actual.png", "residuals.png"} <= set(plots)
-        assert set(manifest.metrics) == {"rmse", "mae", "r2"}
+        holdout = {"rmse", "mae", "r2"}
+    # Holdout figures, their mean and spread over the folds, and the baseline's.
+    expected = holdout | {f"baseline_{m}" for m in holdout}
+    expected |= {
+        f"{p}{m}_{s}" for p in ("cv_", "baseline_cv_") for m in holdout for s in ("mean", "std")
+    }
+    assert set(manifest.metrics) == expected
+    assert manifest.spec["outcome"]["folds"] == 5
     assert "feature_importances.png" in plots
     for plot in plots:
         assert f"]({plot})" in card  # the card links every plot
-    assert json.loads((report / "metrics.json").read_text()) == pytest.approx(manifest.metrics)
+    holdout_metrics = {k: v for k, v in manifest.metrics.items() if k in holdout}
+    assert json.loads((report / "metrics.json").read_text()) == pytest.approx(holdout_metrics)
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    assert len(evaluation["folds"]["candidate"][manifest.primary_metric]) == 5
+    assert "report/evaluation.json" in manifest.files
 
 
 def test_manifest_records_schema_environment_and_hashes(store: ModelStore) -> None:
@@ -141,5 +152,5 @@ def test_a_different_seed_changes_the_split(tmp_path) -> None:
 def test_progress_names_each_stage_with_its_duration(store: ModelStore) -> None:
     lines: list[str] = []
     train(shipped_spec("iris"), store, echo=lines.append)
-    for stage in ("load", "fit", "evaluate", "export"):
+    for stage in ("load", "fit", "cross-validate", "evaluate", "baseline", "gate", "export"):
         assert any(line.strip().startswith(f"{stage}: done in") for line in lines), stage

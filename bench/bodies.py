@@ -1,0 +1,190 @@
+"""Request bodies from a model's manifest, in every form a scenario sends, and their answers.
+
+Values are drawn uniformly within each feature's training range, so every request differs and
+no cache can answer from memory; the same seed gives the same rows in every form. The forms:
+``typed`` ``{"instances": [{feature: value}]}``; ``rows`` ``{"rows": [[...]]}``; ``v2json``, the
+Open Inference Protocol asking only for ``predict`` (typed requests get predictions only);
+``v2binary``, exactly what ``tritonclient.http`` sends by default: tensors as binary data after
+the JSON header and no outputs named, so every output (probabilities too) comes back binary;
+``mlserver``, what MLServer's scikit-learn runtime takes (a ``[n, features]`` FP64 tensor, or
+named columns with ``content_type: pd`` for DataFrame models).
+
+Bodies are written as binary-safe records for ``bench/post.lua``:
+``<json header length> <body length>\\n<body>``, header length 0 for a plain JSON body.
+"""
+
+import json
+import math
+import random
+import struct
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.store import Feature, FeatureKind
+
+Value = float | int | bool | str | None
+Row = list[Value]
+Body = tuple[bytes, int]
+"""A request body and the length of its JSON header (0: a plain JSON body)."""
+
+_LENGTH = struct.Struct("<I")
+_V2_TYPES = {
+    FeatureKind.NUMERIC: ("FP64", "<f8"),
+    FeatureKind.INTEGER: ("INT64", "<i8"),
+    FeatureKind.BOOLEAN: ("BOOL", "|b1"),
+}
+_NUMPY = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "BOOL": "|b1"}
+
+
+def sample_rows(features: Sequence[Feature], n: int, seed: int) -> list[Row]:
+    rng = random.Random(seed)
+    return [[_value(f, rng) for f in features] for _ in range(n)]
+
+
+def _value(feature: Feature, rng: random.Random) -> Value:
+    if feature.kind is FeatureKind.BOOLEAN:
+        return rng.random() < 0.5
+    if feature.kind is FeatureKind.CATEGORICAL:
+        return rng.choice(feature.categories) if feature.categories else str(feature.example)
+    low = feature.min if feature.min is not None else -1.0
+    high = feature.max if feature.max is not None else 1.0
+    if feature.kind is FeatureKind.INTEGER:
+        return rng.randint(round(low), round(high))
+    return round(rng.uniform(low, high), 4)
+
+
+def _json(document: Any) -> Body:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode(), 0
+
+
+def _tensors(
+    features: Sequence[Feature], rows: Sequence[Row], by_feature: bool = False
+) -> list[tuple[Any, Any, bytes]]:
+    """(tensor header, JSON data, binary data) per input: one 2-D ``input`` tensor, or one per
+    feature when asked or when there are categories."""
+    n = len(rows)
+    if not by_feature and all(f.kind is not FeatureKind.CATEGORICAL for f in features):
+        matrix = np.asarray(rows, dtype=np.float64)
+        head = {"name": "input", "shape": [n, len(features)], "datatype": "FP64"}
+        return [(head, matrix.reshape(-1).tolist(), matrix.astype("<f8").tobytes())]
+    out = []
+    for i, feature in enumerate(features):
+        column = [row[i] for row in rows]
+        if feature.kind is FeatureKind.CATEGORICAL:
+            raw = b"".join(_LENGTH.pack(len(s)) + s for s in (str(v).encode() for v in column))
+            out.append(({"name": feature.name, "shape": [n], "datatype": "BYTES"}, column, raw))
+            continue
+        datatype, dtype = _V2_TYPES[feature.kind]
+        array = np.asarray(column, dtype=dtype)
+        head = {"name": feature.name, "shape": [n], "datatype": datatype}
+        out.append((head, array.tolist(), array.tobytes()))
+    return out
+
+
+def encode(
+    request: str, features: Sequence[Feature], rows: Sequence[Row], dataframe: bool = False
+) -> Body:
+    """``rows`` as one body of the ``request`` form (``dataframe``: the model takes a DataFrame)."""
+    names = [f.name for f in features]
+    if request == "typed":
+        return _json({"instances": [dict(zip(names, row, strict=True)) for row in rows]})
+    if request == "rows":
+        return _json({"rows": list(rows)})
+    tensors = _tensors(features, rows, by_feature=request == "mlserver" and dataframe)
+    inputs = [{**head, "data": data} for head, data, _ in tensors]
+    if request == "v2json":
+        return _json({"inputs": inputs, "outputs": [{"name": "predict"}]})
+    if request == "mlserver" and dataframe:  # MLServer's pandas codec makes a DataFrame of it
+        return _json({"parameters": {"content_type": "pd"}, "inputs": inputs})
+    if request == "mlserver":
+        return _json({"inputs": [{**inputs[0], "name": "input-0"}]})
+    if request != "v2binary":
+        raise ValueError(f"unknown request form {request!r}")
+    header = {
+        "inputs": [{**h, "parameters": {"binary_data_size": len(raw)}} for h, _, raw in tensors],
+        "parameters": {"binary_data_output": True},
+    }
+    head_bytes = json.dumps(header, separators=(",", ":")).encode()
+    return head_bytes + b"".join(raw for _, _, raw in tensors), len(head_bytes)
+
+
+def write(path: Path, bodies: Sequence[Body]) -> Path:
+    with path.open("wb") as fh:
+        for raw, header_length in bodies:
+            fh.write(f"{header_length} {len(raw)}\n".encode() + raw)
+    return path
+
+
+def read(path: Path, count: int) -> list[Body]:
+    """The first ``count`` records of a bodies file."""
+    out: list[Body] = []
+    with path.open("rb") as fh:
+        while len(out) < count and (line := fh.readline()):
+            header_length, length = map(int, line.split())
+            out.append((fh.read(length), header_length))
+    return out
+
+
+def predictions(answer: bytes, header_length: int | None) -> list[Any]:
+    """The predictions of a typed answer or the ``predict`` output of an inference answer."""
+    split = len(answer) if header_length is None else header_length
+    document = json.loads(answer[:split])
+    if "predictions" in document:
+        return list(document["predictions"])
+    offset = split
+    for output in document["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if output["name"] != "predict":
+            offset += size or 0
+        elif size is None:
+            return list(output["data"])
+        elif output["datatype"] == "BYTES":
+            chunk, labels, at = answer[offset : offset + size], [], 0
+            while at < len(chunk):
+                (n,) = _LENGTH.unpack_from(chunk, at)
+                labels.append(chunk[at + 4 : at + 4 + n].decode())
+                at += 4 + n
+            return labels
+        else:
+            chunk = answer[offset : offset + size]
+            return list(np.frombuffer(chunk, dtype=_NUMPY[output["datatype"]]).tolist())
+    raise ValueError("the answer has no predict output")
+
+
+def post(url: str, body: Body, timeout_s: float = 60.0) -> list[Any]:
+    """POST one body; its predictions, or ValueError unless it is answered like a prediction."""
+    raw, header_length = body
+    headers = {"Content-Type": "application/json"}
+    if header_length:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header_length),
+        }
+    request = urllib.request.Request(url, data=raw, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            answer, length = resp.read(), resp.headers.get("Inference-Header-Content-Length")
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")[:300]
+        raise ValueError(f"POST {url} -> HTTP {exc.code}: {text}") from None
+    except OSError as exc:
+        raise ValueError(f"POST {url}: {exc}") from None
+    try:
+        return predictions(answer, None if length is None else int(length))
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ValueError(f"unreadable answer ({exc}): {answer[:300]!r}") from exc
+
+
+def same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Labels equal as text, numbers within float32 rounding (ONNX Runtime serves float32)."""
+
+    def eq(x: Any, y: Any) -> bool:
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y))
+        return math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6) if numbers else str(x) == str(y)
+
+    return len(a) == len(b) and all(eq(x, y) for x, y in zip(a, b, strict=True))

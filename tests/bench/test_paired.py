@@ -1,0 +1,60 @@
+"""The paired statistics and schedule, with the runs faked: no server, no load."""
+
+import os
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import paired
+
+
+def test_the_median_run_decides_and_ratio_is_throughput_of_a_over_b() -> None:
+    # B spends 5 % more CPU per request than A: A allows 5 % more throughput.
+    runs = tuple(paired.Run(1000, 1000, 100.0, 100.0 * r) for r in (1.05, 0.98, 1.20, 1.04))
+    comparison = paired.Comparison(runs)
+    assert comparison.ratio == pytest.approx(1.045)
+    assert comparison.spread == pytest.approx((0.98, 1.20))
+    assert paired.Comparison(error="died").ratio is None
+
+
+class FakeServer:
+    def __init__(self, name: str) -> None:
+        self.name, self.pinned = name, False
+
+    def pin(self, loop_cpu: int, others: set[int]) -> None:
+        self.pinned = True
+
+    def unpin(self) -> None:
+        self.pinned = False
+
+
+def test_half_the_runs_on_each_couple_after_a_warm_up_with_each_wrk_first_as_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str, bool]] = []
+
+    def one_run(a: Any, b: Any, *rest: Any) -> paired.Run:
+        assert a.pinned
+        assert b.pinned
+        calls.append((a.name, b.name, rest[-1]))
+        return paired.Run(1, 1, 100.0, 100.0 + len(calls))
+
+    monkeypatch.setattr(paired, "one_run", one_run)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    a1, b1, a2, b2 = (FakeServer(n) for n in ("a1", "b1", "a2", "b2"))
+    args = Namespace(pair_runs=8, pair_duration=1.0, wrk="wrk")
+    loads = [("/a", Path("a")), ("/b", Path("b"))]
+    result = paired.compare([(a1, b1), (a2, b2)], loads, args)  # type: ignore[list-item]
+    assert [c[:2] for c in calls] == [("a1", "b1")] * 5 + [("a2", "b2")] * 5
+    assert [c[2] for c in calls] == [True, False, True, False, True] * 2
+    assert len(result.runs) == 8  # the first run on each couple only warmed up
+    assert result.runs[0].b_us == 102.0
+    assert not any(s.pinned for s in (a1, b1, a2, b2))
+
+
+def test_one_cpu_cannot_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    args = Namespace(pair_runs=4, pair_duration=1.0, wrk="wrk")
+    assert paired.compare([], [], args).error

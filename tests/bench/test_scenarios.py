@@ -1,0 +1,51 @@
+"""The suites as data: what they cover, and that every target refers to a measured scenario."""
+
+import re
+
+from bench import scenarios
+from bench.run import parse_args, select
+from bench.scenarios import PAIR, SERVERS, main_suite, peers_suite, ray_suite
+
+MODELS = ["iris", "breast_cancer"]
+
+
+def test_every_suite_is_consistent() -> None:
+    for suite in (main_suite(MODELS, "main"), peers_suite(MODELS), ray_suite(MODELS)):
+        keys = [s.key for s in suite.scenarios]
+        assert len(keys) == len(set(keys))
+        assert {s.server for s in suite.scenarios} <= {*SERVERS, "service@base"}
+        for t in suite.targets:
+            assert not re.search(r"#\d|issue", t.name, re.IGNORECASE)
+            if t.paired:
+                assert t.b is not None
+                assert {t.a.connections, t.b.connections, t.a.rows, t.b.rows} <= {PAIR, 1}
+            else:
+                assert t.a in suite.scenarios
+                assert t.b is None or t.b in suite.scenarios
+
+
+def test_the_main_suite_covers_what_the_service_is_measured_on() -> None:
+    suite = main_suite(MODELS)
+    measured = {(s.server, s.model, s.request, s.connections, s.rows) for s in suite.scenarios}
+    for m in MODELS:
+        for server in ("service", "service_sklearn", "bare", "naive", "service_quiet"):
+            assert (server, m, "typed", 100, 1) in measured
+        for c in (1, 100, 1000):
+            assert ("service", m, "typed", c, 1) in measured
+        for request in ("rows", "v2json", "v2binary"):
+            assert ("service", m, request, 1, scenarios.ROWS) in measured
+    paired = {t.name for t in suite.targets if t.paired}
+    assert "iris: access log, throughput kept" in paired
+    assert "breast_cancer vs iris, single row" in paired
+    assert not any("this commit" in name for name in paired)
+    with_ref = [t for t in main_suite(MODELS, "abc123").targets if "this commit" in t.name]
+    assert [t.b.server for t in with_ref if t.b] == ["service@base", "service@base"]
+    assert all(t.at_least == 0.97 and t.paired for t in with_ref)
+
+
+def test_only_narrows_scenarios_and_targets() -> None:
+    suite = select(parse_args(["--quick", "--only", "rows10000", "--models", "iris"]))
+    assert suite.scenarios
+    assert all("rows10000" in s.key for s in suite.scenarios)
+    assert suite.targets
+    assert all(not t.paired for t in suite.targets)
