@@ -22,6 +22,7 @@ from training.datasets import DataError, infer_csv_task
 from training.pipeline import EstimatorError
 from training.prune import prune
 from training.run import TrainResult, train
+from training.score import DEFAULT_CHUNK_ROWS, Progress, ScoreError, peak_memory_mb, score_csv
 from training.spec import (
     Spec,
     SpecError,
@@ -35,7 +36,7 @@ DEFAULT_STORE = "models"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_PROMOTED = 3
-_USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError)
+_USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError, ScoreError)
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
@@ -190,6 +191,50 @@ def cmd_ensure_default(args: argparse.Namespace) -> int:
     return cmd_train(args)
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    store = _store(args)
+    data = Path(args.data)
+    out = Path(args.out) if args.out else data.with_name(data.stem + ".scored.csv")
+    if out.resolve() == data.resolve():
+        raise ScoreError("the output file would overwrite the input")
+    progress = Progress(data.stat().st_size if data.is_file() else 0)
+    try:
+        summary = score_csv(
+            store,
+            args.name,
+            data,
+            out,
+            version=args.version,
+            probabilities=args.probabilities,
+            chunk_rows=args.chunk_rows,
+            threads=args.threads,
+            prefer_onnx=not args.sklearn,
+            progress=progress.update,
+        )
+    finally:
+        progress.close()
+    s = summary
+    print(
+        f"[{s.name}] v{s.version} ({s.runtime}): {s.rows:,} rows in {s.seconds:.2f}s "
+        f"({s.rows_per_second:,.0f} rows/s); {s.scored:,} scored, {s.refused:,} refused; "
+        f"peak memory {peak_memory_mb():.0f} MB",
+        file=sys.stderr,
+    )
+    print(f"predictions: {s.out}", file=sys.stderr)
+    if s.refused:
+        print(f"refused rows (row, column, reason): {s.errors}", file=sys.stderr)
+    if s.out_of_range:
+        ranked = sorted(s.out_of_range.items(), key=lambda kv: kv[1], reverse=True)
+        shown = ", ".join(f"{name} ({count:,} rows)" for name, count in ranked[:5])
+        more = f" and {len(ranked) - 5} more features" if len(ranked) > 5 else ""
+        print(
+            f"note: values outside the training range in {shown}{more}: predicted anyway, "
+            "as the service does (extrapolations may be unreliable)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument(
@@ -243,6 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", action="append", help="only this model (repeatable)")
     p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser(
+        "score", help="score a CSV file of any size (predictions to OUT, refused rows beside it)"
+    )
+    p.add_argument("name", help="model name")
+    p.add_argument("data", help="input CSV with a header naming the model's features")
+    p.add_argument("--out", help="output CSV (default: <data>.scored.csv)")
+    p.add_argument("--version", type=int, help="model version (default: production)")
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows read at a time")
+    p.add_argument("--threads", type=int, help="threads the model computes with (default: all)")
+    p.add_argument(
+        "--sklearn",
+        action="store_true",
+        help="predict with scikit-learn even where the service uses ONNX Runtime "
+        "(a large forest predicts large batches faster with it)",
+    )
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("ensure-default", help="train the shipped specs if the store is empty")
     p.set_defaults(func=cmd_ensure_default)

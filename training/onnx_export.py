@@ -11,8 +11,8 @@ manifest says why.
 
 from __future__ import annotations
 
+import re
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,66 @@ PROBA_TOLERANCE = 1e-6
 """Max abs difference allowed for probabilities (float32 tree outputs are ~1e-7 off)."""
 REGRESSION_RTOL = 1e-9
 """Regression values: max abs difference allowed, relative to the largest |prediction|."""
+MAX_REASON_CHARS = 100_000
+"""Per exception in the chain, the failure text kept in the manifest (a node dump runs to some
+40 000 characters; beyond this it can only be more array contents)."""
+SUMMARY_PART_CHARS = 160
 _RANDOM_ROWS = 1000
 _BOUNDARY_PAIRS = 60
 _BOUNDARY_STEPS = 16
+
+
+def failure_text(exc: BaseException) -> str:
+    """The whole story of an exception: its type and message, then each cause's, as
+    ``Caused by: Type: message`` lines (skl2onnx wraps the real reason, e.g. a protobuf type
+    error, in a message that prints every attribute of the node it could not build)."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        part = f"{type(current).__name__}: {current}".strip()
+        if len(part) > MAX_REASON_CHARS:
+            part = (
+                part[:MAX_REASON_CHARS] + f" ... ({len(part) - MAX_REASON_CHARS} more characters)"
+            )
+        parts.append(part)
+        current = current.__cause__ or current.__context__
+    return "\nCaused by: ".join(parts)
+
+
+_NO_CONVERTER = re.compile(
+    r"Unable to find a (?:shape calculator|converter) for .*?'<class '([\w.]+)'>'"
+)
+_DUMP = re.compile(r"\s*(?:with name=\S+ )?and attributes=.*|\s*attributes=.*|[\[{(]\s*$")
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = _DUMP.sub("", line).strip()
+    if len(line) > SUMMARY_PART_CHARS:
+        line = line[: SUMMARY_PART_CHARS - 1] + "…"
+    return line
+
+
+def summarize(reason: str) -> str:
+    """One readable line from a failure text (see :func:`failure_text`): the first line of the
+    error without the node dump it may carry, and the first line of its innermost cause."""
+    head, *causes = reason.split("\nCaused by: ")
+    missing = _NO_CONVERTER.search(head)
+    if missing:
+        return f"skl2onnx has no converter for {missing.group(1).rsplit('.', 1)[-1]}"
+    line = _first_line(head)
+    if causes:
+        cause = _first_line(causes[-1])
+        if cause and cause not in line:
+            line = f"{line} (caused by {cause})"
+    return line
+
+
+def summary(onnx: OnnxExport) -> str:
+    """One line saying why a version has no ONNX graph (the status, if no reason was kept)."""
+    return summarize(onnx.reason) if onnx.reason else onnx.status
 
 
 def converter_version() -> str | None:
@@ -186,14 +243,14 @@ def export(
     except Exception as exc:  # the converter raises many types for unsupported models
         return OnnxExport(
             status="conversion_failed",
-            reason=f"{type(exc).__name__}: {exc}".strip()[:500] or traceback.format_exc(limit=1),
+            reason=failure_text(exc),
         )
     try:
         onnx_model = OnnxModel(signature, onnx_bytes)
     except OnnxUnavailableError as exc:
         return OnnxExport(status="unavailable", reason=str(exc))
     except Exception as exc:  # a graph onnxruntime cannot load is a conversion failure
-        return OnnxExport(status="conversion_failed", reason=f"onnxruntime: {exc}"[:500])
+        return OnnxExport(status="conversion_failed", reason=f"onnxruntime: {failure_text(exc)}")
     X_check = pd.concat(
         [
             X_holdout,
@@ -207,7 +264,7 @@ def export(
     try:
         parity = check_parity(model, onnx_model, X_check, signature)
     except Exception as exc:  # e.g. the graph rejects an input the pipeline accepts
-        return OnnxExport(status="parity_failed", reason=f"parity run failed: {exc}"[:500])
+        return OnnxExport(status="parity_failed", reason=f"parity run failed: {failure_text(exc)}")
     seconds = time.perf_counter() - start
     if not parity.passed:
         return OnnxExport(

@@ -1,15 +1,18 @@
-"""The report folder of a version: metrics.json, PNG plots and a Markdown model card."""
+"""The report folder of a version: metrics.json, importance.json, PNG plots and the Markdown
+model card (training/model_card.py)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from serving.store import Feature, FeatureKind, OnnxExport, Task
+from serving.store import Feature, Task
+from training import importance
 from training.evaluate import Evaluation
+from training.importance import Importances
+from training.model_card import CardFacts, render
 from training.spec import Spec
 
 
@@ -50,25 +53,96 @@ def _confusion(ev: Evaluation, out: Path) -> str:
     return _save(fig, out / "confusion_matrix.png")
 
 
+def _one_vs_rest(ev: Evaluation) -> list[tuple[str, Any, Any]]:
+    """(legend name, is-this-class, score) per curve: the positive class alone for a binary
+    target (its probability is the score), every class against the rest otherwise."""
+    assert ev.proba is not None
+    assert ev.classes is not None
+    if len(ev.classes) == 2:
+        positive = ev.classes[1]
+        return [(str(positive), ev.y_true == positive, ev.proba[:, 1])]
+    curves = []
+    for idx, cls in enumerate(ev.classes):
+        positives = ev.y_true == cls
+        if positives.all() or not positives.any():
+            continue  # a curve needs both kinds of rows
+        curves.append((f"{cls} vs rest", positives, ev.proba[:, idx]))
+    return curves
+
+
+def _binary_title(ev: Evaluation, what: str) -> str:
+    assert ev.classes is not None
+    if len(ev.classes) == 2:
+        return f"{what} (holdout; positive class: {ev.classes[1]})"
+    return f"{what} (holdout; each class vs rest)"
+
+
 def _roc(ev: Evaluation, out: Path) -> str | None:
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     if ev.proba is None or ev.classes is None:
         return None
+    curves = _one_vs_rest(ev)
+    if not curves:
+        return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for idx, cls in enumerate(ev.classes):
-        positives = ev.y_true == cls
-        if positives.all() or not positives.any() or (len(ev.classes) == 2 and idx == 0):
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, positives, score in curves:
+        if positives.all() or not positives.any():
             continue
-        fpr, tpr, _ = roc_curve(positives, ev.proba[:, idx])
-        ax.plot(fpr, tpr, label=f"{cls} vs rest")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+        fpr, tpr, _ = roc_curve(positives, score)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(positives, score):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC 0.5)")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC (holdout)")
-    ax.legend(loc="lower right")
+    ax.set_title(_binary_title(ev, "ROC"), fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out / "roc.png")
+
+
+def _precision_recall(ev: Evaluation, out: Path) -> str | None:
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    if ev.proba is None or ev.classes is None:
+        return None
+    curves = [c for c in _one_vs_rest(ev) if c[1].any() and not c[1].all()]
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, positives, score in curves:
+        precision, recall, _ = precision_recall_curve(positives, score)
+        ap = average_precision_score(positives, score)
+        ax.plot(recall, precision, label=f"{name} (AP {ap:.3f}, base rate {positives.mean():.2f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(_binary_title(ev, "Precision-recall"), fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, out / "precision_recall.png")
+
+
+def _calibration(ev: Evaluation, out: Path) -> str | None:
+    from sklearn.calibration import calibration_curve
+
+    if ev.proba is None or ev.classes is None:
+        return None
+    curves = [c for c in _one_vs_rest(ev) if c[1].any() and not c[1].all()]
+    if not curves:
+        return None
+    # Equal-count bins: a small holdout leaves equal-width bins near empty.
+    bins = max(2, min(10, len(ev.y_true) // 15))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, positives, score in curves:
+        observed, predicted = calibration_curve(positives, score, n_bins=bins, strategy="quantile")
+        ax.plot(predicted, observed, marker="o", label=name)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(_binary_title(ev, "Calibration"), fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, out / "calibration.png")
 
 
 def _regression_plots(ev: Evaluation, out: Path) -> list[str]:
@@ -92,62 +166,18 @@ def _regression_plots(ev: Evaluation, out: Path) -> list[str]:
     return [first, _save(fig, out / "residuals.png")]
 
 
-def feature_importances(
-    model: Any, feature_names: list[str]
-) -> tuple[str, dict[str, float]] | None:
-    """(kind, importance by transformed feature) of the final estimator, where it has them."""
-    final = model[-1] if hasattr(model, "steps") else model
-    if hasattr(final, "feature_importances_"):
-        kind = "impurity-based importance"
-        values = np.asarray(final.feature_importances_, dtype=float)
-    elif hasattr(final, "coef_"):
-        kind = "mean |coefficient| on preprocessed inputs"
-        values = np.abs(np.atleast_2d(np.asarray(final.coef_, dtype=float))).mean(axis=0)
-    else:
-        return None
-    names = feature_names
-    if hasattr(model, "steps") and len(model.steps) > 1:
-        try:
-            names = [str(n) for n in model[:-1].get_feature_names_out(feature_names)]
-        except (AttributeError, ValueError):
-            names = feature_names
-    if len(names) != len(values):
-        names = [f"x{i}" for i in range(len(values))]
-    return kind, dict(zip(names, values.tolist(), strict=True))
-
-
-def _importance_plot(kind: str, importances: dict[str, float], out: Path) -> str:
+def _importance_plot(importances: Importances, out: Path, file: str, title: str) -> str:
     plt = _pyplot()
-    top = sorted(importances.items(), key=lambda kv: kv[1], reverse=True)[:20]
-    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(top) + 1.2))
-    ax.barh([k for k, _ in reversed(top)], [v for _, v in reversed(top)])
-    ax.set_title(f"Feature importances ({kind})", fontsize=10)
-    return _save(fig, out / "feature_importances.png")
-
-
-def _feature_table(features: list[Feature]) -> list[str]:
-    lines = ["| feature | kind | training range / categories | nullable |", "|---|---|---|---|"]
-    for f in features:
-        if f.kind == FeatureKind.CATEGORICAL:
-            span = ", ".join(f.categories or [])
-        else:
-            span = f"{f.min:g} … {f.max:g} (mean {f.mean:.3g}, std {f.std:.3g})"
-        lines.append(f"| `{f.name}` | {f.kind.value} | {span} | {'yes' if f.nullable else 'no'} |")
-    return lines
-
-
-def _runtime_lines(onnx: OnnxExport | None) -> list[str]:
-    if onnx is None:
-        return ["scikit-learn (no ONNX export was attempted)."]
-    if onnx.status == "ok" and onnx.parity is not None:
-        p = onnx.parity
-        return [
-            f"ONNX Runtime (`{onnx.file}`), verified against the scikit-learn pipeline on "
-            f"{p.rows_checked} rows (holdout, random rows in the training ranges, and rows near "
-            f"decision boundaries): label agreement {p.label_agreement:.6f}, max abs difference "
-            f"{p.max_abs_diff:.3g} (tolerance {p.tolerance:.3g}); {p.converter}, {p.runtime}."
-        ]
-    return [f"scikit-learn: no ONNX compilation ({onnx.status}: {onnx.reason})."]
+    top = importances.ranked()[:20]
+    names = [k for k, _ in reversed(top)]
+    values = [v for _, v in reversed(top)]
+    spread = importances.spread
+    errors = [spread[k] for k in names] if spread is not None else None
+    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(top) + 1.4))
+    ax.barh(names, values, xerr=errors)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_title(f"{title}\n{importances.kind}", fontsize=9)
+    return _save(fig, out / file)
 
 
 def write_report(
@@ -159,64 +189,88 @@ def write_report(
     evaluation: Evaluation,
     features: list[Feature],
     context: dict[str, Any],
+    holdout: Any = None,
+    all_metrics: dict[str, float] | None = None,
+    extra_comparison_rows: Sequence[Sequence[str]] = (),
 ) -> list[str]:
-    """Write metrics.json, plots and model_card.md into ``out``; return the plot file names."""
+    """Write metrics.json, importance.json, plots and model_card.md into ``out``; return the
+    plot file names.
+
+    ``holdout``: the holdout rows as the pipeline takes them (permutation importance shuffles
+    its columns; without it the card has no permutation importance).
+    ``all_metrics``: the manifest's metrics (default: the holdout's); the card's "Baseline and
+    cross-validation" table shows their ``baseline_<metric>``, ``baseline_cv_<metric>_mean``
+    / ``_std`` and ``cv_<metric>_mean`` / ``_std``. ``extra_comparison_rows``: more rows for
+    that table (cells: metric, holdout, baseline, cross-validation).
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(
         json.dumps(evaluation.metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
+    names = [f.name for f in features]
     plots: list[str] = []
     if task == Task.CLASSIFICATION:
         plots.append(_confusion(evaluation, out))
-        roc = _roc(evaluation, out)
-        if roc:
-            plots.append(roc)
+        for plot in (_roc, _precision_recall, _calibration):
+            made = plot(evaluation, out)
+            if made:
+                plots.append(made)
     else:
         plots.extend(_regression_plots(evaluation, out))
-    importances = feature_importances(model, [f.name for f in features])
-    if importances:
-        plots.append(_importance_plot(*importances, out))
-
-    metric_rows = [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.metrics.items())]
-    card = [
-        f"# Model card: {spec.name}",
-        "",
-        spec.description or "",
-        "",
-        f"- Task: {task.value}",
-        f"- Estimator: `{spec.estimator.class_}` with params `{spec.estimator.params}`",
-        f"- Data: {context['origin']} (sha256 `{context['fingerprint'][:16]}…`)",
-        f"- Rows: {context['n_train']} train, {context['n_test']} holdout "
-        f"(test size {spec.split.test_size}, seed {spec.split.seed})",
-        f"- Target: `{spec.dataset.target}`"
-        + (f", classes {context['classes']}" if context.get("classes") else ""),
-        "",
-        "## Holdout metrics",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *metric_rows,
-        "",
-        f"Primary metric for promotion: **{context['primary_metric']}** "
-        f"(tolerance {spec.evaluation.tolerance}).",
-        "",
-        "## Features",
-        "",
-        *_feature_table(features),
-        "",
-        "## Plots",
-        "",
-        *[f"![{p.removesuffix('.png').replace('_', ' ')}]({p})" for p in plots],
-        "",
-        "## Serving runtime",
-        "",
-        *_runtime_lines(context.get("onnx")),
-        "",
-        "## Limitations",
-        "",
-        "Predictions outside the training ranges above are extrapolations; "
-        "categories not seen in training are ignored by the one-hot encoder.",
-        "",
-    ]
-    (out / "model_card.md").write_text("\n".join(card), encoding="utf-8")
+    permuted = None
+    if holdout is not None:
+        permuted = importance.permutation(
+            model,
+            holdout,
+            evaluation.y_true,
+            names,
+            context["primary_metric"],
+            n_classes=len(evaluation.classes) if evaluation.classes else None,
+            seed=spec.split.seed,
+        )
+        title = "Permutation importance (holdout)"
+        plots.append(_importance_plot(permuted, out, "feature_importances.png", title))
+    own = importance.built_in(model, names)
+    if own is not None:
+        title = "The estimator's own importances (secondary: biased to many-valued inputs)"
+        plots.append(_importance_plot(own, out, "model_importances.png", title))
+    (out / "importance.json").write_text(
+        json.dumps(
+            {
+                "permutation": permuted.to_json() if permuted else None,
+                "model": own.to_json() if own else None,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    facts = CardFacts(
+        name=spec.name,
+        description=spec.description or "",
+        task=task,
+        estimator=spec.estimator.class_,
+        params=dict(spec.estimator.params),
+        origin=context["origin"],
+        fingerprint=context["fingerprint"],
+        n_train=context["n_train"],
+        n_test=context["n_test"],
+        test_size=spec.split.test_size,
+        seed=spec.split.seed,
+        target=spec.dataset.target,
+        classes=context.get("classes"),
+        primary_metric=context["primary_metric"],
+        tolerance=spec.evaluation.tolerance,
+        impute=spec.preprocessing.impute,
+    )
+    card = render(
+        facts,
+        metrics={**(all_metrics or {}), **evaluation.metrics},
+        features=features,
+        plots=plots,
+        onnx=context.get("onnx"),
+        importances=permuted,
+        extra_comparison_rows=extra_comparison_rows,
+    )
+    (out / "model_card.md").write_text(card, encoding="utf-8")
     return plots

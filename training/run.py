@@ -172,7 +172,8 @@ def _compile_onnx(
                 f"{p.max_abs_diff:.2g} (tolerance {p.tolerance:.2g}); serves with ONNX Runtime"
             )
         else:
-            echo(f"    no ONNX ({result.status}): {result.reason}; serves with scikit-learn")
+            why = onnx_export.summary(result)
+            echo(f"    no ONNX ({result.status}): {why}; serves with scikit-learn")
     return result
 
 
@@ -477,6 +478,8 @@ def train(
                     "primary_metric": primary,
                     "onnx": onnx,
                 },
+                holdout=model_input(X_test),
+                all_metrics=metrics,
             )
             _write_evaluation(
                 staged.report_dir,

@@ -107,3 +107,57 @@ def test_generated_rows_stay_in_training_ranges(store: ModelStore) -> None:
             assert f.max is not None
             assert rows[f.name].between(f.min, f.max).all()
     assert (rows["tenure_months"] == rows["tenure_months"].round()).all()
+
+
+def _node_dump_error() -> ValueError:
+    """What skl2onnx raises when it cannot build a node: every attribute printed (thousands
+    of lines of ``0,``), the real reason only in the chained cause."""
+    dump = "{'base_values': array([0., 0., 0.], dtype=float32),\n 'class_ids': [0,\n"
+    dump += "               0,\n" * 3000 + " 'post_transform': 'SOFTMAX'}."
+    try:
+        try:
+            raise TypeError("Field onnx.AttributeProto.ints: Expected an int, got a boolean.")
+        except TypeError as cause:
+            raise ValueError(
+                "Unable to create node 'TreeEnsembleClassifier' with "
+                f"name='TreeEnsembleClassifier' and attributes={dump}"
+            ) from cause
+    except ValueError as exc:
+        return exc
+
+
+def test_a_conversion_failure_is_summarised_in_one_line_and_kept_whole() -> None:
+    exc = _node_dump_error()
+
+    full = onnx_export.failure_text(exc)
+    line = onnx_export.summarize(full)
+
+    assert line == (
+        "ValueError: Unable to create node 'TreeEnsembleClassifier' (caused by TypeError: "
+        "Field onnx.AttributeProto.ints: Expected an int, got a boolean.)"
+    )
+    assert full.count("0,") > 3000  # the manifest keeps the whole text
+    assert full.endswith(
+        "Caused by: TypeError: Field onnx.AttributeProto.ints: Expected an int, got a boolean."
+    )
+
+
+def test_an_unconvertible_estimator_is_named_in_one_line(store: ModelStore) -> None:
+    spec = shipped_spec("diabetes").with_overrides(
+        {
+            "name": "custom",
+            "estimator": {"class": "tests.training.custom_estimators.SquaredRidge"},
+        }
+    )
+    lines: list[str] = []
+    result = train(spec, store, echo=lines.append)
+
+    assert result.manifest.onnx is not None
+    assert onnx_export.summary(result.manifest.onnx) == "skl2onnx has no converter for SquaredRidge"
+    said = [line for line in lines if "no ONNX" in line]
+    assert said == [
+        "    no ONNX (conversion_failed): skl2onnx has no converter for SquaredRidge; "
+        "serves with scikit-learn"
+    ]
+    card = (result.path / "report" / "model_card.md").read_text()
+    assert "(conversion_failed: skl2onnx has no converter for SquaredRidge)" in card
