@@ -51,12 +51,20 @@ typecheck: $(STAMP) ## Mypy (strict)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP) ## Run the test suite only (no lint), fast tests
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow and not ray" -q
 
 test: lint typecheck unit ## Lint, type-check and run the whole default test suite
 
-test-slow: $(STAMP) ## Run the slow load/soak tests too
-	$(PY) -m pytest -q
+# pytest exits 5 when nothing is selected: for a marker run that means its tests are gone.
+define pytest_marked
+	$(PY) -m pytest -q -m "$(1)"; status=$$?; \
+	if [ $$status = 5 ]; then echo "no test is marked '$(1)': the tests or their marker are gone"; fi; \
+	exit $$status
+endef
+
+test-slow: $(STAMP) ## Run the slow load/soak/shutdown tests (make test runs the others; soak needs wrk)
+	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(call pytest_marked,slow)
 
 train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col [ESTIMATOR=name]
 	$(PY) -m training train \
@@ -139,7 +147,7 @@ serve-ray: $(RAY_STAMP) ## Train defaults if the store is empty; local Ray head 
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m serving.ray_local --config serving/ray-serve.yaml --num-cpus $(RAY_CPUS)
 
 test-ray: $(RAY_STAMP) ## Ray Serve tests: two real replicas on a local Ray instance (~1.5 min)
-	$(PY) -m pytest -q tests/serving/test_ray_deployment.py
+	$(call pytest_marked,ray)
 
 bench-ray: $(RAY_STAMP) ## Benchmark the Ray Serve proxy vs the single-box service (BENCH_ARGS as for bench)
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -75,3 +75,43 @@ def test_out_of_range_warnings_and_counts(trained_store: ModelStore) -> None:
         tracker.queue(model, rows)
     tracker.process(tracker.take())
     assert counted == [("iris", [0, 0, 2, 2], 5)]
+
+
+def test_values_exactly_at_the_training_bounds_are_in_range(trained_store: ModelStore) -> None:
+    manifest = trained_store.manifest("iris", 1)
+    lo = np.array([f.min for f in manifest.features], dtype=float)
+    hi = np.array([f.max for f in manifest.features], dtype=float)
+    counted: list[list[int]] = []
+    tracker = DriftTracker(100, lambda key, names, counts, rows: counted.append(counts.tolist()))
+    model = tracker.track(manifest)
+    bounds = np.array([lo, hi])
+    # Each size takes another path: the per-value loop (up to 32 values), numpy beyond it,
+    # and out_of_range's single-row shortcut.
+    for rows in (lo[None, :], hi[None, :], bounds, np.tile(bounds, (20, 1))):
+        assert model.flagged(rows) == [], rows
+        assert model.out_of_range(rows) == [], rows
+        tracker.queue(model, rows)
+    tracker.process(tracker.take())
+    assert counted == [[0, 0, 0, 0]]
+    # A batch that misses numpy's all-in-range shortcut: only the far row is flagged.
+    mixed = np.tile(bounds, (20, 1))
+    mixed[7] = hi + 1
+    assert model.flagged(mixed) == [7]
+    report = model.report(model.window[: model.filled])
+    assert [f["out_of_range_share"] for f in report["features"]] == [0.0] * 4
+
+    below = np.nextafter(lo, -np.inf)
+    above = np.nextafter(hi, np.inf)
+    for i in range(4):  # one feature just outside at a time, on either side
+        for outside in (below, above):
+            row = lo.copy()
+            row[i] = outside[i]
+            rows = row[None, :]
+            assert model.flagged(rows) == [0]
+            assert model.flagged(np.tile(rows, (20, 1))) == list(range(20))
+            assert [w.split()[0] for w in model.out_of_range(rows)] == [model.names[i]]
+            pair = np.array([lo, row])
+            assert [w.split()[0] for w in model.out_of_range(pair)] == [model.names[i]]
+            tracker.queue(model, rows)
+    tracker.process(tracker.take())
+    assert counted[1:] == [[2, 2, 2, 2]]

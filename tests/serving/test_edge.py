@@ -5,6 +5,7 @@ answer carries the request id."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -107,6 +108,67 @@ def test_chunked_bodies_over_the_limit_are_413_on_served_and_routed_paths(
     # The service goes on answering.
     ok = http.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
     assert ok.status_code == 200, ok.text
+
+
+ENDLESS_CAP = 256 * 1024 * 1024
+"""Where the endless body stops: far beyond any limit, well below what the box can hold."""
+
+
+def _endless_chunked_post(
+    port: int, path: str, extra_headers: str = ""
+) -> tuple[bytes, int, float]:
+    """POST a chunked body that does not end (up to ENDLESS_CAP) until the server answers or
+    closes; return the answer, the body bytes sent and the seconds it took."""
+    piece = b" " * 65536
+    chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
+    started = time.monotonic()
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        # A small send buffer: what the kernel holds for the server is not counted as read.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.settimeout(10)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            # A long deadline: only the size limit may stop this body.
+            f"x-request-timeout: 60\r\ntransfer-encoding: chunked\r\n{extra_headers}\r\n".encode()
+        )
+        while sent < ENDLESS_CAP and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server answered and closed; the answer is still readable
+            sent += len(piece)
+        answer = b""
+        try:
+            while data := sock.recv(65536):  # until the server closes the connection
+                answer += data
+        except ConnectionResetError:
+            pass  # closed with our unread chunks in its buffer: the answer came first
+        except TimeoutError:
+            pass  # no answer at all: the assertions say what was sent
+    return answer, sent, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/models/iris/predict", ""),  # answered by the edge itself
+        ("/v2/repository/index", f"authorization: Bearer {TOKEN}\r\n"),  # by the app
+    ],
+)
+def test_an_endless_chunked_body_is_refused_once_past_the_limit(
+    live: RunningServer, http: httpx.Client, path: str, headers: str
+) -> None:
+    port = int(live.url.rsplit(":", 1)[1])
+    answer, sent, seconds = _endless_chunked_post(port, path, headers)
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), (answer[:300], sent, seconds)
+    assert b"connection: close" in head.lower()
+    # Refused as the limit is crossed, not after buffering: what went out is the limit plus
+    # what the loopback's buffers hold, nowhere near the cap.
+    assert sent <= LIMIT + 2 * 1024 * 1024, sent
+    assert seconds < 10
+    assert http.post("/models/iris/predict", json={"rows": [IRIS_ROW]}).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,61 @@ def test_continuous_load_across_promote_and_rollback_drops_nothing(
     )
 
 
+def test_rows_waiting_for_a_swapped_out_version_are_answered_by_it(
+    live: RunningServer, http: httpx.Client, store: ModelStore
+) -> None:
+    """The swap must drain the retired version's batcher before unloading it: rows queued
+    behind busy workers when the switch happens are still sent to the old version."""
+    old = served_version(http, "iris", IRIS_ROW)
+    new = publish_copy(store, "iris", store, "iris", old)
+    dataplane, lifecycle = live.app.state.dataplane, live.app.state.lifecycle
+    retired = dataplane.models[("iris", old)].batcher
+    at_switch: list[int] = []
+    # Observes (no fault): the listeners run in the switch's synchronous step, before the drain.
+    record = lambda: at_switch.append(retired.queued_rows)  # noqa: E731
+    lifecycle.listeners.append(record)
+    pool = dataplane.executor
+    pids = pool.pids
+    requests = 12
+    body = {"rows": [IRIS_ROW] * 300}  # two never fit one batch (512 rows): a batch each
+    slow = {"x-request-timeout": "60"}
+    try:
+        with ThreadPoolExecutor(requests + 1) as threads, live.client() as admin:
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                sent = [
+                    threads.submit(http.post, "/models/iris/predict", json=body, headers=slow)
+                    for _ in range(requests)
+                ]
+                # One batch in each stopped worker, the rest waiting for a free one.
+                wait_for(lambda: retired.queued_rows == (requests - len(pids)) * 300)
+                promoting = threads.submit(
+                    admin.post, f"/admin/models/iris/promote/{new}", headers=AUTH
+                )
+                # The promote waits for the stopped workers: each has the load queued.
+                wait_for(lambda: all(w.controls for w in pool._workers))
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            responses = [future.result() for future in sent]
+            promoted = promoting.result()
+    finally:
+        lifecycle.listeners.remove(record)
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["default_version"] == new
+    assert at_switch, "no swap happened"
+    assert at_switch[0] > 0, "no rows were waiting in the retired batcher: nothing to drain"
+    lost = [
+        (i, r.status_code, r.text[:200]) for i, r in enumerate(responses) if r.status_code != 200
+    ]
+    assert not lost, lost
+    assert {r.json()["version"] for r in responses} == {old}
+    assert served_version(http, "iris", IRIS_ROW) == new
+    rolled_back = http.post("/admin/models/iris/rollback", headers=AUTH)
+    assert rolled_back.json()["default_version"] == old
+
+
 def test_polling_picks_up_a_moved_pointer_and_a_restarted_worker_loads_it(
     live: RunningServer, http: httpx.Client, store: ModelStore
 ) -> None:
@@ -181,9 +237,14 @@ def test_polling_picks_up_a_moved_pointer_and_a_restarted_worker_loads_it(
     wait_for(lambda: served_version(http, "diabetes", DIABETES_ROW) == new)
 
     pool = live.app.state.dataplane.executor
+    before, restarts = set(pool.pids), pool.restarts
     victim = pool.pids[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: victim not in pool.pids and pool.up)
+    # The other worker alone keeps the pool up: wait for the replacement itself.
+    wait_for(lambda: victim not in pool.pids and pool.up and pool.workers_ready == pool.size)
+    assert pool.restarts == restarts + 1
+    assert len(set(pool.pids) - before) == 1  # a new process
+    assert len(pool.pids) == pool.size
     # Every worker, the new one included, answers with the swapped-in version.
     for _ in range(20):
         assert served_version(http, "diabetes", DIABETES_ROW) == new

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvloop
 
 from serving.__main__ import GreedyAcceptLoop
 from serving.store import ModelStore
@@ -169,10 +168,10 @@ async def _accepted_after_a_burst(connections: int, iterations: int) -> int:
 def test_a_burst_of_connections_is_accepted_at_once() -> None:
     # Plain uvloop (libuv) accepts one connection per loop iteration: under load, when an
     # iteration takes long, a burst of connections would wait seconds in the accept queue.
+    # Only servewell's loop is asserted: how plain uvloop accepts is the library's business
+    # (a libuv that accepts greedily would not make this loop wrong).
     with asyncio.Runner(loop_factory=GreedyAcceptLoop) as runner:
         assert runner.run(_accepted_after_a_burst(200, 5)) == 200
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert runner.run(_accepted_after_a_burst(200, 5)) < 200  # what the loop is for
 
 
 def _pool_workers(pid: int) -> list[int]:
@@ -236,9 +235,18 @@ def test_sigterm_stops_accepting_finishes_requests_in_flight_and_exits_0(
             process.communicate()
 
 
+GRACE_EXIT_S = 12.0
+"""Bound on the exit after SIGTERM with a 1 s grace and a stopped worker: the grace, then the
+pool's 5 s wait for the worker to stop politely before it is killed, and room for a loaded
+box (measured: 6.2 s; ignoring the grace takes the request's 60 s deadline)."""
+
+
 @pytest.mark.slow  # a server process of its own: kept out of the default run
 def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
-    process, url = _start(trained_store, pool_size="1", shutdown_grace_s="1")
+    # The request's own deadline is long: only the grace period may cut it short.
+    process, url = _start(
+        trained_store, pool_size="1", shutdown_grace_s="1", request_timeout_s="60"
+    )
     everything = _children(process.pid)
     (worker,) = _pool_workers(process.pid)
     try:
@@ -246,8 +254,10 @@ def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
         result: list[object] = []
         thread = _post_in_background(url, result)
         time.sleep(1.0)
+        signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)  # grace 1 s, then the pool is stopped
+        output, _ = process.communicate(timeout=GRACE_EXIT_S)
+        assert time.monotonic() - signalled < GRACE_EXIT_S
         assert process.returncode == 0, output
         thread.join(60)
         (outcome,) = result  # cut off: a 5xx or a closed connection, but an answer

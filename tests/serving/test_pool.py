@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -22,6 +23,15 @@ from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
 from tests.serving.regions import shared_regions
 from training.onnx_export import PROBA_TOLERANCE
 
+T = TypeVar("T")
+ANSWER_S = 60.0
+"""Longest wait for a batch's answer: a replacement worker starts in seconds even on a busy
+box, and a pool that lost every worker without replacing it must fail a test, not hang it."""
+
+
+async def _answer(pending: Awaitable[T]) -> T:
+    return await asyncio.wait_for(pending, ANSWER_S)
+
 
 def test_workers_answer_like_the_model_in_process(trained_store: ModelStore) -> None:
     _, iris = trained_store.load_model("iris", 1)
@@ -34,8 +44,10 @@ def test_workers_answer_like_the_model_in_process(trained_store: ModelStore) -> 
             assert pool.up
             assert len(set(pool.pids)) == 2
             assert os.getpid() not in pool.pids
-            results = await asyncio.gather(
-                *(pool.submit(("iris", 1), rows[i : i + 8], True) for i in range(0, 64, 8))
+            results = await _answer(
+                asyncio.gather(
+                    *(pool.submit(("iris", 1), rows[i : i + 8], True) for i in range(0, 64, 8))
+                )
             )
         finally:
             pool.close()
@@ -61,10 +73,15 @@ def test_a_dead_worker_is_replaced(trained_store: ModelStore) -> None:
                     break
                 await asyncio.sleep(0.01)
             assert pool.restarts == 1
-            result = await pool.submit(("iris", 1), np.array([[5.1, 3.5, 1.4, 0.2]]), False)
+            result = await _answer(
+                pool.submit(("iris", 1), np.array([[5.1, 3.5, 1.4, 0.2]]), False)
+            )
             assert result.predictions.tolist() == ["setosa"]
             assert pool.up
             assert victim not in pool.pids
+            # Replaced, not just survived: a new process, and the pool at full size again.
+            assert len(pool.pids) == pool.size == 1
+            assert pool.workers_ready == pool.size
         finally:
             pool.close()
 
@@ -77,8 +94,8 @@ def test_estimator_errors_come_back_as_inference_errors(trained_store: ModelStor
         try:
             await pool.start()
             with pytest.raises(InferenceError):
-                await pool.submit(("iris", 1), np.zeros((1, 3)), False)  # wrong width
-            ok = await pool.submit(("iris", 1), np.array([[5.1, 3.5, 1.4, 0.2]]), False)
+                await _answer(pool.submit(("iris", 1), np.zeros((1, 3)), False))  # wrong width
+            ok = await _answer(pool.submit(("iris", 1), np.array([[5.1, 3.5, 1.4, 0.2]]), False))
             assert ok.predictions.tolist() == ["setosa"]
         finally:
             pool.close()
@@ -125,7 +142,7 @@ def test_large_batches_cross_the_pipe_under_both_loops(trained_store: ModelStore
         pool = InferencePool(trained_store.root, [("breast_cancer", 1)], size=1)
         try:
             await pool.start()
-            result = await pool.submit(("breast_cancer", 1), rows, True)
+            result = await _answer(pool.submit(("breast_cancer", 1), rows, True))
         finally:
             pool.close()
         assert np.array_equal(result.predictions, cancer.predict(rows))
@@ -156,14 +173,14 @@ def test_large_batches_and_answers_go_through_shared_memory_and_leave_nothing_op
             fds = []
             for rows in (10_000, 12_000, 100_000, 3):
                 batch = rng.uniform(0.1, 7.9, size=(rows, 4))
-                result = await pool.submit(("iris", 1), batch, True)
+                result = await _answer(pool.submit(("iris", 1), batch, True))
                 assert result.predictions.tolist() == iris.predict(batch).tolist()
                 assert result.probabilities is not None
                 assert np.allclose(
                     result.probabilities, iris.predict_proba(batch), rtol=0, atol=PROBA_TOLERANCE
                 )
                 values = rng.uniform(-0.1, 0.1, size=(rows, 10))
-                answer = await pool.submit(("diabetes", 1), values, False)
+                answer = await _answer(pool.submit(("diabetes", 1), values, False))
                 assert np.allclose(answer.predictions, diabetes.predict(values), rtol=1e-9)
                 fds.append((len(shared_regions() - before), len(shared_regions(pool.pids[0]))))
             # 1 MiB for up to 12 000 rows of either model, then 4 MiB and 8 MiB for 100 000
@@ -190,27 +207,28 @@ def test_models_load_and_unload_in_running_workers_and_restarts_keep_them(
         try:
             await pool.start()
             with pytest.raises(InferenceError):  # not loaded yet: the worker says so
-                await pool.submit(("iris", 1), row, False)
+                await _answer(pool.submit(("iris", 1), row, False))
             assert await pool.load_model(("iris", 1)) in {"onnx", "sklearn"}
-            results = await asyncio.gather(
-                *(pool.submit(("iris", 1), row, False) for _ in range(8))
+            results = await _answer(
+                asyncio.gather(*(pool.submit(("iris", 1), row, False) for _ in range(8)))
             )
             assert {r.predictions.tolist()[0] for r in results} == {"setosa"}
             # A worker started after the load (here: after a crash) loads the current set.
-            os.kill(pool.pids[0], signal.SIGKILL)
-            for _ in range(500):
-                if pool.restarts and pool.up:
-                    break
-                await asyncio.sleep(0.01)
-            results = await asyncio.gather(
-                *(pool.submit(("iris", 1), row, False) for _ in range(8))
+            victim = pool.pids[0]
+            os.kill(victim, signal.SIGKILL)
+            # Both workers again (one serving alone would keep the pool up): a replacement.
+            await _until(lambda: pool.restarts == 1 and pool.workers_ready == pool.size)
+            assert victim not in pool.pids
+            assert len(pool.pids) == pool.size
+            results = await _answer(
+                asyncio.gather(*(pool.submit(("iris", 1), row, False) for _ in range(8)))
             )
             assert {r.predictions.tolist()[0] for r in results} == {"setosa"}
             with pytest.raises(InferenceError, match="ModelNotFoundError"):
                 await pool.load_model(("iris", 99))
             await pool.unload_model(("iris", 1))
             with pytest.raises(InferenceError):
-                await pool.submit(("iris", 1), row, False)
+                await _answer(pool.submit(("iris", 1), row, False))
             assert pool.up
         finally:
             pool.close()
@@ -246,13 +264,14 @@ def test_a_batch_on_a_killed_worker_is_retried_and_the_replacement_loads_every_m
             rows = _big_iris_batch()
             batch = pool.submit(("iris", 1), rows, False)
             os.kill(victim, signal.SIGKILL)
-            result = await batch  # retried on the replacement, which loaded both models
+            result = await _answer(batch)  # retried on the replacement, which loaded both models
             assert set(result.predictions.tolist()) == {"setosa"}
             assert len(result.predictions) == len(rows)
             assert pool.retried_batches == 1
             assert pool.restarts == 1
             assert victim not in pool.pids
-            diabetes = await pool.submit(("diabetes", 1), np.zeros((3, 10)), False)
+            assert pool.workers_ready == len(pool.pids) == pool.size
+            diabetes = await _answer(pool.submit(("diabetes", 1), np.zeros((3, 10)), False))
             assert len(diabetes.predictions) == 3
             assert pool.up
         finally:
@@ -275,10 +294,10 @@ def test_a_batch_whose_worker_dies_twice_fails_as_retryable_and_the_pool_recover
             await _until(lambda: any(w.batch and w.process.pid != first for w in pool._workers))
             os.kill(pool.pids[0], signal.SIGKILL)
             with pytest.raises(WorkerLostError) as caught:
-                await batch
+                await _answer(batch)
             assert caught.value.retry_after > 0
             assert pool.lost_batches == 1
-            ok = await pool.submit(("iris", 1), np.array([IRIS_ROW]), False)
+            ok = await _answer(pool.submit(("iris", 1), np.array([IRIS_ROW]), False))
             assert ok.predictions.tolist() == ["setosa"]
             assert pool.restarts == 2
         finally:
@@ -296,7 +315,7 @@ def test_a_hung_worker_is_killed_and_its_batch_answered_by_the_replacement(
             await pool.start()
             hung = pool.pids[0]
             os.kill(hung, signal.SIGSTOP)  # alive, but never answers
-            result = await pool.submit(("iris", 1), np.array([IRIS_ROW]), False)
+            result = await _answer(pool.submit(("iris", 1), np.array([IRIS_ROW]), False))
             assert result.predictions.tolist() == ["setosa"]
             assert pool.restarts == 1
             assert hung not in pool.pids
@@ -330,7 +349,7 @@ def test_a_replacement_that_dies_while_loading_is_started_again(
             # The replacement died too: a crash loop reports down, but is not broken.
             assert (pool.up, pool.broken) == (False, None)
             waiting = pool.submit(("iris", 1), np.array([IRIS_ROW]), False)  # queued
-            assert (await waiting).predictions.tolist() == ["setosa"]
+            assert (await _answer(waiting)).predictions.tolist() == ["setosa"]
             assert pool.up
         finally:
             pool.close()
@@ -449,7 +468,7 @@ def test_workers_give_scikit_learn_the_thread_budget_of_onnx_runtime(tmp_path: P
         try:
             await pool.start()
             assert pool.runtimes[("threads", 1)] == "sklearn"
-            result = await pool.submit(("threads", 1), rows, False)
+            result = await _answer(pool.submit(("threads", 1), rows, False))
         finally:
             pool.close()
         return list(result.predictions.tolist())

@@ -234,6 +234,7 @@ def _rows(store: ModelStore, name: str, n: int) -> list[list[Any]]:
 
 @pytest.mark.ray
 @needs_ray
+@pytest.mark.timeout(900)  # Ray alone may take up to 300 s to come up on a busy box
 def test_two_ray_replicas_serve_the_models_and_follow_the_production_pointer(
     tmp_path: Path,
 ) -> None:

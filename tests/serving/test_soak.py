@@ -54,6 +54,7 @@ def _wrk_in_thread(
     return thread
 
 
+@pytest.mark.timeout(600)  # a 60 s soak after a server start and a warm-up, on a busy box
 def test_soak_60s_at_1000_connections_mixed_sizes(
     trained_store: ModelStore, tmp_path: Path
 ) -> None:

@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from serving.store import ModelStore
 from tests.training.conftest import quiet
-from training.gate import paired
+from training.gate import Comparison, holdout_only, paired
 from training.run import train
 from training.spec import Spec, load_spec, parse_spec, shipped_spec
 
@@ -148,6 +149,7 @@ def test_clearly_better_is_promoted_and_tolerance_raises_the_bar(store: ModelSto
     assert refused.decision.versus_production is not None
     assert refused.decision.versus_production.difference > refused.decision.versus_production.noise
     assert "margin 0.9" in refused.decision.reason
+    assert refused.decision.versus_production.margin == 0.9  # the spec's tolerance, as given
 
     better = train(shipped_spec("iris"), store, echo=quiet)
     assert better.promoted
@@ -207,3 +209,38 @@ def test_paired_rule_needs_more_than_the_corrected_fold_noise() -> None:
     )
     assert lower.difference == 1.0
     assert lower.better
+
+
+def _steady(higher_is_better: bool, margin: float) -> Comparison:
+    """Five folds that all differ by the same 0.03 (better for the candidate): no fold noise,
+    so the margin alone decides."""
+    sign = 1.0 if higher_is_better else -1.0
+    return paired(
+        "production v1",
+        "accuracy" if higher_is_better else "rmse",
+        [0.8 + sign * 0.03] * 5,
+        [0.8] * 5,
+        higher_is_better=higher_is_better,
+        margin=margin,
+        significance=0.05,
+        validate_to_fit=0.25,
+    )
+
+
+def test_the_tolerance_is_the_exact_margin_over_production() -> None:
+    for higher in (True, False):
+        gain = _steady(higher, 0.0)
+        assert gain.noise == 0.0
+        assert gain.difference == pytest.approx(0.03)
+        assert _steady(higher, gain.difference - 1e-6).better  # just inside
+        assert not _steady(higher, gain.difference).better  # the bar is strict
+        assert not _steady(higher, gain.difference + 1e-6).better  # just outside
+    for higher in (True, False):  # the same bar without folds
+        sign = 1.0 if higher else -1.0
+        inside = holdout_only(
+            "p", "m", 0.8 + sign * 0.03, 0.8, higher_is_better=higher, margin=0.0299
+        )
+        outside = holdout_only(
+            "p", "m", 0.8 + sign * 0.03, 0.8, higher_is_better=higher, margin=0.0301
+        )
+        assert (inside.better, outside.better) == (True, False)

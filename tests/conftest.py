@@ -1,0 +1,33 @@
+"""Suite-wide rules of the test run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+
+import pytest
+
+MUST_RUN_IN_CI = ("slow", "ray")
+"""Markers of tests that CI runs in runs of their own: there, a skip would pass unnoticed
+(a missing extra or tool), so it fails instead."""
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and _in_ci()
+        and any(item.get_closest_marker(name) for name in MUST_RUN_IN_CI)
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every slow and ray test must run: {reason}"
+    return report
