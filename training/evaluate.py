@@ -12,6 +12,16 @@ import pandas as pd
 
 from serving.store import Task
 
+SCORERS = {
+    "accuracy": "accuracy",
+    "f1_macro": "f1_macro",
+    "roc_auc": "roc_auc",
+    "r2": "r2",
+    "rmse": "neg_root_mean_squared_error",
+    "mae": "neg_mean_absolute_error",
+}
+"""Each metric as a scikit-learn scorer (errors negated there: higher is always better)."""
+
 
 @dataclass(frozen=True)
 class Evaluation:

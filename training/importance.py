@@ -17,19 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from training.evaluate import SCORERS
+
 PERMUTATION_REPEATS = 5
 """Shuffles per feature: enough for a mean and a spread on small holdouts, few enough that a
 100-tree forest on 30 features adds a couple of seconds to training."""
-
-SCORERS = {
-    "accuracy": "accuracy",
-    "f1_macro": "f1_macro",
-    "roc_auc": "roc_auc",
-    "rmse": "neg_root_mean_squared_error",
-    "mae": "neg_mean_absolute_error",
-    "r2": "r2",
-}
-"""The scikit-learn scorer of each primary metric (errors negated: higher is better)."""
 
 
 @dataclass(frozen=True)

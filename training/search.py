@@ -14,17 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from training.evaluate import SCORERS
 from training.spec import Distribution, SearchSection
-
-# Our metric names as scikit-learn scorers; "neg_" scorers are turned back to metric units.
-_SCORERS = {
-    "accuracy": "accuracy",
-    "f1_macro": "f1_macro",
-    "roc_auc": "roc_auc",
-    "r2": "r2",
-    "rmse": "neg_root_mean_squared_error",
-    "mae": "neg_mean_absolute_error",
-}
 
 
 @dataclass(frozen=True)
@@ -71,7 +62,7 @@ def run_search(
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
     metric = section.scoring or primary
-    scorer = _SCORERS[metric]
+    scorer = SCORERS[metric]
     if scorer == "roc_auc" and len(np.unique(y)) > 2:
         scorer = "roc_auc_ovr"
     space = {param_name(k): _space(v) for k, v in section.params.items()}
