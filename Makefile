@@ -23,6 +23,9 @@ OUT ?=
 PROBA ?=
 # Where the model store lives; the service and the training CLI both read SERVEWELL_STORE.
 STORE ?= models
+# Where make serve listens (empty: SERVEWELL_HOST / SERVEWELL_PORT, else 127.0.0.1:8000).
+HOST ?=
+PORT ?=
 export SERVEWELL_STORE ?= $(STORE)
 
 .PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback sign score bench bench-score clean bench-peers
@@ -103,9 +106,9 @@ score: $(STAMP) ## Score a CSV of any size: MODEL=name DATA=in.csv [OUT=out.csv 
 bench-score: $(STAMP) ## Bulk scoring throughput and peak memory, 1 000 000-row CSVs (~2 min): table + bench/results/score-latest.json
 	$(PY) bench/score.py
 
-serve: $(STAMP) ## Train the default models if the store is empty, then serve on 127.0.0.1:8000
+serve: $(STAMP) ## Train the default models if the store is empty, then serve on 127.0.0.1:8000 (HOST=, PORT=)
 	$(PY) -m training ensure-default
-	$(PY) -m serving
+	$(PY) -m serving $(if $(HOST),--host "$(HOST)") $(if $(PORT),--port "$(PORT)")
 
 BENCH_ARGS ?=
 bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min; --baseline-ref=COMMIT adds a paired A/B with that commit): table + bench/results/*.json/.png

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import logging
@@ -172,9 +173,47 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    """Start the service with the settings from the environment; Ctrl-C stops it cleanly."""
-    settings = Settings()
+_FLAGS = {
+    "host": "interface to listen on",
+    "port": "TCP port (0 picks a free one)",
+    "store": "model store root",
+    "workers": "server processes sharing the port",
+    "log-level": "critical, error, warning, info or debug",
+}
+"""Command-line flags: the settings people most often change per run. Each one sets its
+``SERVEWELL_<NAME>`` variable, so server processes started by uvicorn read it too."""
+
+
+def parse_args(argv: list[str] | None) -> None:
+    """Read the command line into the environment (``--help`` prints usage and exits)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Serve every model in the store: typed REST endpoints and the Open "
+        "Inference Protocol. Every setting is also an environment variable SERVEWELL_<NAME> "
+        "(docs/operations.md lists them all); a flag overrides its variable.",
+    )
+    for flag, help_text in _FLAGS.items():
+        variable = "SERVEWELL_" + flag.replace("-", "_").upper()
+        default = os.environ.get(variable)
+        shown = f" (now {default} from {variable})" if default else f" ({variable})"
+        parser.add_argument(
+            f"--{flag}", help=help_text + shown, metavar=flag.split("-")[-1].upper()
+        )
+    args = parser.parse_args(argv)
+    for flag in _FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            os.environ["SERVEWELL_" + flag.replace("-", "_").upper()] = value
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start the service with the settings from the command line and the environment;
+    Ctrl-C stops it cleanly."""
+    parse_args(argv)
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: name the setting, no traceback
+        raise SystemExit(f"servewell: invalid settings: {exc}") from None
     logging_config = log_config(settings.log_level, resolve_format(settings.log_format))
     logging.config.dictConfig(logging_config)
     shared_dir = None

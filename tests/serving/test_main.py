@@ -58,7 +58,7 @@ def _alive(pid: int) -> bool:
 
 
 def _start(
-    trained_store: ModelStore, loop: str = "uvloop", **settings: str
+    trained_store: ModelStore, loop: str = "uvloop", *args: str, **settings: str
 ) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     env = {
@@ -70,8 +70,10 @@ def _start(
         "SERVEWELL_LOOP": loop,
         **{f"SERVEWELL_{name.upper()}": value for name, value in settings.items()},
     }
+    if "--port" in args:
+        port = int(args[args.index("--port") + 1])
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving"],
+        [sys.executable, "-m", "serving", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -123,6 +125,57 @@ def test_serve_and_stop_on_sigint(trained_store: ModelStore, loop: str) -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_help_prints_usage_and_serves_nothing() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--host", "--port", "--store", "--workers", "--log-level"):
+        assert flag in done.stdout
+    assert "serving" not in done.stderr  # no server line, no log
+
+
+def test_flags_override_the_environment(trained_store: ModelStore, tmp_path: Path) -> None:
+    # The environment names an empty store and another port; the flags win.
+    port = _free_port()
+    process, url = _start(
+        trained_store,
+        "uvloop",
+        "--port",
+        str(port),
+        "--store",
+        str(trained_store.root),
+        store=str(tmp_path),
+    )
+    try:
+        assert url.endswith(f":{port}")
+        ok = httpx.post(f"{url}/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})
+        assert ok.status_code == 200, ok.text
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.communicate(timeout=30)
+
+
+def test_invalid_settings_are_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "SERVEWELL_STORE": str(tmp_path), "SERVEWELL_POOL_SIZE": "none"}
+    done = subprocess.run(
+        [sys.executable, "-m", "serving"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "invalid settings" in done.stderr
+    assert "pool_size" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_workers_exit_when_the_server_is_killed(trained_store: ModelStore) -> None:
