@@ -501,11 +501,14 @@ def _expired(watcher: Sweeper, task: asyncio.Task[Any]) -> bool:
 
 
 def _endpoint(scope: Scope) -> str:
-    """A bounded label: the route's path template, ``unmatched`` for paths no route knows."""
+    """A bounded label: the route's path template, a mounted app's prefix (the docs' assets)
+    with ``/{path}``, ``unmatched`` for paths nothing knows."""
     route = scope.get("route")
     path = getattr(route, "path", None)
     if not isinstance(path, str):
-        return "unmatched"
+        # A mount adds its prefix to the root path of the scope it hands on (the same dict).
+        mount = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+        return f"{mount}/{{path}}" if mount else "unmatched"
     # Each served model has its own documented predict route: one label for all of them.
     if path.startswith("/models/") and path.endswith("/predict"):
         if "/versions/" in path:

@@ -231,7 +231,10 @@ class Lifecycle:
         dp.models.update(loaded)
         dp.default_version[name] = default
         if old_default != default:
-            log.info("model %s: now serving v%s (was v%s)", name, default, old_default)
+            if old_default is None:
+                log.info("model %s: serving v%s", name, default)
+            else:
+                log.info("model %s: now serving v%s (was v%s)", name, default, old_default)
         await self._switch(retired)
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import shutil
@@ -570,3 +571,18 @@ def test_a_malformed_store_entry_at_start_refuses_only_its_model(
         assert status == 503
         assert "not a valid version folder name" in str(detail["models"]["diabetes"])
         assert served_version(client, "iris", IRIS_ROW) >= 1
+
+
+def test_a_model_added_while_running_names_no_earlier_version(
+    trained_store: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    set_production(store, "diabetes", publish_copy(store, "diabetes", trained_store, "diabetes", 1))
+    caplog.set_level(logging.INFO, logger="servewell.lifecycle")
+    settings = quiet_settings(store, pool_size=1, poll_interval_s=0.1, log_level="info")
+    with running_server(settings) as live:
+        set_production(store, "iris", publish_copy(store, "iris", trained_store, "iris", 1))
+        wait_for(lambda: ("iris", 1) in live.app.state.dataplane.models)
+    said = [r.getMessage() for r in caplog.records if r.name == "servewell.lifecycle"]
+    assert "model iris: serving v1" in said
+    assert not [line for line in said if "vNone" in line]

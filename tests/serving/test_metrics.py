@@ -118,6 +118,26 @@ def test_counts_and_histogram_sums_match_the_traffic(live: RunningServer, http: 
     assert value(after, "servewell_model_load_seconds", **iris) > 0
 
 
+def test_the_docs_and_their_assets_have_their_own_endpoint_labels(http: httpx.Client) -> None:
+    before = scrape(http)
+    for path in ("/openapi.json", "/docs", "/docs-static/swagger-ui.css", "/docs-static/nothing"):
+        http.get(path)
+    http.get("/no/such/path")
+    after = scrape(http)
+
+    def delta(endpoint: str, status: str) -> float:
+        labels = {"endpoint": endpoint, "model": "", "version": "", "status": status}
+        return value(after, "servewell_requests_total", **labels) - value(
+            before, "servewell_requests_total", **labels
+        )
+
+    assert delta("/openapi.json", "200") == 1
+    assert delta("/docs", "200") == 1
+    assert delta("/docs-static/{path}", "200") == 1
+    assert delta("/docs-static/{path}", "404") == 1
+    assert delta("unmatched", "404") == 1
+
+
 def test_request_ids_are_accepted_generated_and_on_every_response(http: httpx.Client):
     given = http.post(
         "/models/iris/predict", json={"instances": [IRIS]}, headers={"x-request-id": "abc-123"}
