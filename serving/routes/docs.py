@@ -7,7 +7,7 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from serving.routes.deps import InfoAccess
@@ -46,6 +46,31 @@ async def redoc() -> HTMLResponse:
     )
 
 
+# The front door stays open whatever is protected: it names where things are, nothing more.
+index_router = APIRouter()
+
+
+@index_router.get("/", summary="Where to go from here: the API docs, health and models")
+async def index(request: Request) -> Response:
+    """A browser is sent to the API docs; any other client gets the links as JSON."""
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/docs", status_code=307)
+    return JSONResponse(
+        {
+            "name": "servewell",
+            "version": request.app.version,
+            "docs": "/docs",
+            "redoc": "/redoc",
+            "openapi": "/openapi.json",
+            "models": "/models",
+            "health": "/health/ready",
+            "metrics": "/metrics",
+            "open_inference_protocol": "/v2",
+        }
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.include_router(index_router)
     app.include_router(router)
     app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="docs-static")

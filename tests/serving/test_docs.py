@@ -26,3 +26,17 @@ def test_docs_page_and_assets_are_local(client: httpx.Client, page: str) -> None
         assert len(loaded.content) > 0
     assert "/openapi.json" in html
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_the_root_points_browsers_to_the_docs_and_clients_to_the_links(
+    client: httpx.Client,
+) -> None:
+    browser = client.get("/", headers={"accept": "text/html,application/xhtml+xml"})
+    assert browser.status_code == 307
+    assert browser.headers["location"] == "/docs"
+    links = client.get("/")
+    assert links.status_code == 200
+    body = links.json()
+    assert body["docs"] == "/docs"
+    for link in ("docs", "openapi", "models", "health", "open_inference_protocol"):
+        assert client.get(body[link]).status_code == 200, link
