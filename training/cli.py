@@ -1,6 +1,7 @@
 """`python -m training`: train specs, list, compare and prune the store, promote and roll back.
 
-Exit codes of ``train`` (and so of ``make train``), for CI:
+Exit codes of ``train``, for CI (``make train`` reports them as "Error N" and itself exits 2,
+as make does for any failure):
 
 - 0: every model trained was promoted, or was identical to production (nothing written);
 - 1: an error (bad spec, data, estimator or store); it wins over 3 when both happen;

@@ -62,7 +62,8 @@ def _params(m: Manifest) -> str:
 
 
 def _cell(text: str) -> str:
-    return text if len(text) <= _COLUMN else text[: _COLUMN - 1] + "…"
+    # One column of space at least: a cell that fills its column would run into the next.
+    return text if len(text) < _COLUMN else text[: _COLUMN - 2] + "…"
 
 
 def render(store: ModelStore, name: str) -> str:
