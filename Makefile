@@ -98,7 +98,7 @@ rollback: $(STAMP) ## Return MODEL=name to its previous production version
 sign: $(STAMP) ## Re-sign every version signed in the old format with SERVEWELL_SIGNING_KEY
 	$(PY) -m training sign
 
-score: $(STAMP) ## Score a CSV of any size: MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]; refused rows go to OUT's .errors.csv
+score: $(STAMP) ## Score a CSV of any size: MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]; refused rows go to a side file (out.errors.csv)
 	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make score MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]"; exit 2; }
 	$(PY) -m training score "$(MODEL)" "$(DATA)" \
 		$(if $(OUT),--out "$(OUT)") $(if $(VERSION),--version "$(VERSION)") $(if $(PROBA),--probabilities)
