@@ -322,6 +322,23 @@ def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
     return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
 
 
+_LINK_ERRNOS = frozenset({errno.ELOOP, errno.EMLINK, errno.ENOTDIR})
+"""What ``open`` with ``O_NOFOLLOW`` (or ``O_DIRECTORY``) says of a symbolic link, or of a file
+where a folder should be."""
+
+
+@contextlib.contextmanager
+def _refusing_links(refusal: Exception) -> Iterator[None]:
+    """Raise ``refusal`` for a symbolic link met by the opens in the block; every other error
+    (a missing file among them) passes through."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _LINK_ERRNOS:
+            raise refusal from None
+        raise
+
+
 def _read_regular(fd: int, what: str) -> bytes:
     """Every byte of an opened file, which must be a regular file."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -339,25 +356,22 @@ def _read_under(dir_fd: int, rel: str, what: str, folder: Path) -> bytes:
     if any(p in ("", ".", "..") for p in parts):
         raise IntegrityError(f"{what}: manifest lists {rel!r} outside its version")
     opened: list[int] = []
+    link = IntegrityError(
+        f"{what}: {folder / rel} is (or lies below) a symbolic link; the store never follows one"
+    )
     try:
-        current = dir_fd
-        for part in parts[:-1]:
-            current = _open_dir(part, current)
-            opened.append(current)
-        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=current)
+        with _refusing_links(link):
+            current = dir_fd
+            for part in parts[:-1]:
+                current = _open_dir(part, current)
+                opened.append(current)
+            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=current)
         try:
             return _read_regular(fd, f"{what}: {folder / rel}")
         finally:
             os.close(fd)
     except FileNotFoundError:
         raise IntegrityError(f"{what}: artifact file {folder / rel} is missing") from None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-            raise IntegrityError(
-                f"{what}: {folder / rel} is (or lies below) a symbolic link; the store never "
-                "follows one"
-            ) from None
-        raise
     finally:
         for fd in opened:
             os.close(fd)
@@ -366,16 +380,12 @@ def _read_under(dir_fd: int, rel: str, what: str, folder: Path) -> bytes:
 def _read_file_nofollow(path: Path) -> bytes:
     """A file of a model folder, read without following a symlink at the folder or the file;
     FileNotFoundError when absent."""
-    try:
+    with _refusing_links(StoreError(f"{path} is a symbolic link; the store never follows one")):
         dir_fd = _open_dir(path.parent)
         try:
             fd = os.open(path.name, _FILE_FLAGS, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
-            raise StoreError(f"{path} is a symbolic link; the store never follows one") from None
-        raise
     try:
         return _read_regular(fd, str(path))
     finally:
@@ -487,29 +497,22 @@ class ModelStore:
     def _open_version(self, name: str, version: int) -> int:
         """An open descriptor of the version folder (never through a symlink)."""
         path = self._version_dir(name, version)
+        missing = ModelNotFoundError(f"model {name!r} has no version {version}")
+        escape = InvalidNameError(f"model directory {path.parent} escapes the store root")
+        link = IntegrityError(
+            f"{name} v{version}: the version folder {path} is a symbolic link (or not a "
+            "folder); the store never follows one"
+        )
         try:
-            model_fd = _open_dir(path.parent)
+            with _refusing_links(escape):
+                model_fd = _open_dir(path.parent)
+            try:
+                with _refusing_links(link):
+                    return _open_dir(path.name, model_fd)
+            finally:
+                os.close(model_fd)
         except FileNotFoundError:
-            raise ModelNotFoundError(f"model {name!r} has no version {version}") from None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise InvalidNameError(
-                    f"model directory {path.parent} escapes the store root"
-                ) from None
-            raise
-        try:
-            return _open_dir(path.name, model_fd)
-        except FileNotFoundError:
-            raise ModelNotFoundError(f"model {name!r} has no version {version}") from None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise IntegrityError(
-                    f"{name} v{version}: the version folder {path} is a symbolic link (or not a "
-                    "folder); the store never follows one"
-                ) from None
-            raise
-        finally:
-            os.close(model_fd)
+            raise missing from None
 
     def names(self) -> list[str]:
         """Models that have at least one published version (or a folder the store cannot
@@ -576,16 +579,12 @@ class ModelStore:
     def _manifest_at(self, fd: int, name: str, version: int) -> Manifest:
         path = self._version_dir(name, version) / MANIFEST_FILE
         what = f"{name} v{version}"
+        link = IntegrityError(f"{what}: {path} is a symbolic link; the store never follows one")
         try:
-            manifest_fd = os.open(MANIFEST_FILE, _FILE_FLAGS, dir_fd=fd)
+            with _refusing_links(link):
+                manifest_fd = os.open(MANIFEST_FILE, _FILE_FLAGS, dir_fd=fd)
         except FileNotFoundError:
             raise ModelNotFoundError(f"model {name!r} has no version {version}") from None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EMLINK):
-                raise IntegrityError(
-                    f"{what}: {path} is a symbolic link; the store never follows one"
-                ) from None
-            raise
         try:
             raw = _read_regular(manifest_fd, str(path))
         finally:
@@ -763,15 +762,9 @@ class ModelStore:
         """Hold the model's pointer lock: promote and rollback read, change and write the
         production pointer and the history under it, in the service and the CLI alike."""
         path = self._model_dir(name) / LOCK_FILE
-        try:
+        with _refusing_links(StoreError(f"{path} is a symbolic link; the store never follows one")):
             # Read-only is enough for flock, so any user who can read the store can lock.
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EMLINK):
-                raise StoreError(
-                    f"{path} is a symbolic link; the store never follows one"
-                ) from None
-            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
