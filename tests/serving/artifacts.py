@@ -9,6 +9,7 @@ import os
 import pathlib
 import pickle
 import shutil
+import time
 from typing import Any
 
 import joblib
@@ -135,4 +136,23 @@ class RaisingClassifier:
 def raising_model_bytes(always: bool) -> bytes:
     buffer = io.BytesIO()
     joblib.dump(RaisingClassifier(always), buffer)
+    return buffer.getvalue()
+
+
+class SlowClassifier:
+    """An iris-shaped classifier that takes ``seconds`` for every batch: rows queued behind
+    it wait long enough for a test to see them waiting."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.classes_ = np.array(["setosa", "versicolor", "virginica"], dtype=object)
+
+    def predict(self, X: Any) -> Any:
+        time.sleep(self.seconds)
+        return self.classes_.take(np.zeros(len(X), dtype=np.intp))
+
+
+def slow_model_bytes(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(SlowClassifier(seconds), buffer)
     return buffer.getvalue()

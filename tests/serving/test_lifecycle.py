@@ -23,6 +23,7 @@ from tests.serving.artifacts import (
     publish_copy,
     raising_model_bytes,
     set_production,
+    slow_model_bytes,
 )
 from tests.serving.conftest import (
     IRIS_ROW,
@@ -179,8 +180,14 @@ def test_rows_waiting_for_a_swapped_out_version_are_answered_by_it(
 ) -> None:
     """The swap must drain the retired version's batcher before unloading it: rows queued
     behind busy workers when the switch happens are still sent to the old version."""
-    old = served_version(http, "iris", IRIS_ROW)
-    new = publish_copy(store, "iris", store, "iris", old)
+    original = served_version(http, "iris", IRIS_ROW)
+    # The version swapped out takes 50 ms a batch, so that its backlog outlasts the time
+    # between the workers' loads of the new version (a fast model's could be gone by then).
+    old = publish_copy(
+        store, "iris", store, "iris", original, model_bytes=slow_model_bytes(0.05), with_onnx=False
+    )
+    new = publish_copy(store, "iris", store, "iris", original)
+    assert http.post(f"/admin/models/iris/promote/{old}", headers=AUTH).status_code == 200
     dataplane, lifecycle = live.app.state.dataplane, live.app.state.lifecycle
     retired = dataplane.models[("iris", old)].batcher
     at_switch: list[int] = []
@@ -215,6 +222,7 @@ def test_rows_waiting_for_a_swapped_out_version_are_answered_by_it(
             promoted = promoting.result()
     finally:
         lifecycle.listeners.remove(record)
+        http.post(f"/admin/models/iris/promote/{original}", headers=AUTH)
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["default_version"] == new
     assert at_switch, "no swap happened"
@@ -224,9 +232,7 @@ def test_rows_waiting_for_a_swapped_out_version_are_answered_by_it(
     ]
     assert not lost, lost
     assert {r.json()["version"] for r in responses} == {old}
-    assert served_version(http, "iris", IRIS_ROW) == new
-    rolled_back = http.post("/admin/models/iris/rollback", headers=AUTH)
-    assert rolled_back.json()["default_version"] == old
+    assert served_version(http, "iris", IRIS_ROW) == original
 
 
 def test_polling_picks_up_a_moved_pointer_and_a_restarted_worker_loads_it(
