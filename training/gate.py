@@ -58,10 +58,13 @@ class Comparison:
         )
 
 
-def _t_critical(significance: float, dof: int) -> float:
+def _noise(spread: float, k: int, significance: float, validate_to_fit: float) -> float:
+    """The one-sided t bound of a difference over ``k`` folds whose spread is ``spread``,
+    corrected for the overlap of the folds' training parts (Nadeau and Bengio)."""
     from scipy.stats import t
 
-    return float(t.ppf(1.0 - significance, dof))
+    critical = float(t.ppf(1.0 - significance, k - 1))
+    return critical * spread * math.sqrt(1 / k + validate_to_fit)
 
 
 def paired(
@@ -81,7 +84,7 @@ def paired(
     k = len(diffs)
     mean = sum(diffs) / k
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (k - 1)) if k > 1 else 0.0
-    noise = _t_critical(significance, k - 1) * sd * math.sqrt(1 / k + validate_to_fit)
+    noise = _noise(sd, k, significance, validate_to_fit)
     return Comparison(against, metric, mean, noise, margin, f"paired over {k} folds")
 
 
@@ -100,7 +103,7 @@ def unpaired(
     """Recorded (mean, std) over folds of two models that could not share folds."""
     sign = 1.0 if higher_is_better else -1.0
     spread = math.sqrt(candidate[1] ** 2 + other[1] ** 2)
-    noise = _t_critical(significance, k - 1) * spread * math.sqrt(1 / k + validate_to_fit)
+    noise = _noise(spread, k, significance, validate_to_fit)
     return Comparison(
         against,
         metric,

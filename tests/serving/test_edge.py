@@ -16,6 +16,7 @@ import pytest
 from serving.admission import _SWEEPERS
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
+from tests.serving.raw_http import until_closed
 
 TOKEN = "edge-test-token"
 LIMIT = 4096
@@ -198,17 +199,6 @@ def test_every_answer_echoes_the_request_id(
     assert response.headers["x-request-id"] == "edge-42"
 
 
-def _until_closed(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    answer = b""
-    try:
-        while chunk := sock.recv(65536):
-            answer += chunk
-    except ConnectionResetError:
-        pass
-    return answer
-
-
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -227,10 +217,10 @@ def test_chunked_bodies_count_against_the_byte_budget_as_they_arrive(
         time.sleep(0.3)
         with socket.create_connection(("127.0.0.1", port)) as declared:
             declared.sendall(predict + b"content-length: 2000\r\n\r\n")
-            shed = _until_closed(declared)
+            shed = until_closed(declared)
         with socket.create_connection(("127.0.0.1", port)) as undeclared:
             undeclared.sendall(chunked + b"\r\n" + _chunk(padded))
-            shed_later = _until_closed(undeclared)
+            shed_later = until_closed(undeclared)
         for answer in (shed, shed_later):
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 503"), answer

@@ -20,6 +20,7 @@ from serving import http_protocol
 from serving.http_protocol import _JOIN_LIMIT, _HeadHolding
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
+from tests.serving.raw_http import until_closed
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -132,17 +133,6 @@ def _connect(server: RunningServer) -> socket.socket:
     return sock
 
 
-def _until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    answer = b""
-    try:
-        while chunk := sock.recv(65536):
-            answer += chunk
-    except ConnectionResetError:
-        pass
-    return answer
-
-
 def _response(sock: socket.socket) -> tuple[bytes, bytes]:
     """One response (head, body) with a Content-Length, the connection left open."""
     data = b""
@@ -192,7 +182,7 @@ def test_a_head_sent_slowly_is_closed_after_the_header_timeout(guarded: RunningS
                 with httpx.Client(base_url=guarded.url, timeout=10) as client:
                     ok = client.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
                     assert ok.status_code == 200, ok.text
-        answer = _until_closed(slow)
+        answer = until_closed(slow)
         elapsed = time.monotonic() - started
     assert closed or answer, "the slow head was never cut off"
     assert HEADER_TIMEOUT * 0.9 < elapsed < HEADER_TIMEOUT + 2.5
@@ -203,7 +193,7 @@ def test_a_head_sent_slowly_is_closed_after_the_header_timeout(guarded: RunningS
 def test_a_connection_that_sends_nothing_is_closed_silently(guarded: RunningServer) -> None:
     with _connect(guarded) as idle:
         started = time.monotonic()
-        assert _until_closed(idle) == b""
+        assert until_closed(idle) == b""
         assert HEADER_TIMEOUT * 0.9 < time.monotonic() - started < HEADER_TIMEOUT + 2.5
 
 
@@ -219,7 +209,7 @@ def test_on_a_kept_alive_connection_the_clock_starts_at_the_next_request(
         assert _response(sock)[0].startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         sock.sendall(b"GET /health/ready HTTP/1.1\r\n")  # and no more
-        answer = _until_closed(sock)
+        answer = until_closed(sock)
         assert HEADER_TIMEOUT * 0.9 < time.monotonic() - started < HEADER_TIMEOUT + 2.5
     assert _json_error(answer, b"408")["type"] == "request_timeout"
 
@@ -230,7 +220,7 @@ def test_blank_lines_between_requests_do_not_hold_a_connection(guarded: RunningS
         assert _response(sock)[0].startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         sock.sendall(b"\r\n")  # stops uvicorn's keep-alive timer, begins no request
-        assert _until_closed(sock) == b""
+        assert until_closed(sock) == b""
         assert time.monotonic() - started < HEADER_TIMEOUT + 2.5
 
 
@@ -245,7 +235,7 @@ def test_beyond_the_connection_limit_new_connections_are_refused_at_once(
             assert _response(sock)[0].startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         with _connect(guarded) as extra:
-            answer = _until_closed(extra)
+            answer = until_closed(extra)
         assert time.monotonic() - started < 1.0
         if answer:
             assert b"retry-after: 1" in answer.lower()
@@ -266,7 +256,7 @@ def test_an_oversize_head_is_431(guarded: RunningServer) -> None:
     with _connect(guarded) as sock:  # in one piece
         sock.sendall(b"GET /health/ready HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * HEADER_BYTES)
         sock.sendall(b"\r\n\r\n")
-        error = _json_error(_until_closed(sock), b"431")
+        error = _json_error(until_closed(sock), b"431")
     assert error == {
         "type": "headers_too_large",
         "message": f"the request line and headers exceed {HEADER_BYTES} bytes",
@@ -280,17 +270,17 @@ def test_an_oversize_head_is_431(guarded: RunningServer) -> None:
             except OSError:
                 break
             time.sleep(0.05)
-        _json_error(_until_closed(sock), b"431")
+        _json_error(until_closed(sock), b"431")
     with _connect(guarded) as sock:  # a long URL
         sock.sendall(b"GET /health/ready?" + b"q" * HEADER_BYTES + b" HTTP/1.1\r\n\r\n")
-        _json_error(_until_closed(sock), b"431")
+        _json_error(until_closed(sock), b"431")
 
 
 def test_too_many_headers_are_431_and_enough_are_served(guarded: RunningServer) -> None:
     lines = "".join(f"x-h{i}: {i}\r\n" for i in range(HEADERS))  # with host: one too many
     with _connect(guarded) as sock:
         sock.sendall(f"GET /health/ready HTTP/1.1\r\nhost: t\r\n{lines}\r\n".encode())
-        error = _json_error(_until_closed(sock), b"431")
+        error = _json_error(until_closed(sock), b"431")
     assert error["message"] == f"a request may carry at most {HEADERS} header lines"
     with _connect(guarded) as sock:
         sock.sendall(f"GET /health/ready HTTP/1.1\r\n{lines}\r\n".encode())
