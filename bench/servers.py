@@ -2,7 +2,7 @@
 
 The service is ``python -m serving`` set up by ``SERVEWELL_*`` variables (from a git worktree
 of another commit for ``--baseline-ref``); the baselines are uvicorn apps; MLServer runs from
-its own virtualenv; Ray Serve through ``python -m serving.ray_local``. CPU time and leftovers
+its own virtualenv; Ray Serve through ``python -m serving.ray.local``. CPU time and leftovers
 are counted over each server's process tree: Ray's actors leave the launcher's process group.
 """
 
@@ -202,7 +202,7 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
     env = {"PYTHONPATH": str(source), "SERVEWELL_STORE": store, **server.env}
     if server.kind == "ray":
         temp = tempfile.mkdtemp(prefix="ray-b-", dir="/tmp")  # short unix socket paths
-        argv = [py, "-m", "serving.ray_local", "--config", str(ctx.ray_config), "--store", store]
+        argv = [py, "-m", "serving.ray.local", "--config", str(ctx.ray_config), "--store", store]
         argv += ["--port", str(port), "--num-cpus", str(os.cpu_count()), "--temp-dir", temp]
         return argv, {**env, "RAY_USAGE_STATS_ENABLED": "0"}, source
     # One hash seed for every service: with random ones, identical servers measured up to 3 %

@@ -17,10 +17,10 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from serving.http_protocol import ConnectionLimits, http_protocol
-from serving.logs import log_config, resolve_format
+from serving.http.protocol import ConnectionLimits, http_protocol
+from serving.http.shutdown import exit_cleanly_on_signals
+from serving.observe.logs import log_config, resolve_format
 from serving.settings import Settings, default_max_connections
-from serving.shutdown import exit_cleanly_on_signals
 
 log = logging.getLogger("servewell")
 
@@ -119,12 +119,12 @@ class _Listener(asyncio.AbstractServer):
 
 
 def create_app() -> Any:
-    """The service (``serving.app.create_app``) for uvicorn, in each server process. With
+    """The service (``serving.http.app.create_app``) for uvicorn, in each server process. With
     ``gc_freeze`` (default), every object alive once it is built (modules, routes, schemas:
     about 70 000) is then moved out of the garbage collector's reach: otherwise each full
     collection walks them all, which under load stalled the event loop for 0.1-0.3 s every
     few seconds (measured on a 2-core box), delaying every request in flight, refusals too."""
-    from serving.app import create_app as build  # heavy: only in the server processes
+    from serving.http.app import create_app as build  # heavy: only in the server processes
 
     settings = Settings()
     app = build(settings)

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.runtime import RuntimePolicy
+from serving.execution.runtime import RuntimePolicy
 
 
 def default_pool_size() -> int:

@@ -1,8 +1,8 @@
 """A chunk of a CSV table -> float64 rows in the encoding the runtimes take, by the service's rules.
 
 The service validates each JSON value with a pydantic model built from the manifest
-(serving/schemas.py); checking a million CSV rows that way would cost a Python call per value,
-so this module applies the same rules to whole columns with numpy:
+(serving/codecs/schemas.py); checking a million CSV rows that way would cost a Python call per
+value, so this module applies the same rules to whole columns with numpy:
 
 - a numeric value must be a finite number; an integer value a whole number within +-2**53;
   a boolean true/false or 1/0 (any case, as the training CSV reader accepts them);
@@ -14,8 +14,8 @@ so this module applies the same rules to whole columns with numpy:
   with a warning).
 
 A refused row is not scored; each of its problems becomes an :class:`RowErrors` entry.
-The encoding is the one of serving.runtime: booleans 0/1, categorical values their index in the
-manifest's categories, missing values NaN.
+The encoding is the one of serving.execution.runtime: booleans 0/1, categorical values their
+index in the manifest's categories, missing values NaN.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from serving.store import Feature, FeatureKind
 
 FloatArray = npt.NDArray[np.float64]
 MAX_EXACT_INT = 2**53
-"""As serving/schemas.py: integers travel as float64, exact only up to 2**53."""
+"""As serving/codecs/schemas.py: integers travel as float64, exact only up to 2**53."""
 _BOOLEAN_TEXT = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}
 
 

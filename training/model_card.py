@@ -1,9 +1,10 @@
 """The Markdown model card of a version: what it is, how well it did, and what the service does
 with the inputs it is sent.
 
-The "Inputs the service accepts" section states the service's rules (serving/schemas.py for
-the REST API, serving/oip/signature.py for the Open Inference Protocol, serving/drift.py for
-out-of-range warnings, training/csv_rows.py for bulk scoring); tests check each statement
+The "Inputs the service accepts" section states the service's rules (serving/codecs/schemas.py for
+the REST API, serving/codecs/oip/signature.py for the Open Inference Protocol,
+serving/observe/drift.py for out-of-range warnings, training/csv_rows.py for bulk scoring);
+tests check each statement
 against that code, so the card cannot drift from it silently.
 """
 

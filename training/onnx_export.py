@@ -1,8 +1,9 @@
 """Compile a fitted pipeline to ONNX and prove it answers like the pipeline before it may serve.
 
 Conversion uses float64 graphs (so float32 rounding cannot flip a label) with zipmap off. Parity
-runs the converted graph through :class:`serving.onnx_runtime.OnnxModel` (the class that serves)
-on the holdout plus generated rows: random rows within the training ranges and categories, and
+runs the converted graph through :class:`serving.execution.onnx_runtime.OnnxModel` (the class
+that serves) on the holdout plus generated rows: random rows within the training ranges and
+categories, and
 rows interpolated between holdout rows of different predicted classes, which land near decision
 boundaries. Labels must agree on every row; probabilities / regression values within TOLERANCE.
 A model that cannot be converted, or fails parity, is still served by scikit-learn: the
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.onnx_runtime import Signature
+from serving.execution.onnx_runtime import Signature
 from serving.store import ONNX_FILE, Feature, FeatureKind, OnnxExport, OnnxParity, Task
 from training.onnx_layout import transpose_linear_chains
 from training.onnx_trees import use_exact_thresholds
@@ -182,7 +183,7 @@ def _as_input(X: pd.DataFrame, features: list[Feature]) -> Any:
 def check_parity(
     model: Any, onnx_model: Any, X_check: pd.DataFrame, signature: Signature
 ) -> OnnxParity:
-    from serving.onnx_runtime import onnxruntime_version
+    from serving.execution.onnx_runtime import onnxruntime_version
 
     X = _as_input(X_check, signature.features)
     expected = np.asarray(model.predict(X))
@@ -230,7 +231,7 @@ def export(
     """Write ``model.onnx`` into ``out_dir`` if it converts and passes parity; say why not."""
     from dataclasses import replace
 
-    from serving.onnx_runtime import OnnxModel, OnnxUnavailableError
+    from serving.execution.onnx_runtime import OnnxModel, OnnxUnavailableError
 
     argmax = signature.task == Task.CLASSIFICATION and _argmax_decides(model)
     signature = replace(signature, labels_from_probabilities=argmax)

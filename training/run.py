@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from serving.onnx_runtime import Signature
+from serving.execution.onnx_runtime import Signature
 from serving.store import (
     Environment,
     Feature,

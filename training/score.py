@@ -3,8 +3,9 @@
 The file is read in chunks of ``chunk_rows`` rows; each chunk is checked against the model's
 feature schema (training/csv_rows.py: the service's rules, applied to whole columns), encoded
 as the service encodes rows, and predicted by the runtime the service would choose
-(serving.runtime.load: ONNX Runtime where the version's ONNX graph passed parity, scikit-learn
-otherwise). Predictions are appended to the output chunk by chunk, one output line per input
+(serving.execution.runtime.load: ONNX Runtime where the version's ONNX graph passed parity,
+scikit-learn otherwise). Predictions are appended to the output chunk by chunk, one output line
+per input
 row in input order, each starting with the row's number (data rows count from 1; the header is
 not a row); a refused row gets empty fields, and its problems go to a side file
 (``<out>.errors.csv``: row, column, reason), rather than stopping the run. Memory therefore
@@ -34,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from serving.runtime import LoadedModel, RuntimeName, RuntimePolicy, load
+from serving.execution.runtime import LoadedModel, RuntimeName, RuntimePolicy, load
 from serving.store import Manifest, ModelStore, StoreError, Task
 from training import csv_text
 from training.csv_rows import EncodedChunk, RowErrors, encode_chunk, read_dtypes

@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from serving.__main__ import uvicorn_options
-from serving.app import create_app
+from serving.http.app import create_app
 from serving.settings import Settings
 from serving.store import MODEL_FILE, ModelStore
 from training.run import train

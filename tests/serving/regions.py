@@ -1,4 +1,4 @@
-"""The shared-memory regions (serving.shared_arrays) a process holds, for leak checks."""
+"""The shared-memory regions (serving.execution.shared_arrays) a process holds, for leak checks."""
 
 from __future__ import annotations
 

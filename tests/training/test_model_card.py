@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serving.dataplane import RowEncoder
-from serving.drift import ModelDrift
-from serving.schemas import build_request_model
+from serving.codecs.schemas import build_request_model
+from serving.core.dataplane import RowEncoder
+from serving.observe.drift import ModelDrift
 from serving.store import Manifest, ModelStore
 from tests.training.conftest import quiet
 from training import model_card
@@ -48,7 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, Manif
 
 
 def _validate(manifest: Manifest, instance: dict[str, Any]) -> bool:
-    """Whether the service's request model (serving/schemas.py) accepts the row."""
+    """Whether the service's request model (serving/codecs/schemas.py) accepts the row."""
     request = build_request_model(manifest, max_rows=10)
     try:
         request.model_validate({"instances": [instance]})

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.onnx_runtime import OnnxModel, Signature
+from serving.execution.onnx_runtime import OnnxModel, Signature
 from serving.store import ModelStore, sha256_file
 from tests.training.conftest import quiet
 from training import onnx_export

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from serving.schemas import feature_type
+from serving.codecs.schemas import feature_type
 from serving.store import Feature, FeatureKind, ModelStore
 from tests.training.conftest import quiet
 from training.csv_rows import encode_chunk

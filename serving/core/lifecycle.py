@@ -1,0 +1,415 @@
+"""Model lifecycle in the running service: follow the store and hot-swap versions.
+
+:meth:`Lifecycle.sync` compares what the store asks for (each model's production version, or
+its latest when nothing is promoted; earlier production versions kept loaded; every version
+with ``serve_all_versions``) with what is served, and changes it without dropping a request:
+
+1. load each new version into the executor (every pool worker) and build its batcher;
+2. switch in one step of the event loop: default version, served set and the listeners (the
+   app's routes, fast-path table and OpenAPI schema) change together;
+3. wait for batches already sent to a swapped-out version to finish, then unload it.
+
+A version that fails (bad hash or signature, unpickling error, strict scikit-learn mismatch)
+is logged and reported (``rejected`` in readiness) while the old version keeps serving, and is
+not retried by polling until :meth:`reload`. The admin operations (promote, rollback, reload)
+go through the store and then sync synchronously. No FastAPI here; domain errors only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from serving.core.dataplane import DataPlane, ModelState, ServedModel
+from serving.core.errors import (
+    ArtifactRefusedError,
+    InvalidModelNameError,
+    LifecycleConflictError,
+    ServingError,
+    UnknownModelError,
+    UnknownVersionError,
+)
+from serving.execution.pool import ModelKey
+from serving.store import (
+    IntegrityError,
+    InvalidNameError,
+    Manifest,
+    ModelNotFoundError,
+    StoreError,
+    validate_name,
+)
+
+log = logging.getLogger("servewell.lifecycle")
+
+DRAIN_TIMEOUT_S = 60.0
+"""Longest wait for a swapped-out version's in-flight batches before it is unloaded anyway."""
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What the store asks for one model (or why it cannot be read)."""
+
+    default: int | None = None
+    versions: frozenset[int] = frozenset()
+    error: str | None = None
+
+
+class Lifecycle:
+    """Keeps the data plane in step with the store; see the module docstring."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.store = dataplane.store
+        self.settings = dataplane.settings
+        self.listeners: list[Callable[[], None]] = []
+        """Called (synchronously) right after the served set changed."""
+        self.load_listeners: list[Callable[[ModelKey, float, str | None], None]] = []
+        """Called after every load attempt: the version, seconds it took, and why it failed
+        (None when it loaded)."""
+        self._previous: dict[str, list[int]] = {}
+        """Earlier production versions kept loaded, most recent first."""
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self.swaps = 0
+        """Completed changes of the served set (for tests and metrics)."""
+        self.unloaded: set[str] = set()
+        """Models unloaded on request (``unload``): not served, whatever the store says, until
+        ``load`` (kept in memory only: a restart serves them again)."""
+
+    # -- polling ------------------------------------------------------------------------------
+
+    def start_polling(self) -> None:
+        interval = self.settings.poll_interval_s
+        if interval > 0 and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(interval))
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+    async def _poll(self, interval: float) -> None:
+        reported: str | None = None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync()
+            except Exception as exc:  # keep polling; the next round may succeed
+                message = f"{type(exc).__name__}: {exc}"
+                if message != reported:  # once per distinct problem, not every interval
+                    log.error("polling the model store failed: %s", message)
+                reported = message
+            else:
+                reported = None
+
+    # -- syncing ------------------------------------------------------------------------------
+
+    async def sync(self, name: str | None = None, *, retry: bool = False) -> bool:
+        """Bring one model (or all) in line with the store; True when anything changed.
+
+        ``retry`` also retries versions that failed before (admin reload, promote, rollback).
+        """
+        async with self._lock:
+            wanted = await _store_call(self._read_store, name)
+            changed = False
+            for model, target in sorted(wanted.items()):
+                changed |= await self._apply(model, target, retry)
+            return changed
+
+    def _read_store(self, only: str | None) -> dict[str, _Wanted | None]:
+        """Per model: what to serve, or None when it is gone from the store."""
+        dp = self.dataplane
+        if only is not None:
+            try:
+                published = bool(self.store.versions(only))
+            except InvalidNameError:
+                raise  # a name the store refuses outright, not a problem of this model
+            except (StoreError, OSError):
+                published = True  # reported below, as the model's own problem
+            names = [only] if published else []
+            known = {only} if only in dp.default_version or only in dp.broken_names else set()
+        else:
+            if not self.store.root.is_dir():  # unmounted or mistyped: not "every model deleted"
+                raise StoreError(f"the store root {self.store.root} is not a directory")
+            names = self.store.names()
+            known = set(dp.default_version) | set(dp.broken_names)
+        out: dict[str, _Wanted | None] = dict.fromkeys(known - set(names))
+        for name in names:
+            try:
+                versions = self.store.versions(name)
+                production = self.store.production(name)
+            except (StoreError, OSError, ValueError) as exc:  # one model's problem, not all
+                out[name] = _Wanted(error=f"{type(exc).__name__}: {exc}")
+                continue
+            if not versions:
+                out[name] = None
+                continue
+            default = production if production in versions else versions[-1]
+            chosen = set(versions) if self.settings.serve_all_versions else {default}
+            kept = [v for v in self._previous.get(name, []) if v in versions]
+            out[name] = _Wanted(default, frozenset(chosen | set(kept)))
+        for name in self.unloaded & set(out):
+            out[name] = None
+        return out
+
+    async def _apply(self, name: str, wanted: _Wanted | None, retry: bool) -> bool:
+        dp = self.dataplane
+        current = {k: s for k, s in dp.models.items() if k[0] == name}
+        if wanted is None:
+            if not current and name not in dp.broken_names:
+                return False
+            log.info("model %s is gone from the store; no longer serving it", name)
+            dp.default_version.pop(name, None)
+            dp.broken_names.pop(name, None)
+            dp.store_problems.pop(name, None)
+            self._previous.pop(name, None)
+            self._forget_reports(name, keep=set())
+            for key in current:
+                del dp.models[key]
+            await self._switch(current.values())
+            return True
+        if wanted.error is not None:
+            if current:  # keep serving what we have; log the store problem once, report it
+                if dp.store_problems.get(name) != wanted.error:
+                    log.error("model %s: cannot read the store (%s)", name, wanted.error)
+                dp.store_problems[name] = wanted.error
+                return False
+            if dp.broken_names.get(name) != wanted.error:
+                log.error("not serving %s: %s", name, wanted.error)
+            dp.broken_names[name] = wanted.error
+            return False
+        dp.broken_names.pop(name, None)
+        dp.store_problems.pop(name, None)
+        assert wanted.default is not None
+        old_default = dp.default_version.get(name)
+        old_ok = old_default is not None and self._ready((name, old_default))
+        loaded: dict[ModelKey, ServedModel] = {}
+        failures: dict[ModelKey, str] = {}
+        for version in sorted(wanted.versions):
+            key = (name, version)
+            if self._ready(key):
+                continue
+            failed_before = key in dp.rejected or key in dp.unreadable or key in current
+            if failed_before and not retry:
+                continue  # reported already; an admin reload retries it
+            result = await self._load(key)
+            if isinstance(result, str):
+                failures[key] = result
+            else:
+                loaded[key] = result
+        default = wanted.default
+        if not (self._ready((name, default)) or (name, default) in loaded) and old_ok:
+            assert old_default is not None
+            default = old_default  # the new version was refused: the old one keeps serving
+        if old_ok and old_default != default and self.settings.keep_previous_versions:
+            assert old_default is not None
+            previous = [old_default, *self._previous.get(name, [])]
+            previous = [v for v in dict.fromkeys(previous) if v != default]
+            self._previous[name] = previous[: self.settings.keep_previous_versions]
+        keep = {default, *self._previous.get(name, []), *wanted.versions}
+        retired = [s for k, s in current.items() if k[1] not in keep or k in loaded]
+        self._forget_reports(name, keep - {v for (_, v) in loaded})
+        for key, reason in failures.items():
+            if key in current:  # a model that failed before failed again
+                current[key].error = reason
+            elif key == (name, default):  # nothing else to serve: answer 503, not ready
+                dp.unreadable[key] = reason
+            else:  # an older version keeps serving: reported, still ready
+                dp.rejected[key] = reason
+        if not loaded and not retired and old_default == default:
+            return False
+        # Switch: one synchronous step (no await) so no request sees a half-done swap.
+        for served in retired:
+            dp.models.pop(served.key, None)
+        dp.models.update(loaded)
+        dp.default_version[name] = default
+        if old_default != default:
+            if old_default is None:
+                log.info("model %s: serving v%s", name, default)
+            else:
+                log.info("model %s: now serving v%s (was v%s)", name, default, old_default)
+        await self._switch(retired)
+        return True
+
+    async def _switch(self, retired: Iterable[ServedModel]) -> None:
+        """Tell the listeners, then drain and unload the swapped-out versions."""
+        dp = self.dataplane
+        retired = list(retired)
+        for served in retired:
+            served.retired = True
+        self.swaps += 1
+        for listener in self.listeners:
+            listener()
+        for served in retired:
+            if served.batcher is not None:
+                try:
+                    async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                        await served.batcher.drain()
+                except TimeoutError:
+                    log.warning("%s v%s: in-flight batches did not finish; unloading", *served.key)
+            if served.state == ModelState.READY and dp.executor is not None:
+                try:
+                    await dp.executor.unload_model(served.key)
+                except ServingError as exc:
+                    log.warning("unloading %s v%s: %s", *served.key, exc)
+            log.info("unloaded %s v%s", *served.key)
+
+    def _ready(self, key: ModelKey) -> bool:
+        served = self.dataplane.models.get(key)
+        return served is not None and served.state == ModelState.READY
+
+    def _forget_reports(self, name: str, keep: set[int]) -> None:
+        dp = self.dataplane
+        for key in [k for k in dp.rejected if k[0] == name and k[1] not in keep]:
+            del dp.rejected[key]
+        for key in [k for k in dp.unreadable if k[0] == name and k[1] not in keep]:
+            del dp.unreadable[key]
+
+    async def _load(self, key: ModelKey) -> ServedModel | str:
+        """Verify and load one version into the executor: the ready model, or why not."""
+        dp = self.dataplane
+        started = time.monotonic()
+        try:
+            manifest = await asyncio.to_thread(self.store.verify, *key)
+            served = ServedModel(manifest)
+            dp.check_environment(served)
+            assert dp.executor is not None
+            served.runtime = await dp.executor.load_model(key)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+            log.error("not serving %s v%s: %s", *key, reason)
+            self._loaded(key, started, reason)
+            return reason
+        self._loaded(key, started, None)
+        dp.make_ready(served)
+        log.info("loaded %s v%s with %s", *key, served.runtime)
+        return served
+
+    def _loaded(self, key: ModelKey, started: float, error: str | None) -> None:
+        for listener in self.load_listeners:
+            listener(key, time.monotonic() - started, error)
+
+    # -- admin operations ---------------------------------------------------------------------
+
+    async def reload(self, name: str) -> dict[str, Any]:
+        """Re-read the store for one model and retry versions that failed before."""
+        _check_name(name)
+        await self.sync(name, retry=True)
+        return self._require(name)
+
+    async def promote(self, name: str, version: int) -> dict[str, Any]:
+        """Make ``version`` production in the store, then swap to it."""
+        _check_name(name)
+        await _store_call(self.store.promote, name, version)
+        await self.sync(name, retry=True)
+        return self._require(name, expect=version)
+
+    async def rollback(self, name: str) -> dict[str, Any]:
+        """Return production to the previous version in the store, then swap to it."""
+        _check_name(name)
+        _, target = await _store_call(self.store.rollback, name)
+        await self.sync(name, retry=True)
+        return self._require(name, expect=target)
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        """Stop serving a model (every version) until :meth:`load`; the store is unchanged."""
+        _check_name(name)
+        dp = self.dataplane
+        if name not in dp.default_version and name not in dp.broken_names:
+            raise UnknownModelError(f"no model named {name!r} is served")
+        self.unloaded.add(name)
+        await self.sync(name)
+        return self.state(name)
+
+    async def load(self, name: str) -> dict[str, Any]:
+        """Serve a model again after :meth:`unload` (or load it anew): like :meth:`reload`."""
+        _check_name(name)
+        self.unloaded.discard(name)
+        return await self.reload(name)
+
+    async def versions(self, name: str) -> dict[str, Any]:
+        """Every published version: production or not, served or not, and why not."""
+        _check_name(name)
+        published, production = await _store_call(self._published, name)
+        if not published:
+            raise UnknownModelError(f"no model named {name!r} in the store")
+        out = []
+        for version, manifest in published:
+            key = (name, version)
+            served = self.dataplane.models.get(key)
+            entry: dict[str, Any] = {
+                "version": version,
+                "production": version == production,
+                "served": served is not None and served.state == ModelState.READY,
+            }
+            if isinstance(manifest, str):  # unreadable or forged: say so, list the rest
+                entry["error"] = manifest
+            else:
+                entry["created"] = manifest.created.isoformat()
+                entry["metrics"] = manifest.metrics
+                entry["sklearn"] = manifest.environment.sklearn
+            error = self.dataplane.rejected.get(key) or (served.error if served else None)
+            if error:
+                entry["error"] = error
+            out.append(entry)
+        return {**self.state(name), "production": production, "versions": out}
+
+    def _published(self, name: str) -> tuple[list[tuple[int, Manifest | str]], int | None]:
+        out: list[tuple[int, Manifest | str]] = []
+        for version in self.store.versions(name):
+            try:
+                out.append((version, self.store.manifest(name, version)))
+            except (StoreError, ValueError) as exc:
+                out.append((version, f"{type(exc).__name__}: {exc}"))
+        return out, self.store.production(name)
+
+    def state(self, name: str) -> dict[str, Any]:
+        """What the service serves for a model right now."""
+        dp = self.dataplane
+        served = sorted(v for (n, v), s in dp.models.items() if n == name)
+        return {
+            "name": name,
+            "default_version": dp.default_version.get(name),
+            "served_versions": served,
+            "rejected": {str(v): r for (n, v), r in sorted(dp.rejected.items()) if n == name},
+        }
+
+    def _require(self, name: str, expect: int | None = None) -> dict[str, Any]:
+        state = self.state(name)
+        if state["default_version"] is None:
+            raise UnknownModelError(f"no model named {name!r} in the store")
+        if expect is not None and state["default_version"] != expect:
+            reason = self.dataplane.rejected.get((name, expect), "it could not be loaded")
+            raise ArtifactRefusedError(
+                f"{name} v{expect} is production in the store but the service refused it "
+                f"({reason}); v{state['default_version']} keeps serving"
+            )
+        return state
+
+
+def _check_name(name: str) -> None:
+    try:
+        validate_name(name)
+    except InvalidNameError as exc:
+        raise InvalidModelNameError(str(exc)) from None
+
+
+async def _store_call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a store operation in a thread; its errors become domain errors of the service."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except InvalidNameError as exc:
+        raise InvalidModelNameError(str(exc)) from None
+    except ModelNotFoundError as exc:
+        raise UnknownVersionError(str(exc)) from None
+    except IntegrityError as exc:
+        raise ArtifactRefusedError(str(exc)) from None
+    except StoreError as exc:
+        raise LifecycleConflictError(str(exc)) from None

@@ -1,0 +1,91 @@
+"""Inline inference: batches run in one thread of the server process.
+
+No worker processes, so nothing to start or stop, but sklearn's Python overhead then shares
+the GIL with the event loop. Kept as a setting for small deployments and debugging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError
+from serving.execution.pool import ModelKey
+from serving.execution.runtime import FloatArray, LoadedModel, Prediction, RuntimeName
+
+
+def _configure_thread() -> None:
+    import sklearn
+
+    sklearn.set_config(assume_finite=True)  # per thread; finiteness is checked at the edge
+
+
+class InlineExecutor:
+    """Runs batches on a single thread with models loaded in this process."""
+
+    size = 1
+
+    def __init__(
+        self,
+        models: dict[ModelKey, LoadedModel],
+        loader: Callable[[ModelKey], LoadedModel] | None = None,
+    ) -> None:
+        self._models = models
+        self._loader = loader
+        self._threads = ThreadPoolExecutor(
+            1, thread_name_prefix="servewell-inline", initializer=_configure_thread
+        )
+        self._closed = False
+
+    @property
+    def up(self) -> bool:
+        return not self._closed
+
+    def submit(
+        self, key: ModelKey, rows: FloatArray, want_probabilities: bool
+    ) -> asyncio.Future[Prediction]:
+        """Run one batch in the thread; the future resolves in the event loop."""
+        if self._closed:
+            raise NotReadyError("the inline executor is shut down")
+        loop = asyncio.get_running_loop()
+        model = self._models[key]
+        future: asyncio.Future[Prediction] = loop.create_future()
+
+        def run() -> None:
+            try:
+                result = model.predict(rows, want_probabilities)
+            except Exception as exc:
+                error = InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+                loop.call_soon_threadsafe(_fail, future, error)
+            else:
+                loop.call_soon_threadsafe(_resolve, future, result)
+
+        self._threads.submit(run)
+        return future
+
+    async def load_model(self, key: ModelKey) -> RuntimeName:
+        """Load a model (hot swap); errors propagate with their reason."""
+        if self._closed or self._loader is None:
+            raise NotReadyError("the inline executor cannot load models")
+        model = await asyncio.to_thread(self._loader, key)
+        self._models[key] = model
+        return model.runtime
+
+    async def unload_model(self, key: ModelKey) -> None:
+        """Forget a model; batches already submitted hold their own reference."""
+        self._models.pop(key, None)
+
+    def close(self) -> None:
+        self._closed = True
+        self._threads.shutdown(wait=True, cancel_futures=True)
+
+
+def _resolve(future: asyncio.Future[Prediction], result: Prediction) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Prediction], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)

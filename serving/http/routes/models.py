@@ -1,0 +1,99 @@
+"""Read-only views of the served models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from serving.core.dataplane import ServedModel
+from serving.core.errors import ModelUnavailableError, UnknownModelError
+from serving.http.routes.deps import DataPlaneDep, InfoAccess, without_store_root
+
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[InfoAccess])
+
+
+def _summary(served: ServedModel, default: bool) -> dict[str, Any]:
+    m = served.manifest
+    entry: dict[str, Any] = {
+        "version": m.version,
+        "default": default,
+        "state": served.state.value,
+        "runtime": served.runtime,
+        "task": m.task.value,
+        "estimator": m.estimator,
+        "metrics": m.metrics,
+        "primary_metric": m.primary_metric,
+        "features": [{"name": f.name, "kind": f.kind.value} for f in m.features],
+    }
+    if m.target.classes is not None:
+        entry["classes"] = m.target.classes
+    if served.error:
+        entry["error"] = served.error
+    if served.warnings:
+        entry["warnings"] = served.warnings
+    return entry
+
+
+@router.get("", summary="Served models: versions, task, metrics, feature schema summary")
+async def list_models(dataplane: DataPlaneDep) -> Response:
+    models: dict[str, dict[str, Any]] = {}
+    for (name, version), served in sorted(dataplane.models.items()):
+        default = dataplane.default_version.get(name)
+        item = models.setdefault(name, {"name": name, "default_version": default, "versions": []})
+        item["versions"].append(_summary(served, version == default))
+    for (name, version), reason in sorted(dataplane.unreadable.items()):
+        default = dataplane.default_version.get(name)
+        item = models.setdefault(name, {"name": name, "default_version": default, "versions": []})
+        entry = {"version": version, "default": version == default, "state": "failed"}
+        item["versions"].append({**entry, "error": reason})
+    for name, reason in sorted(dataplane.broken_names.items()):
+        models[name] = {"name": name, "default_version": None, "versions": [], "error": reason}
+    body = without_store_root({"models": list(models.values())}, dataplane.store.root)
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/{name}",
+    summary="One model's production version: input schema, metrics, provenance",
+    responses={404: {"description": "Unknown model."}},
+)
+async def get_model(name: str, dataplane: DataPlaneDep) -> Response:
+    if name in dataplane.broken_names:
+        raise ModelUnavailableError(
+            f"model {name!r} is not available: {dataplane.broken_names[name]}"
+        )
+    if name not in dataplane.default_version:
+        raise UnknownModelError(f"no model named {name!r} is served")
+    version = dataplane.default_version[name]
+    if (name, version) in dataplane.unreadable:
+        raise ModelUnavailableError(
+            f"model {name!r} v{version} is not available: {dataplane.unreadable[(name, version)]}"
+        )
+    served = dataplane.models[(name, version)]
+    m = served.manifest
+    body = {
+        "name": name,
+        "version": version,
+        "served_versions": sorted(v for (n, v) in dataplane.models if n == name),
+        "state": served.state.value,
+        "task": m.task.value,
+        "estimator": m.estimator,
+        "input_format": m.input_format,
+        "runtime": served.runtime,
+        "onnx": m.onnx.model_dump(mode="json", exclude_none=True) if m.onnx else None,
+        "features": [f.model_dump(mode="json", exclude_none=True) for f in m.features],
+        "target": m.target.model_dump(mode="json", exclude_none=True),
+        "metrics": m.metrics,
+        "primary_metric": m.primary_metric,
+        "created": m.created.isoformat(),
+        "data_fingerprint": m.data_fingerprint,
+        "n_train_rows": m.n_train_rows,
+        "sklearn": m.environment.sklearn,
+        "warnings": served.warnings,
+    }
+    return Response(
+        orjson.dumps(without_store_root(body, dataplane.store.root)), media_type="application/json"
+    )

@@ -1,0 +1,1 @@
+"""What the service tells about itself: Prometheus metrics, input drift, logs."""
