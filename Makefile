@@ -145,9 +145,9 @@ $(RAY_STAMP): $(STAMP) pyproject.toml
 
 venv-ray: $(RAY_STAMP) ## Install the ray extra into .venv (Ray Serve; ~1 GB, a few minutes)
 
-serve-ray: $(RAY_STAMP) ## Train defaults if the store is empty; local Ray head (loopback) + serving/ray/serve.yaml on 127.0.0.1:8000
+serve-ray: $(RAY_STAMP) ## Train defaults if the store is empty; local Ray head (loopback) + serving/ray/ray-serve.yaml on 127.0.0.1:8000
 	$(PY) -m training ensure-default
-	RAY_USAGE_STATS_ENABLED=0 $(PY) -m serving.ray.local --config serving/ray/serve.yaml --num-cpus $(RAY_CPUS)
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m serving.ray.local --config serving/ray/ray-serve.yaml --num-cpus $(RAY_CPUS)
 
 test-ray: $(RAY_STAMP) ## Ray Serve tests: two real replicas on a local Ray instance (~1.5 min)
 	$(call pytest_marked,ray)

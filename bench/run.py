@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--store", type=Path, help="model store (default $SERVEWELL_STORE, else models/)")
     add("--no-train", action="store_true", help="skip `python -m training ensure-default`")
     add("--peers-venv", type=Path, default=ROOT / ".venv-peers", help="MLServer's virtualenv")
-    add("--ray-config", type=Path, default=ROOT / "serving" / "ray-serve.yaml")
+    add("--ray-config", type=Path, default=ROOT / "serving" / "ray" / "ray-serve.yaml")
     add("--results-dir", type=Path, default=ROOT / "bench" / "results")
     add("--no-chart", action="store_true", help="no PNG")
     add("--fail-on-miss", action="store_true", help="exit 1 when a target is missed")

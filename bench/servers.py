@@ -41,7 +41,7 @@ class Context:
     models: list[str]
     workdir: Path
     peers_venv: Path = ROOT / ".venv-peers"
-    ray_config: Path = ROOT / "serving" / "ray-serve.yaml"
+    ray_config: Path = ROOT / "serving" / "ray" / "ray-serve.yaml"
     source: dict[str, Path] = field(default_factory=dict)
     """Git commit -> a worktree of it (:func:`checkout`)."""
 

@@ -10,8 +10,8 @@ of each response.
 
 Ray is imported lazily: this module can be imported, and its options validated, without it.
 
-    serve run serving/ray/serve.yaml          # or: make serve-ray
-    serve deploy serving/ray/serve.yaml       # onto a running cluster (RAY_ADDRESS)
+    serve run serving/ray/ray-serve.yaml          # or: make serve-ray
+    serve deploy serving/ray/ray-serve.yaml       # onto a running cluster (RAY_ADDRESS)
 """
 
 from __future__ import annotations
