@@ -1,15 +1,7 @@
-"""Baseline apps the service is measured against, on the same box in the same run.
-
-Both expose the service's route (``POST /models/{name}/predict`` with ``{"instances": [...]}``
-and ``GET /health/ready``), so the same bodies hit every server:
-
-- **bare**: FastAPI validates the body with a pydantic model of the model's fields (the
-  idiomatic body parameter) and returns a constant: the ceiling of an endpoint written the
-  usual way.
-- **naive**: the same, calling the model's ``predict`` inline per request in a plain ``def``
-  endpoint (FastAPI's threadpool): what a first implementation looks like.
-
-uvicorn factories (``--factory``) read ``SERVEWELL_STORE`` and ``BENCH_MODELS``.
+"""Baselines on the service's routes (``POST /models/{name}/predict``, ``GET /health/ready``),
+uvicorn factories reading ``SERVEWELL_STORE`` and ``BENCH_MODELS``. **bare**: FastAPI validates
+the body with a pydantic model of the features and returns a constant, the ceiling of an
+endpoint written the usual way; **naive**: the same calling ``predict`` inline per request.
 """
 
 import os
@@ -40,10 +32,8 @@ def request_model(manifest: Manifest) -> type[BaseModel]:
     }
     forbid = ConfigDict(extra="forbid")
     record = create_model(f"{manifest.name}_Record", __config__=forbid, **fields)
-    body: type[BaseModel] = create_model(
-        f"{manifest.name}_Body", __config__=forbid, instances=(list[record], Field(min_length=1))
-    )
-    return body
+    instances = (list[record], Field(min_length=1))
+    return create_model(f"{manifest.name}_Body", __config__=forbid, instances=instances)
 
 
 def _endpoint(manifest: Manifest, model: Any) -> Callable[..., Any]:
@@ -72,7 +62,7 @@ def _endpoint(manifest: Manifest, model: Any) -> Callable[..., Any]:
     return endpoint
 
 
-def _app(load_models: bool) -> FastAPI:
+def _app(load: bool) -> FastAPI:
     store = ModelStore(Path(os.environ.get("SERVEWELL_STORE", "models")))
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -82,13 +72,12 @@ def _app(load_models: bool) -> FastAPI:
 
     for name in filter(None, os.environ.get("BENCH_MODELS", "").split(",")):
         version = store.production(name) or store.versions(name)[-1]
-        if load_models:
-            manifest, model = store.load_model(name, version)
-        else:
-            manifest, model = store.manifest(name, version), None
+        manifest, model = (
+            store.load_model(name, version) if load else (store.manifest(name, version), None)
+        )
         app.add_api_route(f"/models/{name}/predict", _endpoint(manifest, model), methods=["POST"])
     return app
 
 
-bare_app = partial(_app, load_models=False)
-naive_app = partial(_app, load_models=True)
+bare_app = partial(_app, load=False)
+naive_app = partial(_app, load=True)

@@ -1,16 +1,8 @@
 """Request bodies from a model's manifest, in every form a scenario sends, and their answers.
 
-Values are drawn uniformly within each feature's training range, so every request differs and
-no cache can answer from memory; the same seed gives the same rows in every form. The forms:
-``typed`` ``{"instances": [{feature: value}]}``; ``rows`` ``{"rows": [[...]]}``; ``v2json``, the
-Open Inference Protocol asking only for ``predict`` (typed requests get predictions only);
-``v2binary``, exactly what ``tritonclient.http`` sends by default: tensors as binary data after
-the JSON header and no outputs named, so every output (probabilities too) comes back binary;
-``mlserver``, what MLServer's scikit-learn runtime takes (a ``[n, features]`` FP64 tensor, or
-named columns with ``content_type: pd`` for DataFrame models).
-
-Bodies are written as binary-safe records for ``bench/post.lua``:
-``<json header length> <body length>\\n<body>``, header length 0 for a plain JSON body.
+Values are drawn uniformly within each feature's training range (no cache can answer from
+memory); the same seed gives the same rows in every form (bench/README.md lists the forms).
+Records for ``bench/post.lua``: ``<json header length> <body length>\\n<body>``, binary-safe.
 """
 
 import json
@@ -156,26 +148,23 @@ def predictions(answer: bytes, header_length: int | None) -> list[Any]:
     raise ValueError("the answer has no predict output")
 
 
-def post(url: str, body: Body, timeout_s: float = 60.0) -> list[Any]:
+def post(url: str, body: Body) -> list[Any]:
     """POST one body; its predictions, or ValueError unless it is answered like a prediction."""
     raw, header_length = body
     headers = {"Content-Type": "application/json"}
     if header_length:
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "Inference-Header-Content-Length": str(header_length),
-        }
-    request = urllib.request.Request(url, data=raw, headers=headers, method="POST")
+        headers = {"Content-Type": "application/octet-stream"}
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    request, answer = urllib.request.Request(url, data=raw, headers=headers, method="POST"), b""
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=60) as resp:
             answer, length = resp.read(), resp.headers.get("Inference-Header-Content-Length")
+        return predictions(answer, None if length is None else int(length))
     except urllib.error.HTTPError as exc:
         text = exc.read().decode(errors="replace")[:300]
         raise ValueError(f"POST {url} -> HTTP {exc.code}: {text}") from None
     except OSError as exc:
         raise ValueError(f"POST {url}: {exc}") from None
-    try:
-        return predictions(answer, None if length is None else int(length))
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise ValueError(f"unreadable answer ({exc}): {answer[:300]!r}") from exc
 

@@ -1,20 +1,12 @@
-"""Paired A/B runs on one shared core: how few per cent one setting (or commit, or request
-form) costs, on a noisy shared box.
+"""Paired A/B runs on one shared core, for comparisons that must resolve a few per cent.
 
-On a shared 2-core box a fixed Python loop runs up to 1.6x slower from one second to the next,
-so the req/s of consecutive runs of the *same* server spread by ±25 %: runs one after another
-cannot resolve a few per cent, and neither can short alternating runs, which still see
-different seconds of the box. Here both servers are loaded at once (wrk, c=50 each), their
-event-loop threads pinned to the same CPU and everything else (their workers, helper threads,
-both wrk processes) to the other CPUs. Both then suffer the same slowdowns, and the ratio of
-their main processes' CPU per request is stable: ±3 % between runs of two identical servers.
-The event loop is what saturates on single-row requests (the workers idle at about 10 %), so
-``throughput(A) / throughput(B) = cpu_per_request(B) / cpu_per_request(A)``.
-
-Two biases are cancelled by the schedule: of two identical servers, the one started first
-measured 1-2 % more CPU per request, so two instances of each side are started in mirrored
-order (A1, B1, B2, A2) and half the runs use each couple; and the wrk started first alternates
-from run to run. The median ratio over all runs is the figure.
+Runs one after another on a shared box spread by ±25 %, so both servers are loaded at once
+(wrk, c=PAIR each), their event loops pinned to one CPU and everything else to the others:
+both suffer the same slowdowns. The event loop is what saturates on single rows, so
+``throughput(A) / throughput(B) = cpu_per_request(B) / cpu_per_request(A)``, measured on the
+main processes: ±3 % between identical servers. The one started first measured 1-2 % more CPU
+per request, so two instances of each side start in mirrored order (A1, B1, B2, A2), half the
+runs on each couple, and the wrk started first alternates. The median run is the figure.
 """
 
 import os
@@ -64,27 +56,22 @@ def one_run(
     """A sent ``loads[0]`` (path, bodies file) and B ``loads[1]``, both at once."""
     others = set(sorted(os.sched_getaffinity(0))[1:])
     sides = [(a, *loads[0]), (b, *loads[1])][:: 1 if a_first else -1]
-    before = {s.name: s.main_cpu_s() for s in (a, b)}
-    cmds = [wrk.command(args.wrk, s.url + p, f, PAIR, args.pair_duration, 2.0) for s, p, f in sides]
-    procs = [wrk.start(cmd, others) for cmd in cmds]
+    before = [s.main_cpu_s() for s in (a, b)]
+    cmds = [wrk.command(args.wrk, s.url + p, f, PAIR, args.pair_duration) for s, p, f in sides]
+    procs = {s.name: wrk.start(cmd, others) for (s, *_), cmd in zip(sides, cmds, strict=True)}
     try:
-        results = {
-            s.name: wrk.finish(p, args.pair_duration + 30)
-            for (s, *_), p in zip(sides, procs, strict=True)
-        }
+        got = {name: wrk.finish(proc, args.pair_duration) for name, proc in procs.items()}
     finally:
-        for proc in procs:  # none may go on loading a server into the next run
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    us = {}
-    for server in (a, b):
-        r = results[server.name]
+        for proc in procs.values():  # if one failed, the other may not go on loading its server
+            proc.kill()
+            proc.wait()
+    us = []
+    for server, cpu in zip((a, b), before, strict=True):
+        r = got[server.name]
         if r.errors or not r.requests or server.process.poll() is not None:
             raise wrk.WrkError(f"{server.name}: {r.errors} errors, {r.requests} answers")
-        us[server.name] = 1e6 * (server.main_cpu_s() - before[server.name]) / r.requests
-    ra, rb = results[a.name], results[b.name]
-    return Run(ra.requests_per_s, rb.requests_per_s, us[a.name], us[b.name])
+        us.append(1e6 * (server.main_cpu_s() - cpu) / r.requests)
+    return Run(got[a.name].requests_per_s, got[b.name].requests_per_s, *us)
 
 
 def compare(
@@ -101,9 +88,11 @@ def compare(
             for server in couple:
                 server.pin(cpus[0], set(cpus[1:]))
             try:
-                for i in range(args.pair_runs // 2 + 1):
-                    run = one_run(*couple, loads, args, i % 2 == 0)
-                    measured += [run] if i else []
+                runs = [
+                    one_run(*couple, loads, args, i % 2 == 0)
+                    for i in range(args.pair_runs // 2 + 1)
+                ]
+                measured += runs[1:]
             finally:
                 for server in couple:
                     server.unpin()

@@ -1,6 +1,7 @@
 """One report: the targets evaluated, a table on stdout, a JSON file and a PNG chart."""
 
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,9 +55,8 @@ class Outcome:
         if self.error is not None or not self.runs:
             return f"{self.scenario.key}: FAILED {self.error}"
         r = self.runs[-1].result
-        return f"{self.scenario.key}: {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, " + (
-            f"{r.errors} errors"
-        )
+        figures = f"{r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, {r.errors} errors"
+        return f"{self.scenario.key}: {figures}"
 
     @property
     def spread(self) -> float | None:
@@ -86,26 +86,20 @@ def evaluate(
             a = by_key[t.a.key].figure(t.figure) if t.a.key in by_key else None
             b = by_key[t.b.key].figure(t.figure) if t.b and t.b.key in by_key else None
             value = a if t.b is None else (a / b if a is not None and b else None)
+        low = -math.inf if t.at_least is None else t.at_least
+        high = math.inf if t.at_most is None else t.at_most
         status: Status = "INFO" if t.at_least is None and t.at_most is None else "PASS"
-        if value is None:
-            status = "N/A"
-        elif (t.at_least is not None and value < t.at_least) or (
-            t.at_most is not None and value > t.at_most
-        ):
-            status = "MISS"
+        if value is None or not low <= value <= high:
+            status = "N/A" if value is None else "MISS"
         verdicts.append(Verdict(t, value, status))
     return verdicts
-
-
-def _ratio(value: float) -> str:
-    return f"{value:.2f}x" if value >= 2 else f"{100 * value:.1f} %"
 
 
 def shown(target: Target, value: float | None) -> str:
     if value is None:
         return "-"
     if target.b is not None:
-        return _ratio(value)
+        return f"{value:.2f}x" if value >= 2 else f"{100 * value:.1f} %"
     return f"{value:.2f} ms" if target.figure == "p50 ms" else f"{value:.0f}"
 
 
@@ -147,16 +141,14 @@ def render(
         rows.append([o.scenario.key, *cells])
     head = "scenario req/s rows/s p50_ms p99_ms errors spread_% cpu_% other_%"
     lines = _table(head, rows) if rows else []
-    if paired:
-        pair_rows = []
-        for name, c in paired.items():
-            low, high = c.spread or (None, None)
-            cells = [_num(c.ratio, ".1f", 100), _num(low, ".1f", 100), _num(high, ".1f", 100)]
-            pair_rows.append([name, str(len(c.runs)), *cells, (c.error or "")[:60]])
-        lines += [
-            "",
-            *_table("paired_on_one_core:_A_vs_B runs ratio_% min_% max_% error", pair_rows),
-        ]
+    pair_rows = []
+    for name, c in paired.items():
+        low, high = c.spread or (None, None)
+        cells = [_num(v, ".1f", 100) for v in (c.ratio, low, high)]
+        pair_rows.append([name, str(len(c.runs)), *cells, (c.error or "")[:60]])
+    if pair_rows:
+        head = "paired_on_one_core:_A_vs_B runs ratio_% min_% max_% error"
+        lines += ["", *_table(head, pair_rows)]
     rows = [[v.target.name, shown(v.target, v.value), goal(v.target), v.status] for v in verdicts]
     lines += ["", *_table("target measured goal status", rows)]
     return "\n".join([*lines, "", *(f"- {n}" for n in notes)])
@@ -169,31 +161,19 @@ def to_json(
     verdicts: list[Verdict],
     notes: list[str],
 ) -> dict[str, Any]:
-    scenarios = []
-    for o in outcomes:
-        figures = {f: o.figure(f) for f in ("req/s", "rows/s", "p50 ms", "errors")}
-        rounds = [asdict(r) for r in o.runs]
-        scenarios.append(
-            {
-                **asdict(o.scenario),
-                "key": o.scenario.key,
-                "error": o.error,
-                **figures,
-                "rounds": rounds,
-            }
-        )
+    scenarios = [
+        {**asdict(o.scenario), "key": o.scenario.key, "error": o.error}
+        | {f: o.figure(f) for f in ("req/s", "rows/s", "p50 ms", "errors")}
+        | {"rounds": [asdict(r) for r in o.runs]}
+        for o in outcomes
+    ]
     pairs = {
         n: {"ratio": c.ratio, "error": c.error, "runs": [asdict(r) for r in c.runs]}
         for n, c in paired.items()
     }
     targets = [
-        {
-            "name": v.target.name,
-            "value": v.value,
-            "goal": goal(v.target),
-            "status": v.status,
-            "ratio": bool(v.target.b),
-        }
+        {"name": v.target.name, "value": v.value, "goal": goal(v.target), "status": v.status}
+        | {"ratio": bool(v.target.b)}
         for v in verdicts
     ]
     return {**meta, "scenarios": scenarios, "paired": pairs, "targets": targets, "notes": notes}

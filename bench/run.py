@@ -1,4 +1,4 @@
-"""Load benchmark of servewell with wrk on loopback: one driver for every suite.
+"""Load benchmark of servewell with wrk on loopback: one driver for every suite (bench/README.md).
 
     .venv/bin/python bench/run.py                  # make bench, ~14 min
     .venv/bin/python bench/run.py --quick          # ~4 min, noisier
@@ -6,9 +6,6 @@
     .venv/bin/python bench/run.py --suite peers    # make bench-peers (MLServer in .venv-peers)
     .venv/bin/python bench/run.py --suite ray      # make bench-ray
 
-Paired comparisons first, on their own fresh servers; then every scenario once per round, round
-after round, so a burst of background load spoils one round of many scenarios rather than every
-round of one. Prints a table and writes bench/results/<UTC time>.json and .png (and latest.*).
 Exit status 1 when a scenario failed (or, with --fail-on-miss, a target missed), 2 when wrk, a
 model, the peer or the baseline commit is missing.
 """
@@ -16,15 +13,14 @@ model, the peer or the baseline commit is missing.
 import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,13 +115,20 @@ class Bench:
                 print(f"WARNING: {s.key} predicts otherwise than {first[0]}", file=sys.stderr)
         return None
 
+    def start(self, stack: contextlib.ExitStack, name: str, label: str) -> servers.Running:
+        """Start server ``name``, stopped when ``stack`` closes."""
+        print(f"starting {label} ...", flush=True)
+        running = servers.start(self.table[name], self.ctx, label)
+        stack.callback(running.stop)
+        return running
+
     def measure(self, server: servers.Running, s: Scenario, warmup: float) -> Measured:
         url, file, c = server.url + s.path, self.bodies(s), s.connections
         if warmup > 0:
-            wrk.run(self.args.wrk, url, file, c, warmup, 2.0)
+            wrk.run(self.args.wrk, url, file, c, warmup)
         cpu, host = server.cpu_s(), servers.host_busy_s()
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
-        result = wrk.run(self.args.wrk, url, file, c, s.duration_s or self.args.duration, 2.0)
+        result = wrk.run(self.args.wrk, url, file, c, s.duration_s or self.args.duration)
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - wrk_cpu
         cpu, host = server.cpu_s() - cpu, servers.host_busy_s() - host
         if server.process.poll() is not None:
@@ -141,15 +144,12 @@ class Bench:
 
             def get(name: str, i: int) -> servers.Running:
                 if (label := f"{name}#{i}") not in running:
-                    print(f"starting {label} ...", flush=True)
-                    running[label] = servers.start(self.table[name], self.ctx, label)
-                    stack.callback(running[label].stop)
+                    running[label] = self.start(stack, name, label)
                 return running[label]
 
-            for t in suite.targets:
-                if not t.paired or (b := t.b) is None:
-                    continue
-                a = t.a
+            for t in (t for t in suite.targets if t.paired and t.b is not None):
+                a, b = t.a, t.b
+                assert b is not None
                 print(f"[paired] {t.name} ...", flush=True)
                 try:
                     if a.server == b.server:  # two request forms on two like servers, swapped
@@ -171,75 +171,62 @@ class Bench:
         return out
 
     def rounds(self, suite: Suite, notes: list[str]) -> list[Outcome]:
+        """Every scenario once per round: a burst of background load spoils one round of many
+        scenarios rather than every round of one."""
         outcomes = [Outcome(s) for s in suite.scenarios]
         with contextlib.ExitStack() as stack:
             running: dict[str, servers.Running] = {}
             for name in suite.servers:
-                print(f"starting {name} ...", flush=True)
                 try:
-                    running[name] = stack.enter_context(servers.started(self.table[name], self.ctx))
+                    running[name] = self.start(stack, name, name)
                 except servers.ServerError as exc:
                     print(exc, file=sys.stderr)
                     continue
                 if self.table[name].kind in ("service", "ray"):
-                    notes.append(f"{name} serves with {self.runtimes(running[name])}")
+                    notes.append(f"{name} serves with {running[name].runtimes(self.args.models)}")
             for o in outcomes:
-                s = o.scenario
-                server = running.get(s.server)
-                o.error = f"{s.server} did not start" if server is None else self.check(server, s)
+                server = running.get(o.scenario.server)
+                o.error = f"{o.scenario.server} did not start" if server is None else None
+                o.error = o.error or self.check(running[o.scenario.server], o.scenario)
             for r in range(self.args.rounds):
-                for i, o in enumerate(outcomes, 1):
-                    if o.error is not None:
-                        continue
+                for i, o in enumerate((o for o in outcomes if o.error is None), 1):
                     server = running[o.scenario.server]
                     server.wait_idle()
                     try:
                         o.runs.append(self.measure(server, o.scenario, self.args.warmup * (r == 0)))
                     except wrk.WrkError as exc:
                         o.error = str(exc)[:500]
-                    print(f"[{r + 1}/{self.args.rounds} {i}/{len(outcomes)}] {o}", flush=True)
+                    print(f"[{r + 1}/{self.args.rounds} {i}] {o}", flush=True)
             stack.close()  # stop them now, to see what they leave behind
         notes += [f"WARNING: {n} left {s.leftovers}" for n, s in running.items() if s.leftovers]
         return outcomes
 
-    def runtimes(self, server: servers.Running) -> dict[str, str | None]:
-        """The runtime ``GET /models/{name}`` reports per model (onnx or sklearn)."""
-        out = {}
-        for m in self.args.models:
-            try:
-                with urllib.request.urlopen(f"{server.url}/models/{m}", timeout=10) as resp:
-                    out[m] = json.loads(resp.read()).get("runtime")
-            except (OSError, ValueError):
-                out[m] = None
-        return out
 
-
-def _git(*args: str) -> str:
-    git = ["git", "-C", str(ROOT), *args]
-    return subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+def prepare(args: argparse.Namespace) -> tuple[Path, ModelStore] | str:
+    """The store, with the models trained unless ``--no-train``; else why the bench cannot run."""
+    if args.wrk is None:
+        return wrk.INSTALL_HINT
+    if args.suite == "ray" and importlib.util.find_spec("ray") is None:
+        return "ray is not installed: `make bench-ray` installs the ray extra"
+    if args.suite == "peers" and not (args.peers_venv / "bin" / "mlserver").is_file():
+        return f"no MLServer in {args.peers_venv}: `make bench-peers` installs it"
+    path = (args.store or Path(os.environ.get("SERVEWELL_STORE", ROOT / "models"))).resolve()
+    if not args.no_train:
+        env = {**os.environ, "SERVEWELL_STORE": str(path)}
+        subprocess.run([sys.executable, "-m", "training", "ensure-default"], env=env, check=False)
+    store = ModelStore(path)
+    if missing := [m for m in args.models if not store.versions(m)]:
+        return f"not in the store {path}: {missing}; train them first"
+    return path, store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    args.wrk = wrk.find()
-    if args.wrk is None:
-        print(wrk.INSTALL_HINT, file=sys.stderr)
+    args.wrk, load = shutil.which("wrk"), os.getloadavg()[0]
+    if isinstance(prepared := prepare(args), str):
+        print(prepared, file=sys.stderr)
         return 2
-    if args.suite == "ray" and importlib.util.find_spec("ray") is None:
-        print("ray is not installed: `make bench-ray` installs the ray extra", file=sys.stderr)
-        return 2
-    if args.suite == "peers" and not (args.peers_venv / "bin" / "mlserver").is_file():
-        print(f"no MLServer in {args.peers_venv}: `make bench-peers` installs it", file=sys.stderr)
-        return 2
-    store_path = (args.store or Path(os.environ.get("SERVEWELL_STORE", ROOT / "models"))).resolve()
-    load = os.getloadavg()[0]
-    if not args.no_train:
-        env = {**os.environ, "SERVEWELL_STORE": str(store_path)}
-        subprocess.run([sys.executable, "-m", "training", "ensure-default"], env=env, check=False)
-    store = ModelStore(store_path)
-    if missing := [m for m in args.models if not store.versions(m)]:
-        print(f"not in the store {store_path}: {missing}; train them first", file=sys.stderr)
-        return 2
+    store_path, store = prepared
     # Sockets for c=1000, inherited by wrk and the servers.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(8192, hard)), hard))
@@ -250,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = servers.Context(store_path, args.models, Path(tmp), venv, ray)
         bench = Bench(args, ctx, store)
         if args.baseline_ref:
-            if not (commit := _git("rev-parse", "--verify", args.baseline_ref + "^{commit}")):
+            if not (
+                commit := servers.git("rev-parse", "--verify", args.baseline_ref + "^{commit}")
+            ):
                 print(f"unknown git commit {args.baseline_ref!r}", file=sys.stderr)
                 return 2
             ctx.source[args.baseline_ref] = stack.enter_context(servers.checkout(commit, Path(tmp)))
@@ -263,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes.append(f"1-min load average {os.getloadavg()[0]:.2f} at end; took {took} s")
     print("\n" + report.render(outcomes, pairs, verdicts, notes))
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    meta = {"timestamp": stamp, "suite": args.suite, "git_commit": _git("rev-parse", "HEAD")}
+    meta = {"timestamp": stamp, "suite": args.suite, "git_commit": servers.git("rev-parse", "HEAD")}
     meta |= {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count()}
     meta["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     document = report.to_json(meta, outcomes, pairs, verdicts, notes)

@@ -1,9 +1,6 @@
-"""What the benchmark measures, as data: servers, scenarios (server x request x load), targets.
-
-A target is the ratio of two scenarios' figures (or one scenario's figure) against a threshold.
-Targets marked ``paired`` are decided by paired runs on one shared core (``bench/paired.py``),
-because sequential runs on a shared box spread by more than the few per cent they look for;
-the others come from the rounds. A target without a threshold is shown as INFO.
+"""What the benchmark measures, as data: servers, scenarios (server x request x load), targets
+(the ratio of two scenarios' figures, or one scenario's figure, against a threshold; INFO
+without one). ``paired`` targets are decided by paired runs on one shared core (paired.py).
 """
 
 from collections.abc import Mapping, Sequence
@@ -113,31 +110,25 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
     for m in models:
         typed = {c: Scenario(m, "service", "typed", c) for c in (1, 100, 1000)}
         v2j, v2b = (({c: Scenario(m, "service", r, c) for c in (1, 100)}) for r in V2)
-        at100 = {s: Scenario(m, s, "typed", 100) for s in ("bare", "naive", "service_quiet")}
+        bare, naive, quiet = (
+            Scenario(m, s, "typed", 100) for s in ("bare", "naive", "service_quiet")
+        )
         sk100 = Scenario(m, "service_sklearn", "typed", 100)
         rows = Scenario(m, "service", "rows", 1, ROWS)
-        sk_rows, v2j_rows, v2b_rows = (
-            replace(rows, server="service_sklearn"),
-            *(replace(rows, request=r) for r in V2),
-        )
+        sk_rows = replace(rows, server="service_sklearn")
+        v2j_rows, v2b_rows = (replace(rows, request=r) for r in V2)
         # Runs that are compared sit next to each other: they see about the same background.
-        scenarios += [typed[1], v2j[1], v2b[1], at100["bare"], at100["naive"], typed[100]]
-        scenarios += [at100["service_quiet"], v2j[100], v2b[100], sk100, typed[1000]]
+        scenarios += [typed[1], v2j[1], v2b[1], bare, naive, typed[100]]
+        scenarios += [quiet, v2j[100], v2b[100], sk100, typed[1000]]
         scenarios += [rows, sk_rows, v2j_rows, v2b_rows]
         t100, pair = typed[100], Scenario(m, "service", "typed", PAIR)
         p_metrics, p_quiet, p_base = (replace(pair, server=s) for s in PAIR_SERVERS)
         p_v2j = replace(pair, request="v2json")
-        vs_bare, vs_naive = (
-            (0.85 if m == "iris" else None),
-            (50.0 if m == "breast_cancer" else None),
-        )
+        vs_bare = 0.85 if m == "iris" else None
+        vs_naive = 50.0 if m == "breast_cancer" else None
         targets += [
-            Target(
-                f"{m}: c=100, service vs bare FastAPI POST", t100, at100["bare"], "req/s", vs_bare
-            ),
-            Target(
-                f"{m}: c=100, service vs naive predict", t100, at100["naive"], "req/s", vs_naive
-            ),
+            Target(f"{m}: c=100, service vs bare FastAPI POST", t100, bare, "req/s", vs_bare),
+            Target(f"{m}: c=100, service vs naive predict", t100, naive, "req/s", vs_naive),
             Target(f"{m}: c=100, ONNX Runtime vs scikit-learn", t100, sk100, "req/s"),
             Target(f"{m}: c=1000, errors", typed[1000], None, "errors", at_most=0),
             Target(f"{m}: c=1, p50 latency", typed[1], None, "p50 ms", at_most=3.0),
@@ -148,7 +139,7 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
             Target(f"{m}: c=100, v2 binary (all outputs) vs typed", v2b[100], t100, "req/s"),
             Target(f"{m}: access log, throughput kept", pair, p_metrics, "req/s", 0.95, True),
             Target(
-                f"{m}: metrics + access log, throughput kept", pair, p_quiet, "req/s", None, True
+                f"{m}: metrics + access log, throughput kept", pair, p_quiet, "req/s", paired=True
             ),
             Target(f"{m}: single row, v2 JSON vs typed", p_v2j, pair, "req/s", 0.90, True),
         ]
@@ -172,12 +163,11 @@ def peers_suite(models: Sequence[str]) -> Suite:
                 Scenario(m, "mlserver", "mlserver", c),
             )
             suite.scenarios.extend([ours, theirs])
-            name = f"{m}: c={c}, servewell vs MLServer"
-            suite.targets.append(Target(name, ours, theirs, "req/s", 3.0 if c == 100 else None))
+            vs = Target(f"{m}: c={c}, servewell vs MLServer", ours, theirs, "req/s")
+            suite.targets.append(replace(vs, at_least=3.0) if c == 100 else vs)
             if c == 1000:
-                suite.targets.append(
-                    Target(f"{m}: c=1000, servewell errors", ours, None, "errors", at_most=0)
-                )
+                errors = Target(f"{m}: c=1000, servewell errors", ours, None, "errors", at_most=0)
+                suite.targets.append(errors)
     return suite
 
 
@@ -188,8 +178,6 @@ def ray_suite(models: Sequence[str]) -> Suite:
         for c in (1, 100):
             box, ray = Scenario(m, "service", "typed", c), Scenario(m, "ray", "typed", c)
             suite.scenarios.extend([box, ray])
-            for figure in ("req/s", "p50 ms"):
-                suite.targets.append(
-                    Target(f"{m}: c={c} {figure}, Ray Serve vs one box", ray, box, figure)
-                )
+            name = f"{m}: c={c} {{}}, Ray Serve vs one box"
+            suite.targets.extend(Target(name.format(f), ray, box, f) for f in ("req/s", "p50 ms"))
     return suite

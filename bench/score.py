@@ -1,16 +1,14 @@
 """Throughput and peak memory of bulk CSV scoring (`python -m training score`).
 
     .venv/bin/python bench/score.py        # iris and breast_cancer, 1 000 000 rows, 3 runs each
-    .venv/bin/python bench/score.py --rows 200000 --runs 2 --models iris
+    .venv/bin/python bench/score.py --rows 200000 --runs 2 --models iris --sklearn
 
 Trains the shipped specs into a temporary store (or uses ``--store``), writes a CSV per model
 from its training data with Gaussian noise (5% of each feature's spread), then scores it
-``--runs`` times, each in a fresh subprocess, as a user would. Reports rows/s (the CLI's own
-figure: reading, checking, predicting and writing) and the subprocess's peak RSS (as the CLI
-reports it, VmHWM). Prints a table and writes ``bench/results/score-latest.json``.
+``--runs`` times, each in a fresh subprocess, as a user would; other options (--probabilities,
+--sklearn, --threads N, --chunk-rows N) go to the CLI. Reports the CLI's own rows/s (reading,
+checking, predicting and writing) and peak RSS (VmHWM). Writes bench/results/score-latest.json.
 """
-
-from __future__ import annotations
 
 import argparse
 import json
@@ -49,45 +47,31 @@ def noisy_csv(name: str, rows: int, path: Path, seed: int = 0) -> None:
             values = block[column].to_numpy(dtype=float)
             values = values + rng.normal(0, 0.05 * np.nanstd(values), len(values))
             block[column] = np.round(values) if kind == FeatureKind.INTEGER else values
-    text = block.to_csv(index=False, float_format="%.6g", lineterminator="\n")
-    header, body = text.split("\n", 1)
+    header, body = block.to_csv(index=False, float_format="%.6g", lineterminator="\n").split(
+        "\n", 1
+    )
+    lines = body.splitlines(keepends=True)
     with path.open("w", encoding="utf-8") as fh:
         fh.write(header + "\n")
-        left = rows
-        lines = body.splitlines(keepends=True)
-        while left > 0:
-            take = min(left, len(lines))
-            fh.write(body if take == len(lines) else "".join(lines[:take]))
-            left -= take
+        for _ in range(rows // len(lines)):  # the whole block, as often as it fits
+            fh.write(body)
+        fh.writelines(lines[: rows % len(lines)])
 
 
 def run_once(store: Path, name: str, data: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     """One scoring run in a fresh subprocess: its rows/s and peak RSS, as the CLI reports them
     (VmHWM; see training.score.peak_memory_mb for why not this process's ru_maxrss of it)."""
+    argv = [sys.executable, "-m", "training", "score", name, str(data), "--out", str(out), *extra]
     env = {**os.environ, "SERVEWELL_STORE": str(store)}
-    log = out.with_suffix(".log")
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "training", "score", name, str(data), "--out", str(out), *extra],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        proc.wait()
-    text = log.read_text()
-    if proc.returncode != 0:
-        raise SystemExit(f"scoring failed: {text}")
-    rate = re.search(r"\(([\d,]+) rows/s\)", text)
-    runtime = re.search(r"\((onnx|sklearn)\)", text)
-    peak = re.search(r"peak memory (\d+) MB", text)
-    assert rate is not None, text
-    assert runtime is not None, text
-    assert peak is not None, text
-    return {
-        "rows_per_s": int(rate.group(1).replace(",", "")),
-        "peak_rss_mb": int(peak.group(1)),
-        "runtime": runtime.group(1),
-    }
+    proc = subprocess.run(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    found = [re.search(p, proc.stderr) for p in (r"\(([\d,]+) rows/s\)", r"peak memory (\d+) MB")]
+    runtime = re.search(r"\((onnx|sklearn)\)", proc.stderr)
+    if proc.returncode != 0 or runtime is None or None in found:
+        raise SystemExit(f"scoring failed: {proc.stderr}")
+    rate, peak = (int(m.group(1).replace(",", "")) for m in found if m)
+    return {"rows_per_s": rate, "peak_rss_mb": peak, "runtime": runtime.group(1)}
 
 
 def main() -> int:
@@ -96,24 +80,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--models", default="iris,breast_cancer")
     parser.add_argument("--store", type=Path, help="use this store instead of training afresh")
-    parser.add_argument("--probabilities", action="store_true")
-    parser.add_argument("--sklearn", action="store_true", help="scikit-learn instead of ONNX")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--chunk-rows", type=int, default=None)
-    args = parser.parse_args()
-    extra = ["--probabilities"] if args.probabilities else []
-    if args.sklearn:
-        extra.append("--sklearn")
-    if args.threads:
-        extra += ["--threads", str(args.threads)]
-    if args.chunk_rows:
-        extra += ["--chunk-rows", str(args.chunk_rows)]
+    args, extra = parser.parse_known_args()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         store = args.store or tmp / "store"
-        names = args.models.split(",")
-        for name in names:
+        for name in args.models.split(","):
             if args.store is None:
                 train(shipped_spec(name), ModelStore(store), echo=lambda _: None)
             data = tmp / f"{name}.csv"
@@ -131,7 +103,7 @@ def main() -> int:
                 )
     out = Path(__file__).parent / "results" / "score-latest.json"
     out.parent.mkdir(exist_ok=True)
-    settings = vars(args) | {"store": str(args.store)}
+    settings = vars(args) | {"store": str(args.store), "cli": extra}
     out.write_text(json.dumps({"args": settings, "runs": results}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

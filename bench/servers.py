@@ -1,10 +1,5 @@
 """Start the servers under test as a user would, on free loopback ports; measure and stop them.
-
-The service is ``python -m serving`` set up by ``SERVEWELL_*`` variables (from a git worktree
-of another commit for ``--baseline-ref``); the baselines are uvicorn apps; MLServer runs from
-its own virtualenv; Ray Serve through ``python -m serving.ray.local``. CPU time and leftovers
-are counted over each server's process tree: Ray's actors leave the launcher's process group.
-"""
+CPU time and leftovers count each server's process tree: Ray's actors leave its process group."""
 
 import contextlib
 import json
@@ -40,8 +35,8 @@ class Context:
     store: Path
     models: list[str]
     workdir: Path
-    peers_venv: Path = ROOT / ".venv-peers"
-    ray_config: Path = ROOT / "serving" / "ray" / "ray-serve.yaml"
+    peers_venv: Path
+    ray_config: Path
     source: dict[str, Path] = field(default_factory=dict)
     """Git commit -> a worktree of it (:func:`checkout`)."""
 
@@ -77,14 +72,10 @@ def _set_affinity(pid: int, cpus: set[int]) -> None:
 class Running:
     name: str
     process: "subprocess.Popen[bytes]"
-    port: int
+    url: str
     log: Path
     seen: set[int] = field(default_factory=set)
     leftovers: list[int] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
     def tree(self) -> list[int]:
         """The main process and its live descendants (remembered, to find leftovers)."""
@@ -118,6 +109,17 @@ class Running:
         for pid in self.tree():
             _set_affinity(pid, os.sched_getaffinity(0))
 
+    def runtimes(self, models: list[str]) -> dict[str, str | None]:
+        """The runtime ``GET /models/{name}`` reports per model (onnx or sklearn)."""
+        out = {}
+        for m in models:
+            try:
+                with urllib.request.urlopen(f"{self.url}/models/{m}", timeout=10) as resp:
+                    out[m] = json.loads(resp.read()).get("runtime")
+            except (OSError, ValueError):
+                out[m] = None
+        return out
+
     def wait_idle(self, limit_s: float = 60.0) -> None:
         """Wait until the server uses < 10 % of a core (at most ``limit_s``): one that fell
         behind goes on answering requests whose clients are gone, and that must not be charged
@@ -129,9 +131,9 @@ class Running:
             if self.cpu_s() - before < 0.025:
                 return
 
-    def log_tail(self, chars: int = 2000) -> str:
+    def log_tail(self) -> str:
         with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-chars:]
+            return self.log.read_text(errors="replace")[-2000:]
         return ""
 
     def stop(self) -> None:
@@ -155,8 +157,7 @@ class Running:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        return int(sock.getsockname()[1])
 
 
 def served_version(store: ModelStore, name: str) -> int:
@@ -221,7 +222,7 @@ def start(server: Server, ctx: Context, label: str | None = None) -> Running:
             argv, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-    running = Running(label or server.name, process, port, log)
+    running = Running(label or server.name, process, f"http://{HOST}:{port}", log)
     ready = running.url + ("/v2/health/ready" if server.kind == "mlserver" else "/health/ready")
     deadline = time.monotonic() + (300 if server.kind == "ray" else 120)  # Ray takes ~1 min
     try:
@@ -239,21 +240,21 @@ def start(server: Server, ctx: Context, label: str | None = None) -> Running:
         raise
 
 
-@contextlib.contextmanager
-def started(server: Server, ctx: Context) -> Iterator[Running]:
-    running = start(server, ctx)
-    try:
-        yield running
-    finally:
-        running.stop()
+def git(*args: str) -> str:
+    """The stripped output of ``git args`` in this repository, "" on failure."""
+    git = ["git", "-C", str(ROOT), *args]
+    return subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
 
 
 @contextlib.contextmanager
 def checkout(commit: str, workdir: Path) -> Iterator[Path]:
     """A git worktree of ``commit``, removed afterwards, to run its service."""
-    path, git = workdir / f"source-{commit}", ["git", "-C", str(ROOT), "worktree"]
-    subprocess.run([*git, "add", "--detach", str(path), commit], check=True, capture_output=True)
+    path = workdir / f"source-{commit}"
+    worktree = ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run(
+        [*worktree, "add", "--detach", str(path), commit], check=True, capture_output=True
+    )
     try:
         yield path
     finally:
-        subprocess.run([*git, "remove", "--force", str(path)], check=False)
+        git("worktree", "remove", "--force", str(path))

@@ -1,13 +1,9 @@
-"""The one load driver: wrk with ``bench/post.lua``, and its result.
-
-``post.lua``'s ``done()`` prints one ``@@WRK_JSON {...}`` line, so nothing here depends on
-wrk's human-readable output.
-"""
+"""The one load driver: wrk with ``bench/post.lua``, whose ``done()`` prints one
+``@@WRK_JSON {...}`` line, so nothing here depends on wrk's human-readable output."""
 
 import json
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +44,6 @@ class Result:
         return self.socket_errors + self.status_errors
 
 
-def find() -> str | None:
-    return shutil.which("wrk")
-
-
 def parse(stdout: str) -> Result:
     """The result from wrk's stdout (the line ``post.lua``'s ``done()`` printed)."""
     match = re.search(r"^" + re.escape(MARKER) + r"(\{.*\})\s*$", stdout, re.MULTILINE)
@@ -60,27 +52,20 @@ def parse(stdout: str) -> Result:
     try:
         raw = json.loads(match.group(1))
         err, lat = raw["errors"], raw["latency_us"]
+        sockets = sum(int(err[k]) for k in ("connect", "read", "write", "timeout"))
+        ms = [lat[p] / 1000 for p in ("p50", "p90", "p99", "max")]
         return Result(
-            duration_s=raw["duration_us"] / 1e6,
-            requests=int(raw["requests"]),
-            socket_errors=sum(int(err[k]) for k in ("connect", "read", "write", "timeout")),
-            status_errors=int(err["status"]),
-            p50_ms=lat["p50"] / 1000,
-            p90_ms=lat["p90"] / 1000,
-            p99_ms=lat["p99"] / 1000,
-            max_ms=lat["max"] / 1000,
+            raw["duration_us"] / 1e6, int(raw["requests"]), sockets, int(err["status"]), *ms
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise WrkError(f"malformed wrk result: {match.group(0)!r}") from exc
 
 
-def command(
-    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
-) -> list[str]:
-    """One wrk thread by default: the box has 2 cores and the servers need them."""
-    flags = [f"--connections={conns}", f"--threads={min(threads, conns)}"]
-    flags += [f"--duration={max(1, round(seconds))}s", f"--timeout={max(1, round(timeout_s))}s"]
-    return [wrk, *flags, f"--script={SCRIPT}", url, "--", str(bodies), "/" + url.split("/", 3)[3]]
+def command(wrk: str, url: str, bodies: Path, conns: int, seconds: float) -> list[str]:
+    """One wrk thread (the box has 2 cores and the servers need them), a 2 s timeout."""
+    flags = [f"--connections={conns}", "--threads=1", f"--duration={max(1, round(seconds))}s"]
+    flags += ["--timeout=2s", f"--script={SCRIPT}"]
+    return [wrk, *flags, url, "--", str(bodies), "/" + url.split("/", 3)[3]]
 
 
 def start(cmd: list[str], cpus: set[int] | None = None) -> "subprocess.Popen[str]":
@@ -92,21 +77,20 @@ def start(cmd: list[str], cpus: set[int] | None = None) -> "subprocess.Popen[str
         raise WrkError(f"could not run wrk: {exc}") from exc
 
 
-def finish(proc: "subprocess.Popen[str]", limit_s: float) -> Result:
-    """Wait for a started wrk (killed after ``limit_s``) and parse its result."""
+def finish(proc: "subprocess.Popen[str]", seconds: float) -> Result:
+    """Wait for a started wrk of ``seconds`` (killed well after) and parse its result."""
     try:
-        stdout, stderr = proc.communicate(timeout=limit_s)
+        stdout, stderr = proc.communicate(timeout=seconds + 32)
     except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        proc.wait()
-        raise WrkError(f"wrk did not finish within {limit_s:.0f} s") from exc
+        raise WrkError(f"wrk did not finish within {seconds + 32:.0f} s") from exc
+    finally:
+        if proc.poll() is None:  # it may not go on loading a server into the next run
+            proc.kill()
+            proc.wait()
     if proc.returncode != 0:
         raise WrkError(f"wrk exited with {proc.returncode}: {stderr.strip()[-2000:]}")
     return parse(stdout)
 
 
-def run(
-    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
-) -> Result:
-    cmd = command(wrk, url, bodies, conns, seconds, timeout_s, threads)
-    return finish(start(cmd), seconds + timeout_s + 30)
+def run(wrk: str, url: str, bodies: Path, conns: int, seconds: float) -> Result:
+    return finish(start(command(wrk, url, bodies, conns, seconds)), seconds)
