@@ -25,11 +25,7 @@ Body = tuple[bytes, int]
 """A request body and the length of its JSON header (0: a plain JSON body)."""
 
 _LENGTH = struct.Struct("<I")
-_V2_TYPES = {
-    FeatureKind.NUMERIC: ("FP64", "<f8"),
-    FeatureKind.INTEGER: ("INT64", "<i8"),
-    FeatureKind.BOOLEAN: ("BOOL", "|b1"),
-}
+_V2_TYPES = {FeatureKind.NUMERIC: "FP64", FeatureKind.INTEGER: "INT64", FeatureKind.BOOLEAN: "BOOL"}
 _NUMPY = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "BOOL": "|b1"}
 
 
@@ -71,8 +67,8 @@ def _tensors(
             raw = b"".join(_LENGTH.pack(len(s)) + s for s in (str(v).encode() for v in column))
             out.append(({"name": feature.name, "shape": [n], "datatype": "BYTES"}, column, raw))
             continue
-        datatype, dtype = _V2_TYPES[feature.kind]
-        array = np.asarray(column, dtype=dtype)
+        datatype = _V2_TYPES[feature.kind]
+        array = np.asarray(column, dtype=_NUMPY[datatype])
         head = {"name": feature.name, "shape": [n], "datatype": datatype}
         out.append((head, array.tolist(), array.tobytes()))
     return out
@@ -110,16 +106,6 @@ def write(path: Path, bodies: Sequence[Body]) -> Path:
         for raw, header_length in bodies:
             fh.write(f"{header_length} {len(raw)}\n".encode() + raw)
     return path
-
-
-def read(path: Path, count: int) -> list[Body]:
-    """The first ``count`` records of a bodies file."""
-    out: list[Body] = []
-    with path.open("rb") as fh:
-        while len(out) < count and (line := fh.readline()):
-            header_length, length = map(int, line.split())
-            out.append((fh.read(length), header_length))
-    return out
 
 
 def predictions(answer: bytes, header_length: int | None) -> list[Any]:

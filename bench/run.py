@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,11 +84,12 @@ def select(args: argparse.Namespace) -> Suite:
 class Bench:
     def __init__(self, args: argparse.Namespace, ctx: servers.Context, store: ModelStore) -> None:
         self.args, self.ctx, self.table = args, ctx, dict(scenarios.SERVERS)
-        self.store, self.files = store, dict[tuple[str, str, int], Path]()
+        self.store, self.files = store, dict[tuple[str, str, int], tuple[Path, list[bodies.Body]]]()
         self.answers: dict[tuple[str, int], tuple[str, list[Any]]] = {}
 
-    def bodies(self, s: Scenario) -> Path:
-        """The bodies file of ``s``'s model, form and rows (the same rows in every form)."""
+    def bodies(self, s: Scenario) -> tuple[Path, list[bodies.Body]]:
+        """The bodies of ``s``'s model, form and rows (the same rows in every form), and their
+        file."""
         key = (s.model, s.request, s.rows)
         if key not in self.files:
             manifest = self.store.manifest(s.model, servers.served_version(self.store, s.model))
@@ -96,13 +98,13 @@ class Bench:
             rows = (bodies.sample_rows(manifest.features, s.rows, seed) for seed in range(count))
             encoded = [bodies.encode(s.request, manifest.features, r, frame) for r in rows]
             path = self.ctx.workdir / f"{s.model}-{s.request}-{s.rows}.rec"
-            self.files[key] = bodies.write(path, encoded)
+            self.files[key] = bodies.write(path, encoded), encoded
         return self.files[key]
 
     def check(self, server: servers.Running, s: Scenario) -> str | None:
         """POST the first bodies once: why they are not answered like predictions, or None.
         Warns when they are answered otherwise than the same rows were for another scenario."""
-        sent = bodies.read(self.bodies(s), 5 if s.rows == 1 else 1)
+        sent = self.bodies(s)[1][: 5 if s.rows == 1 else 1]
         try:
             got = [p for body in sent for p in bodies.post(server.url + s.path, body)]
         except ValueError as exc:
@@ -123,12 +125,12 @@ class Bench:
         return running
 
     def measure(self, server: servers.Running, s: Scenario, warmup: float) -> Measured:
-        url, file, c = server.url + s.path, self.bodies(s), s.connections
+        url, file, c = server.url + s.path, self.bodies(s)[0], s.connections
         if warmup > 0:
             wrk.run(self.args.wrk, url, file, c, warmup)
         cpu, host = server.cpu_s(), servers.host_busy_s()
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
-        result = wrk.run(self.args.wrk, url, file, c, s.duration_s or self.args.duration)
+        result = wrk.run(self.args.wrk, url, file, c, self.args.duration)
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - wrk_cpu
         cpu, host = server.cpu_s() - cpu, servers.host_busy_s() - host
         if server.process.poll() is not None:
@@ -141,29 +143,23 @@ class Bench:
         out: dict[str, paired.Comparison] = {}
         with contextlib.ExitStack() as stack:
             running: dict[str, servers.Running] = {}
-
-            def get(name: str, i: int) -> servers.Running:
-                if (label := f"{name}#{i}") not in running:
-                    running[label] = self.start(stack, name, label)
-                return running[label]
-
-            for t in (t for t in suite.targets if t.paired and t.b is not None):
-                a, b = t.a, t.b
-                assert b is not None
+            for t in suite.targets:
+                if not t.paired or (b := t.b) is None:
+                    continue
                 print(f"[paired] {t.name} ...", flush=True)
+                # Two request forms (or models) on two like servers, swapped; else A1 B1 B2 A2.
+                sa, sb, same = t.a.server, b.server, t.a.server == b.server
+                order = [(sa, 1), (sb, 2 if same else 1), (sb, 2), (sa, 2)]
                 try:
-                    if a.server == b.server:  # two request forms on two like servers, swapped
-                        s1, s2 = get(a.server, 1), get(a.server, 2)
-                        couples = [(s1, s2), (s2, s1)]
-                    else:
-                        order = ((a.server, 1), (b.server, 1), (b.server, 2), (a.server, 2))
-                        a1, b1, b2, a2 = (get(name, i) for name, i in order)
-                        couples = [(a1, b1), (a2, b2)]
-                    for server, s in zip(couples[0], (a, b), strict=True):
+                    for name, i in order:
+                        if (label := f"{name}#{i}") not in running:
+                            running[label] = self.start(stack, name, label)
+                    a1, b1, b2, a2 = (running[f"{name}#{i}"] for name, i in order)
+                    for server, s in ((a1, t.a), (b1, b)):
                         if (why := self.check(server, s)) is not None:
                             raise servers.ServerError(why)
-                    loads = [(a.path, self.bodies(a)), (b.path, self.bodies(b))]
-                    c = paired.compare(couples, loads, self.args)
+                    loads = [(t.a.path, self.bodies(t.a)[0]), (b.path, self.bodies(b)[0])]
+                    c = paired.compare([(a1, b1), (b1, a1) if same else (a2, b2)], loads, self.args)
                 except servers.ServerError as exc:
                     c = paired.Comparison(error=str(exc).splitlines()[0])
                 out[t.name] = c
@@ -243,13 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"unknown git commit {args.baseline_ref!r}", file=sys.stderr)
                 return 2
             ctx.source[args.baseline_ref] = stack.enter_context(servers.checkout(commit, Path(tmp)))
-            bench.table["service@base"] = scenarios.baseline_server(args.baseline_ref)
+            base = replace(scenarios.SERVERS["service"], name="service@base", ref=args.baseline_ref)
+            bench.table["service@base"] = base
             notes.append(f"service@base: {args.baseline_ref} = {commit}")
         pairs = bench.paired(suite) if args.pair_runs else {}
         outcomes = bench.rounds(suite, notes)
-    verdicts = report.evaluate(suite.targets, outcomes, pairs)
     took = (datetime.now(UTC) - started).seconds
     notes.append(f"1-min load average {os.getloadavg()[0]:.2f} at end; took {took} s")
+    verdicts = report.evaluate(suite.targets, outcomes, pairs)
     print("\n" + report.render(outcomes, pairs, verdicts, notes))
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     meta = {"timestamp": stamp, "suite": args.suite, "git_commit": servers.git("rev-parse", "HEAD")}
@@ -263,12 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed or (args.fail_on_miss and any(v.status == "MISS" for v in verdicts)) else 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: every server is stopped
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwinds: every server stops
     try:
         sys.exit(main())
     except KeyboardInterrupt:

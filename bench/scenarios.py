@@ -45,11 +45,6 @@ SERVERS = {
 }
 
 
-def baseline_server(ref: str) -> Server:
-    """``service`` as it was at commit ``ref``."""
-    return Server("service@base", env=SERVERS["service"].env, ref=ref)
-
-
 @dataclass(frozen=True)
 class Scenario:
     model: str
@@ -57,8 +52,6 @@ class Scenario:
     request: Request
     connections: int
     rows: int = 1
-    duration_s: float | None = None
-    """Seconds per measured run; None: the run's ``--duration``."""
 
     @property
     def key(self) -> str:
