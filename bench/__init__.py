@@ -1,4 +1,1 @@
-"""Load benchmarks for servewell: wrk on loopback against the service and two baselines.
-
-Run ``make bench`` (``.venv/bin/python bench/run.py``); see ``bench/run.py --help``.
-"""
+"""Load benchmarks of servewell (``make bench``; bench/README.md)."""

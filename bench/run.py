@@ -198,14 +198,18 @@ class Bench:
         return outcomes
 
 
-def prepare(args: argparse.Namespace) -> tuple[Path, ModelStore] | str:
-    """The store, with the models trained unless ``--no-train``; else why the bench cannot run."""
+def prepare(args: argparse.Namespace) -> tuple[ModelStore, str | None] | str:
+    """The store, with the models trained unless ``--no-train``, and the baseline commit; else
+    why the bench cannot run."""
     if args.wrk is None:
         return wrk.INSTALL_HINT
     if args.suite == "ray" and importlib.util.find_spec("ray") is None:
         return "ray is not installed: `make bench-ray` installs the ray extra"
     if args.suite == "peers" and not (args.peers_venv / "bin" / "mlserver").is_file():
         return f"no MLServer in {args.peers_venv}: `make bench-peers` installs it"
+    ref, commit = args.baseline_ref, None
+    if ref and not (commit := servers.git("rev-parse", "--verify", ref + "^{commit}")):
+        return f"unknown git commit {ref!r}"
     path = (args.store or Path(os.environ.get("SERVEWELL_STORE", ROOT / "models"))).resolve()
     if not args.no_train:
         env = {**os.environ, "SERVEWELL_STORE": str(path)}
@@ -213,7 +217,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, ModelStore] | str:
     store = ModelStore(path)
     if missing := [m for m in args.models if not store.versions(m)]:
         return f"not in the store {path}: {missing}; train them first"
-    return path, store
+    return store, commit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(prepared := prepare(args), str):
         print(prepared, file=sys.stderr)
         return 2
-    store_path, store = prepared
+    store, commit = prepared
     # Sockets for c=1000, inherited by wrk and the servers.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(8192, hard)), hard))
@@ -230,14 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = [f"1-min load average {load:.2f} at start" + (": a busy box" if load > 0.5 else "")]
     with tempfile.TemporaryDirectory(prefix="servewell-") as tmp, contextlib.ExitStack() as stack:
         venv, ray = args.peers_venv.resolve(), args.ray_config.resolve()
-        ctx = servers.Context(store_path, args.models, Path(tmp), venv, ray)
+        ctx = servers.Context(store.root, args.models, Path(tmp), venv, ray)
         bench = Bench(args, ctx, store)
-        if args.baseline_ref:
-            if not (
-                commit := servers.git("rev-parse", "--verify", args.baseline_ref + "^{commit}")
-            ):
-                print(f"unknown git commit {args.baseline_ref!r}", file=sys.stderr)
-                return 2
+        if commit is not None:
             ctx.source[args.baseline_ref] = stack.enter_context(servers.checkout(commit, Path(tmp)))
             base = replace(scenarios.SERVERS["service"], name="service@base", ref=args.baseline_ref)
             bench.table["service@base"] = base

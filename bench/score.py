@@ -95,12 +95,9 @@ def main() -> int:
                 r = run_once(store, name, data, tmp / f"{name}.out.csv", extra)
                 r.update(model=name, run=run, rows=args.rows, csv_mb=round(size_mb, 1))
                 results.append(r)
-                print(
-                    f"{name:<14} run {run}: {r['rows_per_s']:>10,} rows/s  "
-                    f"peak RSS {r['peak_rss_mb']:>7.1f} MB  ({r['runtime']}, "
-                    f"{args.rows:,} rows, {size_mb:.0f} MB CSV)",
-                    flush=True,
-                )
+                figures = f"{r['rows_per_s']:>10,} rows/s  peak RSS {r['peak_rss_mb']:>7.1f} MB"
+                print(f"{name:<14} run {run}: {figures}  ({r['runtime']}, {args.rows:,} rows, "
+                      f"{size_mb:.0f} MB CSV)", flush=True)  # fmt: skip
     out = Path(__file__).parent / "results" / "score-latest.json"
     out.parent.mkdir(exist_ok=True)
     settings = vars(args) | {"store": str(args.store), "cli": extra}

@@ -30,8 +30,6 @@ class ServerError(Exception):
 
 @dataclass(frozen=True)
 class Context:
-    """What starting any server needs."""
-
     store: Path
     models: list[str]
     workdir: Path
@@ -132,9 +130,7 @@ class Running:
                 return
 
     def log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-2000:]
-        return ""
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
 
     def stop(self) -> None:
         """SIGINT (as Ctrl-C), then SIGTERM, then SIGKILL; what of its tree outlives that is a
@@ -161,8 +157,7 @@ def free_port() -> int:
 
 
 def served_version(store: ModelStore, name: str) -> int:
-    """The production version of ``name``, else its newest."""
-    return store.production(name) or store.versions(name)[-1]
+    return store.production(name) or store.versions(name)[-1]  # as the service picks it
 
 
 def _mlserver_repository(ctx: Context) -> Path:
@@ -240,20 +235,17 @@ def start(server: Server, ctx: Context, label: str | None = None) -> Running:
         raise
 
 
-def git(*args: str) -> str:
-    """The stripped output of ``git args`` in this repository, "" on failure."""
-    git = ["git", "-C", str(ROOT), *args]
-    return subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+def git(*args: str, check: bool = False) -> str:
+    """The stripped output of ``git args`` in this repository ("" on failure unless ``check``)."""
+    argv = ["git", "-C", str(ROOT), *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=check).stdout.strip()
 
 
 @contextlib.contextmanager
 def checkout(commit: str, workdir: Path) -> Iterator[Path]:
     """A git worktree of ``commit``, removed afterwards, to run its service."""
     path = workdir / f"source-{commit}"
-    worktree = ["git", "-C", str(ROOT), "worktree"]
-    subprocess.run(
-        [*worktree, "add", "--detach", str(path), commit], check=True, capture_output=True
-    )
+    git("worktree", "add", "--detach", str(path), commit, check=True)
     try:
         yield path
     finally:

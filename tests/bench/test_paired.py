@@ -24,7 +24,7 @@ class FakeServer:
         self.name, self.pinned = name, False
 
     def pin(self, loop_cpu: int, others: set[int]) -> None:
-        self.pinned = True
+        self.pinned = (loop_cpu, others) == (0, {1})
 
     def unpin(self) -> None:
         self.pinned = False
@@ -36,8 +36,7 @@ def test_half_the_runs_on_each_couple_after_a_warm_up_with_each_wrk_first_as_oft
     calls: list[tuple[str, str, bool]] = []
 
     def one_run(a: Any, b: Any, *rest: Any) -> paired.Run:
-        assert a.pinned
-        assert b.pinned
+        assert a.pinned and b.pinned  # noqa: PT018
         calls.append((a.name, b.name, rest[-1]))
         return paired.Run(1, 1, 100.0, 100.0 + len(calls))
 
