@@ -57,10 +57,10 @@ def one_run(
     others = set(sorted(os.sched_getaffinity(0))[1:])
     sides = [(a, *loads[0]), (b, *loads[1])][:: 1 if a_first else -1]
     before = [s.main_cpu_s() for s in (a, b)]
-    cmds = [wrk.command(args.wrk, s.url + p, f, PAIR, args.pair_duration) for s, p, f in sides]
+    cmds = [wrk.command(args.wrk, s.url + p, f, PAIR, args.pair_duration, 2) for s, p, f in sides]
     procs = {s.name: wrk.start(cmd, others) for (s, *_), cmd in zip(sides, cmds, strict=True)}
     try:
-        got = {name: wrk.finish(proc, args.pair_duration) for name, proc in procs.items()}
+        got = {name: wrk.finish(proc, args.pair_duration + 30) for name, proc in procs.items()}
     finally:
         for proc in procs.values():  # if one failed, the other may not go on loading its server
             proc.kill()

@@ -16,7 +16,6 @@ import importlib.util
 import os
 import platform
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -127,10 +126,10 @@ class Bench:
     def measure(self, server: servers.Running, s: Scenario, warmup: float) -> Measured:
         url, file, c = server.url + s.path, self.bodies(s)[0], s.connections
         if warmup > 0:
-            wrk.run(self.args.wrk, url, file, c, warmup)
+            wrk.run(self.args.wrk, url, file, c, warmup, 2)
         cpu, host = server.cpu_s(), servers.host_busy_s()
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
-        result = wrk.run(self.args.wrk, url, file, c, self.args.duration)
+        result = wrk.run(self.args.wrk, url, file, c, self.args.duration, 2)
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - wrk_cpu
         cpu, host = server.cpu_s() - cpu, servers.host_busy_s() - host
         if server.process.poll() is not None:
@@ -222,7 +221,7 @@ def prepare(args: argparse.Namespace) -> tuple[ModelStore, str | None] | str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    args.wrk, load = shutil.which("wrk"), os.getloadavg()[0]
+    args.wrk, load = wrk.find(), os.getloadavg()[0]
     if isinstance(prepared := prepare(args), str):
         print(prepared, file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,17 @@ def parse(stdout: str) -> Result:
         raise WrkError(f"malformed wrk result: {match.group(0)!r}") from exc
 
 
-def command(wrk: str, url: str, bodies: Path, conns: int, seconds: float) -> list[str]:
-    """One wrk thread (the box has 2 cores and the servers need them), a 2 s timeout."""
-    flags = [f"--connections={conns}", "--threads=1", f"--duration={max(1, round(seconds))}s"]
-    flags += ["--timeout=2s", f"--script={SCRIPT}"]
-    return [wrk, *flags, url, "--", str(bodies), "/" + url.split("/", 3)[3]]
+def find() -> str | None:
+    return shutil.which("wrk")
+
+
+def command(
+    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
+) -> list[str]:
+    """One wrk thread by default: the box has 2 cores and the servers need them."""
+    flags = [f"--connections={conns}", f"--threads={min(threads, conns)}"]
+    flags += [f"--duration={max(1, round(seconds))}s", f"--timeout={max(1, round(timeout_s))}s"]
+    return [wrk, *flags, f"--script={SCRIPT}", url, "--", str(bodies), "/" + url.split("/", 3)[3]]
 
 
 def start(cmd: list[str], cpus: set[int] | None = None) -> "subprocess.Popen[str]":
@@ -77,12 +84,12 @@ def start(cmd: list[str], cpus: set[int] | None = None) -> "subprocess.Popen[str
         raise WrkError(f"could not run wrk: {exc}") from exc
 
 
-def finish(proc: "subprocess.Popen[str]", seconds: float) -> Result:
-    """Wait for a started wrk of ``seconds`` (killed well after) and parse its result."""
+def finish(proc: "subprocess.Popen[str]", limit_s: float) -> Result:
+    """Wait for a started wrk (killed after ``limit_s``) and parse its result."""
     try:
-        stdout, stderr = proc.communicate(timeout=seconds + 32)
+        stdout, stderr = proc.communicate(timeout=limit_s)
     except subprocess.TimeoutExpired as exc:
-        raise WrkError(f"wrk did not finish within {seconds + 32:.0f} s") from exc
+        raise WrkError(f"wrk did not finish within {limit_s:.0f} s") from exc
     finally:
         if proc.poll() is None:  # it may not go on loading a server into the next run
             proc.kill()
@@ -92,5 +99,8 @@ def finish(proc: "subprocess.Popen[str]", seconds: float) -> Result:
     return parse(stdout)
 
 
-def run(wrk: str, url: str, bodies: Path, conns: int, seconds: float) -> Result:
-    return finish(start(command(wrk, url, bodies, conns, seconds)), seconds)
+def run(
+    wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
+) -> Result:
+    cmd = command(wrk, url, bodies, conns, seconds, timeout_s, threads)
+    return finish(start(cmd), seconds + timeout_s + 30)

@@ -28,7 +28,8 @@ def test_output_without_a_complete_result_is_an_error(stdout: str) -> None:
 
 def test_the_command_sends_the_bodies_file_and_path_to_the_script() -> None:
     url = "http://127.0.0.1:8000/v2/models/iris/infer"
-    cmd = wrk.command("wrk", url, Path("b.rec"), 100, 2.4)
+    cmd = wrk.command("wrk", url, Path("b.rec"), 100, 2.4, 2.0)
     flags = ["--connections=100", "--threads=1", "--duration=2s", "--timeout=2s"]
     assert cmd[1:6] == [*flags, f"--script={wrk.SCRIPT}"]
     assert cmd[6:] == [url, "--", "b.rec", "/v2/models/iris/infer"]
+    assert "--threads=1" in wrk.command("wrk", url, Path("b"), 1, 1, 1, threads=2)
