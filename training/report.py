@@ -207,16 +207,49 @@ def write_report(
     (out / "metrics.json").write_text(
         json.dumps(evaluation.metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    names = [f.name for f in features]
+    plots = _metric_plots(task, evaluation, out)
+    permuted, importance_plots = _importances(
+        out, spec, model, evaluation, [f.name for f in features], context, holdout
+    )
+    plots.extend(importance_plots)
+    card = render(
+        _card_facts(spec, task, context),
+        metrics={**(all_metrics or {}), **evaluation.metrics},
+        features=features,
+        plots=plots,
+        onnx=context.get("onnx"),
+        importances=permuted,
+        extra_comparison_rows=extra_comparison_rows,
+    )
+    (out / "model_card.md").write_text(card, encoding="utf-8")
+    return plots
+
+
+def _metric_plots(task: Task, evaluation: Evaluation, out: Path) -> list[str]:
+    """The plots of the holdout's predictions: confusion, ROC, precision-recall and
+    calibration for classifiers (those that apply), residual plots for regressors."""
+    if task != Task.CLASSIFICATION:
+        return _regression_plots(evaluation, out)
+    plots = [_confusion(evaluation, out)]
+    for plot in (_roc, _precision_recall, _calibration):
+        made = plot(evaluation, out)
+        if made:
+            plots.append(made)
+    return plots
+
+
+def _importances(
+    out: Path,
+    spec: Spec,
+    model: Any,
+    evaluation: Evaluation,
+    names: list[str],
+    context: dict[str, Any],
+    holdout: Any,
+) -> tuple[Importances | None, list[str]]:
+    """Write importance.json and the importance plots; return the permutation importances
+    (None without holdout rows) and the plot file names."""
     plots: list[str] = []
-    if task == Task.CLASSIFICATION:
-        plots.append(_confusion(evaluation, out))
-        for plot in (_roc, _precision_recall, _calibration):
-            made = plot(evaluation, out)
-            if made:
-                plots.append(made)
-    else:
-        plots.extend(_regression_plots(evaluation, out))
     permuted = None
     if holdout is not None:
         permuted = importance.permutation(
@@ -245,7 +278,11 @@ def write_report(
         + "\n",
         encoding="utf-8",
     )
-    facts = CardFacts(
+    return permuted, plots
+
+
+def _card_facts(spec: Spec, task: Task, context: dict[str, Any]) -> CardFacts:
+    return CardFacts(
         name=spec.name,
         description=spec.description or "",
         task=task,
@@ -263,14 +300,3 @@ def write_report(
         tolerance=spec.evaluation.tolerance,
         impute=spec.preprocessing.impute,
     )
-    card = render(
-        facts,
-        metrics={**(all_metrics or {}), **evaluation.metrics},
-        features=features,
-        plots=plots,
-        onnx=context.get("onnx"),
-        importances=permuted,
-        extra_comparison_rows=extra_comparison_rows,
-    )
-    (out / "model_card.md").write_text(card, encoding="utf-8")
-    return plots

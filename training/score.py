@@ -18,7 +18,6 @@ interrupted run leaves no half-written output behind.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import queue
 import re
@@ -29,17 +28,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, BinaryIO, TextIO, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from serving.execution.runtime import LoadedModel, RuntimeName, RuntimePolicy, load
+from serving.execution.runtime import RuntimeName, RuntimePolicy, load
 from serving.store import Manifest, ModelStore, StoreError, Task
-from training import csv_text
 from training.csv_rows import EncodedChunk, RowErrors, encode_chunk, read_dtypes
 from training.datasets import MISSING_MARKERS
+from training.score_lines import ScoreWriter, cell
 
 DEFAULT_CHUNK_ROWS = 50_000
 """Rows per chunk: large enough that per-chunk overheads vanish (reading, one runtime call),
@@ -249,91 +248,6 @@ def _with_malformed(
     return EncodedChunk(rows, refused, errors, chunk.out_of_range)
 
 
-def _cell(value: Any) -> bytes:
-    """One CSV field, quoted where the text needs it (a label with a comma, say)."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow([value])
-    return buffer.getvalue().encode("utf-8")
-
-
-def _float_cells(values: npt.NDArray[np.float64]) -> list[bytes]:
-    """repr: the shortest text that reads back as the same float64; missing is empty."""
-    return [b"" if v != v else repr(v).encode("ascii") for v in values.tolist()]
-
-
-PROBABILITY_DECIMALS = 9
-"""Probabilities are written as 0.ddddddddd: far below any probability's own error, and
-fixed-width text numpy can write digit by digit (see training/csv_text.py)."""
-
-
-class _Writer:
-    """Formats the predictions of one chunk as CSV bytes, one line per input row:
-    ``row,prediction[,probability_<class>...]``; refused rows keep their number, the other
-    fields empty."""
-
-    def __init__(self, model: LoadedModel, probabilities: bool) -> None:
-        self.model = model
-        self.classification = model.manifest.task == Task.CLASSIFICATION
-        self.probabilities = probabilities and self.classification
-        classes = model.manifest.target.classes or []
-        self.header = ["row", "prediction"]
-        if self.probabilities:
-            self.header += [f"probability_{c}" for c in classes]
-        labels = model.labels if model.labels is not None else np.asarray(classes, dtype=object)
-        self.label_text = [_cell(v) for v in labels.tolist()]
-
-    def _label_codes(
-        self, values: npt.NDArray[Any], indexed: bool
-    ) -> tuple[npt.NDArray[np.int64], list[bytes]]:
-        """Each row's position in a table of label texts, and the table."""
-        if indexed:
-            return np.asarray(values, dtype=np.int64), self.label_text
-        unique, inverse = np.unique(values, return_inverse=True)
-        return inverse.astype(np.int64), [_cell(v) for v in unique.tolist()]
-
-    def text(
-        self, first_row: int, rows: npt.NDArray[np.float64], refused: npt.NDArray[np.bool_]
-    ) -> bytes:
-        """Predict the rows not refused; return the chunk's output lines, each starting with its
-        input row number (``first_row`` for the first)."""
-        n = len(refused)
-        good = ~refused
-        width = len(self.header) - 2
-        numbers = np.arange(first_row, first_row + n, dtype=np.int64)
-        prediction: csv_text.Segment
-        codes = np.zeros(n, dtype=np.int64)  # 0: the empty text of a refused row
-        table: list[bytes] = [b""]
-        probabilities = np.zeros((n, width))
-        predicted = np.full(n, np.nan)
-        if good.any():  # a runtime may refuse an empty batch
-            values, proba, indexed = self.model.predict_coded(rows[good], self.probabilities)
-            if self.classification:
-                label_codes, labels = self._label_codes(values, indexed)
-                codes[good] = label_codes + 1
-                table += labels
-            else:
-                predicted[good] = values
-            if proba is not None:
-                probabilities[good] = proba
-        if self.classification:
-            prediction = csv_text.Table(codes, table)
-        else:
-            prediction = csv_text.Ragged(_float_cells(predicted))
-        segments: list[csv_text.Segment] = [
-            csv_text.Integers(numbers),
-            csv_text.Constant(b",", n),
-            prediction,
-        ]
-        if self.probabilities:
-            text = csv_text.fixed_decimals(probabilities, PROBABILITY_DECIMALS)
-            segments += [
-                csv_text.Block(text, good),
-                csv_text.Table(refused.astype(np.int64), [b"", b"," * width]),
-            ]
-        segments.append(csv_text.Constant(b"\n", n))
-        return csv_text.assemble(n, segments)
-
-
 def score_csv(
     store: ModelStore,
     name: str,
@@ -365,38 +279,19 @@ def score_csv(
     manifest = model.manifest
     if probabilities and manifest.task != Task.CLASSIFICATION:
         raise ScoreError(f"{name} is a regressor: it has no class probabilities")
-    writer = _Writer(model, probabilities)
+    writer = ScoreWriter(model, probabilities)
     errors = errors_path(out)
     out_tmp = out.with_name(out.name + ".partial")
     errors_tmp = errors.with_name(errors.name + ".partial")
     start = time.perf_counter()
-    total = scored = 0
-    out_of_range = np.zeros(len(manifest.features), dtype=np.int64)
     try:
         with (
             out_tmp.open("wb") as out_file,
             errors_tmp.open("w", encoding="utf-8", newline="") as errors_file,
         ):
-            out_file.write(b",".join(_cell(h) for h in writer.header) + b"\n")
-            error_writer = csv.writer(errors_file, lineterminator="\n")
-            error_writer.writerow(["row", "column", "reason"])
-            for read in _read_ahead(_chunks(data, manifest, chunk_rows)):
-                chunk = encode_chunk(read.frame, manifest.features)
-                chunk = _with_malformed(chunk, total + 1, read.malformed)
-                out_file.write(writer.text(total + 1, chunk.rows, chunk.refused))
-                good = ~chunk.refused
-                if len(chunk.errors.rows):
-                    numbers = chunk.errors.rows + total + 1
-                    order = np.argsort(numbers, kind="stable")
-                    error_writer.writerows(
-                        (int(numbers[k]), chunk.errors.columns[k], chunk.errors.reasons[k])
-                        for k in order
-                    )
-                total += len(chunk.refused)
-                scored += int(np.count_nonzero(good))
-                out_of_range += chunk.out_of_range
-                if progress is not None:
-                    progress(read.done_bytes, total)
+            total, scored, out_of_range = _score_chunks(
+                writer, data, manifest, chunk_rows, out_file, errors_file, progress
+            )
         out_tmp.replace(out)
         errors_tmp.replace(errors)
     finally:
@@ -416,3 +311,38 @@ def score_csv(
             f.name: int(c) for f, c in zip(manifest.features, out_of_range, strict=True) if c
         },
     )
+
+
+def _score_chunks(
+    writer: ScoreWriter,
+    data: Path,
+    manifest: Manifest,
+    chunk_rows: int,
+    out_file: BinaryIO,
+    errors_file: TextIO,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[int, int, npt.NDArray[np.int64]]:
+    """Score ``data`` chunk by chunk into the open files; return the rows read, the rows
+    scored and, per feature, how many values lay outside the training range."""
+    total = scored = 0
+    out_of_range = np.zeros(len(manifest.features), dtype=np.int64)
+    out_file.write(b",".join(cell(h) for h in writer.header) + b"\n")
+    error_writer = csv.writer(errors_file, lineterminator="\n")
+    error_writer.writerow(["row", "column", "reason"])
+    for read in _read_ahead(_chunks(data, manifest, chunk_rows)):
+        chunk = encode_chunk(read.frame, manifest.features)
+        chunk = _with_malformed(chunk, total + 1, read.malformed)
+        out_file.write(writer.text(total + 1, chunk.rows, chunk.refused))
+        good = ~chunk.refused
+        if len(chunk.errors.rows):
+            numbers = chunk.errors.rows + total + 1
+            order = np.argsort(numbers, kind="stable")
+            error_writer.writerows(
+                (int(numbers[k]), chunk.errors.columns[k], chunk.errors.reasons[k]) for k in order
+            )
+        total += len(chunk.refused)
+        scored += int(np.count_nonzero(good))
+        out_of_range += chunk.out_of_range
+        if progress is not None:
+            progress(read.done_bytes, total)
+    return total, scored, out_of_range

@@ -94,9 +94,9 @@ class _Digest:
 
 
 class SwapAfterHashing:
-    """Stands in for the ``hashlib`` module of serving.store (monkeypatched): right after the
-    store hashes ``target``'s bytes, ``target`` is atomically replaced by ``replacement``, as
-    an ``os.replace`` loop racing the loader would."""
+    """Stands in for the ``hashlib`` module of serving.store.artifact (monkeypatched): right
+    after the store hashes ``target``'s bytes, ``target`` is atomically replaced by
+    ``replacement``, as an ``os.replace`` loop racing the loader would."""
 
     def __init__(self, target: pathlib.Path, replacement: bytes) -> None:
         self.target = target

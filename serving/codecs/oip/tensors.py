@@ -14,47 +14,60 @@ by walking their framing. Responses put numeric outputs in binary straight from 
 arrays, and in JSON through orjson's own numpy support. Every problem is an
 ``InvalidInputError`` (or its ``MalformedRequestError`` for framing and JSON syntax) whose
 message says where.
+
+This module decodes requests; the datatypes and tensor classes are in ``datatypes.py``, binary
+BYTES elements in ``binary_bytes.py``, responses in ``responses.py``. Their public names are
+importable from here too.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import struct
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from serving.codecs.oip.binary_bytes import bytes_elements
+from serving.codecs.oip.datatypes import (
+    BOOL,
+    BYTES,
+    DATATYPES,
+    FLOAT_TYPES,
+    HEADER_LENGTH,
+    INT_TYPES,
+    NUMERIC_DTYPES,
+    InferRequest,
+    OutputTensor,
+    RequestedOutput,
+    Tensor,
+    numbers_problem,
+)
+from serving.codecs.oip.responses import encode_response, frame_texts
 from serving.core.errors import InvalidInputError, MalformedRequestError
 
-NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-"""Wire dtype of every fixed-size numeric datatype (binary data is little-endian)."""
-BOOL = "BOOL"
-BYTES = "BYTES"
-DATATYPES = frozenset({*NUMERIC_DTYPES, BOOL, BYTES})
-FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
-INT_TYPES = frozenset(NUMERIC_DTYPES) - FLOAT_TYPES
+__all__ = [
+    "BOOL",
+    "BYTES",
+    "DATATYPES",
+    "FLOAT_TYPES",
+    "HEADER_LENGTH",
+    "INT_TYPES",
+    "NUMERIC_DTYPES",
+    "InferRequest",
+    "OutputTensor",
+    "RequestedOutput",
+    "Tensor",
+    "decode_json",
+    "encode_response",
+    "frame_texts",
+    "numbers_problem",
+    "parse_document",
+    "parse_request",
+    "split_body",
+]
 
-HEADER_LENGTH = "inference-header-content-length"
-"""Length of the JSON part of a body that carries binary tensor data (header, lower case)."""
-
-_LENGTH = struct.Struct("<I")
 _MAX_ELEMENTS = 1 << 31
 # Some clients repeat the model's name and version in the body (Triton's own examples do).
 _REQUEST_FIELDS = frozenset(
@@ -62,54 +75,6 @@ _REQUEST_FIELDS = frozenset(
 )
 _INPUT_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_FIELDS = frozenset({"name", "parameters"})
-
-
-@dataclass(slots=True)
-class Tensor:
-    """One input tensor of a request, decoded."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    values: npt.NDArray[Any] | list[str]
-    """Flat, row-major: a numpy array (bool, integer or float), or text for BYTES."""
-    index: int
-    """Its position in the request's inputs."""
-
-    @property
-    def where(self) -> str:
-        """Where it is in the request, for messages (``inputs[0] 'x'``)."""
-        return f"inputs[{self.index}] {self.name!r}"
-
-
-@dataclass(slots=True)
-class RequestedOutput:
-    name: str
-    binary: bool | None
-    """``parameters.binary_data`` of the output; None when not given."""
-
-
-@dataclass(slots=True)
-class InferRequest:
-    id: str | None
-    inputs: list[Tensor]
-    outputs: list[RequestedOutput] | None
-    """None: every output of the model."""
-    binary_output: bool
-    """``parameters.binary_data_output``: outputs not asked for explicitly come in binary."""
-
-
-@dataclass(slots=True)
-class OutputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    values: npt.NDArray[Any]
-    """Row-major values: numbers, bools, or str (BYTES)."""
-    binary: bool
-    frames: Mapping[str, bytes] | None = None
-    """BYTES only: the framed bytes (see :func:`frame_texts`) of the values known in advance,
-    e.g. a classifier's classes; values not in it are framed when encoding."""
 
 
 def _bad(message: str) -> InvalidInputError:
@@ -299,7 +264,7 @@ def _from_binary(
     chunk: memoryview, datatype: str, count: int, where: str
 ) -> npt.NDArray[Any] | list[str]:
     if datatype == BYTES:
-        return _bytes_elements(chunk, count, where)
+        return bytes_elements(chunk, count, where)
     dtype = NUMERIC_DTYPES.get(datatype, np.dtype(np.uint8))  # BOOL: one byte each
     if len(chunk) != count * dtype.itemsize:
         raise _malformed(
@@ -312,112 +277,6 @@ def _from_binary(
             raise _bad(f"{where}: BOOL elements must be bytes 0 or 1")
         return array.view(np.bool_)
     return array
-
-
-_FEW_ELEMENTS = 256
-"""Smaller BYTES tensors are walked element by element: as fast, and nothing to compile."""
-_MAX_LENGTHS = 16
-"""BYTES tensors whose elements have more distinct lengths than this are walked."""
-_MAX_SPLIT_LENGTH = 1 << 16
-"""BYTES tensors with a longer element are walked (long texts are few per byte anyway)."""
-_LEARN = 64
-"""Elements walked in Python to learn lengths before each run at C speed."""
-_MAX_ROUNDS = 2
-"""Rounds of learning and running before the tensor is walked instead."""
-
-
-def _bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]:
-    """The elements of a binary BYTES tensor, as text."""
-    if count >= _FEW_ELEMENTS:
-        split = _split_texts(chunk, count)
-        if split is not None:
-            return split
-    return _walk_bytes_elements(chunk, count, where)
-
-
-def _split_texts(chunk: memoryview, count: int) -> list[str] | None:
-    """The elements of a BYTES tensor whose elements have few distinct lengths (categories,
-    identifiers), or None when it is anything else (more lengths, a long element, bad
-    framing, not UTF-8, another count).
-
-    Walking 10 000 length-prefixed elements in Python costs several milliseconds. Instead, a
-    regular expression splits the tensor at C speed: one alternative per distinct length,
-    its 4-byte prefix then that many bytes of anything. Splitting this way is exact: at each
-    boundary the prefix selects one alternative. The lengths are learned by walking a few
-    elements, then a starred pattern skips the run of elements of known lengths that
-    follows, for at most two rounds. The pattern depends on the lengths only, not on the
-    values, so its size and the number of compilations per request are bounded by
-    constants (and a client's values cannot make the compilation cost grow with their
-    size). Whatever is not certain returns None, and the caller walks the elements (which
-    also says what is wrong)."""
-    end = len(chunk)
-    prefixes: set[bytes] = set()
-    position = 0
-    for _ in range(_MAX_ROUNDS):
-        for _ in range(_LEARN):
-            if position == end:
-                break
-            if position + 4 > end:
-                return None
-            (length,) = _LENGTH.unpack_from(chunk, position)
-            if length > _MAX_SPLIT_LENGTH:
-                return None
-            prefixes.add(bytes(chunk[position : position + 4]))
-            position += 4 + length
-            if position > end:
-                return None
-        if len(prefixes) > _MAX_LENGTHS:
-            return None
-        if position < end:
-            run = _length_pattern(frozenset(prefixes), b"*").match(chunk, position)
-            assert run is not None  # a starred pattern matches, if only the empty string
-            position = run.end()
-        if position == end:
-            break
-    else:
-        return None
-    # The walk and the runs went from boundary to boundary to the end: findall from the
-    # start meets the same boundaries.
-    elements = _length_pattern(frozenset(prefixes), b"").findall(chunk) if prefixes else []
-    if len(elements) != count:
-        return None
-    texts: dict[bytes, str] = {}
-    try:
-        for element in set(elements):
-            texts[element] = element[4:].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return list(map(texts.__getitem__, elements))
-
-
-def _length_pattern(prefixes: frozenset[bytes], repeat: bytes) -> re.Pattern[bytes]:
-    """Any framed element with one of these length prefixes (``repeat``: ``*`` for a run).
-    Sorted, so that one set of lengths gives one pattern (re caches compiled patterns)."""
-    alternatives = b"|".join(
-        re.escape(prefix) + b".{%d}" % _LENGTH.unpack(prefix)[0] for prefix in sorted(prefixes)
-    )
-    return re.compile(b"(?s)(?:" + alternatives + b")" + repeat)
-
-
-def _walk_bytes_elements(chunk: memoryview, count: int, where: str) -> list[str]:
-    out: list[str] = []
-    position = 0
-    end = len(chunk)
-    for i in range(count):
-        if position + 4 > end:
-            raise _malformed(f"{where}: BYTES element {i} has no complete 4-byte length prefix")
-        (length,) = _LENGTH.unpack_from(chunk, position)
-        position += 4
-        if position + length > end:
-            raise _malformed(f"{where}: BYTES element {i} of {length} bytes runs past its data")
-        try:
-            out.append(str(chunk[position : position + length], "utf-8"))
-        except UnicodeDecodeError:
-            raise _bad(f"{where}: BYTES element {i} is not UTF-8 text") from None
-        position += length
-    if position != end:
-        raise _malformed(f"{where}: {end - position} bytes left over after {count} BYTES elements")
-    return out
 
 
 def _flatten(data: list[Any], depth: int, where: str) -> list[Any]:
@@ -486,100 +345,3 @@ def _from_json(
     if problem is not None:
         raise _bad(f"{where}: {problem}")
     return array
-
-
-def numbers_problem(array: npt.NDArray[Any], kind: str, datatype: str) -> str | None:
-    """Why the decoded JSON ``array`` cannot be the data of a numeric ``datatype``, or None.
-    ``kind`` is its dtype's kind, given apart because an empty list decodes as floats."""
-    if kind not in "iuf" or (kind == "f" and datatype in INT_TYPES):
-        wanted = "integers" if datatype in INT_TYPES else "numbers"
-        return f"{datatype} data must be JSON {wanted}"
-    if datatype in INT_TYPES and array.size:
-        info = np.iinfo(NUMERIC_DTYPES[datatype])
-        if array.min() < info.min or array.max() > info.max:
-            return f"a value is out of the range of {datatype}"
-    return None
-
-
-# -- responses ---------------------------------------------------------------------------------
-
-
-def frame_texts(values: Iterable[str]) -> dict[str, bytes]:
-    """Each distinct text as a BYTES element: its 4-byte little-endian length, then its UTF-8."""
-    framed = {}
-    for value in values:
-        raw = value.encode("utf-8")
-        framed[value] = _LENGTH.pack(len(raw)) + raw
-    return framed
-
-
-def _bytes_blob(values: list[str], frames: Mapping[str, bytes] | None) -> bytes:
-    """BYTES elements framed with their 4-byte lengths. Labels repeat a few values, so each
-    element is one C-level dict lookup of its framed bytes and the blob one join: with the
-    frames known in advance (a classifier's classes), that is one hash per element."""
-    if frames is not None:
-        try:
-            return b"".join(map(frames.__getitem__, values))
-        except KeyError:  # a value not known in advance: frame every distinct value below
-            pass
-    return b"".join(map(frame_texts(set(values)).__getitem__, values))
-
-
-def _contiguous(values: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    """Values as a flat C-contiguous array of ``dtype`` (no copy when they already are)."""
-    return np.ascontiguousarray(values.astype(dtype, copy=False)).reshape(-1)
-
-
-def _binary(tensor: OutputTensor) -> bytes | memoryview:
-    """The tensor's binary data. Numeric tensors give a view of their own memory (the
-    response is joined once, so copying them here would copy them twice)."""
-    if tensor.datatype == BYTES:
-        return _bytes_blob(tensor.values.reshape(-1).tolist(), tensor.frames)
-    dtype = np.dtype(np.uint8) if tensor.datatype == BOOL else NUMERIC_DTYPES[tensor.datatype]
-    return _contiguous(tensor.values, dtype).data.cast("B")
-
-
-_JSON_NUMPY = frozenset(
-    np.dtype(t) for t in ("f8", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "?")
-)
-"""Native dtypes whose arrays orjson writes itself, exactly as it writes the same values as
-Python numbers (float32 and float16 excluded: orjson would print their shortest float32
-form, not the float64 value ``tolist`` gives)."""
-
-
-def _json_data(values: npt.NDArray[Any]) -> Any:
-    """A tensor's ``data`` for JSON: the numpy array itself where orjson can serialise it
-    (no Python object per element), else a flat list."""
-    dtype = values.dtype
-    if dtype.kind != "O" and dtype in _JSON_NUMPY:  # text labels (the common case) are "O"
-        return np.ascontiguousarray(values).reshape(-1)
-    return values.reshape(-1).tolist()
-
-
-def encode_response(
-    model: str, version: int, request_id: str | None, outputs: Sequence[OutputTensor]
-) -> tuple[bytes, int | None]:
-    """The response body, and the length of its JSON part when binary data follows it."""
-    document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
-    if request_id is not None:
-        document["id"] = request_id
-    entries: list[dict[str, Any]] = []
-    blobs: list[bytes | memoryview] = []
-    for tensor in outputs:
-        entry: dict[str, Any] = {
-            "name": tensor.name,
-            "datatype": tensor.datatype,
-            "shape": tensor.shape,  # a tuple: orjson writes it as the array it is
-        }
-        if tensor.binary:
-            blob = _binary(tensor)
-            blobs.append(blob)
-            entry["parameters"] = {"binary_data_size": len(blob)}
-        else:
-            entry["data"] = _json_data(tensor.values)
-        entries.append(entry)
-    document["outputs"] = entries
-    head = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not blobs:
-        return head, None
-    return b"".join([head, *blobs]), len(head)

@@ -286,7 +286,7 @@ def test_a_forest_graph_writes_class_positions_and_answers_as_its_text_labels(
 def test_an_onnx_file_swapped_after_hashing_is_never_read(
     trained_store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import serving.store
+    import serving.store.artifact
 
     store = ModelStore(tmp_path / "s", signing_key=b"k1")
     version = publish_copy(store, "iris", trained_store, "iris", 1)
@@ -294,7 +294,7 @@ def test_an_onnx_file_swapped_after_hashing_is_never_read(
     path = store.onnx_path(manifest)
     assert path is not None
     hook = SwapAfterHashing(path, b"not an onnx graph")
-    monkeypatch.setattr(serving.store, "hashlib", hook)
+    monkeypatch.setattr(serving.store.artifact, "hashlib", hook)
     loaded = load(store, "iris", version, RuntimePolicy())
     assert hook.swapped == 1
     assert loaded.runtime == "onnx"  # the verified graph, not a fallback after reading junk

@@ -12,10 +12,9 @@ import orjson
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from serving.codecs.oip.binary_bytes import bytes_elements, split_texts
 from serving.codecs.oip.tensors import (
     OutputTensor,
-    _bytes_elements,
-    _split_texts,
     encode_response,
     frame_texts,
     parse_request,
@@ -293,14 +292,14 @@ def test_large_bytes_tensors_decode_like_small_ones(distinct: int) -> None:
     assert _bytes_request(texts) == texts
     assert _bytes_request(texts[:5]) == texts[:5]
     framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
-    assert _split_texts(framed, len(texts)) == texts  # the path taken: few lengths
+    assert split_texts(framed, len(texts)) == texts  # the path taken: few lengths
 
 
 def test_bytes_tensors_of_many_lengths_are_walked() -> None:
     texts = ["x" * (i % 40) for i in range(3000)]
     assert _bytes_request(texts) == texts
     framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
-    assert _split_texts(framed, len(texts)) is None
+    assert split_texts(framed, len(texts)) is None
     # A length first seen after the first learning walk and run is learned in a second round.
     late = ["ab"] * 2999 + ["abc"]
     assert _bytes_request(late) == late
@@ -314,7 +313,7 @@ def test_bytes_splitting_cost_does_not_grow_with_distinct_long_values() -> None:
     def seconds(texts: list[str]) -> float:
         framed = memoryview(serialize_byte_tensor(np.array(texts, dtype=object)).item())
         start = time.perf_counter()
-        assert _bytes_elements(framed, len(texts), "t") == texts
+        assert bytes_elements(framed, len(texts), "t") == texts
         return time.perf_counter() - start
 
     distinct = [f"{i:02d}" + "x" * 8190 for i in range(32)]

@@ -237,14 +237,14 @@ def test_a_file_swapped_after_hashing_is_never_unpickled(
 ) -> None:
     import joblib
 
-    import serving.store
+    import serving.store.artifact
 
     store = ModelStore(tmp_path / "s", signing_key=b"k1")
     with store.create_version("m", _fields()) as staged:
         joblib.dump({"the": "original"}, staged.model_path)
     marker = tmp_path / "executed"
     hook = SwapAfterHashing(store.version_path("m", 1) / "model.joblib", malicious_pickle(marker))
-    monkeypatch.setattr(serving.store, "hashlib", hook)
+    monkeypatch.setattr(serving.store.artifact, "hashlib", hook)
     _, model = store.load_model("m", 1)
     assert hook.swapped == 1  # the file was replaced right after it was hashed
     assert not marker.exists()
