@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from serving.execution.onnx_runtime import Signature
+from serving.execution.onnx_runtime import OnnxIO
 from serving.store import (
     Environment,
     Feature,
@@ -161,7 +161,7 @@ def _training_bins(values: np.ndarray[Any, Any]) -> dict[str, list[float]]:
 
 
 def _compile_onnx(
-    echo: Echo, model: Any, signature: Signature, X_test: pd.DataFrame, out: Path, spec: Spec
+    echo: Echo, model: Any, signature: OnnxIO, X_test: pd.DataFrame, out: Path, spec: Spec
 ) -> OnnxExport:
     with _stage(echo, "onnx"):
         result = onnx_export.export(model, signature, X_test, out, seed=spec.split.seed)
@@ -459,7 +459,7 @@ def train(
 
         with store.create_version(spec.name, fields) as staged:
             joblib.dump(model, staged.model_path)
-            signature = Signature(task, input_format, features, classes)
+            signature = OnnxIO(task, input_format, features, classes)
             onnx = _compile_onnx(echo, model, signature, X_test, staged.path, spec)
             fields["onnx"] = onnx
             write_report(
