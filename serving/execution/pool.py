@@ -434,6 +434,23 @@ class InferencePool:
         if worker.process.is_alive():  # the pipe broke but the process lingers
             worker.process.kill()
             worker.process.join(1.0)
+        self._settle(worker, why)
+        if self._closing:
+            return
+        code = worker.process.exitcode
+        if not self._started:
+            # It died while loading models at start: the service must not come up half-working.
+            self.broken = f"worker {worker.process.pid} exited with code {code} while loading"
+            log.error("inference %s", self.broken)
+            self._wake_starters()
+            self._fail_everything(NotReadyError(f"the inference pool is down: {self.broken}"))
+            return
+        self._replace(worker, why, code)
+        for other in self._workers:
+            self._feed(other)
+
+    def _settle(self, worker: _Worker, why: str) -> None:
+        """Retry or fail what a dead worker was doing, and fail its waiting control messages."""
         batch, worker.batch = worker.batch, None
         if batch is not None and not batch.future.done():
             if batch.retried or self._closing:
@@ -450,16 +467,10 @@ class InferencePool:
         for _, future in worker.controls:
             if not future.done():
                 future.set_exception(InferenceError(f"the inference worker {why}"))
-        if self._closing:
-            return
-        code = worker.process.exitcode
-        if not self._started:
-            # It died while loading models at start: the service must not come up half-working.
-            self.broken = f"worker {worker.process.pid} exited with code {code} while loading"
-            log.error("inference %s", self.broken)
-            self._wake_starters()
-            self._fail_everything(NotReadyError(f"the inference pool is down: {self.broken}"))
-            return
+
+    def _replace(self, worker: _Worker, why: str, code: int | None) -> None:
+        """Start a worker in place of a dead one: at once, or after a growing delay when the
+        dead one was itself a replacement that died while loading."""
         self.restarts += 1
         if worker.ready:
             log.error(
@@ -479,8 +490,6 @@ class InferencePool:
             )
             assert self._loop is not None
             self._respawns.append(self._loop.call_later(delay, self._respawn))
-        for other in self._workers:
-            self._feed(other)
 
     def _respawn(self) -> None:
         assert self._loop is not None
