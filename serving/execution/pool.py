@@ -17,6 +17,10 @@ set. Its batch is retried once, on the next free worker; if that one dies too, t
 fails with :class:`WorkerLostError` (retryable), so a batch that kills workers cannot take
 them all down. A replacement that dies while loading is started again after a growing
 delay: once started, the pool never gives up.
+
+Longer than a module should be: the parent side is one state machine (queue, idle workers,
+deaths, retries, hot swap) whose parts share its state; the natural next split is the fault
+handling (``_on_death`` to ``_check_hung``) into its own module.
 """
 
 from __future__ import annotations
