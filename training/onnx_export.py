@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.execution.onnx_runtime import Signature
+from serving.execution.onnx_runtime import OnnxIO
 from serving.store import ONNX_FILE, Feature, FeatureKind, OnnxExport, OnnxParity, Task
 from training.onnx_layout import transpose_linear_chains
 from training.onnx_trees import use_exact_thresholds
@@ -99,7 +99,7 @@ def converter_version() -> str | None:
     return str(skl2onnx.__version__)
 
 
-def _initial_types(signature: Signature) -> list[tuple[str, Any]]:
+def _initial_types(signature: OnnxIO) -> list[tuple[str, Any]]:
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
 
     if signature.input_format == "ndarray":
@@ -115,7 +115,7 @@ def _initial_types(signature: Signature) -> list[tuple[str, Any]]:
     ]
 
 
-def convert(model: Any, signature: Signature) -> bytes:
+def convert(model: Any, signature: OnnxIO) -> bytes:
     from skl2onnx import convert_sklearn
 
     final = model[-1] if hasattr(model, "steps") else model
@@ -181,7 +181,7 @@ def _as_input(X: pd.DataFrame, features: list[Feature]) -> Any:
 
 
 def check_parity(
-    model: Any, onnx_model: Any, X_check: pd.DataFrame, signature: Signature
+    model: Any, onnx_model: Any, X_check: pd.DataFrame, signature: OnnxIO
 ) -> OnnxParity:
     from serving.execution.onnx_runtime import onnxruntime_version
 
@@ -226,7 +226,7 @@ def _argmax_decides(model: Any) -> bool:
 
 
 def export(
-    model: Any, signature: Signature, X_holdout: pd.DataFrame, out_dir: Path, seed: int
+    model: Any, signature: OnnxIO, X_holdout: pd.DataFrame, out_dir: Path, seed: int
 ) -> OnnxExport:
     """Write ``model.onnx`` into ``out_dir`` if it converts and passes parity; say why not."""
     from dataclasses import replace

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from serving.execution.onnx_runtime import Signature
+from serving.execution.onnx_runtime import OnnxIO
 from serving.store import (
     Manifest,
     ModelStore,
@@ -47,7 +47,7 @@ class TrainResult:
 
 
 def _compile_onnx(
-    echo: Echo, model: Any, signature: Signature, X_test: pd.DataFrame, out: Path, spec: Spec
+    echo: Echo, model: Any, signature: OnnxIO, X_test: pd.DataFrame, out: Path, spec: Spec
 ) -> OnnxExport:
     with stage(echo, "onnx"):
         result = onnx_export.export(model, signature, X_test, out, seed=spec.split.seed)
@@ -282,7 +282,7 @@ def _publish(
     classes = _classes(model, task)
     with store.create_version(spec.name, fields) as staged:
         joblib.dump(model, staged.model_path)
-        signature = Signature(task, split.input_format, split.features, classes)
+        signature = OnnxIO(task, split.input_format, split.features, classes)
         onnx = _compile_onnx(echo, model, signature, split.X_test, staged.path, spec)
         fields["onnx"] = onnx
         write_report(

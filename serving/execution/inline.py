@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError
-from serving.execution.pool import ModelKey
+from serving.execution.messages import ModelKey
 from serving.execution.runtime import FloatArray, LoadedModel, Prediction, RuntimeName
 
 

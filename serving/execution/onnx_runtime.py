@@ -37,7 +37,7 @@ def onnxruntime_version() -> str | None:
 
 
 @dataclass(frozen=True)
-class Signature:
+class OnnxIO:
     """What the graph's inputs and outputs look like: the parts of a manifest it needs."""
 
     task: Task
@@ -47,7 +47,7 @@ class Signature:
     labels_from_probabilities: bool = False
 
     @classmethod
-    def of(cls, manifest: Manifest) -> Signature:
+    def of(cls, manifest: Manifest) -> OnnxIO:
         return cls(
             manifest.task,
             manifest.input_format,
@@ -165,7 +165,7 @@ class OnnxModel:
     Inputs: a 2-D float64 array (input_format "ndarray"), or anything indexable by feature
     name (a DataFrame, or a dict of 1-D arrays) for per-column graphs."""
 
-    def __init__(self, signature: Signature, onnx: bytes, *, threads: int = 1) -> None:
+    def __init__(self, signature: OnnxIO, onnx: bytes, *, threads: int = 1) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:

@@ -1,17 +1,15 @@
-"""A process pool for inference that keeps the event loop free.
+"""A process pool for inference that keeps the event loop free: the parent side.
 
-Each worker is a ``spawn``-ed process that loads every served model once at start (verifying
-its sha256 through the store before unpickling) and then answers batches sent over its own
-socketpair: ``(task id, (name, version), float64 rows)`` in, arrays out (a classifier's labels
-as their positions in its classes, looked up here: numbers cross, not one object per row).
-Large arrays travel through shared memory instead of the socket
-(serving.execution.shared_arrays), so writing a big batch does not block the event loop. Models
-are never pickled per request.
-Control messages ``("load" | "unload", task id, key)`` change a running worker's models (hot
-swap); a worker started later, e.g. after a crash, loads the current set. The parent reads
-replies with ``loop.add_reader`` (no helper threads), sends work only to idle workers and
-queues the rest, and on close stops every worker it started, so no process outlives the
-service.
+Each worker (serving.execution.worker) is a ``spawn``-ed process that loads every served model
+once at start and then answers batches sent over its own socketpair, as the records of
+serving.execution.messages: rows in, arrays out (a classifier's labels as their positions in its
+classes, looked up here: numbers cross, not one object per row). Large arrays travel through
+shared memory instead of the socket (serving.execution.shared_arrays), so writing a big batch
+does not block the event loop. Models are never pickled per request.
+Control messages (load, unload) change a running worker's models (hot swap); a worker started
+later, e.g. after a crash, loads the current set. The parent reads replies with
+``loop.add_reader`` (no helper threads), sends work only to idle workers and queues the rest,
+and on close stops every worker it started, so no process outlives the service.
 
 Faults: a worker that dies (SIGKILL, a crash in native code) or hangs on a batch longer than
 ``hang_timeout`` (it is then killed) is replaced by a new worker that loads the current model
@@ -19,19 +17,20 @@ set. Its batch is retried once, on the next free worker; if that one dies too, t
 fails with :class:`WorkerLostError` (retryable), so a batch that kills workers cannot take
 them all down. A replacement that dies while loading is started again after a growing
 delay: once started, the pool never gives up.
+
+Longer than a module should be: the parent side is one state machine (queue, idle workers,
+deaths, retries, hot swap) whose parts share its state; the natural next split is the fault
+handling (``_on_death`` to ``_check_hung``) into its own module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import itertools
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -40,129 +39,26 @@ from pathlib import Path
 from typing import Any
 
 from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError, WorkerLostError
-from serving.execution.runtime import (
-    FloatArray,
-    LoadedModel,
-    Prediction,
-    RuntimeName,
-    RuntimePolicy,
-    load,
+from serving.execution import worker as worker_process
+from serving.execution.messages import (
+    STOP,
+    Answer,
+    Batch,
+    Control,
+    ControlReply,
+    Failure,
+    FromWorker,
+    Load,
+    ModelKey,
+    Ready,
+    Unload,
 )
+from serving.execution.runtime import FloatArray, Prediction, RuntimeName, RuntimePolicy
 from serving.execution.shared_arrays import REGION, Inbox, Outbox
-from serving.store import ModelStore
+
+__all__ = ["InferencePool", "ModelKey"]
 
 log = logging.getLogger("servewell.pool")
-
-ModelKey = tuple[str, int]
-_Job = tuple[int, ModelKey, FloatArray, bool]
-
-
-def _worker_main(
-    conn: Connection,
-    store_root: str,
-    keys: list[ModelKey],
-    signing_key: bytes | None,
-    policy: RuntimePolicy,
-    parent: int,
-) -> None:
-    """Entry point of a worker process: load models, then serve batches until told to stop."""
-    # Ctrl-C (and a group-wide SIGTERM) reach every process; the parent decides when workers
-    # stop, and a worker whose parent is gone sees EOF on its pipe and exits.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent(parent)
-    import sklearn
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    # Finiteness is checked at the edge; skipping sklearn's re-check changes no result.
-    sklearn.set_config(assume_finite=True)
-    # The same thread budget as ONNX Runtime's sessions get (see serving.execution.runtime): numpy's
-    # BLAS would otherwise start a thread per core in every worker.
-    threadpool_limits(policy.onnx_threads)
-    store = ModelStore(store_root, signing_key=signing_key)
-    models: dict[ModelKey, LoadedModel] = {}
-    failed: dict[ModelKey, str] = {}
-    for key in keys:
-        try:
-            models[key] = _load_warm(store, key, policy)
-        except Exception as exc:
-            failed[key] = f"{type(exc).__name__}: {exc}"
-    runtimes = {key: model.runtime for key, model in models.items()}
-    labels = {key: model.labels for key, model in models.items()}
-    conn.send(("ready", os.getpid(), failed, runtimes, labels))
-    inbox, outbox = Inbox(), Outbox(conn)
-    while True:
-        try:
-            message = conn.recv()
-            if message is None:
-                return
-            if message[0] == REGION:
-                inbox.attach(conn, message[1])
-                continue
-            if message[0] in _CONTROL:
-                conn.send(_control(message, models, store, policy))
-                continue
-            conn.send(_predict(message, models, inbox, outbox))
-        except (EOFError, OSError):
-            return  # the parent is gone
-
-
-def _predict(
-    message: tuple[Any, ...], models: dict[ModelKey, LoadedModel], inbox: Inbox, outbox: Outbox
-) -> tuple[Any, ...]:
-    """Run one batch; reply ``(task id, True, values, probabilities, indexed)`` (values are
-    label positions in the model's ``labels`` when ``indexed``), or ``(task id, False,
-    reason, None, False)``."""
-    task_id, key, rows, want_probabilities = message
-    try:
-        # A view of the shared region: valid until the parent writes again, which it does
-        # only after this reply.
-        rows = inbox.unpack(rows, copy=False)
-        values, probabilities, indexed = models[key].predict_coded(rows, want_probabilities)
-    except Exception as exc:
-        return (task_id, False, f"{type(exc).__name__}: {exc}", None, False)
-    return (task_id, True, *outbox.pack(values, probabilities), indexed)
-
-
-_CONTROL = ("load", "unload")
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when the server process dies (Linux), even while it
-    is busy or stuck in a batch and so not reading the pipe whose EOF tells it otherwise."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the line above took effect
-        os._exit(0)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
-    # runtime.load predicts one row: a model that cannot is a load failure, never served.
-    return load(store, *key, policy)
-
-
-def _control(
-    message: tuple[Any, ...],
-    models: dict[ModelKey, LoadedModel],
-    store: ModelStore,
-    policy: RuntimePolicy,
-) -> tuple[Any, ...]:
-    """Load or unload one model in a running worker; reply ``("control", id, ok, payload,
-    labels)``: the runtime (or why not) and, once loaded, ``{key: what its label positions
-    stand for}``."""
-    op, task_id, key = message
-    if op == "unload":
-        models.pop(key, None)
-        return ("control", task_id, True, None, {})
-    try:
-        models[key] = _load_warm(store, key, policy)
-    except Exception as exc:
-        return ("control", task_id, False, f"{type(exc).__name__}: {exc}", {})
-    return ("control", task_id, True, models[key].runtime, {key: models[key].labels})
 
 
 class _Queued:
@@ -171,7 +67,7 @@ class _Queued:
     __slots__ = ("future", "message", "retried")
 
     def __init__(
-        self, message: _Job, future: asyncio.Future[Prediction], retried: bool = False
+        self, message: Batch, future: asyncio.Future[Prediction], retried: bool = False
     ) -> None:
         self.message = message
         self.future = future
@@ -194,7 +90,7 @@ class _Worker:
         """The predict batch it is running (``job`` covers control messages too)."""
         self.sent = 0.0
         """When the current job was sent (monotonic), for the hang check."""
-        self.controls: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
+        self.controls: deque[tuple[Control, asyncio.Future[Any]]] = deque()
         """Load/unload messages waiting until this worker is idle."""
 
     def release_regions(self) -> None:
@@ -321,7 +217,7 @@ class InferencePool:
         for worker in self._workers:
             self._forget(worker)
             with contextlib.suppress(OSError, ValueError):
-                worker.conn.send(None)
+                worker.conn.send(STOP)
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
@@ -343,7 +239,7 @@ class InferencePool:
         if self._loop is None or self._closing or self.broken:
             raise NotReadyError("the inference pool is not running")
         future: asyncio.Future[Prediction] = self._loop.create_future()
-        queued = _Queued((next(self._task_ids), key, rows, want_probabilities), future)
+        queued = _Queued(Batch(next(self._task_ids), key, rows, want_probabilities), future)
         for worker in self._workers:
             if worker.ready and worker.job is None:
                 self._send_batch(worker, queued)
@@ -361,7 +257,7 @@ class InferencePool:
         if key not in self._models:
             self._models.append(key)
         self.failed.pop(key, None)
-        results = await self._broadcast("load", key)
+        results = await self._broadcast(Load, key)
         errors = [payload for ok, payload in results if not ok]
         if errors:
             await self.unload_model(key)
@@ -378,10 +274,12 @@ class InferencePool:
             self._models.remove(key)
         self.runtimes.pop(key, None)
         self.failed.pop(key, None)
-        await self._broadcast("unload", key)
+        await self._broadcast(Unload, key)
         self._labels.pop(key, None)
 
-    async def _broadcast(self, op: str, key: ModelKey) -> list[tuple[bool, Any]]:
+    async def _broadcast(
+        self, op: type[Load] | type[Unload], key: ModelKey
+    ) -> list[tuple[bool, Any]]:
         """Send a control message to every worker; each answers ``(ok, runtime or reason)``.
         A worker that dies meanwhile is replaced by one that loads the current model set, so
         its answer counts as done, ``(True, None)``."""
@@ -390,7 +288,7 @@ class InferencePool:
         futures: list[asyncio.Future[Any]] = []
         for worker in list(self._workers):
             future: asyncio.Future[Any] = self._loop.create_future()
-            message = (op, next(self._task_ids), key)
+            message = op(next(self._task_ids), key)
             if worker.ready and worker.job is None:
                 self._send(worker, message, future)
             else:
@@ -403,15 +301,15 @@ class InferencePool:
         worker.batch = queued
         self._send(worker, queued.message, queued.future)
 
-    def _send(self, worker: _Worker, job: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
-        control = job[0] in _CONTROL
-        worker.job = (job[1] if control else job[0], future)
+    def _send(self, worker: _Worker, message: Batch | Control, future: asyncio.Future[Any]) -> None:
+        worker.job = (message.task_id, future)
         worker.sent = time.monotonic()
         try:
-            if not control:  # a batch: large rows go through shared memory
-                task_id, key, rows, want = job
-                job = (task_id, key, *worker.outbox.pack(rows), want)
-            worker.conn.send(job)
+            if isinstance(message, Batch):  # large rows go through shared memory
+                (rows,) = worker.outbox.pack(message.rows)
+                if rows is not message.rows:  # the queued batch keeps its rows, for a retry
+                    message = Batch(message.task_id, message.key, rows, message.want_probabilities)
+            worker.conn.send(message)
         except (OSError, ValueError):
             self._on_death(worker)
 
@@ -421,7 +319,7 @@ class InferencePool:
         assert self._loop is not None
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker_main,
+            target=worker_process.run,
             args=(
                 child_end,
                 self._store_root,
@@ -456,59 +354,63 @@ class InferencePool:
         except (EOFError, OSError):
             self._on_death(worker)
 
-    def _on_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
-        if message[0] == REGION:
+    def _on_message(self, worker: _Worker, message: FromWorker) -> None:
+        if isinstance(message, (Answer, Failure)):
+            self._on_answer(worker, message)
+        elif isinstance(message, ControlReply):
+            self._on_control_reply(worker, message)
+        elif isinstance(message, Ready):
+            self._on_ready(worker, message)
+        elif message[0] == REGION:
             worker.inbox.attach(worker.conn, message[1])
             return
-        if message[0] == "ready":
-            worker.ready = True
-            worker.pid = message[1]
-            for key, reason in message[2].items():
-                self.failed.setdefault(key, reason)
-            self.runtimes.update(message[3])
-            self._labels.update(message[4])
-            self._failed_loads = 0
-            self._wake_starters()
-        elif message[0] == "control":
-            _, task_id, ok, payload, labels = message
-            self._labels.update(labels)
-            job, worker.job = worker.job, None
-            if job is not None and job[0] == task_id and not job[1].done():
-                job[1].set_result((ok, payload))
-                if not ok:
-                    log.error("worker %s could not load a model: %s", worker.pid, payload)
-        else:
-            task_id, ok, payload, probabilities, indexed = message
-            job, worker.job = worker.job, None
-            batch, worker.batch = worker.batch, None
-            if job is not None and job[0] == task_id and not job[1].done():
-                if not ok:
-                    job[1].set_exception(InferenceError(PREDICT_FAILED, detail=payload))
-                else:
-                    assert batch is not None  # a batch's reply: its job is that batch
-                    try:
-                        result = self._result(
-                            worker, batch.message[1], payload, probabilities, indexed
-                        )
-                    except Exception as exc:  # a protocol bug must fail the batch, not hang it
-                        log.exception("unreadable answer from worker %s", worker.pid)
-                        job[1].set_exception(
-                            InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
-                        )
-                    else:
-                        job[1].set_result(result)
         self._feed(worker)
 
-    def _result(
-        self, worker: _Worker, key: ModelKey, values: Any, probabilities: Any, indexed: bool
-    ) -> Prediction:
+    def _on_ready(self, worker: _Worker, ready: Ready) -> None:
+        worker.ready = True
+        worker.pid = ready.pid
+        for key, reason in ready.failed.items():
+            self.failed.setdefault(key, reason)
+        self.runtimes.update(ready.runtimes)
+        self._labels.update(ready.labels)
+        self._failed_loads = 0
+        self._wake_starters()
+
+    def _on_control_reply(self, worker: _Worker, reply: ControlReply) -> None:
+        self._labels.update(reply.labels)
+        job, worker.job = worker.job, None
+        if job is not None and job[0] == reply.task_id and not job[1].done():
+            job[1].set_result((reply.ok, reply.payload))
+            if not reply.ok:
+                log.error("worker %s could not load a model: %s", worker.pid, reply.payload)
+
+    def _on_answer(self, worker: _Worker, answer: Answer | Failure) -> None:
+        job, worker.job = worker.job, None
+        batch, worker.batch = worker.batch, None
+        if job is None or job[0] != answer.task_id or job[1].done():
+            return
+        if isinstance(answer, Failure):
+            job[1].set_exception(InferenceError(PREDICT_FAILED, detail=answer.reason))
+            return
+        assert batch is not None  # an answer's job is its batch
+        try:
+            result = self._result(worker, batch.message.key, answer)
+        except Exception as exc:  # a protocol bug must fail the batch, not hang it
+            log.exception("unreadable answer from worker %s", worker.pid)
+            job[1].set_exception(
+                InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+            )
+        else:
+            job[1].set_result(result)
+
+    def _result(self, worker: _Worker, key: ModelKey, answer: Answer) -> Prediction:
         """A batch's answer as the event loop keeps it: out of the worker's shared region
         (which it reuses for its next answer), labels looked up from their positions."""
         inbox = worker.inbox
-        values = inbox.unpack(values, copy=not indexed)
-        if indexed:  # the lookup makes a new array: nothing to copy first
+        values = inbox.unpack(answer.values, copy=not answer.indexed)
+        if answer.indexed:  # the lookup makes a new array: nothing to copy first
             values = self._labels[key].take(values, axis=0)
-        return Prediction(values, inbox.unpack(probabilities, copy=True))
+        return Prediction(values, inbox.unpack(answer.probabilities, copy=True))
 
     def _feed(self, worker: _Worker) -> None:
         """Give an idle ready worker its next message: control messages first, then batches
@@ -536,6 +438,23 @@ class InferencePool:
         if worker.process.is_alive():  # the pipe broke but the process lingers
             worker.process.kill()
             worker.process.join(1.0)
+        self._settle(worker, why)
+        if self._closing:
+            return
+        code = worker.process.exitcode
+        if not self._started:
+            # It died while loading models at start: the service must not come up half-working.
+            self.broken = f"worker {worker.process.pid} exited with code {code} while loading"
+            log.error("inference %s", self.broken)
+            self._wake_starters()
+            self._fail_everything(NotReadyError(f"the inference pool is down: {self.broken}"))
+            return
+        self._replace(worker, why, code)
+        for other in self._workers:
+            self._feed(other)
+
+    def _settle(self, worker: _Worker, why: str) -> None:
+        """Retry or fail what a dead worker was doing, and fail its waiting control messages."""
         batch, worker.batch = worker.batch, None
         if batch is not None and not batch.future.done():
             if batch.retried or self._closing:
@@ -552,16 +471,10 @@ class InferencePool:
         for _, future in worker.controls:
             if not future.done():
                 future.set_exception(InferenceError(f"the inference worker {why}"))
-        if self._closing:
-            return
-        code = worker.process.exitcode
-        if not self._started:
-            # It died while loading models at start: the service must not come up half-working.
-            self.broken = f"worker {worker.process.pid} exited with code {code} while loading"
-            log.error("inference %s", self.broken)
-            self._wake_starters()
-            self._fail_everything(NotReadyError(f"the inference pool is down: {self.broken}"))
-            return
+
+    def _replace(self, worker: _Worker, why: str, code: int | None) -> None:
+        """Start a worker in place of a dead one: at once, or after a growing delay when the
+        dead one was itself a replacement that died while loading."""
         self.restarts += 1
         if worker.ready:
             log.error(
@@ -581,8 +494,6 @@ class InferencePool:
             )
             assert self._loop is not None
             self._respawns.append(self._loop.call_later(delay, self._respawn))
-        for other in self._workers:
-            self._feed(other)
 
     def _respawn(self) -> None:
         assert self._loop is not None

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from serving.execution.messages import ModelKey as ModelKey  # re-exported for observability
 from serving.execution.runtime import FloatArray
 from serving.store import FeatureKind, Manifest
 
-ModelKey = tuple[str, int]
 PSI_FLOOR = 1e-4
 """Bin shares are floored at this before taking logs (an empty bin would give infinity)."""
 SMALL_BATCH_VALUES = 32

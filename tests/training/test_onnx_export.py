@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.execution.onnx_runtime import OnnxModel, Signature
+from serving.execution.onnx_runtime import OnnxIO, OnnxModel
 from serving.store import ModelStore, sha256_file
 from tests.training.conftest import quiet
 from training import onnx_export
@@ -34,7 +34,7 @@ def test_shipped_specs_compile_with_recorded_parity(store: ModelStore, name: str
 
     # The served object answers like the pipeline on rows it was not checked on.
     _, pipeline = store.load_model(name, result.version)
-    onnx_model = OnnxModel(Signature.of(m), onnx_path.read_bytes())
+    onnx_model = OnnxModel(OnnxIO.of(m), onnx_path.read_bytes())
     rows = onnx_export.generated_rows(m.features, 300, seed=12345)
     X = rows if m.input_format == "dataframe" else rows.to_numpy(dtype=np.float64)
     if m.task == "classification":

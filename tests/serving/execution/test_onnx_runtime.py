@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from serving.execution.onnx_runtime import OnnxModel, Signature, _pruned
+from serving.execution.onnx_runtime import OnnxIO, OnnxModel, _pruned
 from serving.store import ModelStore
 
 
@@ -15,7 +15,7 @@ def _model(store: ModelStore, name: str) -> OnnxModel:
     manifest = store.manifest(name, 1)
     path = store.onnx_path(manifest)
     assert path is not None
-    return OnnxModel(Signature.of(manifest), path.read_bytes())
+    return OnnxModel(OnnxIO.of(manifest), path.read_bytes())
 
 
 def test_a_labels_call_runs_neither_probabilities_nor_label_text(

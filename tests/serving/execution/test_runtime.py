@@ -167,7 +167,7 @@ def test_onnx_label_output_is_used_when_the_graph_has_no_class_index() -> None:
     """A classifier graph whose label is not looked up in its classes keeps its label output."""
     from onnx import TensorProto, helper
 
-    from serving.execution.onnx_runtime import OnnxModel, Signature
+    from serving.execution.onnx_runtime import OnnxIO, OnnxModel
     from serving.store import Feature, FeatureKind, Task
 
     x = helper.make_tensor_value_info("X", TensorProto.DOUBLE, [None, 2])
@@ -185,7 +185,7 @@ def test_onnx_label_output_is_used_when_the_graph_has_no_class_index() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     features = [Feature(name=n, kind=FeatureKind.NUMERIC) for n in ("a", "b")]
-    signature = Signature(Task.CLASSIFICATION, "ndarray", features, [0, 1])
+    signature = OnnxIO(Task.CLASSIFICATION, "ndarray", features, [0, 1])
     onnx_model = OnnxModel(signature, model.SerializeToString())
     rows = np.array([[0.0, 1.0], [3.0, -1.0]])
     labels, probabilities = onnx_model.predict_both(rows)
@@ -264,12 +264,12 @@ def test_a_forest_graph_writes_class_positions_and_answers_as_its_text_labels(
 
     import onnxruntime
 
-    from serving.execution.onnx_runtime import OnnxModel, Signature
+    from serving.execution.onnx_runtime import OnnxIO, OnnxModel
 
     manifest = trained_store.manifest("breast_cancer", 1)
     path = trained_store.onnx_path(manifest)
     assert path is not None
-    signature = replace(Signature.of(manifest), labels_from_probabilities=False)
+    signature = replace(OnnxIO.of(manifest), labels_from_probabilities=False)
     model = OnnxModel(signature, path.read_bytes())
     frame = generated_rows(manifest.features, 3000, seed=12)
     rows = RowEncoder(manifest).rows([tuple(r) for r in frame.itertuples(index=False)])

@@ -1,0 +1,140 @@
+"""The worker side of the inference pool: what runs in each ``spawn``-ed worker process.
+
+A worker loads every served model once at start (verifying its sha256 through the store before
+unpickling), says :class:`~serving.execution.messages.Ready`, then answers the messages of
+serving.execution.messages in order until told to stop or its parent is gone. Only this module
+and what it imports are loaded in the worker; the parent side is serving.execution.pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+from multiprocessing.connection import Connection
+
+from serving.execution.messages import (
+    Answer,
+    Batch,
+    ControlReply,
+    Failure,
+    Load,
+    ModelKey,
+    Ready,
+    ToWorker,
+    Unload,
+)
+from serving.execution.runtime import LoadedModel, RuntimePolicy, load
+from serving.execution.shared_arrays import REGION, Inbox, Outbox
+from serving.store import ModelStore
+
+
+def run(
+    conn: Connection,
+    store_root: str,
+    keys: list[ModelKey],
+    signing_key: bytes | None,
+    policy: RuntimePolicy,
+    parent: int,
+) -> None:
+    """Entry point of a worker process: load models, then serve batches until told to stop."""
+    # Ctrl-C (and a group-wide SIGTERM) reach every process; the parent decides when workers
+    # stop, and a worker whose parent is gone sees EOF on its pipe and exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent)
+    _configure(policy)
+    store = ModelStore(store_root, signing_key=signing_key)
+    models: dict[ModelKey, LoadedModel] = {}
+    failed: dict[ModelKey, str] = {}
+    for key in keys:
+        try:
+            models[key] = _load_warm(store, key, policy)
+        except Exception as exc:
+            failed[key] = f"{type(exc).__name__}: {exc}"
+    runtimes = {key: model.runtime for key, model in models.items()}
+    labels = {key: model.labels for key, model in models.items()}
+    conn.send(Ready(os.getpid(), failed, runtimes, labels))
+    inbox, outbox = Inbox(), Outbox(conn)
+    while True:
+        try:
+            message: ToWorker = conn.recv()
+            # Batches first: they are nearly every message.
+            if isinstance(message, Batch):
+                conn.send(_predict(message, models, inbox, outbox))
+            elif message is None:
+                return
+            elif isinstance(message, (Load, Unload)):
+                conn.send(_control(message, models, store, policy))
+            elif message[0] == REGION:
+                inbox.attach(conn, message[1])
+        except (EOFError, OSError):
+            return  # the parent is gone
+
+
+def _configure(policy: RuntimePolicy) -> None:
+    import sklearn
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    # Finiteness is checked at the edge; skipping sklearn's re-check changes no result.
+    sklearn.set_config(assume_finite=True)
+    # The same thread budget as ONNX Runtime's sessions get (see serving.execution.runtime): numpy's
+    # BLAS would otherwise start a thread per core in every worker.
+    threadpool_limits(policy.onnx_threads)
+
+
+def _predict(
+    batch: Batch, models: dict[ModelKey, LoadedModel], inbox: Inbox, outbox: Outbox
+) -> Answer | Failure:
+    """Run one batch (its values are label positions in the model's ``labels`` when the
+    answer says ``indexed``)."""
+    try:
+        # A view of the shared region: valid until the parent writes again, which it does
+        # only after this reply.
+        rows = inbox.unpack(batch.rows, copy=False)
+        values, probabilities, indexed = models[batch.key].predict_coded(
+            rows, batch.want_probabilities
+        )
+    except Exception as exc:
+        return Failure(batch.task_id, f"{type(exc).__name__}: {exc}")
+    values, probabilities = outbox.pack(values, probabilities)
+    return Answer(batch.task_id, values, probabilities, indexed)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the server process dies (Linux), even while it
+    is busy or stuck in a batch and so not reading the pipe whose EOF tells it otherwise."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
+    # runtime.load predicts one row: a model that cannot is a load failure, never served.
+    return load(store, *key, policy)
+
+
+def _control(
+    message: Load | Unload,
+    models: dict[ModelKey, LoadedModel],
+    store: ModelStore,
+    policy: RuntimePolicy,
+) -> ControlReply:
+    """Load or unload one model in a running worker; a loaded one's reply carries its
+    runtime and what its label positions stand for, a failed load's why not."""
+    if isinstance(message, Unload):
+        models.pop(message.key, None)
+        return ControlReply(message.task_id, True, None, {})
+    key = message.key
+    try:
+        models[key] = _load_warm(store, key, policy)
+    except Exception as exc:
+        return ControlReply(message.task_id, False, f"{type(exc).__name__}: {exc}", {})
+    return ControlReply(message.task_id, True, models[key].runtime, {key: models[key].labels})
