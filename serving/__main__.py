@@ -3,119 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
 import logging.config
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from typing import Any
 
 import uvicorn
-import uvloop
 
-from serving.http.protocol import ConnectionLimits, http_protocol
+from serving.couplings.loops import loop_setting
+from serving.couplings.uvicorn_http import ConnectionLimits, http_protocol
 from serving.http.shutdown import exit_cleanly_on_signals
 from serving.observe.logs import log_config, resolve_format
 from serving.settings import Settings, default_max_connections
 
 log = logging.getLogger("servewell")
-
-
-class GreedyAcceptLoop(uvloop.Loop):
-    """uvloop, except that a TCP server accepts every pending connection whenever its
-    listening socket is readable, as asyncio does.
-
-    The libuv in uvloop accepts one connection per loop iteration (libuv PR #3696). Under load
-    one iteration runs hundreds of requests, so connections opened in a burst wait in the
-    kernel's accept queue for seconds (measured at 1000 connections: up to 900 still queued
-    3.6 s into a 5 s run, the accepted ones served in 0.1-0.5 s; see bench/README.md). Only
-    accepting changes: each connection then runs exactly as under plain uvloop.
-    """
-
-    async def create_server(  # type: ignore[override]
-        self, protocol_factory: Any, host: str | None = None, port: int | None = None, **kw: Any
-    ) -> asyncio.AbstractServer:
-        if host is None or port is None or kw.get("sock") is not None or kw.get("ssl"):
-            plain: Any = super().create_server  # its overloads do not fit a pass-through
-            server: asyncio.AbstractServer = await plain(protocol_factory, host, port, **kw)
-            return server
-        backlog: int = kw.get("backlog", 100)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=backlog)
-        sock.setblocking(False)
-        return _Listener(self, sock, protocol_factory, backlog)
-
-
-class _Listener(asyncio.AbstractServer):
-    """A listening socket whose readiness callback accepts up to ``backlog`` connections and
-    hands each to the loop as an accepted socket (the loop then owns and closes it)."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Any, backlog: int
-    ) -> None:
-        self._loop = loop
-        self._sock = sock
-        self._factory = factory
-        self._backlog = backlog
-        self._serving = True
-        self._connecting: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
-        loop.add_reader(sock.fileno(), self._accept)
-
-    @property
-    def sockets(self) -> tuple[socket.socket, ...]:
-        return (self._sock,) if self._serving else ()
-
-    def _accept(self) -> None:
-        for _ in range(self._backlog):
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:  # e.g. out of file descriptors: retry in a second
-                log.error("cannot accept a connection: %s", exc)
-                self._loop.remove_reader(self._sock.fileno())
-                self._loop.call_later(1.0, self._resume)
-                return
-            task = self._loop.create_task(self._connect(conn))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
-
-    def _resume(self) -> None:
-        if self._serving:
-            self._loop.add_reader(self._sock.fileno(), self._accept)
-
-    async def _connect(self, conn: socket.socket) -> None:
-        try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
-        except OSError:  # the client went away before the transport was set up
-            conn.close()
-
-    def close(self) -> None:
-        if self._serving:
-            self._serving = False
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
-    def is_serving(self) -> bool:
-        return self._serving
-
-    async def start_serving(self) -> None:
-        pass
-
-    async def serve_forever(self) -> None:
-        raise NotImplementedError
-
-    async def wait_closed(self) -> None:
-        pass
 
 
 def create_app() -> Any:
@@ -132,14 +37,6 @@ def create_app() -> Any:
         gc.collect()  # what is garbage already is freed rather than frozen
         gc.freeze()
     return app
-
-
-# uvicorn's ``loop`` for each ``SERVEWELL_LOOP``.
-_LOOPS = {
-    "uvloop": "serving.__main__:GreedyAcceptLoop",
-    "uvloop-libuv-accept": "uvloop",
-    "asyncio": "asyncio",
-}
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -164,8 +61,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         # Naming the server software only helps whoever looks for a known flaw in it.
         "server_header": False,
-        "loop": _LOOPS[settings.loop],
-        "http": http_protocol(limits),
+        "loop": loop_setting(settings.loop, settings.stock_couplings),
+        "http": http_protocol(limits, settings.stock_couplings),
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
         "timeout_keep_alive": settings.timeout_keep_alive_s,
         "limit_concurrency": settings.limit_concurrency,

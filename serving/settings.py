@@ -70,10 +70,18 @@ class Settings(BaseSettings):
 
     loop: Literal["uvloop", "asyncio", "uvloop-libuv-accept"] = "uvloop"
     """Event loop of the server. ``uvloop`` (default): uvloop, with connections accepted as
-    asyncio does, every pending one at once (``serving.__main__.GreedyAcceptLoop``).
+    asyncio does, every pending one at once (``serving.couplings.uvloop_accept``).
     ``asyncio``: the standard loop (fair too; at c=1 the same or up to 1 ms slower when measured).
     ``uvloop-libuv-accept``: plain uvloop, for comparison only: libuv accepts one connection
     per loop iteration, so under load a burst of connections waits seconds to be accepted."""
+
+    # -- third-party couplings (serving/couplings) --------------------------------------------
+    stock_couplings: bool = False
+    """Turn off every use of a library's private API (``serving.couplings``): uvicorn's own HTTP
+    protocol (no header timeout, head limits or connection limit), plain uvloop accepting,
+    scikit-learn forests predicting in two passes. Each coupling already falls back by itself
+    when the installed library is not a version it was tested with; this forces it, to rule a
+    coupling out when something misbehaves."""
 
     signing_key: SecretStr | None = None
     """HMAC key of a signed store (the one training used): with it, every manifest must carry

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from serving.couplings.sklearn_forest import votes_by_probabilities
 from serving.store import FeatureKind, Manifest, ModelStore, Task
 
 log = logging.getLogger("servewell.runtime")
@@ -69,7 +70,7 @@ class LoadedModel:
         self.predictor = predictor
         """A fitted scikit-learn estimator, or a serving.execution.onnx_runtime.OnnxModel."""
         self.runtime: RuntimeName = runtime
-        self._vote = runtime == "sklearn" and _votes_by_probabilities(predictor)
+        self._vote = runtime == "sklearn" and votes_by_probabilities(predictor)
         """Its predict is the argmax of its predict_proba, by scikit-learn's own code."""
         self.labels: npt.NDArray[Any] | None = None
         """What the class indices of :meth:`predict_coded` stand for (None: a regressor)."""
@@ -145,24 +146,6 @@ class LoadedModel:
         if want_probabilities:
             probabilities = np.asarray(self.predictor.predict_proba(features), dtype=np.float64)
         return predictions, probabilities, False
-
-
-def _votes_by_probabilities(estimator: Any) -> bool:
-    """True when ``estimator.predict(X)`` is ``classes_.take(argmax(predict_proba(X)))`` in
-    scikit-learn's own code: a single-output forest classifier that does not override
-    ``predict``, alone or last in a plain pipeline (whose predict and predict_proba run the
-    same transforms first)."""
-    from sklearn.ensemble._forest import ForestClassifier
-    from sklearn.pipeline import Pipeline
-
-    final = estimator
-    if type(estimator) is Pipeline:
-        final = estimator.steps[-1][1]
-    return (
-        isinstance(final, ForestClassifier)
-        and type(final).predict is ForestClassifier.predict
-        and getattr(final, "n_outputs_", None) == 1
-    )
 
 
 def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> LoadedModel:

@@ -221,7 +221,7 @@ def test_a_forest_with_probabilities_predicts_in_one_pass_with_the_same_answers(
     runtime runs the trees once, and gives exactly what predict and predict_proba give."""
     import sklearn.ensemble
 
-    from serving.execution.runtime import _votes_by_probabilities
+    from serving.couplings.sklearn_forest import votes_by_probabilities as _votes_by_probabilities
 
     manifest, estimator = trained_store.load_model("breast_cancer", 1)
     rows = np.random.default_rng(5).uniform(0, 60, size=(500, len(manifest.features)))

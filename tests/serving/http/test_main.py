@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.__main__ import GreedyAcceptLoop
+from serving.couplings.uvloop_accept import GreedyAcceptLoop
 from serving.store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,7 +1,7 @@
-"""uvicorn's httptools protocol, with limits on connections and request heads, writing each
-small response with one system call.
+"""Coupling ``uvicorn-http``: uvicorn's httptools protocol, with limits on connections and
+request heads.
 
-**Connections and heads.** uvicorn bounds neither how long a client may take to send a
+ uvicorn bounds neither how long a client may take to send a
 request's headers (its request timeouts start once they are in, its keep-alive timeout only
 after a first response), nor how many connections are open, nor how big a head is. So here:
 
@@ -19,14 +19,8 @@ uvicorn's ``limit_concurrency`` is not this: it answers 503 once a request's hea
 and counts idle connections without closing any. Idle kept-alive connections stay under
 uvicorn's ``timeout_keep_alive``.
 
-**One write per response.** uvicorn writes a response's head and its body with two
-``transport.write`` calls, and uvloop sends each at once: two ``send`` system calls per
-response, each a full trip through the loopback TCP stack. For the small answers of
-single-row predictions that is a large share of the event loop's time. Here the head is held
-until the body follows (in the same step of the same task, as a fixed-length response sends
-it) and both go out in one write. A held head is never left behind: anything else done with
-the transport, or the end of the current loop iteration, sends it first, so ordering and
-timing stay as uvicorn intends.
+uvicorn's public options offer none of these limits (``h11_max_incomplete_event_size`` bounds
+a head only under h11, which is slower), hence the subclass.
 
 **Couplings with uvicorn's private ``HttpToolsProtocol``** (this module is the only one):
 
@@ -40,12 +34,10 @@ timing stay as uvicorn intends.
    ``handle_websocket_upgrade`` and ``_unsupported_upgrade_warning``;
 3. ``on_message_begin`` and ``on_headers_complete`` extended, ``handle_websocket_upgrade``
    extended (an upgraded connection leaves this protocol without ``connection_lost``);
-4. uvicorn writes a response head as one ``bytes`` starting ``HTTP/1.1 `` and its body with
-   a later ``write`` (what the head-holding transport relies on).
 
-Tested with uvicorn :data:`TESTED_UVICORN` (httptools 0.9.0). With any other version
-:func:`http_protocol` returns uvicorn's stock protocol and logs a warning once: the service
-works, without these limits and with two writes per response.
+Tested with the uvicorn versions of :data:`serving.couplings.UVICORN_HTTP` (httptools 0.9.0).
+With any other version, or ``SERVEWELL_STOCK_COUPLINGS`` set, :func:`http_protocol` returns
+uvicorn's stock protocol and logs a warning once: the service works, without these limits.
 """
 
 from __future__ import annotations
@@ -59,21 +51,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-import uvicorn
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from serving.couplings import UVICORN_HTTP, enabled
+
 log = logging.getLogger("servewell")
-
-TESTED_UVICORN = frozenset({"0.55.0"})
-"""uvicorn versions this module was tested with (see the module docstring)."""
-
-_HEAD = b"HTTP/1.1 "
-_INTERIM = b"HTTP/1.1 1"  # 100 Continue: the client waits for it before sending the body
-_JOIN_LIMIT = 64 * 1024
-"""Bodies up to this size are copied after the head (one buffer); bigger ones are handed to
-``writelines`` with it, without a copy."""
 
 _LINE_EXTRA = 4
 """Bytes of a header line beyond its name and value (``": "`` and CRLF)."""
@@ -89,57 +73,6 @@ class ConnectionLimits:
     max_connections: int
     retry_after_s: float
     """The ``Retry-After`` of a refused connection."""
-
-
-class _HeadHolding:
-    """A transport that holds a response head until the next write (see the module docs);
-    everything else is passed to the real transport."""
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if len(data) <= _JOIN_LIMIT:
-                self._transport.write(held + bytes(data))
-            else:
-                self._transport.writelines([held, data])
-        elif isinstance(data, bytes) and data.startswith(_HEAD) and not data.startswith(_INTERIM):
-            self._held = data
-            self._loop.call_soon(self.flush)
-        else:
-            self._transport.write(data)
-
-    def flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held)
-
-    def writelines(self, chunks: Any) -> None:
-        self.flush()
-        self._transport.writelines(chunks)
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 class _HeadRefusedError(Exception):
@@ -209,8 +142,8 @@ _SERVERS: weakref.WeakKeyDictionary[ServerState, _Connections] = weakref.WeakKey
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's ``httptools`` protocol with the limits on connections and heads, over a
-    head-holding transport (see the module docs). Built by :func:`http_protocol`."""
+    """uvicorn's ``httptools`` protocol with the limits on connections and heads (see the
+    module docs). Built by :func:`http_protocol`."""
 
     def __init__(
         self,
@@ -246,7 +179,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         connections.open.add(self)
         connections.await_head(self)
-        super().connection_made(_HeadHolding(transport, self.loop))  # type: ignore[arg-type]
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
@@ -383,22 +316,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         transport.close()
 
 
-_warned: set[str] = set()
-
-
-def http_protocol(limits: ConnectionLimits) -> Any:
+def http_protocol(limits: ConnectionLimits, stock: bool | None = None) -> Any:
     """uvicorn's ``http=``: :class:`GuardedHttpToolsProtocol` with ``limits`` when the
-    installed uvicorn is one tested, else uvicorn's stock protocol (with a warning, once)."""
-    version = uvicorn.__version__
-    if version in TESTED_UVICORN:
+    coupling is on (see :func:`serving.couplings.enabled`), else uvicorn's stock protocol."""
+    if enabled(UVICORN_HTTP, stock):
         return functools.partial(GuardedHttpToolsProtocol, limits=limits)
-    if version not in _warned:
-        _warned.add(version)
-        log.warning(
-            "uvicorn %s is not one servewell was tested with (%s): serving with uvicorn's own"
-            " HTTP protocol, without the header timeout, the header size and count limits,"
-            " and the connection limit",
-            version,
-            ", ".join(sorted(TESTED_UVICORN)),
-        )
     return HttpToolsProtocol
