@@ -128,35 +128,32 @@ def _with_label_index(onnx: bytes, classes: list[Any]) -> tuple[bytes, str] | No
 
 
 def _pruned(onnx: bytes, outputs: list[str]) -> bytes | None:
-    """The graph with only the nodes, initializers and outputs that ``outputs`` need; None
-    when that is all of it (or when a subgraph could read any tensor)."""
+    """The graph with only the nodes, initializers and outputs that ``outputs`` need
+    (``onnx.utils.Extractor``); None when that is all of it (or when a subgraph could read any
+    tensor)."""
     import onnx as onnx_lib
+    from onnx.utils import Extractor
 
     model = onnx_lib.load_from_string(onnx)
     graph = model.graph
     if any(a.type in (a.GRAPH, a.GRAPHS) for node in graph.node for a in node.attribute):
         return None
-    needed = set(outputs)
-    kept = []
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    if len(kept) == len(graph.node) and [o.name for o in graph.output] == outputs:
+    # Extractor rebuilds the graph even when every node is needed (a 2.5 MB forest: 10 ms to
+    # load, 59 ms with the copy): a walk back from the outputs tells that case first.
+    if [o.name for o in graph.output] == outputs and _needs_every_node(graph, outputs):
         return None
-    kept.reverse()
-    graph_outputs = {o.name: o for o in graph.output}
-    initializers = [i for i in graph.initializer if i.name in needed]
-    value_info = [v for v in graph.value_info if v.name in needed]
-    del graph.node[:]
-    graph.node.extend(kept)
-    del graph.output[:]
-    graph.output.extend(graph_outputs[name] for name in outputs)
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    del graph.value_info[:]
-    graph.value_info.extend(value_info)
-    return bytes(model.SerializeToString())
+    inputs = [i.name for i in graph.input]
+    return bytes(Extractor(model).extract_model(inputs, outputs).SerializeToString())
+
+
+def _needs_every_node(graph: Any, outputs: list[str]) -> bool:
+    """Whether every node of ``graph`` (topologically sorted) feeds one of ``outputs``."""
+    needed = set(outputs)
+    for node in reversed(graph.node):
+        if not any(name in needed for name in node.output):
+            return False
+        needed.update(name for name in node.input if name)
+    return True
 
 
 class OnnxModel:
