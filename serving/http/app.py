@@ -10,15 +10,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.types import Receive, Scope, Send
 
 from serving.codecs.oip.service import InferenceService
+from serving.codecs.typed import TypedCodec
 from serving.core.dataplane import DataPlane
 from serving.core.lifecycle import Lifecycle
 from serving.http import exception_handlers
 from serving.http.edge import Edge
-from serving.http.routes import admin, docs, health, models, observe, v2
-from serving.http.routes.predict import model_router
+from serving.http.routes import admin, docs, health, models, observe, predict, v2
 from serving.observe.observability import Observability
 from serving.settings import Settings
 
@@ -33,17 +32,10 @@ Every served model has its own typed operation under **predict**. Errors always 
 
 
 class ServiceApp(FastAPI):
-    """The FastAPI app, entered through the request edge (serving.http.edge): every HTTP request
-    passes it first, and it answers the served prediction paths itself. An override rather
-    than a middleware, because FastAPI's own outer middlewares would run before any we add."""
+    """The FastAPI app, behind the request edge (serving.http.edge, a middleware): every HTTP
+    request passes the edge, which answers the prediction paths itself."""
 
     edge: Edge
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self.edge(scope, receive, send, super().__call__)
-        else:
-            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
@@ -65,17 +57,12 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             raise
         lifecycle = Lifecycle(dataplane)
         inference_service = InferenceService(dataplane)
-        model_routes: list[Any] = []
+        typed = TypedCodec(dataplane)
 
         def follow_models() -> None:
-            """Routes, fast path and OpenAPI follow the served set (start and every swap)."""
-            before = len(app.router.routes)
-            app.include_router(model_router(dataplane))
-            added = app.router.routes[before:]
-            stale = {id(route) for route in model_routes}
-            app.router.routes[:] = [r for r in app.router.routes if id(r) not in stale]
-            model_routes[:] = added
-            edge.predict.fill(dataplane, dataplane)
+            """The edge's paths and the OpenAPI document follow the served set (start and
+            every swap)."""
+            edge.predict.fill(dataplane, typed)
             edge.infer.fill(dataplane, inference_service)
             app.openapi_schema = None
 
@@ -124,6 +111,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.state.observability = observability
     app.state.inference_service = None
     app.edge = edge
+    app.add_middleware(edge.around)
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)
@@ -136,18 +124,24 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The default schema plus the per-model request models, which routes reference by name
-    (the routes read raw bytes and validate them with pydantic's JSON parser, for speed)."""
+    """The app's routes, the inference operations and one typed predict operation per served
+    path, with the per-model request models they reference by name (the edge answers those
+    paths: it reads raw bytes and validates them with pydantic's JSON parser, for speed).
+    Cached until the served models change."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
+        dataplane: DataPlane | None = app.state.dataplane
+        served_models = dataplane.ready_models() if dataplane else []
+        routes = [*app.routes, *v2.infer_operations]
+        if dataplane is not None:
+            routes += predict.operations(dataplane)
         schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
+            title=app.title, version=app.version, description=app.description, routes=routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        dataplane: DataPlane | None = app.state.dataplane
-        for served in dataplane.ready_models() if dataplane else []:
+        for served in served_models:
             assert served.request_model is not None
             body = served.request_model.model_json_schema(
                 ref_template="#/components/schemas/{model}"
