@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 from serving.codecs.oip.service import InferenceService
 from serving.codecs.typed import TypedCodec
@@ -32,10 +33,19 @@ Every served model has its own typed operation under **predict**. Errors always 
 
 
 class ServiceApp(FastAPI):
-    """The FastAPI app, behind the request edge (serving.http.edge, a middleware): every HTTP
-    request passes the edge, which answers the prediction paths itself."""
+    """The FastAPI app, behind the request edge (serving.http.edge, an ASGI middleware):
+    every HTTP request passes the edge, which answers the prediction paths itself.
+
+    The edge wraps the whole middleware stack FastAPI builds rather than being added with
+    ``add_middleware``, which would put FastAPI's outer layers (server errors, exception
+    telemetry, body limit) in front of it. Paired on one core against the former entry (an
+    override of ``__call__``), single-row predictions kept 101 % of their throughput this
+    way and 95 % as an added middleware."""
 
     edge: Edge
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self.edge.around(super().build_middleware_stack())
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
@@ -104,6 +114,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         openapi_url=None,  # served by serving.http.routes.docs, behind SERVEWELL_PROTECT_INFO
         # A trailing slash gets a JSON 404 rather than a bodiless redirect.
         redirect_slashes=False,
+        # Its HTTP spans and metrics would run for every request, before the edge (about
+        # 20 µs a request, checking for providers); the service has its own metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.dataplane = None
@@ -111,7 +124,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.state.observability = observability
     app.state.inference_service = None
     app.edge = edge
-    app.add_middleware(edge.around)
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)

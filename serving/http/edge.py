@@ -231,10 +231,7 @@ class Edge:
         start = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]
-        table = self.predict if self.predict.parts(path) else None
-        if table is None and self.infer.parts(path):
-            table = self.infer
-        served = table.paths.get(path) if table is not None and method == "POST" else None
+        table, served = self._route(method, path)
         request_id, stamp, timeout, length, refusal = self._read_headers(
             scope, table is self.predict and method == "POST"
         )
@@ -295,6 +292,22 @@ class Edge:
                     ctx.rows,
                 )
             )
+
+    def _route(self, method: str, path: str) -> tuple[PathTable | None, ServedModel | None]:
+        """The operation a path belongs to (None: the app's), and the served version of an
+        exact path (a dict lookup first: the usual case)."""
+        if method == "POST":
+            served = self.predict.paths.get(path)
+            if served is not None:
+                return self.predict, served
+            served = self.infer.paths.get(path)
+            if served is not None:
+                return self.infer, served
+        if self.predict.parts(path) is not None:
+            return self.predict, None
+        if self.infer.parts(path) is not None:
+            return self.infer, None
+        return None, None
 
     def _read_headers(
         self, scope: Scope, checks_media: bool
