@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import re
 import time
 from typing import Any
 
@@ -43,142 +41,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.core.admission import Sweeper, deadline_in, sweeper
 from serving.core.context import (
     CURRENT,
-    REQUEST_ID_RULE,
     RequestContext,
-    new_request_id,
-    valid_request_id,
 )
-from serving.core.dataplane import DataPlane, ServedModel
+from serving.core.dataplane import ServedModel
 from serving.core.errors import (
-    BadRequestError,
     BodyTimeoutError,
-    ErrorDetail,
-    InvalidInputError,
-    NotReadyError,
     PayloadTooLargeError,
     ServingError,
-    UnsupportedMediaError,
 )
-from serving.core.predictor import Codec, answer
-from serving.core.shedding import Shedder
+from serving.core.predictor import answer
+from serving.core.shedding import Shedder, Ticket
 from serving.http.disconnect import ClientGoneError, unless_disconnected
 from serving.http.exception_handlers import (
     http_error_response,
     internal_error_response,
     protocol_error_response,
 )
+from serving.http.path_table import PathTable
+from serving.http.request_headers import read_headers, timeout_s
 from serving.observe.observability import Observability
 from serving.settings import Settings
 
 log = logging.getLogger("servewell")
 
-_JSON_LIKE = frozenset({b"application/json", b"application/x-www-form-urlencoded"})
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-_VERSION = re.compile(r"[1-9][0-9]{0,17}")
-"""Versions are written one way only: "01", "+1" or "1.0" are not version 1."""
-_VERSION_RULE = "String should match pattern '^[1-9][0-9]{0,17}$'"
-
-
-def exact_paths(dataplane: DataPlane, prefix: str, operation: str) -> dict[str, ServedModel]:
-    """``<prefix>/<name>/versions/<v>/<operation>`` for every served version, and
-    ``<prefix>/<name>/<operation>`` for each production one."""
-    paths: dict[str, ServedModel] = {}
-    for served in dataplane.ready_models():
-        name, version = served.key
-        paths[f"{prefix}/{name}/versions/{version}/{operation}"] = served
-        if dataplane.default_version.get(name) == version:
-            paths[f"{prefix}/{name}/{operation}"] = served
-    return paths
-
-
-class PathTable:
-    """The paths of one operation (``<prefix>/<name>[/versions/<v>]/<operation>``): each exact
-    path of a served version mapped to it, and the codec that answers them; refilled when
-    the models change."""
-
-    def __init__(self, prefix: str, operation: str) -> None:
-        self.prefix = prefix
-        self.operation = operation
-        self.start = prefix + "/"
-        self.end = "/" + operation
-        self.paths: dict[str, ServedModel] = {}
-        self.codec: Codec[Any] | None = None
-        self.dataplane: DataPlane | None = None
-        self.endpoint = f"{prefix}/{{name}}/{operation}"
-        self.versioned_endpoint = f"{prefix}/{{name}}/versions/{{version}}/{operation}"
-        """Metric labels: one per path template, not one per model."""
-
-    def fill(self, dataplane: DataPlane, codec: Codec[Any]) -> None:
-        self.paths = exact_paths(dataplane, self.prefix, self.operation)
-        self.dataplane = dataplane
-        self.codec = codec
-
-    def clear(self) -> None:
-        self.paths = {}
-        self.codec = None
-        self.dataplane = None
-
-    def parts(self, path: str) -> list[str] | None:
-        """``[name]`` or ``[name, "versions", version]`` when the path has this operation's
-        shape (served model or not), else None."""
-        if not (path.startswith(self.start) and path.endswith(self.end)):
-            return None
-        parts = path[len(self.start) : -len(self.end)].split("/")
-        if "" in parts:
-            return None
-        if len(parts) == 1 or (len(parts) == 3 and parts[1] == "versions"):
-            return parts
-        return None
-
-    def resolve(self, path: str) -> ServedModel:
-        """The served version a path that is not in the table names, or the domain error
-        that says why none is (the same as the other endpoints')."""
-        parts = self.parts(path)
-        assert parts is not None
-        if self.dataplane is None:
-            raise NotReadyError("the service is starting")
-        if len(parts) == 1:
-            return self.dataplane.resolve(parts[0])
-        if _VERSION.fullmatch(parts[2]) is None:
-            detail = ErrorDetail(("path", "version"), _VERSION_RULE)
-            raise InvalidInputError("the request is not valid", [detail])
-        return self.dataplane.resolve(parts[0], int(parts[2]))
-
-    def endpoint_of(self, path: str) -> str:
-        return self.versioned_endpoint if "/versions/" in path else self.endpoint
-
-
-def _acceptable(name: bytes, value: bytes) -> bool:
-    """Predict bodies are JSON (no header: taken as JSON), never compressed. ``curl -d``
-    labels every body form-urlencoded: that label is taken as JSON too, so the plainest call
-    works (the body must still parse as JSON)."""
-    media = value.split(b";", 1)[0].strip().lower()
-    if name == b"content-encoding":
-        return media in (b"", b"identity")
-    return media in _JSON_LIKE or (media.startswith(b"application/") and media.endswith(b"+json"))
-
-
-def _unsupported(name: bytes, value: bytes) -> UnsupportedMediaError:
-    header = name.decode()
-    shown = value[:80].decode("latin-1")
-    wanted = "application/json" if header == "content-type" else "identity (no compression)"
-    return UnsupportedMediaError(
-        f"{header} {shown!r} is not accepted; send {wanted}",
-        [ErrorDetail(("header", header), f"expected {wanted}")],
-    )
-
-
-def _timeout(value: bytes) -> float:
-    try:
-        asked = float(value)
-    except ValueError:
-        asked = math.nan
-    if not (math.isfinite(asked) and asked > 0):
-        raise BadRequestError(
-            "X-Request-Timeout must be a positive number of seconds",
-            [ErrorDetail(("header", "x-request-timeout"), "not a positive number")],
-        )
-    return asked
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -232,8 +118,8 @@ class Edge:
         path: str = scope["path"]
         method: str = scope["method"]
         table, served = self._route(method, path)
-        request_id, stamp, timeout, length, refusal = self._read_headers(
-            scope, table is self.predict and method == "POST"
+        request_id, stamp, timeout, length, refusal = read_headers(
+            scope, self.stamp, table is self.predict and method == "POST"
         )
         ctx = RequestContext(request_id)
         CURRENT.set(ctx)
@@ -245,11 +131,13 @@ class Edge:
             try:
                 if refusal is not None:
                     raise refusal
-                seconds = self.default_s if timeout is None else min(_timeout(timeout), self.max_s)
+                seconds = self.default_s if timeout is None else min(timeout_s(timeout), self.max_s)
                 if length > self.max_body_bytes:
                     raise self._too_large()
                 if table is not None and method == "POST":
-                    ctx.ticket = self.shedder.admit(length, served.batcher if served else None)
+                    ctx.ticket = self.shedder.admit(
+                        length, served.batcher if served is not None else None
+                    )
                 ctx.deadline = deadline_in(seconds)
                 if table is None:
                     status = await self._pass(scope, receive, send, stamp, ctx)
@@ -308,45 +196,6 @@ class Edge:
         if self.infer.parts(path) is not None:
             return self.infer, None
         return None, None
-
-    def _read_headers(
-        self, scope: Scope, checks_media: bool
-    ) -> tuple[str, list[tuple[bytes, bytes]], bytes | None, int, ServingError | None]:
-        """The request id and the headers stamped on the response, ``X-Request-Timeout``, the
-        declared length, and the first refusal the headers call for (if any)."""
-        given: bytes | None = None
-        timeout: bytes | None = None
-        length = 0
-        refusal: ServingError | None = None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit():
-                    length = int(value)
-            elif name == b"x-request-id":
-                if given is None:
-                    given = value
-            elif name == b"x-request-timeout":
-                timeout = value
-            elif (
-                checks_media
-                and (name == b"content-type" or name == b"content-encoding")
-                and refusal is None
-                and not _acceptable(name, value)
-            ):
-                refusal = _unsupported(name, value)
-        if given is not None and valid_request_id(given):
-            return (
-                given.decode("ascii"),
-                [(b"x-request-id", given), *self.stamp],
-                timeout,
-                length,
-                refusal,
-            )
-        request_id = new_request_id()
-        stamp = [(b"x-request-id", request_id.encode("ascii")), *self.stamp]
-        if given is not None:
-            refusal = BadRequestError(f"the X-Request-ID header must be {REQUEST_ID_RULE}")
-        return request_id, stamp, timeout, length, refusal
 
     # -- limits -----------------------------------------------------------------------------
 
@@ -509,7 +358,7 @@ def _refusal_after(started: bool, refused: ServingError) -> Exception:
     return RuntimeError("the app failed after its response began") if started else refused
 
 
-def _arrived(ticket: Any, received: int) -> None:
+def _arrived(ticket: Ticket, received: int) -> None:
     """Count body bytes beyond those declared (:meth:`serving.core.shedding.Ticket.arrived`);
     a request shed then has its body half read."""
     try:
