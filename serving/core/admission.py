@@ -7,45 +7,38 @@ request has a deadline (a default, or the client's ``X-Request-Timeout`` within 
 when it passes, the caller gets :class:`DeadlineExceededError` and rows not yet sent to a
 worker are withdrawn from the batcher, so the pool never works for a caller that gave up.
 
-The deadline travels in a context variable, set per request by
-:class:`serving.http.edge.Edge`, so transports need not pass it along.
+The deadline and the edge's admission ticket travel in the request's
+:class:`serving.core.context.RequestContext`, passed down as an argument.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from contextvars import ContextVar
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from serving.core.batcher import MicroBatcher
+from serving.core.context import Deadline
 from serving.core.errors import DeadlineExceededError, OverloadedError
 from serving.core.shedding import Ticket
 
 T = TypeVar("T")
 
 
-class Deadline(NamedTuple):
-    at: float
-    """Event-loop time (``loop.time()``) by which the answer must be ready."""
-    seconds: float
-    """The timeout it was made from (for the error message)."""
-
-
-current_deadline: ContextVar[Deadline | None] = ContextVar("current_deadline", default=None)
-
-current_ticket: ContextVar[Ticket | None] = ContextVar("current_ticket", default=None)
-"""The request's admission at the edge (:class:`serving.core.shedding.Ticket`), told the request's
-row count once it is admitted here, so that the edge learns to shed before parsing."""
-
-
 def deadline_in(seconds: float) -> Deadline:
     return Deadline(asyncio.get_running_loop().time() + seconds, seconds)
 
 
-def admit(batcher: MicroBatcher, rows: int, max_queue_rows: int, retry_after: float) -> None:
+def admit(
+    batcher: MicroBatcher,
+    rows: int,
+    max_queue_rows: int,
+    retry_after: float,
+    ticket: Ticket | None = None,
+) -> None:
     """Refuse rows that would take the model's queue past its limit. A request that finds
-    the queue empty is always admitted, however big (its size is capped elsewhere)."""
+    the queue empty is always admitted, however big (its size is capped elsewhere). The
+    edge's ``ticket`` learns the row count of what it admitted."""
     queued = batcher.queued_rows
     if queued and queued + rows > max_queue_rows:
         raise OverloadedError(
@@ -53,7 +46,6 @@ def admit(batcher: MicroBatcher, rows: int, max_queue_rows: int, retry_after: fl
             " retry later",
             retry_after,
         )
-    ticket = current_ticket.get()
     if ticket is not None:
         ticket.queued(rows)
 

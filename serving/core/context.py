@@ -1,6 +1,10 @@
-"""What the service knows about the request being answered: its id, and once known the model
-version and rows it asked for. Held in a context variable, so log lines and metrics made
-anywhere while answering it can name it. No web framework here."""
+"""What the service knows about the request being answered: its id, its deadline and its
+admission ticket, and once known the model version and rows it asked for.
+
+The transport builds one :class:`RequestContext` per request and passes it down as an
+argument (decode, admission, prediction). The context variable :data:`CURRENT` holds the
+same object only so that log lines made anywhere while answering it can name the request.
+No web framework here."""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ import itertools
 import os
 import re
 from contextvars import ContextVar
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from serving.core.shedding import Ticket
 
 MAX_REQUEST_ID = 128
 """Longest ``X-Request-ID`` accepted from a client."""
@@ -15,19 +23,38 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 REQUEST_ID_RULE = f"1 to {MAX_REQUEST_ID} characters among letters, digits and . _ : / + = @ -"
 
 
-class RequestInfo:
-    """One request; filled in as it is answered."""
+class Deadline(NamedTuple):
+    at: float
+    """Event-loop time (``loop.time()``) by which the answer must be ready."""
+    seconds: float
+    """The timeout it was made from (for the error message)."""
 
-    __slots__ = ("model", "request_id", "rows", "version")
 
-    def __init__(self, request_id: str) -> None:
+class RequestContext:
+    """One request; the model fields are filled in as it is answered (for its access line
+    and metrics)."""
+
+    __slots__ = ("deadline", "model", "request_id", "rows", "ticket", "version")
+
+    def __init__(
+        self, request_id: str, deadline: Deadline | None = None, ticket: Ticket | None = None
+    ) -> None:
         self.request_id = request_id
+        self.deadline = deadline
+        """None: the service's default timeout, counted from when prediction starts."""
+        self.ticket = ticket
+        """The request's admission at the edge (:class:`serving.core.shedding.Ticket`), told
+        the request's row count once admitted, so that the edge learns to shed before parsing."""
         self.model = ""
         self.version = ""
         self.rows = 0
 
 
-CURRENT: ContextVar[RequestInfo | None] = ContextVar("servewell_request", default=None)
+RequestInfo = RequestContext
+"""The former name, kept for callers that only log."""
+
+CURRENT: ContextVar[RequestContext | None] = ContextVar("servewell_request", default=None)
+"""For log correlation only: nothing reads the request's deadline or ticket from here."""
 
 
 def current_request_id() -> str | None:

@@ -1,8 +1,7 @@
-"""The transport-agnostic core: which models are served, request bytes to rows, rows to
-predictions.
+"""The transport-agnostic core: which models are served, and what serving each needs.
 
-Routes stay thin: they hand the body bytes and the model name/version to :class:`DataPlane`
-and turn its results (or its domain errors) into responses.
+Requests go through :func:`serving.core.predictor.answer` (decode, predict, encode), with
+the codec of their API.
 """
 
 from __future__ import annotations
@@ -18,19 +17,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
 
-from serving.codecs.bulk_rows import parse_numeric_rows
 from serving.codecs.schemas import PredictRequestBase, build_request_model, schema_title
-from serving.core.admission import admit, current_deadline, deadline_in, within
 from serving.core.batcher import MicroBatcher, Slots
 from serving.core.errors import (
     ArtifactRefusedError,
     ErrorDetail,
-    InvalidInputError,
-    MalformedRequestError,
     ModelUnavailableError,
-    NotReadyError,
     UnknownModelError,
     UnknownVersionError,
 )
@@ -38,7 +31,7 @@ from serving.execution.inline import InlineExecutor
 from serving.execution.pool import InferencePool, ModelKey
 from serving.execution.runtime import FloatArray, LoadedModel, Prediction, RuntimeName, load
 from serving.settings import Settings
-from serving.store import FeatureKind, Manifest, ModelStore, StoreError, Task
+from serving.store import FeatureKind, Manifest, ModelStore, StoreError
 
 log = logging.getLogger("servewell")
 
@@ -130,72 +123,10 @@ class ServedModel:
         return (self.manifest.name, self.manifest.version)
 
 
-@dataclass(frozen=True)
-class PredictionResult:
-    model: str
-    version: int
-    prediction: Prediction
-    class_keys: list[str]
-    with_probabilities: bool
-    warnings: Sequence[str] = ()
-    """Input features of this request outside their training range (from the batcher's
-    observer: see serving.observe.observability)."""
-
-    def to_json(self) -> bytes:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "version": self.version,
-            "predictions": self.prediction.predictions.tolist(),
-        }
-        probabilities = self.prediction.probabilities
-        if self.with_probabilities and probabilities is not None:
-            keys = self.class_keys
-            body["probabilities"] = [
-                dict(zip(keys, row, strict=True)) for row in probabilities.tolist()
-            ]
-        if self.warnings:
-            body["warnings"] = list(self.warnings)
-        return orjson.dumps(body)
-
-
 def _class_key(label: object) -> str:
     """Probability keys: text labels as they are, other labels as JSON writes them
     (``1``, ``2.5``, ``true``), so a key reads like the matching prediction."""
     return label if isinstance(label, str) else orjson.dumps(label).decode()
-
-
-def _refuse_non_finite(prediction: Prediction) -> None:
-    """Inputs far outside the training range can overflow the model (a scaler times 1e308):
-    its output is then NaN or infinite, which JSON cannot carry. Say so, row by row."""
-    values, probabilities = prediction.predictions, prediction.probabilities
-    if (values.dtype.kind != "f" or np.isfinite(values).all()) and (
-        probabilities is None or np.isfinite(probabilities).all()
-    ):
-        return  # the usual case, checked with as few array operations as possible
-    bad = np.zeros(len(prediction.predictions), dtype=bool)
-    if prediction.predictions.dtype.kind == "f":
-        bad |= ~np.isfinite(prediction.predictions)
-    if prediction.probabilities is not None:
-        bad |= ~np.isfinite(prediction.probabilities).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad).tolist()
-        raise InvalidInputError(
-            "the model's output is not a finite number for some rows; their values are far "
-            "outside the training ranges (see GET /models/{name})",
-            [ErrorDetail((i,), "output is NaN or infinite for this row") for i in rows[:50]],
-        )
-
-
-def _details(error: ValidationError) -> list[ErrorDetail]:
-    return [
-        ErrorDetail(loc=tuple(e["loc"]), msg=e["msg"], type=e["type"])
-        for e in error.errors(include_url=False, include_input=False, include_context=False)
-    ]
-
-
-InputObserver = Callable[[ServedModel, FloatArray], None]
-"""Sees the validated rows of every prediction before they are batched (which model and how
-many rows, for the request's access line)."""
 
 
 class DataPlane:
@@ -220,7 +151,6 @@ class DataPlane:
         version keeps serving (reported, but the service stays ready)."""
         self.slots: Slots | None = None
         self.sklearn_version = serving_sklearn_version()
-        self.input_observer: InputObserver | None = None
         self.refusal_observer: Callable[[ServedModel, list[ErrorDetail]], None] | None = None
         """Sees the problems of every request body that does not match its model's schema
         (e.g. to count categories unseen in training)."""
@@ -435,70 +365,3 @@ class DataPlane:
                 f"model {name!r} v{version} is not available: {served.error or served.state}"
             )
         return served
-
-    # -- predicting ----------------------------------------------------------------------------
-
-    def parse(self, served: ServedModel, body: bytes) -> tuple[FloatArray, bool]:
-        """Validate a request body against the model's schema; return rows and the proba flag."""
-        bulk = (
-            parse_numeric_rows(body, len(served.manifest.features), self.settings.max_request_rows)
-            if served.all_numeric
-            else None
-        )
-        if bulk is not None:
-            rows, want = bulk
-        else:
-            rows, want = self._parse_with_schema(served, body)
-        if want and served.manifest.task != Task.CLASSIFICATION:
-            raise InvalidInputError(
-                "return_probabilities is only available for classifiers",
-                [ErrorDetail(("return_probabilities",), f"{served.manifest.name} is a regressor")],
-            )
-        return rows, want
-
-    def _parse_with_schema(self, served: ServedModel, body: bytes) -> tuple[FloatArray, bool]:
-        assert served.request_model is not None
-        assert served.encoder is not None
-        try:
-            request = served.request_model.model_validate_json(body)
-        except ValidationError as exc:
-            details = _details(exc)
-            if any(d.type == "json_invalid" for d in details):
-                raise MalformedRequestError("the request body is not valid JSON", details) from None
-            if self.refusal_observer is not None:
-                self.refusal_observer(served, details)
-            raise InvalidInputError(
-                "the request does not match the model's input schema", details
-            ) from None
-        want = request.return_probabilities
-        instances = getattr(request, "instances", None)
-        if instances is not None:
-            return served.encoder.records(instances), want
-        return served.encoder.rows(request.rows), want  # type: ignore[attr-defined]
-
-    async def predict(self, served: ServedModel, rows: FloatArray, want: bool) -> PredictionResult:
-        """Run validated rows through the model's batcher."""
-        assert served.batcher is not None
-        if self.executor is None:
-            raise NotReadyError("the inference executor is not running")
-        settings = self.settings
-        admit(served.batcher, len(rows), settings.max_queue_rows, settings.retry_after_s)
-        observer = self.input_observer
-        if observer is not None:
-            observer(served, rows)
-        deadline = current_deadline.get() or deadline_in(settings.request_timeout_s)
-        prediction = await within(served.batcher.submit(rows, want), deadline)
-        return PredictionResult(
-            served.key[0], served.key[1], prediction, served.class_keys, want, prediction.warnings
-        )
-
-    async def predict_json(self, served: ServedModel, body: bytes) -> bytes:
-        """Request body in, response body out: what every predict transport calls."""
-        if served.retired:
-            # It was swapped out while this request was on its way (e.g. reading the body):
-            # production answers, or a clean 404 when the model is gone.
-            served = self.resolve(served.key[0])
-        rows, want = self.parse(served, body)
-        result = await self.predict(served, rows, want)
-        _refuse_non_finite(result.prediction)
-        return result.to_json()

@@ -10,6 +10,9 @@ class ServingError(Exception):
     """Base class of every error the serving core raises on purpose."""
 
     type = "serving_error"
+    close = False
+    """Whether the connection must close after the answer (a body left half read cannot be
+    followed by another request on it)."""
 
 
 class UnknownModelError(ServingError):
@@ -129,3 +132,39 @@ class MalformedRequestError(InvalidInputError):
     """The body is not valid JSON."""
 
     type = "malformed_json"
+
+
+class RefusedError(ServingError):
+    """A request refused before any model sees it: a header the service does not take, a
+    body over the size limit or too slow to arrive. ``details`` name what was wrong."""
+
+    type = "bad_request"
+
+    def __init__(
+        self, message: str, details: list[ErrorDetail] | None = None, close: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.details = details or []
+        self.close = close
+
+
+class BadRequestError(RefusedError):
+    """A request header with a value the service does not accept."""
+
+
+class PayloadTooLargeError(RefusedError):
+    """The request body is over the size limit."""
+
+    type = "payload_too_large"
+
+
+class BodyTimeoutError(RefusedError):
+    """The request body did not arrive within the request's deadline."""
+
+    type = "request_timeout"
+
+
+class UnsupportedMediaError(RefusedError):
+    """A prediction body declared as something other than JSON, or compressed."""
+
+    type = "unsupported_media_type"

@@ -1,12 +1,13 @@
-"""The request edge: the one ASGI layer every HTTP request passes first.
+"""The request edge: the ASGI middleware every HTTP request passes first.
 
 For every request it
 
 * takes the client's ``X-Request-ID`` (validated) or makes one, returns it on the response and
-  keeps it in :data:`serving.core.context.CURRENT` for every log line of the request;
-* sets the request's deadline (:data:`serving.core.admission.current_deadline`): the default, or
-  ``X-Request-Timeout`` cut to the maximum. It bounds reading the body too: a client that sends
-  its body slowly (slowloris) gets 408 and its connection closed, so it cannot hold the server;
+  builds the request's :class:`serving.core.context.RequestContext` (also in
+  :data:`serving.core.context.CURRENT`, for every log line of the request);
+* sets the request's deadline in that context: the default, or ``X-Request-Timeout`` cut to
+  the maximum. It bounds reading the body too: a client that sends its body slowly
+  (slowloris) gets 408 and its connection closed, so it cannot hold the server;
 * caps the body: a ``Content-Length`` over the limit gets 413 at once, and bodies without one
   are counted as they arrive;
 * on the prediction paths, refuses typed-predict bodies declared as something other than JSON
@@ -17,168 +18,53 @@ For every request it
   beyond its limit is shed then (503, connection closed: the body is half read);
 * counts the response in the metrics and hands it to the access log (written off the hot path).
 
-POSTs to the exact predict and infer paths of served models (one dict lookup) are answered
-here, with the same data-plane calls as the documented routes, which answer identically:
-through FastAPI's middleware stack, router and dependency solving a request costs more than
-the prediction of a small model, and each extra ASGI layer costs a few percent of throughput.
-Everything else goes on to the FastAPI app.
+It answers every predict and infer path itself, served or not (an exact path of a served
+version is one dict lookup; other names and versions resolve to the same errors as anywhere),
+through the one request path :func:`serving.core.predictor.answer` with the API's codec. No
+FastAPI route exists for them: through FastAPI's middleware stack, router and dependency
+solving a request costs more than the prediction of a small model. Their operations are
+documented from the served models (:mod:`serving.http.app`). Everything else goes on to the
+FastAPI app. Refusals are ordinary :class:`serving.core.errors.ServingError`\\ s that the edge
+turns into responses, with a ``close`` flag when the body was left half read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.codecs.oip.headers import infer_headers, response_headers
-from serving.codecs.oip.service import InferenceService
-from serving.core.admission import (
-    Deadline,
-    Sweeper,
-    current_deadline,
-    current_ticket,
-    deadline_in,
-    sweeper,
-)
+from serving.core.admission import Sweeper, deadline_in, sweeper
 from serving.core.context import (
     CURRENT,
-    REQUEST_ID_RULE,
-    RequestInfo,
-    new_request_id,
-    valid_request_id,
+    RequestContext,
 )
-from serving.core.dataplane import DataPlane, ServedModel
-from serving.core.errors import ErrorDetail, OverloadedError, ServingError
+from serving.core.dataplane import ServedModel
+from serving.core.errors import (
+    BodyTimeoutError,
+    PayloadTooLargeError,
+    ServingError,
+)
+from serving.core.predictor import answer
 from serving.core.shedding import Shedder, Ticket
 from serving.http.disconnect import ClientGoneError, unless_disconnected
 from serving.http.exception_handlers import (
-    error_response,
+    http_error_response,
     internal_error_response,
-    is_v2,
     protocol_error_response,
-    v2_error_response,
 )
+from serving.http.path_table import PathTable
+from serving.http.request_headers import read_headers, timeout_s
 from serving.observe.observability import Observability
 from serving.settings import Settings
 
 log = logging.getLogger("servewell")
 
-ASGICall = Callable[[Scope, Receive, Send], Awaitable[None]]
-H = TypeVar("H")
-
-_JSON = (b"content-type", b"application/json")
-_JSON_LIKE = frozenset({b"application/json", b"application/x-www-form-urlencoded"})
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-
-
-def exact_paths(dataplane: DataPlane, prefix: str, operation: str) -> dict[str, ServedModel]:
-    """``<prefix>/<name>/versions/<v>/<operation>`` for every served version, and
-    ``<prefix>/<name>/<operation>`` for each production one."""
-    paths: dict[str, ServedModel] = {}
-    for served in dataplane.ready_models():
-        name, version = served.key
-        paths[f"{prefix}/{name}/versions/{version}/{operation}"] = served
-        if dataplane.default_version.get(name) == version:
-            paths[f"{prefix}/{name}/{operation}"] = served
-    return paths
-
-
-class PathTable(Generic[H]):
-    """Maps each exact path of one operation (``<prefix>/<name>[/versions/<v>]/<operation>``)
-    to its served model, plus the object that answers them; refilled when the models change."""
-
-    def __init__(self, prefix: str, operation: str) -> None:
-        self.prefix = prefix
-        self.operation = operation
-        self.handler: H | None = None
-        self.paths: dict[str, ServedModel] = {}
-        self.endpoint = f"{prefix}/{{name}}/{operation}"
-        self.versioned_endpoint = f"{prefix}/{{name}}/versions/{{version}}/{operation}"
-        """Metric labels: one per path template, not one per model."""
-
-    def fill(self, dataplane: DataPlane, handler: H) -> None:
-        self.paths = exact_paths(dataplane, self.prefix, self.operation)
-        self.handler = handler
-
-    def clear(self) -> None:
-        self.paths = {}
-        self.handler = None
-
-    def owns(self, path: str) -> bool:
-        """Whether the path has this operation's shape (served model or not)."""
-        return path.startswith(self.prefix + "/") and path.endswith("/" + self.operation)
-
-    def endpoint_of(self, path: str) -> str:
-        return self.versioned_endpoint if "/versions/" in path else self.endpoint
-
-
-def _acceptable(name: bytes, value: bytes) -> bool:
-    """Predict bodies are JSON (no header: taken as JSON), never compressed. ``curl -d``
-    labels every body form-urlencoded: that label is taken as JSON too, so the plainest call
-    works (the body must still parse as JSON)."""
-    media = value.split(b";", 1)[0].strip().lower()
-    if name == b"content-encoding":
-        return media in (b"", b"identity")
-    return media in _JSON_LIKE or (media.startswith(b"application/") and media.endswith(b"+json"))
-
-
-class _Refusal(BaseException):
-    """The edge answers the request itself with an error. A BaseException, like
-    CancelledError: when raised from inside the app (a body over the limit, read by a route)
-    it must pass the app's handlers of unexpected errors, which would answer 500."""
-
-    def __init__(self, response: Response, close: bool = False) -> None:
-        self.response = response
-        self.close = close
-
-
-def _refusal(
-    path: str,
-    status: int,
-    kind: str,
-    message: str,
-    details: list[ErrorDetail] | None = None,
-    close: bool = False,
-) -> _Refusal:
-    """An error in the shape of the path's API (the protocol's shape under ``/v2``)."""
-    if is_v2(path):
-        return _Refusal(v2_error_response(status, message), close)
-    return _Refusal(error_response(status, kind, message, details or []), close)
-
-
-def _unsupported(path: str, name: bytes, value: bytes) -> _Refusal:
-    header = name.decode()
-    shown = value[:80].decode("latin-1")
-    wanted = "application/json" if header == "content-type" else "identity (no compression)"
-    return _refusal(
-        path,
-        415,
-        "unsupported_media_type",
-        f"{header} {shown!r} is not accepted; send {wanted}",
-        [ErrorDetail(("header", header), f"expected {wanted}")],
-    )
-
-
-def _timeout(path: str, value: bytes) -> float:
-    try:
-        asked = float(value)
-    except ValueError:
-        asked = math.nan
-    if not (math.isfinite(asked) and asked > 0):
-        raise _refusal(
-            path,
-            400,
-            "bad_request",
-            "X-Request-Timeout must be a positive number of seconds",
-            [ErrorDetail(("header", "x-request-timeout"), "not a positive number")],
-        )
-    return asked
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -196,13 +82,18 @@ async def _send_response(
     return response.status_code
 
 
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("the edge was not placed in front of an app (Edge.around)")
+
+
 class Edge:
-    """See the module docstring. ``__call__`` takes HTTP scopes only, and the app that
-    answers what the edge does not."""
+    """See the module docstring. :meth:`around` places it in front of the app that answers
+    what the edge does not (HTTP only: other scopes go straight to the app)."""
 
     def __init__(self, settings: Settings, observability: Observability) -> None:
-        self.predict: PathTable[DataPlane] = PathTable("/models", "predict")
-        self.infer: PathTable[InferenceService] = PathTable("/v2/models", "infer")
+        self.app: ASGIApp = _no_app
+        self.predict = PathTable("/models", "predict")
+        self.infer = PathTable("/v2/models", "infer")
         self.metrics = observability.metrics
         self.access = observability.access
         self.max_body_bytes = settings.max_body_bytes
@@ -214,190 +105,159 @@ class Edge:
         self.stamp: list[tuple[bytes, bytes]] = []
         """Headers added to every response, after ``X-Request-ID``."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGICall) -> None:
+    def around(self, app: ASGIApp) -> Edge:
+        """The edge in front of ``app`` (a middleware factory)."""
+        self.app = app
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]
-        served: ServedModel | None = None
-        table: PathTable[Any] | None = None
-        if method == "POST":
-            served = self.predict.paths.get(path)
-            if served is not None:
-                table = self.predict
-            else:
-                served = self.infer.paths.get(path)
-                if served is not None:
-                    table = self.infer
-                elif self.predict.owns(path):
-                    table = self.predict
-                elif self.infer.owns(path):
-                    table = self.infer
-        given: bytes | None = None
-        timeout: bytes | None = None
-        length = 0
-        refusal: _Refusal | None = None
-        checks_media = table is self.predict
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit():
-                    length = int(value)
-            elif name == b"x-request-id":
-                if given is None:
-                    given = value
-            elif name == b"x-request-timeout":
-                timeout = value
-            elif (
-                checks_media
-                and (name == b"content-type" or name == b"content-encoding")
-                and refusal is None
-                and not _acceptable(name, value)
-            ):
-                refusal = _unsupported(path, name, value)
-        if given is not None and valid_request_id(given):
-            request_id = given.decode("ascii")
-            stamp = [(b"x-request-id", given), *self.stamp]
-        else:
-            request_id = new_request_id()
-            stamp = [(b"x-request-id", request_id.encode("ascii")), *self.stamp]
-            if given is not None:
-                refusal = _refusal(
-                    path, 400, "bad_request", f"the X-Request-ID header must be {REQUEST_ID_RULE}"
-                )
-        info = RequestInfo(request_id)
-        CURRENT.set(info)
+        table, served = self._route(method, path)
+        request_id, stamp, timeout, length, refusal = read_headers(
+            scope, self.stamp, table is self.predict and method == "POST"
+        )
+        ctx = RequestContext(request_id)
+        CURRENT.set(ctx)
         status = 499  # stays so when the client leaves before any response (nginx's code)
-        ticket: Ticket | None = None
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight_now += 1
-        hot = served is not None and table is not None and table.handler is not None
         try:
-            seconds = self.default_s
-            if refusal is None and timeout is not None:
-                seconds = min(_timeout(path, timeout), self.max_s)
-            if refusal is not None:
-                raise refusal
-            if length > self.max_body_bytes:
-                raise self._too_large(path)
-            if table is not None:
-                ticket = self._admit_body(path, length, served)
-            deadline = deadline_in(seconds)
-            token = current_deadline.set(deadline)
             try:
-                if hot:
-                    assert served is not None
-                    assert table is not None
-                    info.model = served.key[0]
-                    info.version = str(served.key[1])
-                    assert ticket is not None
-                    status = await self._answer(
-                        table, served, scope, receive, send, stamp, deadline, ticket
+                if refusal is not None:
+                    raise refusal
+                seconds = self.default_s if timeout is None else min(timeout_s(timeout), self.max_s)
+                if length > self.max_body_bytes:
+                    raise self._too_large()
+                if table is not None and method == "POST":
+                    ctx.ticket = self.shedder.admit(
+                        length, served.batcher if served is not None else None
                     )
+                ctx.deadline = deadline_in(seconds)
+                if table is None:
+                    status = await self._pass(scope, receive, send, stamp, ctx)
                 else:
-                    status = await self._pass(scope, receive, send, stamp, deadline, app, ticket)
-            finally:
-                current_deadline.reset(token)
-        except _Refusal as refused:
-            status = await _send_response(send, refused.response, stamp, refused.close)
-        except Exception:
-            if not hot:
-                raise  # the app's response had begun: nothing more can be sent
-            log.exception("unexpected error on %s %s", method, path)
-            status = await _send_response(send, internal_error_response(path), stamp)
+                    status = await self._answer(table, served, scope, receive, send, stamp, ctx)
+            except ServingError as refused:
+                response = protocol_error_response(refused, path, f"{method} {path}")
+                status = await _send_response(send, response, stamp, refused.close)
         finally:
-            if ticket is not None:
-                ticket.release()
-            seconds = time.perf_counter() - start
-            if metrics is not None:
-                metrics.in_flight_now -= 1
-                endpoint = table.endpoint_of(path) if hot and table else _endpoint(scope)
-                metrics.request_done(info.model, info.version, endpoint, status, seconds)
-            if self.access is not None:
-                self.access.add(
-                    (
-                        time.time(),
-                        request_id,
-                        method,
-                        path,
-                        status,
-                        seconds,
-                        info.model,
-                        info.version,
-                        info.rows,
-                    )
+            if ctx.ticket is not None:
+                ctx.ticket.release()
+            self._record(scope, table, ctx, status, time.perf_counter() - start)
+
+    def _record(
+        self,
+        scope: Scope,
+        table: PathTable | None,
+        ctx: RequestContext,
+        status: int,
+        seconds: float,
+    ) -> None:
+        """Count the response in the metrics; hand it to the access log."""
+        metrics = self.metrics
+        path = scope["path"]
+        if metrics is not None:
+            metrics.in_flight_now -= 1
+            endpoint = table.endpoint_of(path) if table is not None else _endpoint(scope)
+            metrics.request_done(ctx.model, ctx.version, endpoint, status, seconds)
+        if self.access is not None:
+            self.access.add(
+                (
+                    time.time(),
+                    ctx.request_id,
+                    scope["method"],
+                    path,
+                    status,
+                    seconds,
+                    ctx.model,
+                    ctx.version,
+                    ctx.rows,
                 )
+            )
+
+    def _route(self, method: str, path: str) -> tuple[PathTable | None, ServedModel | None]:
+        """The operation a path belongs to (None: the app's), and the served version of an
+        exact path (a dict lookup first: the usual case)."""
+        if method == "POST":
+            served = self.predict.paths.get(path)
+            if served is not None:
+                return self.predict, served
+            served = self.infer.paths.get(path)
+            if served is not None:
+                return self.infer, served
+        if self.predict.parts(path) is not None:
+            return self.predict, None
+        if self.infer.parts(path) is not None:
+            return self.infer, None
+        return None, None
 
     # -- limits -----------------------------------------------------------------------------
 
-    def _too_large(self, path: str) -> _Refusal:
+    def _too_large(self) -> PayloadTooLargeError:
         message = f"the request body exceeds the limit of {self.max_body_bytes} bytes"
-        return _refusal(path, 413, "payload_too_large", message, close=True)
+        return PayloadTooLargeError(message, close=True)
 
-    def _admit_body(self, path: str, length: int, served: ServedModel | None) -> Ticket:
-        """Admit a prediction request or shed it (503) before its body is read
-        (:class:`serving.core.shedding.Shedder`)."""
-        try:
-            ticket = self.shedder.admit(length, served.batcher if served is not None else None)
-        except OverloadedError as shed:
-            raise _Refusal(protocol_error_response(shed, path, path)) from None
-        current_ticket.set(ticket)
-        return ticket
-
-    def _arrived(self, path: str, ticket: Ticket, received: int) -> None:
-        """Count body bytes beyond those declared (:meth:`serving.core.shedding.Ticket.arrived`)."""
-        try:
-            ticket.arrived(received)
-        except OverloadedError as shed:
-            raise _Refusal(protocol_error_response(shed, path, path), close=True) from None
-
-    def _slow_body(self, path: str, seconds: float) -> _Refusal:
+    @staticmethod
+    def _slow_body(seconds: float) -> BodyTimeoutError:
         message = f"the request body did not arrive within the deadline of {seconds:g} s"
-        return _refusal(path, 408, "request_timeout", message, close=True)
+        return BodyTimeoutError(message, close=True)
 
-    # -- the served prediction paths --------------------------------------------------------
+    # -- the prediction paths ---------------------------------------------------------------
 
     async def _answer(
         self,
-        table: PathTable[Any],
-        served: ServedModel,
+        table: PathTable,
+        served: ServedModel | None,
         scope: Scope,
         receive: Receive,
         send: Send,
         stamp: list[tuple[bytes, bytes]],
-        deadline: Deadline,
-        ticket: Ticket,
+        ctx: RequestContext,
     ) -> int:
+        """Answer a predict or infer path: decode, predict, encode (domain errors raised)."""
         path = scope["path"]
-        body = await self._read_body(path, receive, deadline, ticket)
+        if scope["method"] != "POST":
+            response = http_error_response(path, 405, "Method Not Allowed", {"Allow": "POST"})
+            return await _send_response(send, response, stamp)
+        if served is None:
+            served = table.resolve(path)
+        else:
+            ctx.model = served.manifest.name
+            ctx.version = str(served.manifest.version)
+        body = await self._read_body(receive, ctx)
         if body is None:
             return 499
-        handler = table.handler
+        assert table.codec is not None
+        assert table.dataplane is not None
+        work = answer(table.codec, table.dataplane, served, body, scope["headers"], ctx)
         try:
-            if isinstance(handler, DataPlane):
-                payload = await unless_disconnected(receive, handler.predict_json(served, body))
-                headers = [_JSON, (b"content-length", str(len(payload)).encode()), *stamp]
-            else:
-                assert isinstance(handler, InferenceService)
-                work = handler.infer(served, body, infer_headers(scope["headers"]))
-                payload, json_length = await unless_disconnected(receive, work)
-                headers = [*response_headers(len(payload), json_length), *stamp]
+            payload, headers = await unless_disconnected(receive, work)
         except ClientGoneError:
             return 499
-        except ServingError as exc:
-            response = protocol_error_response(exc, path, f"POST {path}")
-            return await _send_response(send, response, stamp)
-        await _send(send, 200, headers, payload)
+        except ServingError:
+            raise
+        except Exception:
+            log.exception("unexpected error on POST %s", path)
+            return await _send_response(send, internal_error_response(path), stamp)
+        await _send(send, 200, [*headers, *stamp], payload)
         return 200
 
-    async def _read_body(
-        self, path: str, receive: Receive, deadline: Deadline, ticket: Ticket
-    ) -> bytes | None:
+    async def _read_body(self, receive: Receive, ctx: RequestContext) -> bytes | None:
         """The whole body (None when the client left first), bounded by the deadline, the
         size limit and the byte budget."""
         task = asyncio.current_task()
         assert task is not None
+        assert ctx.deadline is not None
+        assert ctx.ticket is not None
+        ticket = ctx.ticket
         watcher = sweeper()
-        watcher.watch(task, deadline.at)
+        watcher.watch(task, ctx.deadline.at)
         chunks: list[bytes] = []
         received = 0
         try:
@@ -408,15 +268,15 @@ class Edge:
                 chunk: bytes = message.get("body", b"")
                 received += len(chunk)
                 if received > self.max_body_bytes:
-                    raise self._too_large(path)
+                    raise self._too_large()
                 if received > ticket.length:  # never with a Content-Length
-                    self._arrived(path, ticket, received)
+                    _arrived(ticket, received)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
         except asyncio.CancelledError:
             if _expired(watcher, task):
-                raise self._slow_body(path, deadline.seconds) from None
+                raise self._slow_body(ctx.deadline.seconds) from None
             raise
         finally:  # on every way out: a watched task left behind would be cancelled later
             watcher.release(task)
@@ -430,36 +290,37 @@ class Edge:
         receive: Receive,
         send: Send,
         stamp: list[tuple[bytes, bytes]],
-        deadline: Deadline,
-        app: ASGICall,
-        ticket: Ticket | None,
+        ctx: RequestContext,
     ) -> int:
-        """Let the app answer, with the id on its response and its body bounded (and counted
-        against the byte budget with a ticket)."""
+        """Let the app answer, with the id on its response and its body bounded. A body over
+        a limit raises the refusal in the app (which cannot answer it) and is answered here
+        once the app is done: the app's own response to it is dropped."""
         status = 499
         started = False
+        refused: ServingError | None = None
         limit = self.max_body_bytes
         received = 0
         task = asyncio.current_task()
         assert task is not None
+        assert ctx.deadline is not None
         watcher = sweeper() if scope["method"] in _WITH_BODY else None
-        path = scope["path"]
 
         async def bounded_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise self._too_large(path)
-                if ticket is not None and received > ticket.length:
-                    self._arrived(path, ticket, received)
+                    refused = self._too_large()
+                    raise refused
                 if watcher is not None and not message.get("more_body", False):
                     watcher.release(task)
             return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
+            if refused is not None:
+                return  # the edge answers the refusal
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
@@ -467,28 +328,44 @@ class Edge:
             await send(message)
 
         if watcher is not None:
-            watcher.watch(task, deadline.at)
+            watcher.watch(task, ctx.deadline.at)
         try:
-            await app(scope, bounded_receive, send_with_id)
-        except _Refusal:
-            if started:
-                raise RuntimeError("the app failed after its response began") from None
-            raise
+            await self.app(scope, bounded_receive, send_with_id)
         except asyncio.CancelledError:
             if watcher is None or not _expired(watcher, task):
                 raise
             if started:
                 raise RuntimeError("the request body timed out after the response began") from None
-            raise self._slow_body(path, deadline.seconds) from None
+            raise self._slow_body(ctx.deadline.seconds) from None
         except Exception:
+            if refused is not None:
+                raise _refusal_after(started, refused) from None
             if started:
                 raise
-            log.exception("unexpected error on %s %s", scope["method"], path)
-            return await _send_response(send, internal_error_response(path), stamp)
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            return await _send_response(send, internal_error_response(scope["path"]), stamp)
         finally:
             if watcher is not None:
                 watcher.release(task)
+        if refused is not None:
+            raise _refusal_after(started, refused)
         return status
+
+
+def _refusal_after(started: bool, refused: ServingError) -> Exception:
+    """What to raise when the app is done with a refused body: the refusal, for the edge to
+    answer, or once the app's response had begun, an error (nothing more can be sent)."""
+    return RuntimeError("the app failed after its response began") if started else refused
+
+
+def _arrived(ticket: Ticket, received: int) -> None:
+    """Count body bytes beyond those declared (:meth:`serving.core.shedding.Ticket.arrived`);
+    a request shed then has its body half read."""
+    try:
+        ticket.arrived(received)
+    except ServingError as shed:
+        shed.close = True
+        raise
 
 
 def _expired(watcher: Sweeper, task: asyncio.Task[Any]) -> bool:
@@ -505,13 +382,8 @@ def _endpoint(scope: Scope) -> str:
     with ``/{path}``, ``unmatched`` for paths nothing knows."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    if not isinstance(path, str):
-        # A mount adds its prefix to the root path of the scope it hands on (the same dict).
-        mount = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
-        return f"{mount}/{{path}}" if mount else "unmatched"
-    # Each served model has its own documented predict route: one label for all of them.
-    if path.startswith("/models/") and path.endswith("/predict"):
-        if "/versions/" in path:
-            return "/models/{name}/versions/{version}/predict"
-        return "/models/{name}/predict"
-    return path
+    if isinstance(path, str):
+        return path
+    # A mount adds its prefix to the root path of the scope it hands on (the same dict).
+    mount = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+    return f"{mount}/{{path}}" if mount else "unmatched"

@@ -25,6 +25,8 @@ from starlette.responses import Response
 from serving.core.context import current_request_id
 from serving.core.errors import (
     ArtifactRefusedError,
+    BadRequestError,
+    BodyTimeoutError,
     DeadlineExceededError,
     ErrorDetail,
     InferenceError,
@@ -35,10 +37,13 @@ from serving.core.errors import (
     ModelUnavailableError,
     NotReadyError,
     OverloadedError,
+    PayloadTooLargeError,
+    RefusedError,
     RetryableError,
     ServingError,
     UnknownModelError,
     UnknownVersionError,
+    UnsupportedMediaError,
 )
 
 log = logging.getLogger("servewell")
@@ -56,6 +61,10 @@ STATUS: dict[type[ServingError], int] = {
     LifecycleConflictError: 409,
     RetryableError: 503,
     DeadlineExceededError: 504,
+    BadRequestError: 400,
+    PayloadTooLargeError: 413,
+    BodyTimeoutError: 408,
+    UnsupportedMediaError: 415,
 }
 
 _HTTP_TYPES = {
@@ -152,7 +161,7 @@ def serving_error_response(exc: ServingError, where: str) -> Response:
     """The response for a domain error; ``where`` (method and path) is only for the log."""
     status = _status_of(exc)
     _log_failure(status, exc, where)
-    details = exc.details if isinstance(exc, InvalidInputError) else ()
+    details = exc.details if isinstance(exc, InvalidInputError | RefusedError) else ()
     message = _message(exc, where)
     headers = None
     if isinstance(exc, RetryableError):
@@ -207,17 +216,19 @@ async def _request_validation(request: Request, exc: Exception) -> Response:
     return error_response(422, "validation_error", "the request is not valid", details)
 
 
+def http_error_response(
+    path: str, status: int, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An HTTP-level error (no route, wrong method...) in the path's protocol's shape."""
+    if is_v2(path):
+        return v2_error_response(status, detail, headers)
+    return error_response(status, _HTTP_TYPES.get(status, "http_error"), detail, headers=headers)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    if is_v2(request.url.path):
-        headers = dict(exc.headers) if exc.headers else None
-        return v2_error_response(exc.status_code, str(exc.detail), headers)
-    return error_response(
-        exc.status_code,
-        _HTTP_TYPES.get(exc.status_code, "http_error"),
-        str(exc.detail),
-        headers=dict(exc.headers) if exc.headers else None,
-    )
+    headers = dict(exc.headers) if exc.headers else None
+    return http_error_response(request.url.path, exc.status_code, str(exc.detail), headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

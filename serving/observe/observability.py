@@ -16,9 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from serving.core.context import (
-    CURRENT,
-)
 from serving.core.dataplane import DataPlane, ServedModel
 from serving.core.errors import ErrorDetail
 from serving.execution.inline import InlineExecutor
@@ -104,9 +101,6 @@ class Observability:
         if self.access is not None:
             self.access.start()
         metrics = self.metrics
-        if metrics is None and self.access is None:
-            return
-        dataplane.input_observer = self._observe_rows
         if metrics is None:
             return
         dataplane.refusal_observer = self._count_unseen
@@ -156,21 +150,10 @@ class Observability:
         if self.access is not None:
             self.access.stop()
         if self._dataplane is not None:
-            self._dataplane.input_observer = None
             self._dataplane.refusal_observer = None
             self._dataplane = None
 
     # -- hot path ---------------------------------------------------------------------------
-
-    def _observe_rows(self, served: ServedModel, rows: FloatArray) -> None:
-        """Name the request's model, version and rows for its access line and metrics (its
-        rows reach drift tracking with their batch)."""
-        info = CURRENT.get()
-        if info is not None:
-            manifest = served.manifest  # not served.key: no tuple per request
-            info.model = manifest.name
-            info.version = str(manifest.version)
-            info.rows += len(rows)
 
     def _count_unseen(self, served: ServedModel, details: list[ErrorDetail]) -> None:
         """Count values of categorical features that are not a training category (the schema

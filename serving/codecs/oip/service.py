@@ -1,15 +1,25 @@
 """Open Inference Protocol requests through the data plane: the same models, batchers and
-pool as the typed endpoints; only the encoding of inputs and outputs differs."""
+pool as the typed endpoints (the same request path, :func:`serving.core.predictor.answer`);
+only the encoding of inputs and outputs differs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+from serving.codecs.oip.headers import infer_headers, response_headers
 from serving.codecs.oip.plain import read_plain
 from serving.codecs.oip.signature import PREDICT_PROBA, Signature
-from serving.codecs.oip.tensors import decode_json, encode_response, parse_document, split_body
-from serving.core.dataplane import DataPlane, ModelState, ServedModel, _refuse_non_finite
+from serving.codecs.oip.tensors import (
+    RequestedOutput,
+    decode_json,
+    encode_response,
+    parse_document,
+    split_body,
+)
+from serving.core.dataplane import DataPlane, ModelState, ServedModel
+from serving.core.predictor import Headers, PredictionResult
 from serving.execution.pool import ModelKey
+from serving.execution.runtime import FloatArray
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn"}
 """``platform`` in model metadata, by the runtime serving the model."""
@@ -19,6 +29,15 @@ _STATES = {
     ModelState.LOADING: "LOADING",
     ModelState.FAILED: "UNAVAILABLE",
 }
+
+
+class InferRequest(NamedTuple):
+    rows: FloatArray
+    want_probabilities: bool
+    signature: Signature
+    wanted: list[RequestedOutput]
+    request_id: str | None
+    binary_output: bool
 
 
 class InferenceService:
@@ -42,13 +61,11 @@ class InferenceService:
         versions = sorted(v for (n, v) in self.dataplane.models if n == name)
         return self.signature(served).metadata(versions)
 
-    async def infer(
-        self, served: ServedModel, body: bytes, header_length: str | None
-    ) -> tuple[bytes, int | None]:
-        """Request body in; response body out, and the length of its JSON part when binary
-        tensor data follows it."""
-        if served.retired:  # swapped out while the body was on its way: production answers
-            served = self.dataplane.resolve(served.key[0])
+    def decode(self, served: ServedModel, body: bytes, headers: Headers) -> InferRequest:
+        """The rows and wanted outputs of a request body: JSON, or JSON followed by binary
+        tensors (``Inference-Header-Content-Length`` gives the JSON part's length). A plain
+        JSON request of numbers takes a lane without per-value objects."""
+        header_length = infer_headers(headers)
         signature = self.signature(served)
         head, binary = split_body(body, header_length)
         document = decode_json(head)
@@ -64,10 +81,17 @@ class InferenceService:
         want_proba = False
         for output in wanted:
             want_proba = want_proba or output.name == PREDICT_PROBA
-        result = await self.dataplane.predict(served, rows, want_proba)
-        _refuse_non_finite(result.prediction)
-        outputs = signature.output_tensors(result.prediction, wanted, binary_output)
-        return encode_response(result.model, result.version, request_id, outputs)
+        return InferRequest(rows, want_proba, signature, wanted, request_id, binary_output)
+
+    def encode(self, decoded: InferRequest, result: PredictionResult) -> tuple[bytes, Headers]:
+        """The response body (JSON, then binary tensors when asked) and its headers."""
+        outputs = decoded.signature.output_tensors(
+            result.prediction, decoded.wanted, decoded.binary_output
+        )
+        payload, json_length = encode_response(
+            result.model, result.version, decoded.request_id, outputs
+        )
+        return payload, response_headers(len(payload), json_length)
 
     def repository_index(self, store_names: list[str], ready_only: bool) -> list[dict[str, Any]]:
         """Every model version the service knows, and the store's models it does not serve."""

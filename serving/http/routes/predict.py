@@ -1,17 +1,17 @@
-"""Predict endpoints: one typed operation per served model version, plus generic fallbacks
-(registered last) that give clean errors for unknown models and versions.
+"""The documented predict operations: one typed operation per served model version.
 
-Requests to the exact per-model paths are normally answered by serving.http.edge before they
-reach the router (same data-plane call, less overhead); these routes define the documented
-operations and answer whenever the fast path does not.
+serving.http.edge answers every predict path (served models through their codec, unknown
+names and versions with clean errors); no route of the app answers them. The operations
+here only describe them in the OpenAPI document, rebuilt from the served models.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from serving.codecs.schemas import ErrorResponse, PredictResponse, task_label
 from serving.core.dataplane import DataPlane, ServedModel
@@ -29,10 +29,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _json(body: bytes) -> Response:
-    return Response(body, media_type="application/json")
-
-
 def request_body_ref(served: ServedModel) -> dict[str, Any]:
     assert served.request_model is not None
     ref = f"#/components/schemas/{served.request_model.__name__}"
@@ -44,8 +40,8 @@ def request_body_ref(served: ServedModel) -> dict[str, Any]:
     }
 
 
-def model_router(dataplane: DataPlane) -> APIRouter:
-    """Routes for every served model version, built from the loaded manifests."""
+def operations(dataplane: DataPlane) -> list[BaseRoute]:
+    """One documented operation per served path, built from the loaded manifests."""
     router = APIRouter(tags=["predict"])
     for served in dataplane.ready_models():
         name, version = served.key
@@ -53,33 +49,22 @@ def model_router(dataplane: DataPlane) -> APIRouter:
         if dataplane.default_version.get(name) == version:
             paths.insert(0, f"/models/{name}/predict")
         for path in paths:
-            _add(router, dataplane, served, path)
-    router.add_api_route(
-        "/models/{name}/predict",
-        _generic(dataplane, versioned=False),
-        methods=["POST"],
-        include_in_schema=False,
-    )
-    router.add_api_route(
-        "/models/{name}/versions/{version}/predict",
-        _generic(dataplane, versioned=True),
-        methods=["POST"],
-        include_in_schema=False,
-    )
-    return router
+            _add(router, served, path)
+    return router.routes
 
 
-def _add(router: APIRouter, dataplane: DataPlane, served: ServedModel, path: str) -> None:
+async def _answered_by_the_edge() -> Response:
+    """Never called: the operation exists for its documentation (serving.http.edge answers)."""
+    raise NotImplementedError
+
+
+def _add(router: APIRouter, served: ServedModel, path: str) -> None:
     manifest = served.manifest
-
-    async def predict(request: Request) -> Response:
-        return _json(await dataplane.predict_json(served, await request.body()))
-
     versioned = "/versions/" in path
     metric = f"{manifest.primary_metric} {manifest.metrics.get(manifest.primary_metric, 0):.4g}"
     router.add_api_route(
         path,
-        predict,
+        _answered_by_the_edge,
         methods=["POST"],
         name=f"predict_{manifest.name}{f'_v{manifest.version}' if versioned else ''}",
         operation_id=f"predict_{manifest.name}{f'_v{manifest.version}' if versioned else ''}",
@@ -93,23 +78,3 @@ def _add(router: APIRouter, dataplane: DataPlane, served: ServedModel, path: str
         responses=RESPONSES,
         openapi_extra=request_body_ref(served),
     )
-
-
-# Versions are written one way only: "01", "+1" or "1.0" are not version 1.
-VersionPath = Annotated[str, Path(pattern=r"^[1-9][0-9]{0,17}$")]
-
-
-def _generic(dataplane: DataPlane, versioned: bool) -> Any:
-    if versioned:
-
-        async def predict_version(name: str, version: VersionPath, request: Request) -> Response:
-            served = dataplane.resolve(name, int(version))
-            return _json(await dataplane.predict_json(served, await request.body()))
-
-        return predict_version
-
-    async def predict(name: str, request: Request) -> Response:
-        served = dataplane.resolve(name)
-        return _json(await dataplane.predict_json(served, await request.body()))
-
-    return predict

@@ -2,9 +2,9 @@
 typed endpoints: server and model metadata, health, inference (JSON or Triton's binary
 tensor data extension) and the model repository extension (behind the admin token).
 
-Inference on the exact paths of served models is normally answered by serving.http.edge
-before the router; these routes answer otherwise (e.g. unknown models: a clean 404). Every
-error under ``/v2`` has the protocol's shape ``{"error": "..."}`` (serving.http.exception_handlers).
+Inference is answered by serving.http.edge, served models or not (unknown models: a clean
+404); :data:`infer_operations` only documents it. Every error under ``/v2`` has the
+protocol's shape ``{"error": "..."}`` (serving.http.exception_handlers).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from serving.codecs.oip.headers import infer_headers, response_headers
 from serving.codecs.oip.service import InferenceService
 from serving.core.errors import InvalidInputError, MalformedRequestError, NotReadyError
 from serving.core.lifecycle import Lifecycle
@@ -192,32 +191,28 @@ _INFER_BODY = {
 }
 
 
-async def _infer(service: InferenceService, request: Request, version: int | None) -> Response:
-    name = request.path_params["name"]
-    served = service.dataplane.resolve(name, version)
-    header_length = infer_headers(request.headers.raw)
-    body, json_length = await service.infer(served, await request.body(), header_length)
-    return Response(
-        body, headers={k.decode(): v.decode() for k, v in response_headers(len(body), json_length)}
-    )
+# Described, never routed: serving.http.edge answers these paths before any router.
+_infer_docs = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=_ERRORS)
 
 
-@router.post(
+@_infer_docs.post(
     "/models/{name}/infer", summary="Inference (production version)", openapi_extra=_INFER_BODY
 )
-async def infer(name: str, request: Request, service: ServiceDep) -> Response:
-    return await _infer(service, request, None)
+async def infer(name: str) -> Response:
+    raise NotImplementedError
 
 
-@router.post(
+@_infer_docs.post(
     "/models/{name}/versions/{version}/infer",
     summary="Inference (one version)",
     openapi_extra=_INFER_BODY,
 )
-async def infer_version(
-    name: str, version: VersionPath, request: Request, service: ServiceDep
-) -> Response:
-    return await _infer(service, request, int(version))
+async def infer_version(name: str, version: VersionPath) -> Response:
+    raise NotImplementedError
+
+
+infer_operations = _infer_docs.routes
+"""The inference operations, for the OpenAPI document."""
 
 
 # -- repository extension (admin token) -----------------------------------------------------

@@ -8,8 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from serving.codecs.typed import TypedCodec
+from serving.core.context import RequestContext
 from serving.core.dataplane import DataPlane
 from serving.core.errors import InvalidInputError
+from serving.core.predictor import answer
 from serving.settings import Settings
 from serving.store import ModelStore, Task
 from training.run import train
@@ -22,7 +25,10 @@ def _predict(store: ModelStore, name: str, body: bytes) -> dict[str, object]:
     async def go() -> bytes:
         await dataplane.start()
         try:
-            return await dataplane.predict_json(dataplane.resolve(name), body)
+            codec = TypedCodec(dataplane)
+            served = dataplane.resolve(name)
+            payload, _ = await answer(codec, dataplane, served, body, (), RequestContext("t"))
+            return payload
         finally:
             dataplane.close()
 

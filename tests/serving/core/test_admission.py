@@ -8,6 +8,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -135,9 +136,14 @@ def test_over_http_full_queues_are_503_and_deadlines_504(trained_store: ModelSto
             assert ok.status_code == 200
 
 
-def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_read() -> None:
+def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
     from starlette.types import Message, Receive, Scope, Send
 
+    from serving.http import edge as edge_module
     from serving.http.edge import Edge
     from serving.observe.observability import Observability
     from serving.settings import Settings
@@ -145,16 +151,19 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
     release = asyncio.Event()
     reads = 0
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        nonlocal reads
-        await receive()
-        reads += 1
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+    async def answer(*args: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        await release.wait()  # the admitted request holds its bytes until answered
+        return b"{}", []
 
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the edge answers prediction paths")
+
+    monkeypatch.setattr(edge_module, "answer", answer)
     settings = Settings(max_inflight_body_bytes=100, retry_after_s=3, metrics=False)
-    edge = Edge(settings, Observability(settings))
+    edge = Edge(settings, Observability(settings)).around(app)
+    served = SimpleNamespace(batcher=None, manifest=SimpleNamespace(name="iris", version=1))
+    edge.predict.paths = {"/models/iris/predict": served}  # type: ignore[dict-item]
+    edge.predict.codec = edge.predict.dataplane = object()  # type: ignore[assignment]
 
     async def call(length: int) -> list[Message]:
         sent: list[Message] = []
@@ -166,12 +175,14 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
         }
 
         async def receive() -> Message:
+            nonlocal reads
+            reads += 1
             return {"type": "http.request", "body": b"x" * length, "more_body": False}
 
         async def send(message: Message) -> None:
             sent.append(message)
 
-        await edge(scope, receive, send, app)
+        await edge(scope, receive, send)
         return sent
 
     async def scenario() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serving.codecs.typed import TypedCodec
+from serving.core.context import RequestContext
 from serving.core.dataplane import DataPlane
 from serving.core.errors import (
     InvalidInputError,
@@ -16,6 +18,7 @@ from serving.core.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
+from serving.core.predictor import predict
 from serving.settings import Settings
 from serving.store import ModelStore
 from training.run import train
@@ -51,10 +54,11 @@ def test_inline_mode_serves_production_and_matches_the_model(two_versions: Model
         assert set(dataplane.models) == {("iris", 1)}
         assert dataplane.readiness()[0]
         served = dataplane.resolve("iris")
-        rows, want = dataplane.parse(served, BODY)
+        codec = TypedCodec(dataplane)
+        rows, want = codec.decode(served, BODY)
 
         async def go() -> np.ndarray:
-            result = await dataplane.predict(served, rows, want)
+            result = await predict(dataplane, served, rows, want, RequestContext("t"))
             return result.prediction.predictions
 
         _, model = two_versions.load_model("iris", 1)
@@ -64,7 +68,7 @@ def test_inline_mode_serves_production_and_matches_the_model(two_versions: Model
         with pytest.raises(UnknownModelError):
             dataplane.resolve("rose")
         with pytest.raises(InvalidInputError):
-            dataplane.parse(served, b'{"rows": [[1, 2]]}')
+            codec.decode(served, b'{"rows": [[1, 2]]}')
     finally:
         dataplane.close()
 

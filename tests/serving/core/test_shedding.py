@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from serving.core.admission import admit, current_ticket
+from serving.core.admission import admit
 from serving.core.batcher import MicroBatcher, Slots
 from serving.core.errors import OverloadedError
 from serving.core.shedding import Shedder
@@ -166,11 +166,7 @@ def test_admission_tells_the_request_s_ticket_its_rows() -> None:
     def check(batcher: MicroBatcher) -> None:
         shedder = Shedder(None, max_queue_rows=1000, retry_after_s=1.0)
         ticket = shedder.admit(_body(50), batcher)
-        token = current_ticket.set(ticket)
-        try:
-            admit(batcher, 50, 1000, 1.0)
-        finally:
-            current_ticket.reset(token)
+        admit(batcher, 50, 1000, 1.0, ticket)
         ticket.release()
         batcher.submit(np.zeros((900, 4)), False)
         with pytest.raises(OverloadedError):

@@ -235,3 +235,34 @@ def test_chunked_bodies_count_against_the_byte_budget_as_they_arrive(
     while shedder.inflight_bytes and time.monotonic() < deadline:
         time.sleep(0.02)
     assert shedder.inflight_bytes == 0
+
+
+def test_no_route_of_the_app_answers_predict_or_infer_paths(live: RunningServer) -> None:
+    from serving.http.app import ServiceApp
+
+    assert "__call__" not in vars(ServiceApp)  # the edge is a middleware, not an override
+    paths = {getattr(route, "path", "") for route in live.app.routes}
+    assert not [p for p in paths if p.endswith(("/predict", "/infer"))], paths
+    documented = set(live.app.openapi()["paths"])
+    assert {"/models/iris/predict", "/models/iris/versions/1/predict"} <= documented
+    assert {"/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"} <= documented
+
+
+def test_the_edge_answers_unknown_models_bad_versions_and_other_methods(
+    http: httpx.Client,
+) -> None:
+    row = {"instances": [IRIS_ROW]}
+    unknown = http.post("/models/rose/predict", json=row)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["type"] == "model_not_found"
+    bad = http.post("/models/iris/versions/01/predict", json=row)
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"] == [
+        {"loc": ["path", "version"], "msg": "String should match pattern '^[1-9][0-9]{0,17}$'"}
+    ]
+    assert "path.version" in _v2_error(http.post("/v2/models/iris/versions/01/infer"), 400)
+    assert "no model named 'rose'" in _v2_error(http.post("/v2/models/rose/infer", json={}), 404)
+    wrong = http.get("/models/iris/predict")
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
+    assert _v2_error(http.get(INFER), 405) == "Method Not Allowed"
+    assert http.post("/models/a/b/predict", json=row).json()["error"]["type"] == "not_found"
