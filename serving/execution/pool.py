@@ -34,12 +34,14 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError, WorkerLostError
+from serving.execution.executor import ExecutorStatus, Opened
 from serving.execution.runtime import (
     FloatArray,
     LoadedModel,
@@ -633,3 +635,21 @@ class InferencePool:
             future = self._queue.popleft().future
             if not future.done():
                 future.set_exception(error)
+
+    # -- the Executor protocol (serving.execution.executor) -----------------------------------
+
+    async def open(self, keys: Sequence[ModelKey]) -> Opened:
+        """Start the workers holding ``keys``; versions a worker could not load are reported."""
+        self._models = list(keys)
+        await self.start()
+        return Opened(dict(self.runtimes), dict(self.failed))
+
+    def status(self) -> ExecutorStatus:
+        return ExecutorStatus(
+            up=self.up,
+            size=self.size,
+            workers=len(self.pids),
+            workers_ready=self.workers_ready,
+            replacing=self.replacing,
+            restarts=self.restarts,
+        )

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from serving.codecs.oip.service import InferenceService
 from serving.core.dataplane import DataPlane
 from serving.core.lifecycle import Lifecycle
+from serving.core.loading import build_dataplane
 from serving.http import exception_handlers
 from serving.http.edge import Edge
 from serving.http.routes import admin, docs, health, models, observe, v2
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dataplane = DataPlane(settings)
+        dataplane = build_dataplane(settings)
         started = time.monotonic()
         try:
             await dataplane.start()

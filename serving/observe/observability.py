@@ -21,8 +21,6 @@ from serving.core.context import (
 )
 from serving.core.dataplane import DataPlane, ServedModel
 from serving.core.errors import ErrorDetail
-from serving.execution.inline import InlineExecutor
-from serving.execution.pool import InferencePool
 from serving.execution.runtime import FloatArray
 from serving.observe.drift import DriftTracker, ModelKey
 from serving.observe.logs import AccessLog, resolve_format
@@ -236,9 +234,8 @@ class Observability:
             info[(name, str(version), served.runtime or "unknown", default)] = 1.0
         metrics.queue_depth.values = depth
         metrics.model_info.values = info
-        executor = dataplane.executor
-        if isinstance(executor, InferencePool):
-            metrics.workers.values[()] = float(len(executor.pids))
-            metrics.restarts.values[()] = float(executor.restarts)
-        elif isinstance(executor, InlineExecutor):
-            metrics.workers.values[()] = 1.0 if executor.up else 0.0
+        if dataplane.executor is not None:
+            status = dataplane.executor.status()
+            metrics.workers.values[()] = float(status.workers)
+            if status.restarts is not None:
+                metrics.restarts.values[()] = float(status.restarts)

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from serving.core.dataplane import DataPlane
 from serving.core.errors import InvalidInputError
+from serving.core.loading import build_dataplane
 from serving.settings import Settings
 from serving.store import ModelStore, Task
 from training.run import train
@@ -17,7 +17,7 @@ from training.spec import adhoc_csv_spec, shipped_spec
 
 
 def _predict(store: ModelStore, name: str, body: bytes) -> dict[str, object]:
-    dataplane = DataPlane(Settings(store=store.root, inference="inline"))
+    dataplane = build_dataplane(Settings(store=store.root, inference="inline"))
 
     async def go() -> bytes:
         await dataplane.start()
