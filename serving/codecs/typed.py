@@ -62,8 +62,6 @@ class TypedCodec:
         return request
 
     def _with_schema(self, served: ServedModel, body: bytes) -> TypedRequest:
-        assert served.request_model is not None
-        assert served.encoder is not None
         try:
             request = served.request_model.model_validate_json(body)
         except ValidationError as exc:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from serving.core.dataplane import DataPlane, ModelState, ServedModel
+from serving.core.dataplane import DataPlane
 from serving.core.errors import (
     ArtifactRefusedError,
     InvalidModelNameError,
@@ -34,7 +34,8 @@ from serving.core.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
-from serving.execution.pool import ModelKey
+from serving.core.registry import Known, ModelState, ServedModel, Unserved
+from serving.execution.executor import ModelKey
 from serving.store import (
     IntegrityError,
     InvalidNameError,
@@ -64,6 +65,8 @@ class Lifecycle:
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
+        self.registry = dataplane.registry
+        self.loader = dataplane.loader
         self.store = dataplane.store
         self.settings = dataplane.settings
         self.listeners: list[Callable[[], None]] = []
@@ -125,7 +128,7 @@ class Lifecycle:
 
     def _read_store(self, only: str | None) -> dict[str, _Wanted | None]:
         """Per model: what to serve, or None when it is gone from the store."""
-        dp = self.dataplane
+        reg = self.registry
         if only is not None:
             try:
                 published = bool(self.store.versions(only))
@@ -134,12 +137,12 @@ class Lifecycle:
             except (StoreError, OSError):
                 published = True  # reported below, as the model's own problem
             names = [only] if published else []
-            known = {only} if only in dp.default_version or only in dp.broken_names else set()
+            known = {only} if only in reg.default_version or only in reg.broken_names else set()
         else:
             if not self.store.root.is_dir():  # unmounted or mistyped: not "every model deleted"
                 raise StoreError(f"the store root {self.store.root} is not a directory")
             names = self.store.names()
-            known = set(dp.default_version) | set(dp.broken_names)
+            known = set(reg.default_version) | set(reg.broken_names)
         out: dict[str, _Wanted | None] = dict.fromkeys(known - set(names))
         for name in names:
             try:
@@ -160,43 +163,37 @@ class Lifecycle:
         return out
 
     async def _apply(self, name: str, wanted: _Wanted | None, retry: bool) -> bool:
-        dp = self.dataplane
-        current = {k: s for k, s in dp.models.items() if k[0] == name}
+        reg = self.registry
+        current = {k: s for k, s in reg.models.items() if k[0] == name}
         if wanted is None:
-            if not current and name not in dp.broken_names:
+            if not current and name not in reg.broken_names:
                 return False
             log.info("model %s is gone from the store; no longer serving it", name)
-            dp.default_version.pop(name, None)
-            dp.broken_names.pop(name, None)
-            dp.store_problems.pop(name, None)
             self._previous.pop(name, None)
-            self._forget_reports(name, keep=set())
-            for key in current:
-                del dp.models[key]
-            await self._switch(current.values())
+            await self._switch(reg.forget(name))
             return True
         if wanted.error is not None:
             if current:  # keep serving what we have; log the store problem once, report it
-                if dp.store_problems.get(name) != wanted.error:
+                if reg.store_problems.get(name) != wanted.error:
                     log.error("model %s: cannot read the store (%s)", name, wanted.error)
-                dp.store_problems[name] = wanted.error
+                reg.store_problems[name] = wanted.error
                 return False
-            if dp.broken_names.get(name) != wanted.error:
+            if reg.broken_names.get(name) != wanted.error:
                 log.error("not serving %s: %s", name, wanted.error)
-            dp.broken_names[name] = wanted.error
+            reg.broken_names[name] = wanted.error
             return False
-        dp.broken_names.pop(name, None)
-        dp.store_problems.pop(name, None)
+        reg.broken_names.pop(name, None)
+        reg.store_problems.pop(name, None)
         assert wanted.default is not None
-        old_default = dp.default_version.get(name)
-        old_ok = old_default is not None and self._ready((name, old_default))
+        old_default = reg.default_version.get(name)
+        old_ok = old_default is not None and reg.is_ready((name, old_default))
         loaded: dict[ModelKey, ServedModel] = {}
         failures: dict[ModelKey, str] = {}
         for version in sorted(wanted.versions):
             key = (name, version)
-            if self._ready(key):
+            if reg.is_ready(key):
                 continue
-            failed_before = key in dp.rejected or key in dp.unreadable or key in current
+            failed_before = key in reg.rejected or key in reg.unreadable or key in current
             if failed_before and not retry:
                 continue  # reported already; an admin reload retries it
             result = await self._load(key)
@@ -205,7 +202,7 @@ class Lifecycle:
             else:
                 loaded[key] = result
         default = wanted.default
-        if not (self._ready((name, default)) or (name, default) in loaded) and old_ok:
+        if not (reg.is_ready((name, default)) or (name, default) in loaded) and old_ok:
             assert old_default is not None
             default = old_default  # the new version was refused: the old one keeps serving
         if old_ok and old_default != default and self.settings.keep_previous_versions:
@@ -215,80 +212,58 @@ class Lifecycle:
             self._previous[name] = previous[: self.settings.keep_previous_versions]
         keep = {default, *self._previous.get(name, []), *wanted.versions}
         retired = [s for k, s in current.items() if k[1] not in keep or k in loaded]
-        self._forget_reports(name, keep - {v for (_, v) in loaded})
+        reg.forget_reports(name, keep - {v for (_, v) in loaded})
         for key, reason in failures.items():
             if key in current:  # a model that failed before failed again
-                current[key].error = reason
+                failed = current[key]
+                reg.add(Unserved(failed.manifest, ModelState.FAILED, reason, failed.warnings))
             elif key == (name, default):  # nothing else to serve: answer 503, not ready
-                dp.unreadable[key] = reason
+                reg.unreadable[key] = reason
             else:  # an older version keeps serving: reported, still ready
-                dp.rejected[key] = reason
+                reg.rejected[key] = reason
         if not loaded and not retired and old_default == default:
             return False
-        # Switch: one synchronous step (no await) so no request sees a half-done swap.
-        for served in retired:
-            dp.models.pop(served.key, None)
-        dp.models.update(loaded)
-        dp.default_version[name] = default
+        reg.switch(name, default, loaded, retired)
         if old_default != default:
-            if old_default is None:
+            if old_default is None:  # a first load: nothing was served before
                 log.info("model %s: serving v%s", name, default)
+            elif not old_ok:
+                log.info("model %s: serving v%s (v%s was not served)", name, default, old_default)
             else:
                 log.info("model %s: now serving v%s (was v%s)", name, default, old_default)
         await self._switch(retired)
         return True
 
-    async def _switch(self, retired: Iterable[ServedModel]) -> None:
-        """Tell the listeners, then drain and unload the swapped-out versions."""
-        dp = self.dataplane
-        retired = list(retired)
-        for served in retired:
-            served.retired = True
+    async def _switch(self, retired: Iterable[Known]) -> None:
+        """Tell the listeners (the registry has switched already), then drain and unload the
+        swapped-out versions."""
         self.swaps += 1
         for listener in self.listeners:
             listener()
-        for served in retired:
-            if served.batcher is not None:
+        for record in retired:
+            if isinstance(record, ServedModel):
                 try:
                     async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                        await served.batcher.drain()
+                        await record.batcher.drain()
                 except TimeoutError:
-                    log.warning("%s v%s: in-flight batches did not finish; unloading", *served.key)
-            if served.state == ModelState.READY and dp.executor is not None:
+                    log.warning("%s v%s: in-flight batches did not finish; unloading", *record.key)
                 try:
-                    await dp.executor.unload_model(served.key)
+                    await self.loader.executor.unload_model(record.key)
                 except ServingError as exc:
-                    log.warning("unloading %s v%s: %s", *served.key, exc)
-            log.info("unloaded %s v%s", *served.key)
-
-    def _ready(self, key: ModelKey) -> bool:
-        served = self.dataplane.models.get(key)
-        return served is not None and served.state == ModelState.READY
-
-    def _forget_reports(self, name: str, keep: set[int]) -> None:
-        dp = self.dataplane
-        for key in [k for k in dp.rejected if k[0] == name and k[1] not in keep]:
-            del dp.rejected[key]
-        for key in [k for k in dp.unreadable if k[0] == name and k[1] not in keep]:
-            del dp.unreadable[key]
+                    log.warning("unloading %s v%s: %s", *record.key, exc)
+            log.info("unloaded %s v%s", *record.key)
 
     async def _load(self, key: ModelKey) -> ServedModel | str:
         """Verify and load one version into the executor: the ready model, or why not."""
-        dp = self.dataplane
         started = time.monotonic()
         try:
-            manifest = await asyncio.to_thread(self.store.verify, *key)
-            served = ServedModel(manifest)
-            dp.check_environment(served)
-            assert dp.executor is not None
-            served.runtime = await dp.executor.load_model(key)
+            served = await self.loader.load(key)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
             log.error("not serving %s v%s: %s", *key, reason)
             self._loaded(key, started, reason)
             return reason
         self._loaded(key, started, None)
-        dp.make_ready(served)
         log.info("loaded %s v%s with %s", *key, served.runtime)
         return served
 
@@ -321,8 +296,7 @@ class Lifecycle:
     async def unload(self, name: str) -> dict[str, Any]:
         """Stop serving a model (every version) until :meth:`load`; the store is unchanged."""
         _check_name(name)
-        dp = self.dataplane
-        if name not in dp.default_version and name not in dp.broken_names:
+        if name not in self.registry.default_version and name not in self.registry.broken_names:
             raise UnknownModelError(f"no model named {name!r} is served")
         self.unloaded.add(name)
         await self.sync(name)
@@ -343,11 +317,11 @@ class Lifecycle:
         out = []
         for version, manifest in published:
             key = (name, version)
-            served = self.dataplane.models.get(key)
+            served = self.registry.models.get(key)
             entry: dict[str, Any] = {
                 "version": version,
                 "production": version == production,
-                "served": served is not None and served.state == ModelState.READY,
+                "served": isinstance(served, ServedModel),
             }
             if isinstance(manifest, str):  # unreadable or forged: say so, list the rest
                 entry["error"] = manifest
@@ -355,7 +329,7 @@ class Lifecycle:
                 entry["created"] = manifest.created.isoformat()
                 entry["metrics"] = manifest.metrics
                 entry["sklearn"] = manifest.environment.sklearn
-            error = self.dataplane.rejected.get(key) or (served.error if served else None)
+            error = self.registry.rejected.get(key) or (served.error if served else None)
             if error:
                 entry["error"] = error
             out.append(entry)
@@ -372,13 +346,12 @@ class Lifecycle:
 
     def state(self, name: str) -> dict[str, Any]:
         """What the service serves for a model right now."""
-        dp = self.dataplane
-        served = sorted(v for (n, v), s in dp.models.items() if n == name)
+        reg = self.registry
         return {
             "name": name,
-            "default_version": dp.default_version.get(name),
-            "served_versions": served,
-            "rejected": {str(v): r for (n, v), r in sorted(dp.rejected.items()) if n == name},
+            "default_version": reg.default_version.get(name),
+            "served_versions": reg.versions_of(name),
+            "rejected": {str(v): r for (n, v), r in sorted(reg.rejected.items()) if n == name},
         }
 
     def _require(self, name: str, expect: int | None = None) -> dict[str, Any]:
@@ -386,7 +359,7 @@ class Lifecycle:
         if state["default_version"] is None:
             raise UnknownModelError(f"no model named {name!r} in the store")
         if expect is not None and state["default_version"] != expect:
-            reason = self.dataplane.rejected.get((name, expect), "it could not be loaded")
+            reason = self.registry.rejected.get((name, expect), "it could not be loaded")
             raise ArtifactRefusedError(
                 f"{name} v{expect} is production in the store but the service refused it "
                 f"({reason}); v{state['default_version']} keeps serving"

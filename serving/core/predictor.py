@@ -86,7 +86,6 @@ async def predict(
     dataplane: DataPlane, served: ServedModel, rows: FloatArray, want: bool, ctx: RequestContext
 ) -> PredictionResult:
     """Run validated rows through the model's batcher, within the request's deadline."""
-    assert served.batcher is not None
     if dataplane.executor is None:
         raise NotReadyError("the inference executor is not running")
     settings = dataplane.settings

@@ -7,11 +7,11 @@ the GIL with the event loop. Kept as a setting for small deployments and debuggi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError
-from serving.execution.messages import ModelKey
+from serving.execution.executor import ExecutorStatus, ModelKey, Opened
 from serving.execution.runtime import FloatArray, LoadedModel, Prediction, RuntimeName
 
 
@@ -75,6 +75,24 @@ class InlineExecutor:
     async def unload_model(self, key: ModelKey) -> None:
         """Forget a model; batches already submitted hold their own reference."""
         self._models.pop(key, None)
+
+    async def open(self, keys: Sequence[ModelKey]) -> Opened:
+        """Load ``keys`` in this process (those not given loaded already)."""
+        opened = Opened({}, {})
+        for key in keys:
+            try:
+                runtime = await self.load_model(key)
+            except Exception as exc:
+                opened.failed[key] = f"{type(exc).__name__}: {exc}"
+            else:
+                opened.runtimes[key] = runtime
+        return opened
+
+    def status(self) -> ExecutorStatus:
+        up = int(self.up)
+        return ExecutorStatus(
+            up=self.up, size=1, workers=up, workers_ready=up, replacing=0, restarts=None
+        )
 
     def close(self) -> None:
         self._closed = True

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from serving.execution.executor import ModelKey as ModelKey  # re-exported for the workers
 from serving.execution.runtime import RuntimeName
-
-ModelKey = tuple[str, int]
-"""A served model version: ``(name, version)``."""
 
 STOP = None
 """Tells a worker to exit (so does the parent's end of the pipe closing)."""

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 
 from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError, WorkerLostError
 from serving.execution import worker as worker_process
+from serving.execution.executor import ExecutorStatus, Opened
 from serving.execution.messages import (
     STOP,
     Answer,
@@ -544,3 +546,21 @@ class InferencePool:
             future = self._queue.popleft().future
             if not future.done():
                 future.set_exception(error)
+
+    # -- the Executor protocol (serving.execution.executor) -----------------------------------
+
+    async def open(self, keys: Sequence[ModelKey]) -> Opened:
+        """Start the workers holding ``keys``; versions a worker could not load are reported."""
+        self._models = list(keys)
+        await self.start()
+        return Opened(dict(self.runtimes), dict(self.failed))
+
+    def status(self) -> ExecutorStatus:
+        return ExecutorStatus(
+            up=self.up,
+            size=self.size,
+            workers=len(self.pids),
+            workers_ready=self.workers_ready,
+            replacing=self.replacing,
+            restarts=self.restarts,
+        )

@@ -16,6 +16,7 @@ from serving.codecs.oip.service import InferenceService
 from serving.codecs.typed import TypedCodec
 from serving.core.dataplane import DataPlane
 from serving.core.lifecycle import Lifecycle
+from serving.core.loading import build_dataplane
 from serving.http import exception_handlers
 from serving.http.edge import Edge
 from serving.http.routes import admin, docs, health, models, observe, predict, v2
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dataplane = DataPlane(settings)
+        dataplane = build_dataplane(settings)
         started = time.monotonic()
         try:
             await dataplane.start()
@@ -154,7 +155,6 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for served in served_models:
-            assert served.request_model is not None
             body = served.request_model.model_json_schema(
                 ref_template="#/components/schemas/{model}"
             )

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.execution.messages import ModelKey as ModelKey  # re-exported for observability
+from serving.execution.executor import ModelKey
 from serving.execution.runtime import FloatArray
 from serving.store import FeatureKind, Manifest
 

@@ -18,10 +18,9 @@ import numpy as np
 
 from serving.core.dataplane import DataPlane, ServedModel
 from serving.core.errors import ErrorDetail
-from serving.execution.inline import InlineExecutor
-from serving.execution.pool import InferencePool
+from serving.execution.executor import ModelKey
 from serving.execution.runtime import FloatArray
-from serving.observe.drift import DriftTracker, ModelKey
+from serving.observe.drift import DriftTracker
 from serving.observe.logs import AccessLog, resolve_format
 from serving.observe.metrics import (
     Histogram,
@@ -219,9 +218,8 @@ class Observability:
             info[(name, str(version), served.runtime or "unknown", default)] = 1.0
         metrics.queue_depth.values = depth
         metrics.model_info.values = info
-        executor = dataplane.executor
-        if isinstance(executor, InferencePool):
-            metrics.workers.values[()] = float(len(executor.pids))
-            metrics.restarts.values[()] = float(executor.restarts)
-        elif isinstance(executor, InlineExecutor):
-            metrics.workers.values[()] = 1.0 if executor.up else 0.0
+        if dataplane.executor is not None:
+            status = dataplane.executor.status()
+            metrics.workers.values[()] = float(status.workers)
+            if status.restarts is not None:
+                metrics.restarts.values[()] = float(status.restarts)

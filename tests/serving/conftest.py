@@ -16,6 +16,8 @@ import pytest
 import uvicorn
 
 from serving.__main__ import uvicorn_options
+from serving.core.dataplane import DataPlane
+from serving.core.loading import build_dataplane
 from serving.http.app import create_app
 from serving.settings import Settings
 from serving.store import MODEL_FILE, ModelStore
@@ -60,6 +62,11 @@ def tampered_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     return trained_store
+
+
+def dataplane_for(settings: Settings) -> DataPlane:
+    """A data plane as the app builds it (executor from the settings), not started yet."""
+    return build_dataplane(settings)
 
 
 @dataclass

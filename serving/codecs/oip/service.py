@@ -18,7 +18,7 @@ from serving.codecs.oip.tensors import (
 )
 from serving.core.dataplane import DataPlane, ModelState, ServedModel
 from serving.core.predictor import Headers, PredictionResult
-from serving.execution.pool import ModelKey
+from serving.execution.executor import ModelKey
 from serving.execution.runtime import FloatArray
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn"}

@@ -8,14 +8,14 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from serving.core.dataplane import ServedModel
+from serving.core.dataplane import Known
 from serving.core.errors import ModelUnavailableError, UnknownModelError
 from serving.http.routes.deps import DataPlaneDep, InfoAccess, without_store_root
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[InfoAccess])
 
 
-def _summary(served: ServedModel, default: bool) -> dict[str, Any]:
+def _summary(served: Known, default: bool) -> dict[str, Any]:
     m = served.manifest
     entry: dict[str, Any] = {
         "version": m.version,

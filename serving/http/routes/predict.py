@@ -30,7 +30,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def request_body_ref(served: ServedModel) -> dict[str, Any]:
-    assert served.request_model is not None
     ref = f"#/components/schemas/{served.request_model.__name__}"
     return {
         "requestBody": {

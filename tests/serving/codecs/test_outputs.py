@@ -10,8 +10,8 @@ import pytest
 
 from serving.codecs.typed import TypedCodec
 from serving.core.context import RequestContext
-from serving.core.dataplane import DataPlane
 from serving.core.errors import InvalidInputError
+from serving.core.loading import build_dataplane
 from serving.core.predictor import answer
 from serving.settings import Settings
 from serving.store import ModelStore, Task
@@ -20,7 +20,7 @@ from training.spec import adhoc_csv_spec, shipped_spec
 
 
 def _predict(store: ModelStore, name: str, body: bytes) -> dict[str, object]:
-    dataplane = DataPlane(Settings(store=store.root, inference="inline"))
+    dataplane = build_dataplane(Settings(store=store.root, inference="inline"))
 
     async def go() -> bytes:
         await dataplane.start()

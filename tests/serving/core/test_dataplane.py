@@ -18,6 +18,7 @@ from serving.core.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
+from serving.core.loading import build_dataplane
 from serving.core.predictor import predict
 from serving.settings import Settings
 from serving.store import ModelStore
@@ -43,7 +44,7 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 
 
 def _start(store: ModelStore, **settings: Any) -> DataPlane:
-    dataplane = DataPlane(Settings(store=store.root, inference="inline", **settings))
+    dataplane = build_dataplane(Settings(store=store.root, inference="inline", **settings))
     asyncio.run(dataplane.start())
     return dataplane
 
