@@ -1,8 +1,9 @@
 """Paired A/B runs on one shared core, for comparisons that must resolve a few per cent.
 
 Runs one after another on a shared box spread by ±25 %, so both servers are loaded at once
-(wrk, c=PAIR each), their event loops pinned to one CPU and everything else to the others:
-both suffer the same slowdowns. The event loop is what saturates on single rows, so
+(wrk, each with its scenario's connections), their event loops pinned to one CPU and
+everything else to the others: both suffer the same slowdowns. The event loop is what saturates
+on single rows, so
 ``throughput(A) / throughput(B) = cpu_per_request(B) / cpu_per_request(A)``, measured on the
 main processes: ±3 % between identical servers. The one started first measured 1-2 % more CPU
 per request, so two instances of each side start in mirrored order (A1, B1, B2, A2), half the
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import wrk
-from bench.scenarios import PAIR
 from bench.servers import Running
+
+Load = tuple[str, Path, int]
+"""What one side sends: path, bodies file, connections."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,12 @@ class Comparison:
         return (min(ratios), max(ratios)) if ratios else None
 
 
-def one_run(
-    a: Running, b: Running, loads: list[tuple[str, Path]], args: Namespace, a_first: bool
-) -> Run:
-    """A sent ``loads[0]`` (path, bodies file) and B ``loads[1]``, both at once."""
+def one_run(a: Running, b: Running, loads: list[Load], args: Namespace, a_first: bool) -> Run:
+    """A sent ``loads[0]`` and B ``loads[1]``, both at once."""
     others = set(sorted(os.sched_getaffinity(0))[1:])
     sides = [(a, *loads[0]), (b, *loads[1])][:: 1 if a_first else -1]
     before = [s.main_cpu_s() for s in (a, b)]
-    cmds = [wrk.command(args.wrk, s.url + p, f, PAIR, args.pair_duration, 2) for s, p, f in sides]
+    cmds = [wrk.command(args.wrk, s.url + p, f, c, args.pair_duration, 2) for s, p, f, c in sides]
     procs = {s.name: wrk.start(cmd, others) for (s, *_), cmd in zip(sides, cmds, strict=True)}
     try:
         got = {name: wrk.finish(proc, args.pair_duration + 30) for name, proc in procs.items()}
@@ -75,7 +76,7 @@ def one_run(
 
 
 def compare(
-    couples: list[tuple[Running, Running]], loads: list[tuple[str, Path]], args: Namespace
+    couples: list[tuple[Running, Running]], loads: list[Load], args: Namespace
 ) -> Comparison:
     """``args.pair_runs`` runs of ``args.pair_duration`` s, half on each (A, B) couple, after a
     discarded warm-up run on each; the wrk of A and B start first in turns."""
