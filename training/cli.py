@@ -237,6 +237,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: a subcommand per command, with its options and help. Longer than
+    ~60 lines on purpose: it is one flat table, read and compared in one place, which helpers
+    per subcommand would only scatter."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument(
         "--store", help="model store root (default: $SERVEWELL_STORE or ./models)", default=None

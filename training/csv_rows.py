@@ -92,70 +92,91 @@ def _shown(value: Any) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def encode_chunk(frame: pd.DataFrame, features: list[Feature]) -> EncodedChunk:
-    """Check and encode ``frame`` (one column per feature, any other columns ignored)."""
-    n = len(frame)
-    rows = np.empty((n, len(features)), dtype=np.float64)
-    refused = np.zeros(n, dtype=bool)
-    error_rows: list[npt.NDArray[np.int64]] = []
-    columns: list[str] = []
-    reasons: list[str] = []
-    out_of_range = np.zeros(len(features), dtype=np.int64)
+class _Refusals:
+    """The problems found so far in a chunk, and which rows they refuse."""
 
-    def refuse(mask: npt.NDArray[np.bool_], name: str, reason: Any) -> None:
+    def __init__(self, n: int) -> None:
+        self.refused = np.zeros(n, dtype=bool)
+        self.rows: list[npt.NDArray[np.int64]] = []
+        self.columns: list[str] = []
+        self.reasons: list[str] = []
+
+    def add(self, mask: npt.NDArray[np.bool_], name: str, reason: Any) -> None:
         """``reason``: one text for every flagged row, or a function of the row position."""
         positions = np.flatnonzero(mask)
         if not len(positions):
             return
-        refused[positions] = True
-        error_rows.append(positions.astype(np.int64))
-        columns.extend([name] * len(positions))
+        self.refused[positions] = True
+        self.rows.append(positions.astype(np.int64))
+        self.columns.extend([name] * len(positions))
         if callable(reason):
-            reasons.extend(reason(int(p)) for p in positions)
+            self.reasons.extend(reason(int(p)) for p in positions)
         else:
-            reasons.extend([reason] * len(positions))
+            self.reasons.extend([reason] * len(positions))
 
+    def errors(self) -> RowErrors:
+        order = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.int64)
+        return RowErrors(order, self.columns, self.reasons)
+
+
+def _categorical(
+    column: pd.Series[Any], f: Feature, refuse: _Refusals
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """(category indexes, missing cells); unseen categories refused."""
+    text = column.astype("string").str.strip()
+    codes = pd.Index(f.categories or []).get_indexer(pd.Index(text)).astype(np.float64)
+    missing = text.isna().to_numpy()
+    unseen = (codes < 0) & ~missing
+    refuse.add(
+        unseen, f.name, lambda p, t=text: f"category {_shown(t.iloc[p])} was not seen in training"
+    )
+    codes[missing] = np.nan
+    return codes, missing
+
+
+def _scalar(
+    column: pd.Series[Any], f: Feature, refuse: _Refusals
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """(values of a boolean, integer or float feature, missing cells); bad values refused."""
+    if f.kind == FeatureKind.BOOLEAN:
+        values, bad = _booleans(column)
+        refuse.add(bad, f.name, lambda p, c=column: f"{_shown(c.iloc[p])} is not a boolean")
+    else:
+        values, bad = _numbers(column)
+        refuse.add(bad, f.name, lambda p, c=column: f"{_shown(c.iloc[p])} is not a number")
+        refuse.add(np.isinf(values), f.name, "not a finite number")
+        if f.kind == FeatureKind.INTEGER:
+            finite = np.isfinite(values)
+            fractional = finite & (values != np.round(values))
+            refuse.add(fractional, f.name, "not a whole number")
+            refuse.add(finite & (np.abs(values) > MAX_EXACT_INT), f.name, "beyond +-2**53")
+    return values, np.isnan(values) & ~bad
+
+
+def _outside(values: FloatArray, f: Feature) -> int:
+    """How many values lie outside the feature's training range (NaN compares False)."""
+    if f.min is None or f.max is None:
+        return 0
+    return int(np.count_nonzero((values < f.min) | (values > f.max)))
+
+
+def encode_chunk(frame: pd.DataFrame, features: list[Feature]) -> EncodedChunk:
+    """Check and encode ``frame`` (one column per feature, any other columns ignored)."""
+    rows = np.empty((len(frame), len(features)), dtype=np.float64)
+    refuse = _Refusals(len(frame))
+    out_of_range = np.zeros(len(features), dtype=np.int64)
     for i, f in enumerate(features):
         column = frame[f.name]
         if f.kind == FeatureKind.CATEGORICAL:
-            text = column.astype("string").str.strip()
-            codes = pd.Index(f.categories or []).get_indexer(pd.Index(text)).astype(np.float64)
-            missing = text.isna().to_numpy()
-            unseen = (codes < 0) & ~missing
-            refuse(
-                unseen,
-                f.name,
-                lambda p, t=text: f"category {_shown(t.iloc[p])} was not seen in training",
-            )
-            codes[missing] = np.nan
-            values = codes
+            values, missing = _categorical(column, f, refuse)
         else:
-            if f.kind == FeatureKind.BOOLEAN:
-                values, bad = _booleans(column)
-                refuse(bad, f.name, lambda p, c=column: f"{_shown(c.iloc[p])} is not a boolean")
-            else:
-                values, bad = _numbers(column)
-                refuse(bad, f.name, lambda p, c=column: f"{_shown(c.iloc[p])} is not a number")
-                refuse(np.isinf(values), f.name, "not a finite number")
-                if f.kind == FeatureKind.INTEGER:
-                    finite = np.isfinite(values)
-                    fractional = finite & (values != np.round(values))
-                    refuse(fractional, f.name, "not a whole number")
-                    refuse(finite & (np.abs(values) > MAX_EXACT_INT), f.name, "beyond +-2**53")
-            missing = np.isnan(values) & ~bad
-            if f.min is not None and f.max is not None:
-                outside = (values < f.min) | (values > f.max)  # NaN compares False
-                out_of_range[i] = int(np.count_nonzero(outside))
+            values, missing = _scalar(column, f, refuse)
+            out_of_range[i] = _outside(values, f)
         if not f.nullable:
-            refuse(missing, f.name, "missing value (not allowed: none in training)")
+            refuse.add(missing, f.name, "missing value (not allowed: none in training)")
         rows[:, i] = values
-
-    if refused.any():
+    refused = refuse.refused
+    if refused.any():  # out of range counts the accepted rows only
         for i, f in enumerate(features):
-            if f.min is not None and f.max is not None:
-                column_values = rows[refused, i]
-                out_of_range[i] -= int(
-                    np.count_nonzero((column_values < f.min) | (column_values > f.max))
-                )
-    order = np.concatenate(error_rows) if error_rows else np.zeros(0, dtype=np.int64)
-    return EncodedChunk(rows, refused, RowErrors(order, columns, reasons), out_of_range)
+            out_of_range[i] -= _outside(rows[refused, i], f)
+    return EncodedChunk(rows, refused, refuse.errors(), out_of_range)

@@ -264,9 +264,34 @@ def fingerprint(X: pd.DataFrame, y: pd.Series[Any]) -> str:
 
 
 def load_dataset(spec: Spec) -> Dataset:
+    """The spec's dataset, checked (target, features, split column, size) and each feature
+    coerced to its kind, with notes on what looks wrong but trains."""
     raw = _load(spec)
     frame, origin = raw.frame, raw.origin
     target = spec.dataset.target
+    y = _target(frame, target, origin)
+    columns, split_column = _feature_columns(spec, frame, origin)
+    if len(frame) < 10:
+        raise DataError(f"dataset {origin} has only {len(frame)} rows; need at least 10")
+    X, kinds, warnings = _features(spec, raw, columns)
+    if isinstance(y.dtype, pd.StringDtype) or y.dtype == object:
+        y = y.astype(str)
+    X = X.reset_index(drop=True)
+    y = y.reset_index(drop=True).rename(target)
+    split_by = None if split_column is None else frame[split_column].reset_index(drop=True)
+    return Dataset(
+        X=X,
+        y=y,
+        kinds=kinds,
+        origin=origin,
+        fingerprint=fingerprint(X, y),
+        warnings=warnings,
+        split_by=split_by,
+    )
+
+
+def _target(frame: pd.DataFrame, target: str, origin: str) -> pd.Series[Any]:
+    """The target column, refused when missing or with missing values (or with no rows)."""
     if frame.empty or len(frame.columns) == 0:
         raise DataError(f"dataset {origin} has no rows")
     if target not in frame.columns:
@@ -281,6 +306,13 @@ def load_dataset(spec: Spec) -> Dataset:
             f"target {target!r} has {int(y.isna().sum())} missing value(s) in {origin}, "
             f"first at row {first}; drop or fill those rows"
         )
+    return y
+
+
+def _feature_columns(spec: Spec, frame: pd.DataFrame, origin: str) -> tuple[list[Any], str | None]:
+    """The feature columns (included, less the excluded and the split column) and the split
+    column, checked against the frame and the spec."""
+    target = spec.dataset.target
     if spec.features.include is not None:
         columns = list(spec.features.include)
     else:
@@ -301,9 +333,15 @@ def load_dataset(spec: Spec) -> Dataset:
         raise DataError(f"target {target!r} is also listed as a feature")
     if not columns:
         raise DataError(f"dataset {origin} has no feature columns besides the target")
-    if len(frame) < 10:
-        raise DataError(f"dataset {origin} has only {len(frame)} rows; need at least 10")
+    return columns, split_column
 
+
+def _features(
+    spec: Spec, raw: _Raw, columns: list[Any]
+) -> tuple[pd.DataFrame, dict[str, FeatureKind], tuple[str, ...]]:
+    """The feature columns coerced to their kinds (given or inferred), the kinds, and notes:
+    missing-value markers found, categorical columns that look like ids or free text."""
+    frame = raw.frame
     kinds: dict[str, FeatureKind] = {}
     notes: list[str] = []
     X = pd.DataFrame(index=frame.index)
@@ -320,21 +358,7 @@ def load_dataset(spec: Spec) -> Dataset:
         for col, kind in kinds.items()
         if kind == FeatureKind.CATEGORICAL and X[col].nunique() > max(50, len(X) // 2)
     )
-    warnings = tuple(notes)
-    if isinstance(y.dtype, pd.StringDtype) or y.dtype == object:
-        y = y.astype(str)
-    X = X.reset_index(drop=True)
-    y = y.reset_index(drop=True).rename(target)
-    split_by = None if split_column is None else frame[split_column].reset_index(drop=True)
-    return Dataset(
-        X=X,
-        y=y,
-        kinds=kinds,
-        origin=origin,
-        fingerprint=fingerprint(X, y),
-        warnings=warnings,
-        split_by=split_by,
-    )
+    return X, kinds, tuple(notes)
 
 
 def infer_csv_task(path: Path, target: str) -> Task:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from serving.execution.onnx_runtime import OnnxIO
+from serving.execution.onnx_runtime import OnnxIO, OnnxModel, OnnxUnavailableError
 from serving.store import ONNX_FILE, Feature, FeatureKind, OnnxExport, OnnxParity, Task
 from training.onnx_layout import transpose_linear_chains
 from training.onnx_trees import use_exact_thresholds
@@ -229,39 +230,17 @@ def export(
     model: Any, signature: OnnxIO, X_holdout: pd.DataFrame, out_dir: Path, seed: int
 ) -> OnnxExport:
     """Write ``model.onnx`` into ``out_dir`` if it converts and passes parity; say why not."""
-    from dataclasses import replace
-
-    from serving.execution.onnx_runtime import OnnxModel, OnnxUnavailableError
-
     argmax = signature.task == Task.CLASSIFICATION and _argmax_decides(model)
     signature = replace(signature, labels_from_probabilities=argmax)
 
     if converter_version() is None:
         return OnnxExport(status="unavailable", reason="skl2onnx is not installed")
     start = time.perf_counter()
-    try:
-        onnx_bytes = convert(model, signature)
-    except Exception as exc:  # the converter raises many types for unsupported models
-        return OnnxExport(
-            status="conversion_failed",
-            reason=failure_text(exc),
-        )
-    try:
-        onnx_model = OnnxModel(signature, onnx_bytes)
-    except OnnxUnavailableError as exc:
-        return OnnxExport(status="unavailable", reason=str(exc))
-    except Exception as exc:  # a graph onnxruntime cannot load is a conversion failure
-        return OnnxExport(status="conversion_failed", reason=f"onnxruntime: {failure_text(exc)}")
-    X_check = pd.concat(
-        [
-            X_holdout,
-            generated_rows(signature.features, _RANDOM_ROWS, seed),
-            boundary_rows(model, X_holdout, signature.features, seed)
-            if signature.task == Task.CLASSIFICATION
-            else X_holdout.iloc[:0],
-        ],
-        ignore_index=True,
-    )
+    compiled = _compile(model, signature)
+    if isinstance(compiled, OnnxExport):
+        return compiled
+    onnx_bytes, onnx_model = compiled
+    X_check = _rows_to_check(model, X_holdout, signature, seed)
     try:
         parity = check_parity(model, onnx_model, X_check, signature)
     except Exception as exc:  # e.g. the graph rejects an input the pipeline accepts
@@ -285,4 +264,37 @@ def export(
         parity=parity,
         seconds=round(seconds, 3),
         labels_from_probabilities=argmax,
+    )
+
+
+def _compile(model: Any, signature: OnnxIO) -> tuple[bytes, OnnxModel] | OnnxExport:
+    """The ONNX graph and the serving class loaded with it, or why not (an OnnxExport)."""
+    try:
+        onnx_bytes = convert(model, signature)
+    except Exception as exc:  # the converter raises many types for unsupported models
+        return OnnxExport(
+            status="conversion_failed",
+            reason=failure_text(exc),
+        )
+    try:
+        return onnx_bytes, OnnxModel(signature, onnx_bytes)
+    except OnnxUnavailableError as exc:
+        return OnnxExport(status="unavailable", reason=str(exc))
+    except Exception as exc:  # a graph onnxruntime cannot load is a conversion failure
+        return OnnxExport(status="conversion_failed", reason=f"onnxruntime: {failure_text(exc)}")
+
+
+def _rows_to_check(
+    model: Any, X_holdout: pd.DataFrame, signature: OnnxIO, seed: int
+) -> pd.DataFrame:
+    """The holdout, random rows and (for a classifier) rows near decision boundaries."""
+    return pd.concat(
+        [
+            X_holdout,
+            generated_rows(signature.features, _RANDOM_ROWS, seed),
+            boundary_rows(model, X_holdout, signature.features, seed)
+            if signature.task == Task.CLASSIFICATION
+            else X_holdout.iloc[:0],
+        ],
+        ignore_index=True,
     )

@@ -108,7 +108,7 @@ def _find_chains(graph: Any, constants: dict[str, Any]) -> list[_Chain]:
 
 def transpose_linear_chains(onx: Any) -> bool:
     """Rewrite every such chain of ``onx`` in place; return True when any was rewritten."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     graph = onx.graph
     if any(a.type in (a.GRAPH, a.GRAPHS) for node in graph.node for a in node.attribute):
@@ -123,34 +123,8 @@ def transpose_linear_chains(onx: Any) -> bool:
     added: list[Any] = []
     index = {id(node): i for i, node in enumerate(graph.node)}
     for n, chain in enumerate(chains):
-        prefix = f"{chain.matmul.name or 'matmul'}_cols{n}"
-        nodes = []
-        current = f"{prefix}_in"
-        nodes.append(helper.make_node("Transpose", [chain.start], [current], perm=[1, 0]))
-
-        def column(name: str, value: Any, prefix: str = prefix) -> str:
-            col = f"{prefix}_{name}"
-            added.append(numpy_helper.from_array(np.ascontiguousarray(value), col))
-            return col
-
-        for i, node in enumerate(chain.elementwise):
-            position, value = _known_constant(node, constants)
-            inputs = [current, current]
-            inputs[position] = column(f"c{i}", np.reshape(value, (-1, 1)))
-            current = f"{prefix}_e{i}"
-            nodes.append(helper.make_node(node.op_type, inputs, [current]))
-        weights = constants[chain.matmul.input[1]]
-        product = f"{prefix}_mm"
-        nodes.append(helper.make_node("MatMul", [column("wT", weights.T), current], [product]))
-        last, out = chain.matmul, product
-        if chain.bias is not None:
-            position, value = _known_constant(chain.bias, constants)
-            inputs = [out, out]
-            inputs[position] = column("b", np.reshape(value, (-1, 1)))
-            out = f"{prefix}_bias"
-            nodes.append(helper.make_node("Add", inputs, [out]))
-            last = chain.bias
-        nodes.append(helper.make_node("Transpose", [out], [last.output[0]], perm=[1, 0]))
+        nodes, columns = _on_columns(chain, f"{chain.matmul.name or 'matmul'}_cols{n}", constants)
+        added += columns
         members = [*chain.elementwise, chain.matmul, *([chain.bias] if chain.bias else [])]
         positions = sorted(index[id(m)] for m in members)
         replaced[positions[0]] = nodes
@@ -168,3 +142,40 @@ def transpose_linear_chains(onx: Any) -> bool:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return True
+
+
+def _on_columns(
+    chain: _Chain, prefix: str, constants: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """The nodes that compute ``chain`` on the transposed input, and the column constants
+    they read (initializers named after ``prefix``)."""
+    from onnx import helper, numpy_helper
+
+    added: list[Any] = []
+
+    def column(name: str, value: Any) -> str:
+        col = f"{prefix}_{name}"
+        added.append(numpy_helper.from_array(np.ascontiguousarray(value), col))
+        return col
+
+    current = f"{prefix}_in"
+    nodes = [helper.make_node("Transpose", [chain.start], [current], perm=[1, 0])]
+    for i, node in enumerate(chain.elementwise):
+        position, value = _known_constant(node, constants)
+        inputs = [current, current]
+        inputs[position] = column(f"c{i}", np.reshape(value, (-1, 1)))
+        current = f"{prefix}_e{i}"
+        nodes.append(helper.make_node(node.op_type, inputs, [current]))
+    weights = constants[chain.matmul.input[1]]
+    product = f"{prefix}_mm"
+    nodes.append(helper.make_node("MatMul", [column("wT", weights.T), current], [product]))
+    last, out = chain.matmul, product
+    if chain.bias is not None:
+        position, value = _known_constant(chain.bias, constants)
+        inputs = [out, out]
+        inputs[position] = column("b", np.reshape(value, (-1, 1)))
+        out = f"{prefix}_bias"
+        nodes.append(helper.make_node("Add", inputs, [out]))
+        last = chain.bias
+    nodes.append(helper.make_node("Transpose", [out], [last.output[0]], perm=[1, 0]))
+    return nodes, added

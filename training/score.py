@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from serving.execution.runtime import RuntimeName, RuntimePolicy, load
+from serving.execution.runtime import LoadedModel, RuntimeName, RuntimePolicy, load
 from serving.store import Manifest, ModelStore, StoreError, Task
 from training.csv_rows import EncodedChunk, RowErrors, encode_chunk, read_dtypes
 from training.datasets import MISSING_MARKERS
@@ -270,15 +270,8 @@ def score_csv(
     so a row's number is its line number minus one when each row is one line. A line with more
     fields than the header is refused as a whole (its column in the errors file is empty).
     """
-    if version is None:
-        version = store.production(name)
-        if version is None:
-            raise StoreError(f"model {name!r} has no production version; give VERSION=n")
-    policy = RuntimePolicy(prefer_onnx=prefer_onnx, onnx_threads=threads or os.cpu_count() or 1)
-    model = load(store, name, version, policy)
+    model = _model(store, name, version, probabilities, threads, prefer_onnx)
     manifest = model.manifest
-    if probabilities and manifest.task != Task.CLASSIFICATION:
-        raise ScoreError(f"{name} is a regressor: it has no class probabilities")
     writer = ScoreWriter(model, probabilities)
     errors = errors_path(out)
     out_tmp = out.with_name(out.name + ".partial")
@@ -299,7 +292,7 @@ def score_csv(
         errors_tmp.unlink(missing_ok=True)
     return ScoreSummary(
         name=name,
-        version=version,
+        version=manifest.version,
         runtime=model.runtime,
         rows=total,
         scored=scored,
@@ -311,6 +304,26 @@ def score_csv(
             f.name: int(c) for f, c in zip(manifest.features, out_of_range, strict=True) if c
         },
     )
+
+
+def _model(
+    store: ModelStore,
+    name: str,
+    version: int | None,
+    probabilities: bool,
+    threads: int | None,
+    prefer_onnx: bool,
+) -> LoadedModel:
+    """The version to score with (production unless given), loaded into its runtime."""
+    if version is None:
+        version = store.production(name)
+        if version is None:
+            raise StoreError(f"model {name!r} has no production version; give VERSION=n")
+    policy = RuntimePolicy(prefer_onnx=prefer_onnx, onnx_threads=threads or os.cpu_count() or 1)
+    model = load(store, name, version, policy)
+    if probabilities and model.manifest.task != Task.CLASSIFICATION:
+        raise ScoreError(f"{name} is a regressor: it has no class probabilities")
+    return model
 
 
 def _score_chunks(

@@ -34,7 +34,7 @@ from serving.core.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
-from serving.core.registry import Known, ModelState, ServedModel, Unserved
+from serving.core.registry import Known, ServedModel
 from serving.execution.executor import ModelKey
 from serving.store import (
     IntegrityError,
@@ -163,44 +163,20 @@ class Lifecycle:
         return out
 
     async def _apply(self, name: str, wanted: _Wanted | None, retry: bool) -> bool:
+        """Load, switch to and retire what the store asks for one model; True on a change."""
         reg = self.registry
         current = {k: s for k, s in reg.models.items() if k[0] == name}
         if wanted is None:
-            if not current and name not in reg.broken_names:
-                return False
-            log.info("model %s is gone from the store; no longer serving it", name)
-            self._previous.pop(name, None)
-            await self._switch(reg.forget(name))
-            return True
+            return await self._gone(name, current)
         if wanted.error is not None:
-            if current:  # keep serving what we have; log the store problem once, report it
-                if reg.store_problems.get(name) != wanted.error:
-                    log.error("model %s: cannot read the store (%s)", name, wanted.error)
-                reg.store_problems[name] = wanted.error
-                return False
-            if reg.broken_names.get(name) != wanted.error:
-                log.error("not serving %s: %s", name, wanted.error)
-            reg.broken_names[name] = wanted.error
+            self._unreadable(name, wanted.error, bool(current))
             return False
         reg.broken_names.pop(name, None)
         reg.store_problems.pop(name, None)
         assert wanted.default is not None
         old_default = reg.default_version.get(name)
         old_ok = old_default is not None and reg.is_ready((name, old_default))
-        loaded: dict[ModelKey, ServedModel] = {}
-        failures: dict[ModelKey, str] = {}
-        for version in sorted(wanted.versions):
-            key = (name, version)
-            if reg.is_ready(key):
-                continue
-            failed_before = key in reg.rejected or key in reg.unreadable or key in current
-            if failed_before and not retry:
-                continue  # reported already; an admin reload retries it
-            result = await self._load(key)
-            if isinstance(result, str):
-                failures[key] = result
-            else:
-                loaded[key] = result
+        loaded, failures = await self._load_new(name, wanted.versions, current, retry)
         default = wanted.default
         if not (reg.is_ready((name, default)) or (name, default) in loaded) and old_ok:
             assert old_default is not None
@@ -213,26 +189,54 @@ class Lifecycle:
         keep = {default, *self._previous.get(name, []), *wanted.versions}
         retired = [s for k, s in current.items() if k[1] not in keep or k in loaded]
         reg.forget_reports(name, keep - {v for (_, v) in loaded})
-        for key, reason in failures.items():
-            if key in current:  # a model that failed before failed again
-                failed = current[key]
-                reg.add(Unserved(failed.manifest, ModelState.FAILED, reason, failed.warnings))
-            elif key == (name, default):  # nothing else to serve: answer 503, not ready
-                reg.unreadable[key] = reason
-            else:  # an older version keeps serving: reported, still ready
-                reg.rejected[key] = reason
+        reg.report_failures((name, default), current, failures)
         if not loaded and not retired and old_default == default:
             return False
         reg.switch(name, default, loaded, retired)
         if old_default != default:
-            if old_default is None:  # a first load: nothing was served before
-                log.info("model %s: serving v%s", name, default)
-            elif not old_ok:
-                log.info("model %s: serving v%s (v%s was not served)", name, default, old_default)
-            else:
-                log.info("model %s: now serving v%s (was v%s)", name, default, old_default)
+            _log_default(name, default, old_default, old_ok)
         await self._switch(retired)
         return True
+
+    async def _gone(self, name: str, current: dict[ModelKey, Known]) -> bool:
+        """Stop serving a model gone from the store (or unloaded); True when it was known."""
+        if not current and name not in self.registry.broken_names:
+            return False
+        log.info("model %s is gone from the store; no longer serving it", name)
+        self._previous.pop(name, None)
+        await self._switch(self.registry.forget(name))
+        return True
+
+    def _unreadable(self, name: str, error: str, serving: bool) -> None:
+        """Report a store that cannot be read for one model, logged once per distinct problem
+        (``serving``: a version of it keeps serving, so it is a store problem, not broken)."""
+        reports = self.registry.store_problems if serving else self.registry.broken_names
+        if reports.get(name) != error:
+            message = "model %s: cannot read the store (%s)" if serving else "not serving %s: %s"
+            log.error(message, name, error)
+        reports[name] = error
+
+    async def _load_new(
+        self, name: str, versions: Iterable[int], current: dict[ModelKey, Known], retry: bool
+    ) -> tuple[dict[ModelKey, ServedModel], dict[ModelKey, str]]:
+        """Load the wanted versions not ready yet: those loaded, and why the others failed.
+        Versions that failed before are left alone unless ``retry``."""
+        loaded: dict[ModelKey, ServedModel] = {}
+        failures: dict[ModelKey, str] = {}
+        reg = self.registry
+        for version in sorted(versions):
+            key = (name, version)
+            if reg.is_ready(key):
+                continue
+            failed_before = key in reg.rejected or key in reg.unreadable or key in current
+            if failed_before and not retry:
+                continue  # reported already; an admin reload retries it
+            result = await self._load(key)
+            if isinstance(result, str):
+                failures[key] = result
+            else:
+                loaded[key] = result
+        return loaded, failures
 
     async def _switch(self, retired: Iterable[Known]) -> None:
         """Tell the listeners (the registry has switched already), then drain and unload the
@@ -365,6 +369,15 @@ class Lifecycle:
                 f"({reason}); v{state['default_version']} keeps serving"
             )
         return state
+
+
+def _log_default(name: str, default: int, old_default: int | None, old_ok: bool) -> None:
+    if old_default is None:  # a first load: nothing was served before
+        log.info("model %s: serving v%s", name, default)
+    elif not old_ok:
+        log.info("model %s: serving v%s (v%s was not served)", name, default, old_default)
+    else:
+        log.info("model %s: now serving v%s (was v%s)", name, default, old_default)
 
 
 def _check_name(name: str) -> None:

@@ -202,6 +202,20 @@ class Registry:
             for key in [k for k in reports if k[0] == name and k[1] not in keep]:
                 del reports[key]
 
+    def report_failures(
+        self, default: ModelKey, current: dict[ModelKey, Known], failures: dict[ModelKey, str]
+    ) -> None:
+        """Record why versions of a model failed to load, by what it means for its readiness
+        (``default``: the version it serves; ``current``: its records before the load)."""
+        for key, reason in failures.items():
+            if key in current:  # a model that failed before failed again
+                failed = current[key]
+                self.add(Unserved(failed.manifest, ModelState.FAILED, reason, failed.warnings))
+            elif key == default:  # nothing else to serve: answer 503, not ready
+                self.unreadable[key] = reason
+            else:  # an older version keeps serving: reported, still ready
+                self.rejected[key] = reason
+
     @staticmethod
     def retire(records: list[Known]) -> None:
         for record in records:

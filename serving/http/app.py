@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,6 +24,8 @@ from serving.observe.observability import Observability
 from serving.settings import Settings
 
 log = logging.getLogger("servewell")
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 DESCRIPTION = """\
 Predictions from scikit-learn models in the servewell model store.
@@ -56,56 +58,20 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     log.setLevel(settings.log_level.upper())
     observability = Observability(settings)
     edge = Edge(settings, observability)
+    app = _service_app(_lifespan(settings, observability, edge))
+    app.state.settings = settings
+    app.state.dataplane = None
+    app.state.lifecycle = None
+    app.state.observability = observability
+    app.state.inference_service = None
+    app.edge = edge
+    _install_routes(app, settings)
+    return app
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dataplane = build_dataplane(settings)
-        started = time.monotonic()
-        try:
-            await dataplane.start()
-        except BaseException:
-            dataplane.close()
-            raise
-        lifecycle = Lifecycle(dataplane)
-        inference_service = InferenceService(dataplane)
-        typed = TypedCodec(dataplane)
 
-        def follow_models() -> None:
-            """The edge's paths and the OpenAPI document follow the served set (start and
-            every swap)."""
-            edge.predict.fill(dataplane, typed)
-            edge.infer.fill(dataplane, inference_service)
-            app.openapi_schema = None
-
-        app.state.dataplane = dataplane
-        app.state.inference_service = inference_service
-        follow_models()
-        lifecycle.listeners.append(follow_models)
-        observability.start(dataplane, time.monotonic() - started)
-        lifecycle.listeners.append(observability.follow)
-        lifecycle.load_listeners.append(observability.model_loaded)
-        app.state.lifecycle = lifecycle
-        lifecycle.start_polling()
-        ok, _ = dataplane.readiness()
-        log.log(
-            logging.INFO if ok else logging.WARNING,
-            "servewell %s: %d model version(s) served",
-            "ready" if ok else "NOT ready",
-            len(dataplane.ready_models()),
-        )
-        try:
-            yield
-        finally:
-            await lifecycle.stop()
-            await observability.stop()
-            app.state.lifecycle = None
-            edge.predict.clear()
-            edge.infer.clear()
-            app.state.inference_service = None
-            app.state.dataplane = None
-            dataplane.close()
-
-    app = ServiceApp(
+def _service_app(lifespan: Lifespan) -> ServiceApp:
+    """The bare app: its metadata, and FastAPI's defaults the service does not want."""
+    return ServiceApp(
         title="servewell",
         description=DESCRIPTION,
         version="0.1.0",
@@ -119,12 +85,10 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         # 20 µs a request, checking for providers); the service has its own metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
-    app.state.dataplane = None
-    app.state.lifecycle = None
-    app.state.observability = observability
-    app.state.inference_service = None
-    app.edge = edge
+
+
+def _install_routes(app: ServiceApp, settings: Settings) -> None:
+    """Error handlers, one router per resource, the docs and the OpenAPI document."""
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)
@@ -133,7 +97,71 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.include_router(v2.router)
     docs.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
-    return app
+
+
+def _lifespan(settings: Settings, observability: Observability, edge: Edge) -> Lifespan:
+    """Start the data plane (verify and load the models, start the pool) when the app
+    starts, serve it until the app stops, then stop everything in reverse."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dataplane = build_dataplane(settings)
+        started = time.monotonic()
+        try:
+            await dataplane.start()
+        except BaseException:
+            dataplane.close()
+            raise
+        lifecycle = _serve(app, dataplane, edge, observability, started)
+        try:
+            yield
+        finally:
+            await lifecycle.stop()
+            await observability.stop()
+            app.state.lifecycle = None
+            edge.predict.clear()
+            edge.infer.clear()
+            app.state.inference_service = None
+            app.state.dataplane = None
+            dataplane.close()
+
+    return lifespan
+
+
+def _serve(
+    app: FastAPI, dataplane: DataPlane, edge: Edge, observability: Observability, started: float
+) -> Lifecycle:
+    """Put a started data plane behind the app: its state, the edge's paths, observability
+    and the lifecycle that keeps them in step with the store (polling started). ``started``:
+    when the data plane began to start (``time.monotonic``), for the load time."""
+    lifecycle = Lifecycle(dataplane)
+    inference_service = InferenceService(dataplane)
+    typed = TypedCodec(dataplane)
+
+    def follow_models() -> None:
+        """The edge's paths and the OpenAPI document follow the served set (start and
+        every swap)."""
+        edge.predict.fill(dataplane, typed)
+        edge.infer.fill(dataplane, inference_service)
+        app.openapi_schema = None
+
+    app.state.dataplane = dataplane
+    app.state.inference_service = inference_service
+    follow_models()
+    lifecycle.listeners.append(follow_models)
+    observability.start(dataplane, time.monotonic() - started)
+    lifecycle.listeners.append(observability.follow)
+    lifecycle.load_listeners.append(observability.model_loaded)
+    app.state.lifecycle = lifecycle
+    lifecycle.start_polling()
+    ok, _ = dataplane.readiness()
+    log.log(
+        logging.INFO if ok else logging.WARNING,
+        "servewell %s: %d model version(s) served",
+        "ready" if ok else "NOT ready",
+        len(dataplane.ready_models()),
+    )
+    return lifecycle
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -39,16 +39,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.core.admission import Sweeper, deadline_in, sweeper
-from serving.core.context import (
-    CURRENT,
-    RequestContext,
-)
+from serving.core.context import CURRENT, RequestContext
 from serving.core.dataplane import ServedModel
-from serving.core.errors import (
-    BodyTimeoutError,
-    PayloadTooLargeError,
-    ServingError,
-)
+from serving.core.errors import BodyTimeoutError, PayloadTooLargeError, ServingError
 from serving.core.predictor import answer
 from serving.core.shedding import Shedder, Ticket
 from serving.http.disconnect import ClientGoneError, unless_disconnected
@@ -334,16 +327,10 @@ class Edge:
         except asyncio.CancelledError:
             if watcher is None or not _expired(watcher, task):
                 raise
-            if started:
-                raise RuntimeError("the request body timed out after the response began") from None
-            raise self._slow_body(ctx.deadline.seconds) from None
-        except Exception:
-            if refused is not None:
-                raise _refusal_after(started, refused) from None
-            if started:
-                raise
-            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            return await _send_response(send, internal_error_response(scope["path"]), stamp)
+            raise _timeout_after(started, ctx.deadline.seconds) from None
+        except Exception as failure:
+            response = _failure_response(failure, started, refused, scope)
+            return await _send_response(send, response, stamp)
         finally:
             if watcher is not None:
                 watcher.release(task)
@@ -356,6 +343,27 @@ def _refusal_after(started: bool, refused: ServingError) -> Exception:
     """What to raise when the app is done with a refused body: the refusal, for the edge to
     answer, or once the app's response had begun, an error (nothing more can be sent)."""
     return RuntimeError("the app failed after its response began") if started else refused
+
+
+def _timeout_after(started: bool, seconds: float) -> Exception:
+    """What to raise when the deadline cut the app's body short: the 408, for the edge to
+    answer, or once the app's response had begun, an error."""
+    if started:
+        return RuntimeError("the request body timed out after the response began")
+    return Edge._slow_body(seconds)
+
+
+def _failure_response(
+    failure: Exception, started: bool, refused: ServingError | None, scope: Scope
+) -> Response:
+    """The 500 for an app that failed before its response began (out of :meth:`Edge._pass`,
+    which runs per request: errors are rare); raises what the edge answers otherwise."""
+    if refused is not None:
+        raise _refusal_after(started, refused) from None
+    if started:
+        raise failure
+    log.error("unexpected error on %s %s", scope["method"], scope["path"], exc_info=failure)
+    return internal_error_response(scope["path"])
 
 
 def _arrived(ticket: Ticket, received: int) -> None:

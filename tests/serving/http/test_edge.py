@@ -1,19 +1,26 @@
 """The request edge on a real server: the limits it enforces answer in the shape of the API
 the path belongs to, on the paths it answers itself and on those the app answers, and every
-answer carries the request id."""
+answer carries the request id. The app's own failures on the paths it answers are driven in
+process, with an app that fails on purpose."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.core.admission import _SWEEPERS
+from serving.http.edge import Edge
+from serving.observe.observability import Observability
+from serving.settings import Settings
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
 from tests.serving.raw_http import until_closed
@@ -266,3 +273,75 @@ def test_the_edge_answers_unknown_models_bad_versions_and_other_methods(
     assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
     assert _v2_error(http.get(INFER), 405) == "Method Not Allowed"
     assert http.post("/models/a/b/predict", json=row).json()["error"]["type"] == "not_found"
+
+
+# -- the app failing on a path it answers (in process: an app that fails on purpose) ---------
+
+
+def _through_edge(
+    app: ASGIApp, chunks: list[bytes], **overrides: Any
+) -> tuple[int | None, dict[bytes, bytes], bytes]:
+    """Send one POST /elsewhere with ``chunks`` as its body through an edge in front of
+    ``app``; the edge's response (status, headers, body). An empty chunk ends the body;
+    without one, a receive past the last chunk waits for ever (a client that stops sending)."""
+    settings = Settings(metrics=False, access_log=False, log_level="warning", **overrides)
+    edge = Edge(settings, Observability(settings)).around(app)
+    sent: list[Message] = []
+    scope = {"type": "http", "method": "POST", "path": "/elsewhere", "headers": []}
+
+    async def receive() -> Message:
+        if not chunks:
+            await asyncio.Event().wait()
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": chunk != b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(edge(scope, receive, send))
+    start = next((m for m in sent if m["type"] == "http.response.start"), None)
+    if start is None:
+        return None, {}, b""
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+async def _reads_body_then_fails(scope: Scope, receive: Receive, send: Send) -> None:
+    while (await receive()).get("more_body", False):
+        pass
+    raise ValueError("the app failed")
+
+
+async def _fails_after_starting(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    raise ValueError("the app failed")
+
+
+def test_an_app_failing_before_its_response_is_a_500_with_the_id() -> None:
+    status, headers, body = _through_edge(_reads_body_then_fails, [b"{}", b""])
+    assert status == 500
+    assert json.loads(body)["error"]["type"] == "internal_error"
+    assert headers[b"x-request-id"]
+
+
+def test_an_app_failing_after_its_response_began_raises_its_own_error() -> None:
+    with pytest.raises(ValueError, match="the app failed"):
+        _through_edge(_fails_after_starting, [b"{}", b""])
+
+
+def test_an_app_body_over_the_limit_is_413_and_closes_whatever_the_app_made_of_it() -> None:
+    status, headers, body = _through_edge(
+        _reads_body_then_fails, [b"x" * 3000, b"x" * 3000, b""], max_body_bytes=LIMIT
+    )
+    assert status == 413
+    assert headers[b"connection"] == b"close"
+    assert json.loads(body)["error"]["type"] == "payload_too_large"
+
+
+def test_an_app_body_that_stops_arriving_is_408_and_closes() -> None:
+    status, headers, body = _through_edge(
+        _reads_body_then_fails, [b"x" * 100], request_timeout_s=0.2
+    )
+    assert status == 408
+    assert headers[b"connection"] == b"close"
+    assert "within the deadline of 0.2 s" in json.loads(body)["error"]["message"]
