@@ -19,6 +19,7 @@ reference to the other; one state with four hooks keeps every field in one place
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import multiprocessing
@@ -36,7 +37,7 @@ __all__ = ["SupervisedWorkers"]
 log = logging.getLogger("servewell.pool")
 
 
-class SupervisedWorkers:
+class SupervisedWorkers(abc.ABC):
     """``size`` worker processes holding ``models``, replaced when they die or hang."""
 
     def __init__(
@@ -79,21 +80,21 @@ class SupervisedWorkers:
 
     # -- hooks: what the workers were doing belongs to the pool -----------------------------
 
+    @abc.abstractmethod
     def _on_readable(self, worker: WorkerHandle) -> None:
         """Read what ``worker`` sent (called by the event loop)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _settle(self, worker: WorkerHandle, why: str) -> None:
         """Retry or fail what a dead worker was doing."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _feed(self, worker: WorkerHandle) -> None:
         """Give an idle ready worker its next message, if any."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _fail_everything(self, error: Exception) -> None:
         """Fail every batch and control message, sent or waiting."""
-        raise NotImplementedError
 
     # -- lifecycle ----------------------------------------------------------------------------
 
