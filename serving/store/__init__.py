@@ -1,8 +1,11 @@
 """The model store: the one package that owns the on-disk artifact contract.
 
 :mod:`serving.store.artifact` is the contract (manifest schema, hashes, signature,
-verification), :mod:`serving.store.store` the layout and the production pointer
-(:class:`ModelStore`), :mod:`serving.store.files` the link-refusing file reads they share.
+verification), :mod:`serving.store.store` the :class:`ModelStore` everything reads and writes
+versions through, built on :mod:`serving.store.layout` (where folders lie, valid names and
+version numbers), :mod:`serving.store.publishing` (staging a version and renaming it into
+place) and :mod:`serving.store.pointer` (the production pointer and its rollback history);
+:mod:`serving.store.files` holds the link-refusing file reads they share.
 Everything is importable from here.
 """
 
@@ -33,16 +36,15 @@ from serving.store.errors import (
     ModelNotFoundError,
     StoreError,
 )
-from serving.store.store import (
+from serving.store.layout import (
     HISTORY_FILE,
     LOCK_FILE,
     PRODUCTION_FILE,
-    ModelStore,
-    StagedVersion,
-    VersionInfo,
     parse_version,
     validate_name,
 )
+from serving.store.publishing import StagedVersion
+from serving.store.store import ModelStore, VersionInfo
 
 __all__ = [
     "HISTORY_FILE",

@@ -4,8 +4,8 @@ A version folder holds ``model.joblib`` (the fitted estimator), optionally ``mod
 ``report/`` folder, and ``manifest.json``: the :class:`Manifest` below, with the sha256 of every
 other file. With a signing key, ``manifest.sig`` binds the manifest to its model name and
 version number (:func:`sign`). This module owns the manifest schema, the hashing, the signature
-and the verification of a folder; :mod:`serving.store.store` owns where folders lie and which
-one serves.
+and the verification of a folder; :mod:`serving.store.layout` owns where folders lie and
+:mod:`serving.store.pointer` which one serves.
 """
 
 from __future__ import annotations
