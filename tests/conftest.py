@@ -7,9 +7,9 @@ from collections.abc import Generator
 
 import pytest
 
-MUST_RUN_IN_CI = ("slow", "ray")
-"""Markers of tests that CI runs in runs of their own: there, a skip would pass unnoticed
-(a missing extra or tool), so it fails instead."""
+MUST_RUN_IN_CI = ("slow", "ray", "postgres")
+"""Markers of tests that need something besides the virtualenv (a tool, an extra, a database
+server): in CI a skip would pass unnoticed, so it fails instead."""
 
 
 def _in_ci() -> bool:
@@ -29,5 +29,5 @@ def pytest_runtest_makereport(
     ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = f"skipped in CI, where every slow and ray test must run: {reason}"
+        report.longrepr = f"skipped in CI, where every {MUST_RUN_IN_CI} test must run: {reason}"
     return report

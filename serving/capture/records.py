@@ -1,0 +1,91 @@
+"""What the request path hands to capture, and how it becomes database rows.
+
+A :class:`Captured` is one request: references to arrays the request already has, built with
+no per-row work, so capturing costs the event loop one object and one append. The writer's
+thread turns it into rows (:func:`rows_of`): inputs back to their feature values by name,
+labels and probabilities as the response gave them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from serving.execution.runtime import FloatArray, Prediction
+from serving.store import FeatureKind, Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """One answered request of one model version."""
+
+    manifest: Manifest
+    request_id: str
+    ts: float
+    """When the answer was ready, UTC seconds since the epoch."""
+    latency_ms: float
+    transport: str
+    """``rest`` (typed JSON), ``v2`` (Open Inference Protocol over HTTP), ..."""
+    rows: FloatArray
+    """The validated inputs, encoded in feature order (serving.core.dataplane.RowEncoder)."""
+    prediction: Prediction
+    class_keys: Sequence[str]
+    """The probability columns' keys, as the response writes them."""
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+
+Decoder = Callable[[float], Any]
+
+
+def _decoder(kind: FeatureKind, categories: Sequence[str] | None) -> Decoder:
+    """An encoded value back to what a client sends: NaN is null, categories are text."""
+    if kind == FeatureKind.CATEGORICAL:
+        names = list(categories or [])
+        return lambda v: None if math.isnan(v) else names[int(v)]
+    if kind == FeatureKind.BOOLEAN:
+        return lambda v: None if math.isnan(v) else bool(v)
+    if kind == FeatureKind.INTEGER:
+        return lambda v: None if math.isnan(v) else int(v)
+    return lambda v: None if math.isnan(v) else v
+
+
+def decoders(manifest: Manifest) -> list[tuple[str, Decoder]]:
+    return [(f.name, _decoder(f.kind, f.categories)) for f in manifest.features]
+
+
+def rows_of(record: Captured, decode: Sequence[tuple[str, Decoder]]) -> Iterator[dict[str, Any]]:
+    """The database rows of one request (``decode``: :func:`decoders` of its manifest)."""
+    manifest = record.manifest
+    values = record.prediction.predictions.tolist()
+    probabilities = record.prediction.probabilities
+    if probabilities is not None and len(record.class_keys) == probabilities.shape[1]:
+        keys = list(record.class_keys)
+        probability_rows: list[bytes | None] = [
+            orjson.dumps(dict(zip(keys, p, strict=True))) for p in probabilities.tolist()
+        ]
+    else:
+        probability_rows = [None] * len(values)
+    for i, (row, value, probability) in enumerate(
+        zip(np.asarray(record.rows).tolist(), values, probability_rows, strict=True)
+    ):
+        inputs = {name: d(v) for (name, d), v in zip(decode, row, strict=True)}
+        yield {
+            "model": manifest.name,
+            "version": manifest.version,
+            "request_id": record.request_id,
+            "row": i,
+            "ts": record.ts,
+            "transport": record.transport,
+            "latency_ms": record.latency_ms,
+            "inputs": orjson.dumps(inputs).decode(),
+            "prediction": orjson.dumps(value).decode(),
+            "probabilities": None if probability is None else probability.decode(),
+        }

@@ -1,0 +1,172 @@
+"""Reading and writing the capture database (SQLAlchemy Core; SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, and_, delete, func, insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from serving.capture.records import Captured, Decoder, decoders, rows_of
+from serving.capture.schema import labels, predictions
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A true label (or value) for one captured row, keyed as the application knows it."""
+
+    request_id: str
+    row: int
+    label: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedRow:
+    """One captured prediction, with its label when one was sent."""
+
+    model: str
+    version: int
+    request_id: str
+    row: int
+    ts: float
+    transport: str
+    latency_ms: float
+    inputs: dict[str, Any]
+    prediction: Any
+    probabilities: dict[str, float] | None
+    label: Any = None
+    labelled: float | None = None
+    """When the label arrived (UTC seconds), None when there is none."""
+
+
+class CaptureStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._decoders: dict[tuple[str, int], list[tuple[str, Decoder]]] = {}
+
+    def write(self, batch: Sequence[Captured]) -> None:
+        """Insert the rows of ``batch`` in one transaction (the writer thread's sink)."""
+        rows: list[dict[str, Any]] = []
+        for record in batch:
+            key = (record.manifest.name, record.manifest.version)
+            decode = self._decoders.get(key)
+            if decode is None:
+                decode = self._decoders[key] = decoders(record.manifest)
+            rows.extend(rows_of(record, decode))
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(predictions), rows)
+
+    def known(self, model: str, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which ``(request_id, row)`` of ``model`` were captured."""
+        wanted = list(set(keys))
+        if not wanted:
+            return set()
+        c = predictions.c
+        found: set[tuple[str, int]] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):  # bounded statements on either database
+                chunk = wanted[start : start + 500]
+                query = select(c.request_id, c.row).where(
+                    c.model == model, tuple_(c.request_id, c.row).in_(chunk)
+                )
+                found.update((r, i) for r, i in conn.execute(query))
+        return found
+
+    def record_labels(self, model: str, items: Sequence[Label], now: float) -> None:
+        """Store labels in one transaction; a label sent again replaces the one before."""
+        if not items:
+            return
+        values = [
+            {
+                "model": model,
+                "request_id": item.request_id,
+                "row": item.row,
+                "label": orjson.dumps(item.label).decode(),
+                "received": now,
+            }
+            for item in items
+        ]
+        dialect = self.engine.dialect.name
+        upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(labels)
+        statement = upsert.on_conflict_do_update(
+            index_elements=[labels.c.model, labels.c.request_id, labels.c.row],
+            set_={"label": upsert.excluded.label, "received": upsert.excluded.received},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement, values)
+
+    def rows(
+        self,
+        model: str,
+        *,
+        limit: int = 1000,
+        since: float | None = None,
+        labelled_only: bool = False,
+    ) -> list[CapturedRow]:
+        """Captured rows of ``model``, newest first, with their labels."""
+        p, lab = predictions.c, labels.c
+        join = predictions.outerjoin(
+            labels,
+            and_(lab.model == p.model, lab.request_id == p.request_id, lab.row == p.row),
+        )
+        query = select(*predictions.c, lab.label, lab.received).select_from(join)
+        query = query.where(p.model == model)
+        if since is not None:
+            query = query.where(p.ts >= since)
+        if labelled_only:
+            query = query.where(lab.label.is_not(None))
+        query = query.order_by(p.ts.desc(), p.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [_captured_row(r._mapping) for r in conn.execute(query)]
+
+    def count(self, model: str) -> int:
+        with self.engine.connect() as conn:
+            query = select(func.count()).select_from(predictions)
+            return int(conn.execute(query.where(predictions.c.model == model)).scalar() or 0)
+
+    def prune(self, model: str, *, older_than: float | None, keep_rows: int | None) -> int:
+        """Delete ``model``'s captured rows older than ``older_than`` (UTC seconds) and all but
+        its newest ``keep_rows``, with labels no prediction references any more; return how
+        many predictions went."""
+        p = predictions.c
+        removed = 0
+        with self.engine.begin() as conn:
+            if older_than is not None:
+                gone = conn.execute(delete(predictions).where(p.model == model, p.ts < older_than))
+                removed += gone.rowcount or 0
+            if keep_rows is not None:
+                newest = select(p.id).where(p.model == model).order_by(p.id.desc())
+                cutoff = conn.execute(newest.offset(keep_rows).limit(1)).scalar()
+                if cutoff is not None:
+                    gone = conn.execute(delete(predictions).where(p.model == model, p.id <= cutoff))
+                    removed += gone.rowcount or 0
+            if removed:
+                lab = labels.c
+                referenced = select(p.request_id).where(
+                    p.model == lab.model, p.request_id == lab.request_id, p.row == lab.row
+                )
+                conn.execute(delete(labels).where(lab.model == model, ~referenced.exists()))
+        return removed
+
+
+def _captured_row(m: Any) -> CapturedRow:
+    label = m["label"]
+    probabilities = m["probabilities"]
+    return CapturedRow(
+        model=m["model"],
+        version=m["version"],
+        request_id=m["request_id"],
+        row=m["row"],
+        ts=m["ts"],
+        transport=m["transport"],
+        latency_ms=m["latency_ms"],
+        inputs=orjson.loads(m["inputs"]),
+        prediction=orjson.loads(m["prediction"]),
+        probabilities=None if probabilities is None else orjson.loads(probabilities),
+        label=None if label is None else orjson.loads(label),
+        labelled=m["received"],
+    )

@@ -1,0 +1,68 @@
+"""Captured requests for the capture tests, without a server."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+
+from serving.capture.records import Captured
+from serving.execution.runtime import Prediction
+from serving.store import Environment, Feature, FeatureKind, Manifest, Target, Task
+
+FEATURES = [
+    Feature(name="size", kind=FeatureKind.NUMERIC, nullable=True),
+    Feature(name="rooms", kind=FeatureKind.INTEGER),
+    Feature(name="garden", kind=FeatureKind.BOOLEAN),
+    Feature(name="city", kind=FeatureKind.CATEGORICAL, categories=["lyon", "paris"]),
+]
+
+
+def manifest(name: str = "houses", version: int = 1) -> Manifest:
+    """A valid manifest of a classifier of these features (no files: nothing is loaded)."""
+    return Manifest(
+        name=name,
+        version=version,
+        created=datetime.now(UTC),
+        task=Task.CLASSIFICATION,
+        input_format="dataframe",
+        features=FEATURES,
+        target=Target(name="price", classes=["cheap", "dear"]),
+        estimator="LogisticRegression",
+        metrics={"f1_macro": 0.8},
+        primary_metric="f1_macro",
+        higher_is_better=True,
+        spec={},
+        data_fingerprint="0" * 64,
+        n_train_rows=100,
+        n_test_rows=25,
+        files={},
+        environment=Environment(python="3.11", sklearn="1", numpy="2", joblib="1", pandas="2"),
+    )
+
+
+def captured(
+    request_id: str,
+    rows: int = 1,
+    *,
+    name: str = "houses",
+    version: int = 1,
+    ts: float | None = None,
+    probabilities: bool = True,
+) -> Captured:
+    encoded = np.array([[50.5 + i, 3, 1, 1] for i in range(rows)], dtype=np.float64)
+    if rows:
+        encoded[0, 0] = np.nan  # a null size
+    labels = np.array(["cheap" if i % 2 else "dear" for i in range(rows)], dtype=object)
+    proba = np.tile([0.25, 0.75], (rows, 1)) if probabilities else None
+    return Captured(
+        manifest=manifest(name, version),
+        request_id=request_id,
+        ts=time.time() if ts is None else ts,
+        latency_ms=1.5,
+        transport="rest",
+        rows=encoded,
+        prediction=Prediction(labels, proba),
+        class_keys=["cheap", "dear"],
+    )
