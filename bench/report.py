@@ -12,6 +12,8 @@ from bench.scenarios import Figure, Scenario, Target
 from bench.wrk import Result
 
 Status = Literal["PASS", "MISS", "INFO", "N/A"]
+Pairs = dict[str, Comparison]
+"""Paired comparisons by target name."""
 
 
 @dataclass(frozen=True)
@@ -73,15 +75,13 @@ class Verdict:
     status: Status
 
 
-def evaluate(
-    targets: list[Target], outcomes: list[Outcome], paired: dict[str, Comparison]
-) -> list[Verdict]:
+def evaluate(targets: list[Target], outcomes: list[Outcome], pairs: Pairs) -> list[Verdict]:
     by_key = {o.scenario.key: o for o in outcomes}
     verdicts = []
     for t in targets:
         value: float | None
         if t.paired:
-            value = paired[t.name].ratio if t.name in paired else None
+            value = pairs[t.name].ratio if t.name in pairs else None
         else:
             a = by_key[t.a.key].figure(t.figure) if t.a.key in by_key else None
             b = by_key[t.b.key].figure(t.figure) if t.b and t.b.key in by_key else None
@@ -122,12 +122,7 @@ def _num(value: float | None, spec: str, scale: float = 1) -> str:
     return "-" if value is None else format(value * scale, spec)
 
 
-def render(
-    outcomes: list[Outcome],
-    paired: dict[str, Comparison],
-    verdicts: list[Verdict],
-    notes: list[str],
-) -> str:
+def render(outcomes: list[Outcome], pairs: Pairs, verdicts: list[Verdict], notes: list[str]) -> str:
     rows = []
     for o in outcomes:
         m = o.median
@@ -142,7 +137,7 @@ def render(
     head = "scenario req/s rows/s p50_ms p99_ms errors spread_% cpu_% other_%"
     lines = _table(head, rows) if rows else []
     pair_rows = []
-    for name, c in paired.items():
+    for name, c in pairs.items():
         low, high = c.spread or (None, None)
         cells = [_num(v, ".1f", 100) for v in (c.ratio, low, high)]
         pair_rows.append([name, str(len(c.runs)), *cells, (c.error or "")[:60]])
@@ -155,11 +150,7 @@ def render(
 
 
 def to_json(
-    meta: dict[str, Any],
-    outcomes: list[Outcome],
-    paired: dict[str, Comparison],
-    verdicts: list[Verdict],
-    notes: list[str],
+    outcomes: list[Outcome], pairs: Pairs, verdicts: list[Verdict], notes: list[str]
 ) -> dict[str, Any]:
     scenarios = [
         {**asdict(o.scenario), "key": o.scenario.key, "error": o.error}
@@ -167,25 +158,24 @@ def to_json(
         | {"rounds": [asdict(r) for r in o.runs]}
         for o in outcomes
     ]
-    pairs = {
+    paired = {
         n: {"ratio": c.ratio, "error": c.error, "runs": [asdict(r) for r in c.runs]}
-        for n, c in paired.items()
+        for n, c in pairs.items()
     }
     targets = [
         {"name": v.target.name, "value": v.value, "goal": goal(v.target), "status": v.status}
         | {"ratio": bool(v.target.b)}
         for v in verdicts
     ]
-    return {**meta, "scenarios": scenarios, "paired": pairs, "targets": targets, "notes": notes}
+    return {"scenarios": scenarios, "paired": paired, "targets": targets, "notes": notes}
 
 
-def write(document: dict[str, Any], directory: Path, stem: str, chart: bool) -> list[Path]:
-    """``<stem>.json`` (and ``.png``) in ``directory``, copied to ``latest.*``."""
+def write(document: dict[str, Any], directory: Path, stem: str) -> list[Path]:
+    """``<stem>.json`` and ``.png`` in ``directory``, copied to ``latest.*``."""
     directory.mkdir(parents=True, exist_ok=True)
-    written = [directory / f"{stem}.json"]
-    written[0].write_text(json.dumps(document, indent=2) + "\n")
-    if chart:
-        written.append(draw(document, directory / f"{stem}.png"))
+    written = [directory / f"{stem}.json", directory / f"{stem}.png"]
+    written[0].write_text(json.dumps(document, indent=2, default=str) + "\n")
+    draw(document, written[1])
     for path in written:
         shutil.copyfile(path, path.with_stem("latest"))
     return written
