@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import wrk
-from bench.scenarios import PAIR
 from bench.servers import Running
+
+Load = tuple[str, Path, int]
+"""What one side sends: path, bodies file, connections."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,12 @@ class Comparison:
         return (min(ratios), max(ratios)) if ratios else None
 
 
-def one_run(
-    a: Running, b: Running, loads: list[tuple[str, Path]], args: Namespace, a_first: bool
-) -> Run:
-    """A sent ``loads[0]`` (path, bodies file) and B ``loads[1]``, both at once."""
+def one_run(a: Running, b: Running, loads: list[Load], args: Namespace, a_first: bool) -> Run:
+    """A sent ``loads[0]`` and B ``loads[1]``, both at once."""
     others = set(sorted(os.sched_getaffinity(0))[1:])
     sides = [(a, *loads[0]), (b, *loads[1])][:: 1 if a_first else -1]
     before = [s.main_cpu_s() for s in (a, b)]
-    cmds = [wrk.command(args.wrk, s.url + p, f, PAIR, args.pair_duration, 2) for s, p, f in sides]
+    cmds = [wrk.command(args.wrk, s.url + p, f, c, args.pair_duration, 2) for s, p, f, c in sides]
     procs = {s.name: wrk.start(cmd, others) for (s, *_), cmd in zip(sides, cmds, strict=True)}
     try:
         got = {name: wrk.finish(proc, args.pair_duration + 30) for name, proc in procs.items()}
@@ -71,7 +71,7 @@ def one_run(
 
 
 def compare(
-    couples: list[tuple[Running, Running]], loads: list[tuple[str, Path]], args: Namespace
+    couples: list[tuple[Running, Running]], loads: list[Load], args: Namespace
 ) -> Comparison:
     """``args.pair_runs`` runs of ``args.pair_duration`` s, half on each (A, B) couple, after a
     discarded warm-up run on each; the wrk of A and B start first in turns."""

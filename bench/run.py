@@ -144,7 +144,7 @@ class Bench:
                     for server, s in ((a1, t.a), (b1, b)):
                         if (why := self.check(server, s)) is not None:
                             raise servers.ServerError(why)
-                    loads = [(t.a.path, self.bodies(t.a)[0]), (b.path, self.bodies(b)[0])]
+                    loads = [(s.path, self.bodies(s)[0], s.connections) for s in (t.a, b)]
                     c = paired.compare([(a1, b1), (b1, a1) if same else (a2, b2)], loads, self.args)
                 except servers.ServerError as exc:
                     c = paired.Comparison(error=str(exc).splitlines()[0])

@@ -41,7 +41,7 @@ def test_half_the_runs_on_each_couple_after_a_warm_up_with_each_wrk_first_as_oft
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
     a1, b1, a2, b2 = (FakeServer(n) for n in ("a1", "b1", "a2", "b2"))
     args = Namespace(pair_runs=8, pair_duration=1.0, wrk="wrk")
-    loads = [("/a", Path("a")), ("/b", Path("b"))]
+    loads = [("/a", Path("a"), 50), ("/b", Path("b"), 50)]
     result = paired.compare([(a1, b1), (a2, b2)], loads, args)  # type: ignore[list-item]
     assert [c[:2] for c in calls] == [("a1", "b1")] * 5 + [("a2", "b2")] * 5
     assert [c[2] for c in calls] == [True, False, True, False, True] * 2

@@ -18,7 +18,8 @@ def test_every_suite_is_consistent() -> None:
             assert not re.search(r"#\d|issue", t.name, re.IGNORECASE)
             if t.paired:
                 assert t.b is not None
-                assert {t.a.connections, t.b.connections, t.a.rows, t.b.rows} <= {PAIR, 1}
+                assert (t.a.connections, t.a.rows) == (t.b.connections, t.b.rows)
+                assert t.a.connections == PAIR or t.a.rows == scenarios.ROWS
             else:
                 assert t.a in suite.scenarios
                 assert t.b is None or t.b in suite.scenarios
@@ -39,7 +40,14 @@ def test_the_main_suite_covers_what_the_service_is_measured_on() -> None:
     assert "breast_cancer vs iris, single row" in paired
     assert not any("this commit" in name for name in paired)
     with_ref = [t for t in main_suite(MODELS, "abc123").targets if "this commit" in t.name]
-    assert [t.b.server for t in with_ref if t.b] == ["service@base", "service@base"]
+    assert [t.b.server for t in with_ref if t.b] == ["service@base"] * 8
+    compared = {(t.a.request, t.a.rows) for t in with_ref}
+    assert compared == {
+        ("typed", 1),
+        ("v2json", 1),
+        ("rows", scenarios.ROWS),
+        ("v2binary", scenarios.ROWS),
+    }
     assert all(t.at_least == 0.97 and t.paired for t in with_ref)
 
 
