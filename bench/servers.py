@@ -155,13 +155,12 @@ def _mlserver_repository(ctx: Context) -> Path:
     """A model repository on the store's own joblib files (hash-checked first): adaptive
     batching on, two inference workers (twice the single-row throughput of MLServer's default
     one on 2 cores), no access log and no metrics server."""
-    root = ctx.workdir / "mlserver"
+    root, store = ctx.workdir / "mlserver", ModelStore(ctx.store)
     scratch = root / ".scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     settings = {"debug": False, "host": HOST, "parallel_workers": 2, "metrics_endpoint": None}
     settings |= {"metrics_dir": str(scratch / "m"), "environments_dir": str(scratch / "e")}
     (root / "settings.json").write_text(json.dumps(settings))
-    store = ModelStore(ctx.store)
     for name in ctx.models:
         manifest = store.verify(name, served_version(store, name))
         uri = store.version_path(name, manifest.version) / MODEL_FILE
@@ -199,7 +198,7 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
 
 
 def start(server: Server, ctx: Context, label: str | None = None) -> Running:
-    """Start ``server`` and return once its readiness endpoint answers 200."""
+    """Start ``server`` and return once its readiness endpoint answers."""
     port = free_port()
     argv, env, cwd = _command(server, port, ctx)
     log = ctx.workdir / f"{label or server.name}.log"
@@ -213,9 +212,8 @@ def start(server: Server, ctx: Context, label: str | None = None) -> Running:
     deadline = time.monotonic() + (300 if server.kind == "ray" else 120)  # Ray takes ~1 min
     try:
         while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2) as resp:
-                if resp.status == 200:
-                    return running
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2):
+                return running  # an error status raises: urllib's HTTPError is an OSError
             if process.poll() is not None or time.monotonic() > deadline:
                 why = "exited" if process.poll() is not None else "is not ready in time"
                 raise ServerError(f"{running.name} {why}; log {log}:\n{running.log_tail()}")
