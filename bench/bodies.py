@@ -112,23 +112,21 @@ def predictions(answer: bytes, header_length: int | None) -> list[Any]:
     document = json.loads(answer[:split])
     if "predictions" in document:
         return list(document["predictions"])
-    offset = split
-    for output in document["outputs"]:
+    for output in document["outputs"]:  # binary outputs follow the header in this order
         size = output.get("parameters", {}).get("binary_data_size")
+        chunk, split = answer[split : split + (size or 0)], split + (size or 0)
         if output["name"] != "predict":
-            offset += size or 0
-        elif size is None:
+            continue
+        if size is None:
             return list(output["data"])
-        elif output["datatype"] == "BYTES":
-            chunk, labels, at = answer[offset : offset + size], [], 0
-            while at < len(chunk):
-                (n,) = _LENGTH.unpack_from(chunk, at)
-                labels.append(chunk[at + 4 : at + 4 + n].decode())
-                at += 4 + n
-            return labels
-        else:
-            chunk = answer[offset : offset + size]
+        if output["datatype"] != "BYTES":
             return list(np.frombuffer(chunk, dtype=_NUMPY[output["datatype"]]).tolist())
+        labels = []
+        while chunk:
+            (n,) = _LENGTH.unpack_from(chunk)
+            labels.append(chunk[4 : 4 + n].decode())
+            chunk = chunk[4 + n :]
+        return labels
     raise ValueError("the answer has no predict output")
 
 

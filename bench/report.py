@@ -12,8 +12,7 @@ from bench.scenarios import Figure, Scenario, Target
 from bench.wrk import Result
 
 Status = Literal["PASS", "MISS", "INFO", "N/A"]
-Pairs = dict[str, Comparison]
-"""Paired comparisons by target name."""
+Pairs = dict[str, Comparison]  # by target name
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,7 @@ class Outcome:
         return ranked[(len(ranked) - 1) // 2]  # a real run, never an average
 
     def figure(self, figure: Figure) -> float | None:
-        m = self.median
-        if m is None:
+        if (m := self.median) is None:
             return None
         if figure == "errors":  # every failed request of every round counts
             return float(sum(r.result.errors for r in self.runs))
@@ -54,7 +52,7 @@ class Outcome:
         return rps * self.scenario.rows if figure == "rows/s" else rps
 
     def __str__(self) -> str:
-        if self.error is not None or not self.runs:
+        if self.median is None:
             return f"{self.scenario.key}: FAILED {self.error}"
         r = self.runs[-1].result
         figures = f"{r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, {r.errors} errors"
@@ -181,7 +179,7 @@ def write(document: dict[str, Any], directory: Path, stem: str) -> list[Path]:
     return written
 
 
-def draw(document: dict[str, Any], path: Path) -> Path:
+def draw(document: dict[str, Any], path: Path) -> None:
     """Every ratio target, its bar coloured by its status (the JSON holds the rest)."""
     import matplotlib
 
@@ -202,4 +200,3 @@ def draw(document: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"servewell bench, {document['suite']}, {document['timestamp']}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return path

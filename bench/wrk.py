@@ -11,7 +11,6 @@ from pathlib import Path
 from subprocess import PIPE
 
 SCRIPT = Path(__file__).with_name("post.lua")
-MARKER = "@@WRK_JSON "
 INSTALL_HINT = "wrk is not on PATH: `apt-get install wrk`, `brew install wrk` or build wg/wrk"
 
 
@@ -44,9 +43,8 @@ class Result:
 
 def parse(stdout: str) -> Result:
     """The result from wrk's stdout (the line ``post.lua``'s ``done()`` printed)."""
-    match = re.search(r"^" + re.escape(MARKER) + r"(\{.*\})\s*$", stdout, re.MULTILINE)
-    if match is None:
-        raise WrkError(f"no {MARKER.strip()} line in wrk output:\n{stdout[-2000:]}")
+    if (match := re.search(r"^@@WRK_JSON (\{.*\})\s*$", stdout, re.MULTILINE)) is None:
+        raise WrkError(f"no @@WRK_JSON line in wrk output:\n{stdout[-2000:]}")
     try:
         raw = json.loads(match.group(1))
         err, lat = raw["errors"], raw["latency_us"]
