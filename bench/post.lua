@@ -1,10 +1,7 @@
--- wrk script: POST prepared bodies in turn; report the result as one JSON line.
--- Usage: wrk -s bench/post.lua <url> -- <bodies file> <request path>
--- The bodies file holds binary-safe records "<json header length> <body length>\n<body>"
--- (bench/bodies.py); header length 0 is plain JSON, else the Open Inference Protocol's binary
--- extension (sent with Inference-Header-Content-Length). Requests are formatted once in
--- init(), so wrk spends no Lua time per request; no response() is defined, as wrk would then
--- parse every response into Lua.
+-- wrk -s bench/post.lua <url> -- <bodies file> <request path>: POST the bodies (bench/bodies.py
+-- writes them; header length > 0: the Open Inference Protocol's binary extension) in turn and
+-- print the result as one JSON line. Requests are formatted once, so wrk spends no Lua time per
+-- request; no response() is defined, as wrk would then parse every response into Lua.
 
 local requests = {}
 local next_index = 0
