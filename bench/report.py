@@ -188,11 +188,10 @@ def draw(document: dict[str, Any], path: Path) -> None:
 
     ratios = [t for t in document["targets"] if t["ratio"] and t["value"]]
     fig, ax = plt.subplots(figsize=(11, 0.3 * len(ratios) + 1.5), layout="constrained")
-    colors = {"PASS": "tab:green", "MISS": "tab:red", "INFO": "tab:gray"}
-    for i, t in enumerate(ratios):
-        ax.barh(i, t["value"], color=colors[t["status"]])
-        ax.annotate(f"{t['value']:.2f} {t['goal']}", (t["value"], i), fontsize=8, va="center")
-    ax.set_yticks(range(len(ratios)), [t["name"] for t in ratios], fontsize=8)
+    colors = [{"PASS": "tab:green", "MISS": "tab:red"}.get(t["status"], "tab:gray") for t in ratios]
+    bars = ax.barh([t["name"] for t in ratios], [t["value"] for t in ratios], color=colors)
+    ax.bar_label(bars, [f"{t['value']:.2f} {t['goal']}" for t in ratios], fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.invert_yaxis()

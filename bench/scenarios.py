@@ -61,9 +61,8 @@ class Scenario:
 
     @property
     def path(self) -> str:
-        if self.request in ("typed", "rows"):
-            return f"/models/{self.model}/predict"
-        return f"/v2/models/{self.model}/infer"
+        typed = self.request in ("typed", "rows")
+        return f"/models/{self.model}/predict" if typed else f"/v2/models/{self.model}/infer"
 
 
 @dataclass(frozen=True)
