@@ -10,9 +10,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from bench.servers import served_version
 from serving.store import FeatureKind, Manifest, ModelStore
 
 _TYPES = {
@@ -38,21 +41,14 @@ def request_model(manifest: Manifest) -> type[BaseModel]:
 
 def _endpoint(manifest: Manifest, model: Any) -> Callable[..., Any]:
     constant = {"model": manifest.name, "version": manifest.version, "predictions": [0]}
-    n = len(manifest.features)
+    n, frame = len(manifest.features), manifest.input_format == "dataframe"
 
     async def bare(body: Any) -> dict[str, Any]:
         return constant
 
     def naive(body: Any) -> dict[str, Any]:
         rows = [[getattr(r, f"f{i}") for i in range(n)] for r in body.instances]
-        if manifest.input_format == "dataframe":
-            import pandas as pd
-
-            x: Any = pd.DataFrame(rows, columns=manifest.feature_names)
-        else:
-            import numpy as np
-
-            x = np.asarray(rows, dtype=np.float64)
+        x = pd.DataFrame(rows, columns=manifest.feature_names) if frame else np.asarray(rows, float)
         return {**constant, "predictions": model.predict(x).tolist()}
 
     endpoint = bare if model is None else naive
@@ -71,10 +67,9 @@ def _app(load: bool) -> FastAPI:
         return {"status": "ready"}
 
     for name in filter(None, os.environ.get("BENCH_MODELS", "").split(",")):
-        version = store.production(name) or store.versions(name)[-1]
-        manifest, model = (
-            store.load_model(name, version) if load else (store.manifest(name, version), None)
-        )
+        version = served_version(store, name)
+        manifest = store.manifest(name, version)
+        model = store.load_model(name, version)[1] if load else None
         app.add_api_route(f"/models/{name}/predict", _endpoint(manifest, model), methods=["POST"])
     return app
 

@@ -1,8 +1,5 @@
-"""Request bodies from a model's manifest, in every form a scenario sends, and their answers.
-
-Values are drawn uniformly within each feature's training range (no cache can answer from
-memory); the same seed gives the same rows in every form (bench/README.md lists the forms).
-Records for ``bench/post.lua``: ``<json header length> <body length>\\n<body>``, binary-safe.
+"""Request bodies in every form a scenario sends (bench/README.md), and their answers. Values
+are drawn uniformly within each feature's training range, so no cache can answer from memory.
 """
 
 import json
@@ -30,6 +27,7 @@ _NUMPY = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "BOOL": 
 
 
 def sample_rows(features: Sequence[Feature], n: int, seed: int) -> list[Row]:
+    """``n`` rows; one seed gives the same rows, whichever form encodes them."""
     rng = random.Random(seed)
     return [[_value(f, rng) for f in features] for _ in range(n)]
 
@@ -62,15 +60,14 @@ def _tensors(
         return [(head, matrix.reshape(-1).tolist(), matrix.astype("<f8").tobytes())]
     out = []
     for i, feature in enumerate(features):
-        column = [row[i] for row in rows]
-        if feature.kind is FeatureKind.CATEGORICAL:
+        column: Any = [row[i] for row in rows]
+        datatype = _V2_TYPES.get(feature.kind, "BYTES")
+        if datatype == "BYTES":
             raw = b"".join(_LENGTH.pack(len(s)) + s for s in (str(v).encode() for v in column))
-            out.append(({"name": feature.name, "shape": [n], "datatype": "BYTES"}, column, raw))
-            continue
-        datatype = _V2_TYPES[feature.kind]
-        array = np.asarray(column, dtype=_NUMPY[datatype])
-        head = {"name": feature.name, "shape": [n], "datatype": datatype}
-        out.append((head, array.tolist(), array.tobytes()))
+        else:
+            array = np.asarray(column, dtype=_NUMPY[datatype])
+            column, raw = array.tolist(), array.tobytes()
+        out.append(({"name": feature.name, "shape": [n], "datatype": datatype}, column, raw))
     return out
 
 
@@ -78,8 +75,8 @@ def encode(
     request: str, features: Sequence[Feature], rows: Sequence[Row], dataframe: bool = False
 ) -> Body:
     """``rows`` as one body of the ``request`` form (``dataframe``: the model takes a DataFrame)."""
-    names = [f.name for f in features]
     if request == "typed":
+        names = [f.name for f in features]
         return _json({"instances": [dict(zip(names, row, strict=True)) for row in rows]})
     if request == "rows":
         return _json({"rows": list(rows)})
@@ -102,6 +99,7 @@ def encode(
 
 
 def write(path: Path, bodies: Sequence[Body]) -> Path:
+    """Records for ``bench/post.lua``: ``<json header length> <body length>\\n<body>``."""
     with path.open("wb") as fh:
         for raw, header_length in bodies:
             fh.write(f"{header_length} {len(raw)}\n".encode() + raw)
@@ -114,32 +112,29 @@ def predictions(answer: bytes, header_length: int | None) -> list[Any]:
     document = json.loads(answer[:split])
     if "predictions" in document:
         return list(document["predictions"])
-    offset = split
-    for output in document["outputs"]:
+    for output in document["outputs"]:  # binary outputs follow the header in this order
         size = output.get("parameters", {}).get("binary_data_size")
+        chunk, split = answer[split : split + (size or 0)], split + (size or 0)
         if output["name"] != "predict":
-            offset += size or 0
-        elif size is None:
+            continue
+        if size is None:
             return list(output["data"])
-        elif output["datatype"] == "BYTES":
-            chunk, labels, at = answer[offset : offset + size], [], 0
-            while at < len(chunk):
-                (n,) = _LENGTH.unpack_from(chunk, at)
-                labels.append(chunk[at + 4 : at + 4 + n].decode())
-                at += 4 + n
-            return labels
-        else:
-            chunk = answer[offset : offset + size]
+        if output["datatype"] != "BYTES":
             return list(np.frombuffer(chunk, dtype=_NUMPY[output["datatype"]]).tolist())
+        labels = []
+        while chunk:
+            (n,) = _LENGTH.unpack_from(chunk)
+            labels.append(chunk[4 : 4 + n].decode())
+            chunk = chunk[4 + n :]
+        return labels
     raise ValueError("the answer has no predict output")
 
 
 def post(url: str, body: Body) -> list[Any]:
     """POST one body; its predictions, or ValueError unless it is answered like a prediction."""
     raw, header_length = body
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/octet-stream" if header_length else "application/json"}
     if header_length:
-        headers = {"Content-Type": "application/octet-stream"}
         headers["Inference-Header-Content-Length"] = str(header_length)
     request, answer = urllib.request.Request(url, data=raw, headers=headers, method="POST"), b""
     try:
@@ -147,8 +142,7 @@ def post(url: str, body: Body) -> list[Any]:
             answer, length = resp.read(), resp.headers.get("Inference-Header-Content-Length")
         return predictions(answer, None if length is None else int(length))
     except urllib.error.HTTPError as exc:
-        text = exc.read().decode(errors="replace")[:300]
-        raise ValueError(f"POST {url} -> HTTP {exc.code}: {text}") from None
+        raise ValueError(f"POST {url} -> HTTP {exc.code}: {exc.read()[:300]!r}") from None
     except OSError as exc:
         raise ValueError(f"POST {url}: {exc}") from None
     except (ValueError, KeyError, TypeError, struct.error) as exc:

@@ -1,13 +1,8 @@
-"""Paired A/B runs on one shared core, for comparisons that must resolve a few per cent.
-
-Runs one after another on a shared box spread by ±25 %, so both servers are loaded at once
-(wrk, each with its scenario's connections), their event loops pinned to one CPU and
-everything else to the others: both suffer the same slowdowns. The event loop is what saturates
-on single rows, so
-``throughput(A) / throughput(B) = cpu_per_request(B) / cpu_per_request(A)``, measured on the
-main processes: ±3 % between identical servers. The one started first measured 1-2 % more CPU
-per request, so two instances of each side start in mirrored order (A1, B1, B2, A2), half the
-runs on each couple, and the wrk started first alternates. The median run is the figure.
+"""Paired A/B runs on one shared core, for comparisons that must resolve a few per cent
+(bench/README.md, "How it measures"): both servers loaded at once, their event loops pinned to
+one CPU, the ratio of their main processes' CPU per request; the median run is the figure.
+Two instances of each side start in mirrored order (A1, B1, B2, A2), half the runs on each
+couple: the one started first measured 1-2 % more CPU per request.
 """
 
 import os
@@ -80,23 +75,20 @@ def compare(
 ) -> Comparison:
     """``args.pair_runs`` runs of ``args.pair_duration`` s, half on each (A, B) couple, after a
     discarded warm-up run on each; the wrk of A and B start first in turns."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    if len(cpus := sorted(os.sched_getaffinity(0))) < 2:
         return Comparison(error="needs 2 CPUs: one for both event loops, one for the rest")
     measured: list[Run] = []
+    half = args.pair_runs // 2
     try:
         for couple in couples:
             for server in couple:
-                server.pin(cpus[0], set(cpus[1:]))
+                server.pin(cpus[0])
             try:
-                runs = [
-                    one_run(*couple, loads, args, i % 2 == 0)
-                    for i in range(args.pair_runs // 2 + 1)
-                ]
-                measured += runs[1:]
+                runs = [one_run(*couple, loads, args, i % 2 == 0) for i in range(half + 1)]
+                measured += runs[1:]  # the first warmed up
             finally:
                 for server in couple:
-                    server.unpin()
+                    server.pin(None)
     except wrk.WrkError as exc:
         return Comparison(error=str(exc))
     return Comparison(tuple(measured))

@@ -1,41 +1,26 @@
--- wrk script: POST prepared bodies in turn; report the result as one JSON line.
---
--- Usage: wrk -s bench/post.lua <url> -- <bodies file> <request path>
--- The bodies file holds binary-safe records "<json header length> <body length>\n<body>"
--- (bench/bodies.py); header length 0 is plain JSON, else the Open Inference Protocol's binary
--- extension (sent with Inference-Header-Content-Length). Requests are formatted once in
--- init(), so wrk spends no Lua time per request; no response() is defined, as wrk would then
--- parse every response into Lua.
+-- wrk -s bench/post.lua <url> -- <bodies file> <request path>: POST the bodies (bench/bodies.py
+-- writes them; header length > 0: the Open Inference Protocol's binary extension) in turn and
+-- print the result as one JSON line. Requests are formatted once, so wrk spends no Lua time per
+-- request; no response() is defined, as wrk would then parse every response into Lua.
 
 local requests = {}
 local next_index = 0
-local threads_set_up = 0
-
-function setup(thread)
-   thread:set("thread_index", threads_set_up)
-   threads_set_up = threads_set_up + 1
-end
 
 function init(args)
    local bodies_file, path = args[1], args[2]
    local f = assert(io.open(bodies_file, "rb"))
-   while true do
-      local line = f:read("*l")
-      if not line then break end
+   for line in f:lines() do
       local header_length, body_length = line:match("^(%d+) (%d+)$")
       if not header_length then error("bad record header in " .. bodies_file) end
-      local body = f:read(tonumber(body_length))
       local headers = { ["Content-Type"] = "application/json" }
       if tonumber(header_length) > 0 then
          headers["Content-Type"] = "application/octet-stream"
          headers["Inference-Header-Content-Length"] = header_length
       end
-      requests[#requests + 1] = wrk.format("POST", path, headers, body)
+      requests[#requests + 1] = wrk.format("POST", path, headers, f:read(tonumber(body_length)))
    end
    f:close()
    if #requests == 0 then error("no request bodies in " .. bodies_file) end
-   -- Threads start at different offsets so they do not send the same body in lockstep.
-   next_index = ((thread_index or 0) * 97) % #requests
 end
 
 function request()
@@ -48,8 +33,7 @@ function done(summary, latency, _)
    io.write(string.format(
       '@@WRK_JSON {"duration_us":%d,"requests":%d,' ..
       '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-      '"latency_us":{"mean":%.1f,"max":%d,"p50":%d,"p90":%d,"p99":%d}}\n',
+      '"latency_us":{"max":%d,"p50":%d,"p90":%d,"p99":%d}}\n',
       summary.duration, summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
-      latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99)))
+      latency.max, latency:percentile(50), latency:percentile(90), latency:percentile(99)))
 end

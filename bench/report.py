@@ -12,6 +12,7 @@ from bench.scenarios import Figure, Scenario, Target
 from bench.wrk import Result
 
 Status = Literal["PASS", "MISS", "INFO", "N/A"]
+Pairs = dict[str, Comparison]  # by target name
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,7 @@ class Outcome:
         return ranked[(len(ranked) - 1) // 2]  # a real run, never an average
 
     def figure(self, figure: Figure) -> float | None:
-        m = self.median
-        if m is None:
+        if (m := self.median) is None:
             return None
         if figure == "errors":  # every failed request of every round counts
             return float(sum(r.result.errors for r in self.runs))
@@ -52,7 +52,7 @@ class Outcome:
         return rps * self.scenario.rows if figure == "rows/s" else rps
 
     def __str__(self) -> str:
-        if self.error is not None or not self.runs:
+        if self.median is None:
             return f"{self.scenario.key}: FAILED {self.error}"
         r = self.runs[-1].result
         figures = f"{r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, {r.errors} errors"
@@ -73,15 +73,13 @@ class Verdict:
     status: Status
 
 
-def evaluate(
-    targets: list[Target], outcomes: list[Outcome], paired: dict[str, Comparison]
-) -> list[Verdict]:
+def evaluate(targets: list[Target], outcomes: list[Outcome], pairs: Pairs) -> list[Verdict]:
     by_key = {o.scenario.key: o for o in outcomes}
     verdicts = []
     for t in targets:
         value: float | None
         if t.paired:
-            value = paired[t.name].ratio if t.name in paired else None
+            value = pairs[t.name].ratio if t.name in pairs else None
         else:
             a = by_key[t.a.key].figure(t.figure) if t.a.key in by_key else None
             b = by_key[t.b.key].figure(t.figure) if t.b and t.b.key in by_key else None
@@ -122,12 +120,7 @@ def _num(value: float | None, spec: str, scale: float = 1) -> str:
     return "-" if value is None else format(value * scale, spec)
 
 
-def render(
-    outcomes: list[Outcome],
-    paired: dict[str, Comparison],
-    verdicts: list[Verdict],
-    notes: list[str],
-) -> str:
+def render(outcomes: list[Outcome], pairs: Pairs, verdicts: list[Verdict], notes: list[str]) -> str:
     rows = []
     for o in outcomes:
         m = o.median
@@ -142,7 +135,7 @@ def render(
     head = "scenario req/s rows/s p50_ms p99_ms errors spread_% cpu_% other_%"
     lines = _table(head, rows) if rows else []
     pair_rows = []
-    for name, c in paired.items():
+    for name, c in pairs.items():
         low, high = c.spread or (None, None)
         cells = [_num(v, ".1f", 100) for v in (c.ratio, low, high)]
         pair_rows.append([name, str(len(c.runs)), *cells, (c.error or "")[:60]])
@@ -155,11 +148,7 @@ def render(
 
 
 def to_json(
-    meta: dict[str, Any],
-    outcomes: list[Outcome],
-    paired: dict[str, Comparison],
-    verdicts: list[Verdict],
-    notes: list[str],
+    outcomes: list[Outcome], pairs: Pairs, verdicts: list[Verdict], notes: list[str]
 ) -> dict[str, Any]:
     scenarios = [
         {**asdict(o.scenario), "key": o.scenario.key, "error": o.error}
@@ -167,31 +156,30 @@ def to_json(
         | {"rounds": [asdict(r) for r in o.runs]}
         for o in outcomes
     ]
-    pairs = {
+    paired = {
         n: {"ratio": c.ratio, "error": c.error, "runs": [asdict(r) for r in c.runs]}
-        for n, c in paired.items()
+        for n, c in pairs.items()
     }
     targets = [
         {"name": v.target.name, "value": v.value, "goal": goal(v.target), "status": v.status}
         | {"ratio": bool(v.target.b)}
         for v in verdicts
     ]
-    return {**meta, "scenarios": scenarios, "paired": pairs, "targets": targets, "notes": notes}
+    return {"scenarios": scenarios, "paired": paired, "targets": targets, "notes": notes}
 
 
-def write(document: dict[str, Any], directory: Path, stem: str, chart: bool) -> list[Path]:
-    """``<stem>.json`` (and ``.png``) in ``directory``, copied to ``latest.*``."""
+def write(document: dict[str, Any], directory: Path, stem: str) -> list[Path]:
+    """``<stem>.json`` and ``.png`` in ``directory``, copied to ``latest.*``."""
     directory.mkdir(parents=True, exist_ok=True)
-    written = [directory / f"{stem}.json"]
-    written[0].write_text(json.dumps(document, indent=2) + "\n")
-    if chart:
-        written.append(draw(document, directory / f"{stem}.png"))
+    written = [directory / f"{stem}.json", directory / f"{stem}.png"]
+    written[0].write_text(json.dumps(document, indent=2, default=str) + "\n")
+    draw(document, written[1])
     for path in written:
         shutil.copyfile(path, path.with_stem("latest"))
     return written
 
 
-def draw(document: dict[str, Any], path: Path) -> Path:
+def draw(document: dict[str, Any], path: Path) -> None:
     """Every ratio target, its bar coloured by its status (the JSON holds the rest)."""
     import matplotlib
 
@@ -200,11 +188,10 @@ def draw(document: dict[str, Any], path: Path) -> Path:
 
     ratios = [t for t in document["targets"] if t["ratio"] and t["value"]]
     fig, ax = plt.subplots(figsize=(11, 0.3 * len(ratios) + 1.5), layout="constrained")
-    colors = {"PASS": "tab:green", "MISS": "tab:red", "INFO": "tab:gray"}
-    for i, t in enumerate(ratios):
-        ax.barh(i, t["value"], color=colors[t["status"]])
-        ax.annotate(f"{t['value']:.2f} {t['goal']}", (t["value"], i), fontsize=8, va="center")
-    ax.set_yticks(range(len(ratios)), [t["name"] for t in ratios], fontsize=8)
+    colors = [{"PASS": "tab:green", "MISS": "tab:red"}.get(t["status"], "tab:gray") for t in ratios]
+    bars = ax.barh([t["name"] for t in ratios], [t["value"] for t in ratios], color=colors)
+    ax.bar_label(bars, [f"{t['value']:.2f} {t['goal']}" for t in ratios], fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.invert_yaxis()
@@ -212,4 +199,3 @@ def draw(document: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"servewell bench, {document['suite']}, {document['timestamp']}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return path

@@ -24,14 +24,15 @@ class Server:
     kind: Kind = "service"
     env: Mapping[str, str] = field(default_factory=dict)
     """``SERVEWELL_*`` settings (an inherited value must not change what a server measures)."""
-    ref: str | None = None
-    """A git commit: run ``python -m serving`` of that commit (``--baseline-ref``)."""
+    baseline: bool = False
+    """Run ``python -m serving`` of the ``--baseline-ref`` commit."""
 
 
 SERVERS = {
     s.name: s
     for s in (
         Server("service", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}),
+        Server("service@base", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}, baseline=True),
         Server("service_sklearn", env={**OBSERVED, "SERVEWELL_RUNTIME": "sklearn"}),
         Server("service_metrics", env={**OBSERVED, "SERVEWELL_ACCESS_LOG": "false"}),
         Server("service_quiet", env={**QUIET, "SERVEWELL_LOG_LEVEL": "warning"}),
@@ -60,9 +61,8 @@ class Scenario:
 
     @property
     def path(self) -> str:
-        if self.request in ("typed", "rows"):
-            return f"/models/{self.model}/predict"
-        return f"/v2/models/{self.model}/infer"
+        typed = self.request in ("typed", "rows")
+        return f"/models/{self.model}/predict" if typed else f"/v2/models/{self.model}/infer"
 
 
 @dataclass(frozen=True)
@@ -79,48 +79,39 @@ class Target:
     at_most: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Suite:
     scenarios: list[Scenario]
     targets: list[Target]
-
-    @property
-    def servers(self) -> list[str]:
-        """Servers the rounds use, in the order of first use."""
-        return list(dict.fromkeys(s.server for s in self.scenarios))
 
 
 ROWS = 10_000
 PAIR = 50
 """Connections per server of a pair: both load at once, 100 in all, as the rounds' c=100."""
-PAIR_SERVERS = ("service_metrics", "service_quiet")
 
 
 def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
     """``make bench``: the service against itself on scikit-learn, the baselines, its other
     request forms and its observability, per model."""
-    scenarios: list[Scenario] = []
-    targets: list[Target] = []
+    suite = Suite([], [])
     for m in models:
         typed = {c: Scenario(m, "service", "typed", c) for c in (1, 100, 1000)}
-        v2j, v2b = (({c: Scenario(m, "service", r, c) for c in (1, 100)}) for r in V2)
-        bare, naive, quiet = (
-            Scenario(m, s, "typed", 100) for s in ("bare", "naive", "service_quiet")
+        v2j, v2b = ({c: replace(typed[c], request=r) for c in (1, 100)} for r in V2)
+        t100, rows = typed[100], Scenario(m, "service", "rows", 1, ROWS)
+        bare, naive, quiet, sk100 = (
+            replace(t100, server=s) for s in ("bare", "naive", "service_quiet", "service_sklearn")
         )
-        sk100 = Scenario(m, "service_sklearn", "typed", 100)
-        rows = Scenario(m, "service", "rows", 1, ROWS)
         sk_rows = replace(rows, server="service_sklearn")
         v2j_rows, v2b_rows = (replace(rows, request=r) for r in V2)
         # Runs that are compared sit next to each other: they see about the same background.
-        scenarios += [typed[1], v2j[1], v2b[1], bare, naive, typed[100]]
-        scenarios += [quiet, v2j[100], v2b[100], sk100, typed[1000]]
-        scenarios += [rows, sk_rows, v2j_rows, v2b_rows]
-        t100, pair = typed[100], Scenario(m, "service", "typed", PAIR)
-        p_metrics, p_quiet = (replace(pair, server=s) for s in PAIR_SERVERS)
+        suite.scenarios.extend([typed[1], v2j[1], v2b[1], bare, naive, t100, quiet, v2j[100]])
+        suite.scenarios.extend([v2b[100], sk100, typed[1000], rows, sk_rows, v2j_rows, v2b_rows])
+        pair = Scenario(m, "service", "typed", PAIR)
+        p_metrics, p_quiet = (replace(pair, server=s) for s in ("service_metrics", "service_quiet"))
         p_v2j = replace(pair, request="v2json")
         vs_bare = 0.85 if m == "iris" else None
         vs_naive = 50.0 if m == "breast_cancer" else None
-        targets += [
+        suite.targets += [
             Target(f"{m}: c=100, service vs bare FastAPI POST", t100, bare, "req/s", vs_bare),
             Target(f"{m}: c=100, service vs naive predict", t100, naive, "req/s", vs_naive),
             Target(f"{m}: c=100, ONNX Runtime vs scikit-learn", t100, sk100, "req/s"),
@@ -143,12 +134,13 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
                 shape = "single row" if a.rows == 1 else f"{ROWS} rows"
                 name = f"{m}: {shape} {a.request}, this commit vs {baseline_ref}"
                 base = replace(a, server="service@base")
-                targets.append(Target(name, a, base, "req/s", 0.97, True))
+                suite.targets.append(Target(name, a, base, "req/s", 0.97, True))
     if {"iris", "breast_cancer"} <= set(models):
         # Under ONNX Runtime the model's cost should no longer show in single-row throughput.
         bc, iris = (Scenario(m, "service", "typed", PAIR) for m in ("breast_cancer", "iris"))
-        targets.append(Target("breast_cancer vs iris, single row", bc, iris, "req/s", 0.85, True))
-    return Suite(scenarios, targets)
+        vs_iris = Target("breast_cancer vs iris, single row", bc, iris, "req/s", 0.85, True)
+        suite.targets.append(vs_iris)
+    return suite
 
 
 def peers_suite(models: Sequence[str]) -> Suite:
@@ -156,16 +148,12 @@ def peers_suite(models: Sequence[str]) -> Suite:
     suite = Suite([], [])
     for c in (100, 1000):  # overload last in a round
         for m in models:
-            ours, theirs = (
-                Scenario(m, "servewell", "typed", c),
-                Scenario(m, "mlserver", "mlserver", c),
-            )
-            suite.scenarios.extend([ours, theirs])
+            ours = Scenario(m, "servewell", "typed", c)
+            theirs = replace(ours, server="mlserver", request="mlserver")
+            suite.scenarios += [ours, theirs]
             vs = Target(f"{m}: c={c}, servewell vs MLServer", ours, theirs, "req/s")
-            suite.targets.append(replace(vs, at_least=3.0) if c == 100 else vs)
-            if c == 1000:
-                errors = Target(f"{m}: c=1000, servewell errors", ours, None, "errors", at_most=0)
-                suite.targets.append(errors)
+            errors = Target(f"{m}: c=1000, servewell errors", ours, None, "errors", at_most=0)
+            suite.targets += [replace(vs, at_least=3.0)] if c == 100 else [vs, errors]
     return suite
 
 
@@ -175,7 +163,7 @@ def ray_suite(models: Sequence[str]) -> Suite:
     for m in models:
         for c in (1, 100):
             box, ray = Scenario(m, "service", "typed", c), Scenario(m, "ray", "typed", c)
-            suite.scenarios.extend([box, ray])
+            suite.scenarios += [box, ray]
             name = f"{m}: c={c} {{}}, Ray Serve vs one box"
             suite.targets.extend(Target(name.format(f), ray, box, f) for f in ("req/s", "p50 ms"))
     return suite

@@ -1,13 +1,6 @@
-"""Throughput and peak memory of bulk CSV scoring (`python -m training score`).
-
-    .venv/bin/python bench/score.py        # iris and breast_cancer, 1 000 000 rows, 3 runs each
-    .venv/bin/python bench/score.py --rows 200000 --runs 2 --models iris --sklearn
-
-Trains the shipped specs into a temporary store (or uses ``--store``), writes a CSV per model
-from its training data with Gaussian noise (5% of each feature's spread), then scores it
-``--runs`` times, each in a fresh subprocess, as a user would; other options (--probabilities,
---sklearn, --threads N, --chunk-rows N) go to the CLI. Reports the CLI's own rows/s (reading,
-checking, predicting and writing) and peak RSS (VmHWM). Writes bench/results/score-latest.json.
+"""Throughput and peak memory of bulk CSV scoring (`python -m training score`), as a user runs
+it: the shipped specs trained into a temporary store (or ``--store``), a noisy CSV per model,
+scored ``--runs`` times in fresh subprocesses; other options go to the CLI (bench/README.md).
 """
 
 import argparse
@@ -18,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 if __package__ in (None, ""):
@@ -41,15 +35,13 @@ def noisy_csv(name: str, rows: int, path: Path, seed: int = 0) -> None:
     data = load_dataset(shipped_spec(name))
     rng = np.random.default_rng(seed)
     block = data.X.sample(n=min(BLOCK_ROWS, rows), replace=True, random_state=seed)
-    block = block.reset_index(drop=True)
     for column, kind in data.kinds.items():
         if kind in (FeatureKind.NUMERIC, FeatureKind.INTEGER):
             values = block[column].to_numpy(dtype=float)
             values = values + rng.normal(0, 0.05 * np.nanstd(values), len(values))
             block[column] = np.round(values) if kind == FeatureKind.INTEGER else values
-    header, body = block.to_csv(index=False, float_format="%.6g", lineterminator="\n").split(
-        "\n", 1
-    )
+    csv = block.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    header, body = csv.split("\n", 1)
     lines = body.splitlines(keepends=True)
     with path.open("w", encoding="utf-8") as fh:
         fh.write(header + "\n")
@@ -63,9 +55,7 @@ def run_once(store: Path, name: str, data: Path, out: Path, extra: list[str]) ->
     (VmHWM; see training.score.peak_memory_mb for why not this process's ru_maxrss of it)."""
     argv = [sys.executable, "-m", "training", "score", name, str(data), "--out", str(out), *extra]
     env = {**os.environ, "SERVEWELL_STORE": str(store)}
-    proc = subprocess.run(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=PIPE, text=True)
     found = [re.search(p, proc.stderr) for p in (r"\(([\d,]+) rows/s\)", r"peak memory (\d+) MB")]
     runtime = re.search(r"\((onnx|sklearn)\)", proc.stderr)
     if proc.returncode != 0 or runtime is None or None in found:
@@ -76,10 +66,11 @@ def run_once(store: Path, name: str, data: Path, out: Path, extra: list[str]) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--models", default="iris,breast_cancer")
-    parser.add_argument("--store", type=Path, help="use this store instead of training afresh")
+    add = parser.add_argument
+    add("--rows", type=int, default=1_000_000)
+    add("--runs", type=int, default=3)
+    add("--models", default="iris,breast_cancer")
+    add("--store", type=Path, help="use this store instead of training afresh")
     args, extra = parser.parse_known_args()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:

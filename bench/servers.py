@@ -20,6 +20,7 @@ from bench.scenarios import Server
 from serving.store import MODEL_FILE, ModelStore
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY_CONFIG = ROOT / "serving" / "ray" / "ray-serve.yaml"
 HOST = "127.0.0.1"
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -34,9 +35,8 @@ class Context:
     models: list[str]
     workdir: Path
     peers_venv: Path
-    ray_config: Path
-    source: dict[str, Path] = field(default_factory=dict)
-    """Git commit -> a worktree of it (:func:`checkout`)."""
+    baseline: Path
+    """Where ``service@base`` runs from: a worktree of ``--baseline-ref`` (:func:`checkout`)."""
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -56,14 +56,6 @@ def host_busy_s() -> float:
     """CPU seconds every process on this machine has used since boot."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split(maxsplit=8)[1:8]]
     return (sum(fields) - fields[3] - fields[4]) / _TICK  # all but idle and iowait
-
-
-def _set_affinity(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid``: affinity is per thread."""
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(tid), cpus)
 
 
 @dataclass
@@ -95,17 +87,16 @@ class Running:
         """CPU of the main process, every thread (the event loop, the access log's writer)."""
         return _cpu_s(self.process.pid)
 
-    def pin(self, loop_cpu: int, others: set[int]) -> None:
-        """The event loop (the main thread) on ``loop_cpu``, everything else on ``others``,
-        where an unpinned deployment's scheduler could put it too."""
-        for pid in self.tree():
-            _set_affinity(pid, others)
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(self.process.pid, {loop_cpu})  # the main thread's id is the pid
-
-    def unpin(self) -> None:
-        for pid in self.tree():
-            _set_affinity(pid, os.sched_getaffinity(0))
+    def pin(self, loop_cpu: int | None) -> None:
+        """The event loop (the main thread) alone on ``loop_cpu``, everything else on the other
+        CPUs, where an unpinned deployment's scheduler could put it too; None: unpin."""
+        others = os.sched_getaffinity(0) - {loop_cpu}
+        for task in (t for pid in self.tree() for t in Path(f"/proc/{pid}/task").glob("*")):
+            with contextlib.suppress(OSError):  # affinity is per thread
+                os.sched_setaffinity(int(task.name), others)
+        if loop_cpu is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.process.pid, {loop_cpu})  # the main thread's id is pid
 
     def runtimes(self, models: list[str]) -> dict[str, str | None]:
         """The runtime ``GET /models/{name}`` reports per model (onnx or sklearn)."""
@@ -164,13 +155,12 @@ def _mlserver_repository(ctx: Context) -> Path:
     """A model repository on the store's own joblib files (hash-checked first): adaptive
     batching on, two inference workers (twice the single-row throughput of MLServer's default
     one on 2 cores), no access log and no metrics server."""
-    root = ctx.workdir / "mlserver"
+    root, store = ctx.workdir / "mlserver", ModelStore(ctx.store)
     scratch = root / ".scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     settings = {"debug": False, "host": HOST, "parallel_workers": 2, "metrics_endpoint": None}
     settings |= {"metrics_dir": str(scratch / "m"), "environments_dir": str(scratch / "e")}
     (root / "settings.json").write_text(json.dumps(settings))
-    store = ModelStore(ctx.store)
     for name in ctx.models:
         manifest = store.verify(name, served_version(store, name))
         uri = store.version_path(name, manifest.version) / MODEL_FILE
@@ -194,11 +184,11 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
         argv += [f"--host={HOST}", f"--port={port}", "--backlog=2048", "--no-access-log"]
         env = {"SERVEWELL_STORE": store, "BENCH_MODELS": ",".join(ctx.models)}
         return [*argv, "--log-level=warning"], {**env, "PYTHONPATH": str(ROOT)}, ROOT
-    source = ROOT if server.ref is None else ctx.source[server.ref]
+    source = ctx.baseline if server.baseline else ROOT
     env = {"PYTHONPATH": str(source), "SERVEWELL_STORE": store, **server.env}
     if server.kind == "ray":
         temp = tempfile.mkdtemp(prefix="ray-b-", dir="/tmp")  # short unix socket paths
-        argv = [py, "-m", "serving.ray.local", "--config", str(ctx.ray_config), "--store", store]
+        argv = [py, "-m", "serving.ray.local", "--config", str(RAY_CONFIG), "--store", store]
         argv += ["--port", str(port), "--num-cpus", str(os.cpu_count()), "--temp-dir", temp]
         return argv, {**env, "RAY_USAGE_STATS_ENABLED": "0"}, source
     # One hash seed for every service: with random ones, identical servers measured up to 3 %
@@ -208,7 +198,7 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
 
 
 def start(server: Server, ctx: Context, label: str | None = None) -> Running:
-    """Start ``server`` and return once its readiness endpoint answers 200."""
+    """Start ``server`` and return once its readiness endpoint answers."""
     port = free_port()
     argv, env, cwd = _command(server, port, ctx)
     log = ctx.workdir / f"{label or server.name}.log"
@@ -222,9 +212,8 @@ def start(server: Server, ctx: Context, label: str | None = None) -> Running:
     deadline = time.monotonic() + (300 if server.kind == "ray" else 120)  # Ray takes ~1 min
     try:
         while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2) as resp:
-                if resp.status == 200:
-                    return running
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2):
+                return running  # an error status raises: urllib's HTTPError is an OSError
             if process.poll() is not None or time.monotonic() > deadline:
                 why = "exited" if process.poll() is not None else "is not ready in time"
                 raise ServerError(f"{running.name} {why}; log {log}:\n{running.log_tail()}")

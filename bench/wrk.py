@@ -11,11 +11,7 @@ from pathlib import Path
 from subprocess import PIPE
 
 SCRIPT = Path(__file__).with_name("post.lua")
-MARKER = "@@WRK_JSON "
-INSTALL_HINT = (
-    "wrk is not installed: `sudo apt-get install -y wrk` (Debian/Ubuntu), `brew install wrk` "
-    "(macOS), or build https://github.com/wg/wrk and put it on PATH."
-)
+INSTALL_HINT = "wrk is not on PATH: `apt-get install wrk`, `brew install wrk` or build wg/wrk"
 
 
 class WrkError(Exception):
@@ -47,17 +43,14 @@ class Result:
 
 def parse(stdout: str) -> Result:
     """The result from wrk's stdout (the line ``post.lua``'s ``done()`` printed)."""
-    match = re.search(r"^" + re.escape(MARKER) + r"(\{.*\})\s*$", stdout, re.MULTILINE)
-    if match is None:
-        raise WrkError(f"no {MARKER.strip()} line in wrk output:\n{stdout[-2000:]}")
+    if (match := re.search(r"^@@WRK_JSON (\{.*\})\s*$", stdout, re.MULTILINE)) is None:
+        raise WrkError(f"no @@WRK_JSON line in wrk output:\n{stdout[-2000:]}")
     try:
         raw = json.loads(match.group(1))
         err, lat = raw["errors"], raw["latency_us"]
         sockets = sum(int(err[k]) for k in ("connect", "read", "write", "timeout"))
         ms = [lat[p] / 1000 for p in ("p50", "p90", "p99", "max")]
-        return Result(
-            raw["duration_us"] / 1e6, int(raw["requests"]), sockets, int(err["status"]), *ms
-        )
+        return Result(raw["duration_us"] / 1e6, raw["requests"], sockets, err["status"], *ms)
     except (ValueError, KeyError, TypeError) as exc:
         raise WrkError(f"malformed wrk result: {match.group(0)!r}") from exc
 

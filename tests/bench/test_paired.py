@@ -23,11 +23,8 @@ class FakeServer:
     def __init__(self, name: str) -> None:
         self.name, self.pinned = name, False
 
-    def pin(self, loop_cpu: int, others: set[int]) -> None:
-        self.pinned = (loop_cpu, others) == (0, {1})
-
-    def unpin(self) -> None:
-        self.pinned = False
+    def pin(self, loop_cpu: int | None) -> None:
+        self.pinned = loop_cpu == 0
 
 
 def test_half_the_runs_on_each_couple_after_a_warm_up_with_each_wrk_first_as_often(

@@ -57,8 +57,8 @@ def test_json_is_written_with_a_latest_copy(tmp_path: Path) -> None:
     outcomes = [_outcome(SERVICE, 1000), Outcome(BARE, error="did not start")]
     verdicts = report.evaluate([Target("t", SERVICE, BARE, "req/s", 0.85)], outcomes, {})
     meta = {"timestamp": "20260101T000000Z", "suite": "main"}
-    document = report.to_json(meta, outcomes, {}, verdicts, [])
-    paths = report.write(document, tmp_path, "stamp", chart=True)
+    document = meta | report.to_json(outcomes, {}, verdicts, [])
+    paths = report.write(document, tmp_path, "stamp")
     assert [p.name for p in paths] == ["stamp.json", "stamp.png"]
     latest = json.loads((tmp_path / "latest.json").read_text())
     assert latest["scenarios"][1]["error"] == "did not start"
