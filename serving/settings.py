@@ -252,11 +252,63 @@ class Settings(BaseSettings):
     with ``Retry-After`` before its body is read or parsed, so that overload from big bodies
     (parsing is event-loop work) is shed cheaply. Unset (``null``): no limit."""
 
+    # -- data capture and feedback (serving/capture) -------------------------------------------
+    capture: str = "none"
+    """Which models' answered requests are kept in the capture database: ``none`` (default),
+    ``all``, or a comma list of model names (``iris,churn``). Each captured row keeps the
+    request id, row, model, version, time (UTC), the validated inputs by feature name, the
+    prediction (and probabilities when the request asked for them), latency and transport.
+    Written by a background thread; never slows or fails a prediction beyond one queue append."""
+
+    capture_sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of requests captured (0-1), each request kept whole or not at all."""
+
+    capture_url: str | None = None
+    """Database of captured predictions and feedback labels: ``sqlite:///path`` or
+    ``postgresql://user:password@host/db`` (psycopg 3; for several server processes or Ray
+    replicas on several machines). Unset: a SQLite file beside the model store
+    (``<store>.capture.sqlite``, e.g. ``models.capture.sqlite``)."""
+
+    capture_queue_rows: int = Field(default=100_000, ge=1)
+    """Rows waiting to be written at most; beyond it rows are dropped and counted
+    (``servewell_capture_dropped_total``), so a slow or unreachable database costs bounded
+    memory and nothing else."""
+
+    capture_max_age_days: float | None = Field(default=30.0, gt=0)
+    """Captured rows older than this are pruned (hourly, in the background). Unset: kept."""
+
+    capture_max_rows_per_model: int | None = Field(default=1_000_000, ge=1)
+    """Only the newest this many captured rows of each model are kept. Unset: no limit."""
+
+    feedback_token: SecretStr | None = None
+    """When set, ``POST /models/{name}/feedback`` needs ``Authorization: Bearer <token>``, so
+    that only the application can post labels. Unset: anyone who can reach the service may."""
+
+    feedback_max_items: int = Field(default=1000, ge=1)
+    """Most labels in one feedback request."""
+
     gc_freeze: bool = True
     """Once the app is built, move every object alive then (about 70 000: modules, routes,
     schemas) out of the garbage collector's reach (``gc.freeze``), so that full collections
     stop walking them: under load they stalled the event loop for 0.1-0.3 s every few seconds
     (2-core box), delaying every request in flight. Applies to ``python -m serving``."""
+
+    @field_validator("capture")
+    @classmethod
+    def _capture_names(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",")]
+        if any(not n for n in names):
+            raise ValueError("capture is none, all, or a comma list of model names")
+        return ",".join(names)
+
+    @property
+    def capture_models(self) -> frozenset[str] | None:
+        """Names of the models captured; None: every model (``all``); empty: none."""
+        if self.capture == "all":
+            return None
+        if self.capture == "none":
+            return frozenset()
+        return frozenset(self.capture.split(","))
 
     @model_validator(mode="after")
     def _protected_info_needs_a_token(self) -> Settings:

@@ -123,6 +123,12 @@ class CaptureStore:
         with self.engine.connect() as conn:
             return [_captured_row(r._mapping) for r in conn.execute(query)]
 
+    def models(self) -> list[str]:
+        """Every model with captured rows."""
+        with self.engine.connect() as conn:
+            query = select(predictions.c.model).distinct().order_by(predictions.c.model)
+            return list(conn.execute(query).scalars())
+
     def count(self, model: str) -> int:
         with self.engine.connect() as conn:
             query = select(func.count()).select_from(predictions)

@@ -41,6 +41,8 @@ class TypedCodec:
     """The typed API over one data plane (its request limit and the observer of refused
     bodies)."""
 
+    transport = "rest"
+
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 

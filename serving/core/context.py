@@ -34,12 +34,18 @@ class RequestContext:
     """One request; the model fields are filled in as it is answered (for its access line
     and metrics)."""
 
-    __slots__ = ("deadline", "model", "request_id", "rows", "ticket", "version")
+    __slots__ = ("deadline", "model", "request_id", "rows", "started", "ticket", "version")
 
     def __init__(
-        self, request_id: str, deadline: Deadline | None = None, ticket: Ticket | None = None
+        self,
+        request_id: str,
+        deadline: Deadline | None = None,
+        ticket: Ticket | None = None,
+        started: float = 0.0,
     ) -> None:
         self.request_id = request_id
+        self.started = started
+        """When the transport began answering it (``time.perf_counter()``), for latencies."""
         self.deadline = deadline
         """None: the service's default timeout, counted from when prediction starts."""
         self.ticket = ticket

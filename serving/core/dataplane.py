@@ -24,6 +24,7 @@ from serving.settings import Settings
 from serving.store import FeatureKind, Manifest, ModelStore
 
 if TYPE_CHECKING:  # the loader builds records with this module's RowEncoder
+    from serving.capture.capture import Capture
     from serving.core.batcher import Slots
     from serving.core.loading import Loader
 
@@ -85,6 +86,8 @@ class DataPlane:
         self.registry: Registry = loader.registry
         # Optional for the request path's check, though a data plane always has one.
         self.executor: Executor | None = loader.executor
+        self.capture: Capture | None = None
+        """Keeps answered requests (serving.capture), when capture is on."""
         self.refusal_observer: Callable[[ServedModel, list[ErrorDetail]], None] | None = None
         """Sees the problems of every request body that does not match its model's schema
         (e.g. to count categories unseen in training)."""

@@ -107,6 +107,18 @@ class LifecycleConflictError(ServingError):
     type = "conflict"
 
 
+class CaptureOffError(ServingError):
+    """Something that needs data capture (feedback labels, captured rows) while it is off."""
+
+    type = "capture_off"
+
+
+class CaptureUnavailableError(RetryableError):
+    """The capture database cannot be reached or written; predictions go on regardless."""
+
+    type = "capture_unavailable"
+
+
 @dataclass(frozen=True)
 class ErrorDetail:
     """One problem with a request: where (path into the body) and what."""

@@ -8,6 +8,7 @@ response bytes; :func:`answer` runs the steps between, with the request's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -54,6 +55,9 @@ D = TypeVar("D", bound=Decoded)
 class Codec(Protocol[D]):
     """Request bytes to rows, and a prediction to response bytes, in one API's terms."""
 
+    transport: str
+    """Names the API in captured predictions (``rest``, ``v2``)."""
+
     def decode(self, served: ServedModel, body: bytes, headers: Headers) -> D:
         """Validate ``body`` against the model; domain errors for what does not fit."""
         ...
@@ -79,7 +83,20 @@ async def answer(
     decoded = codec.decode(served, body, headers)
     result = await predict(dataplane, served, decoded.rows, decoded.want_probabilities, ctx)
     refuse_non_finite(result.prediction)
-    return codec.encode(decoded, result)
+    encoded = codec.encode(decoded, result)
+    capture = dataplane.capture
+    if capture is not None:
+        latency = time.perf_counter() - ctx.started
+        capture.offer(
+            served.manifest,
+            ctx.request_id,
+            latency,
+            codec.transport,
+            decoded.rows,
+            result.prediction,
+            served.class_keys,
+        )
+    return encoded
 
 
 async def predict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
+from serving.capture.capture import from_settings
 from serving.codecs.oip.service import InferenceService
 from serving.codecs.typed import TypedCodec
 from serving.core.dataplane import DataPlane
@@ -19,7 +21,7 @@ from serving.core.lifecycle import Lifecycle
 from serving.core.loading import build_dataplane
 from serving.http import exception_handlers
 from serving.http.edge import Edge
-from serving.http.routes import admin, docs, health, models, observe, predict, v2
+from serving.http.routes import admin, docs, feedback, health, models, observe, predict, v2
 from serving.observe.observability import Observability
 from serving.settings import Settings
 
@@ -92,6 +94,7 @@ def _install_routes(app: ServiceApp, settings: Settings) -> None:
     exception_handlers.install(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(feedback.router)
     app.include_router(observe.router)
     app.include_router(admin.router, include_in_schema=settings.admin_enabled)
     app.include_router(v2.router)
@@ -112,11 +115,14 @@ def _lifespan(settings: Settings, observability: Observability, edge: Edge) -> L
         except BaseException:
             dataplane.close()
             raise
+        dataplane.capture = capture = from_settings(settings)
         lifecycle = _serve(app, dataplane, edge, observability, started)
         try:
             yield
         finally:
             await lifecycle.stop()
+            if capture is not None:  # what is still queued is written, within the grace time
+                await asyncio.to_thread(capture.close, settings.shutdown_grace_s)
             await observability.stop()
             app.state.lifecycle = None
             edge.predict.clear()

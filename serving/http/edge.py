@@ -114,7 +114,7 @@ class Edge:
         request_id, stamp, timeout, length, refusal = read_headers(
             scope, self.stamp, table is self.predict and method == "POST"
         )
-        ctx = RequestContext(request_id)
+        ctx = RequestContext(request_id, started=start)
         CURRENT.set(ctx)
         status = 499  # stays so when the client leaves before any response (nginx's code)
         metrics = self.metrics

@@ -43,6 +43,8 @@ class InferRequest(NamedTuple):
 class InferenceService:
     """Model metadata, readiness and inference in protocol terms, for one data plane."""
 
+    transport = "v2"
+
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
         self._signatures: dict[ModelKey, Signature] = {}

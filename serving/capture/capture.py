@@ -1,0 +1,156 @@
+"""Capture as the service runs it: which requests are kept, the writer thread, retention.
+
+:meth:`Capture.offer` is what the request path calls once a request is answered (see
+serving.core.predictor); everything after it runs on the writer's thread. A database that
+cannot be reached at start-up does not stop the service: the schema is created on the first
+write that reaches it, and until then batches are dropped and counted like any other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from serving.capture.database import default_url, ensure_schema, open_engine
+from serving.capture.feedback import Kept, Outcome, join
+from serving.capture.records import Captured
+from serving.capture.store import CaptureStore
+from serving.capture.writer import CaptureWriter
+from serving.execution.runtime import FloatArray, Prediction
+from serving.settings import Settings
+from serving.store import Manifest
+
+log = logging.getLogger("servewell.capture")
+
+FLUSH_BEFORE_FEEDBACK_S = 2.0
+"""Longest wait for queued predictions to be written before labels are joined to them."""
+
+
+@dataclass(frozen=True)
+class CapturePolicy:
+    """What is captured and kept."""
+
+    models: Collection[str] | None
+    """Names whose requests are captured; None: every model."""
+    sample: float = 1.0
+    """Share of requests captured (each request is kept whole or not at all)."""
+    queue_rows: int = 100_000
+    max_age_s: float | None = 30 * 86_400.0
+    max_rows_per_model: int | None = 1_000_000
+    prune_interval_s: float = 3600.0
+
+    def wants(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+
+def from_settings(settings: Settings) -> Capture | None:
+    """The service's capture, started; None when ``SERVEWELL_CAPTURE`` is ``none``."""
+    models = settings.capture_models
+    if models is not None and not models:
+        return None
+    days = settings.capture_max_age_days
+    policy = CapturePolicy(
+        models=models,
+        sample=settings.capture_sample,
+        queue_rows=settings.capture_queue_rows,
+        max_age_s=None if days is None else days * 86_400.0,
+        max_rows_per_model=settings.capture_max_rows_per_model,
+    )
+    capture = Capture(settings.capture_url or default_url(settings.store), policy)
+    capture.start()
+    return capture
+
+
+class Capture:
+    def __init__(self, url: str, policy: CapturePolicy) -> None:
+        self.policy = policy
+        self.engine: Engine = open_engine(url)
+        self.store = CaptureStore(self.engine)
+        self.writer = CaptureWriter(self._write, max_rows=policy.queue_rows)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._next_prune = time.monotonic() + policy.prune_interval_s
+        self._random = random.random
+
+    def start(self) -> None:
+        try:
+            self.ensure_schema()
+        except Exception as exc:  # the database may come later; predictions go on
+            log.error("capture: the database is not usable yet (%s: %s)", type(exc).__name__, exc)
+        self.writer.start()
+
+    def close(self, timeout_s: float) -> None:
+        self.writer.close(timeout_s)
+        self.engine.dispose()
+
+    def ensure_schema(self) -> None:
+        with self._schema_lock:
+            if not self._schema_ready:
+                ensure_schema(self.engine)
+                self._schema_ready = True
+
+    def offer(
+        self,
+        manifest: Manifest,
+        request_id: str,
+        latency_s: float,
+        transport: str,
+        rows: FloatArray,
+        prediction: Prediction,
+        class_keys: Sequence[str],
+    ) -> None:
+        """Queue one answered request if the policy keeps it (never blocks, never raises)."""
+        policy = self.policy
+        if not policy.wants(manifest.name):
+            return
+        if policy.sample < 1.0 and self._random() >= policy.sample:
+            return
+        record = Captured(
+            manifest,
+            request_id,
+            time.time(),
+            latency_s * 1000.0,
+            transport,
+            rows,
+            prediction,
+            class_keys,
+        )
+        self.writer.offer(record)
+
+    def feedback(self, model: str, kept: Kept, now: float) -> list[Outcome]:
+        """Join labels to captured predictions (blocking: run it off the event loop). What
+        is still queued is written first, so a label may follow its prediction at once."""
+        self.writer.flush(FLUSH_BEFORE_FEEDBACK_S)
+        self.ensure_schema()
+        return join(model, kept, self.store, now)
+
+    # -- the writer's thread -----------------------------------------------------------------
+
+    def _write(self, batch: Sequence[Captured]) -> None:
+        self.ensure_schema()
+        self.store.write(batch)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self.policy.prune_interval_s
+            self.prune()
+
+    def prune(self) -> int:
+        """Apply retention to every model in the database; return how many rows went."""
+        policy = self.policy
+        older_than = None if policy.max_age_s is None else time.time() - policy.max_age_s
+        removed = 0
+        for name in self.store.models():
+            try:
+                removed += self.store.prune(
+                    name, older_than=older_than, keep_rows=policy.max_rows_per_model
+                )
+            except Exception as exc:
+                log.error("capture: pruning %s failed (%s: %s)", name, type(exc).__name__, exc)
+        if removed:
+            log.info("capture: retention removed %d rows", removed)
+        return removed
