@@ -1,7 +1,7 @@
 """Prometheus metrics, counted in plain Python and turned into metric families when scraped.
 
 prometheus-client's metric objects take a lock on every ``inc``/``observe`` and, in its
-multiprocess mode, write the value to a memory-mapped file; measured, that is 16 to 22 µs of
+multiprocess mode, write the value to a memory-mapped file; measured, that is 15 to 24 µs of
 the event loop per predict request against about 1 µs here (docs/design.md, "Metrics across
 processes"). So the hot path only adds to dicts and lists of this process (:class:`Metrics`),
 and :class:`MetricsCollector` builds the families for prometheus-client's exposition at scrape
