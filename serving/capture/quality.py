@@ -22,8 +22,9 @@ not a number has no error to measure: it is counted and left out of the metrics.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -252,27 +253,56 @@ def _class_columns(
         # A value that is no class gets a position of its own, from k up.
         return codes.setdefault(_json_key(value), len(codes))
 
-    truth = np.array([code(r.label) for r in rows], dtype=np.int64)
-    predicted = np.array([code(r.prediction) for r in rows], dtype=np.int64)
-    keys = [probability_key(c) for c in classes]
-    missing = [math.nan] * k
-    table = [_probabilities(r.probabilities, keys, missing) for r in rows]
-    proba = np.array(table, dtype=np.float64).reshape(len(rows), k)
+    exact = {(type(c), c): i for i, c in enumerate(classes)}
+    truth = _codes([r.label for r in rows], exact, code)
+    predicted = _codes([r.prediction for r in rows], exact, code)
+    proba = _probability_table([r.probabilities for r in rows], classes)
     return _Columns(ts, delay, truth, predicted, truth < k, proba)
 
 
-def _probabilities(
-    given: dict[str, float] | None, keys: list[str], missing: list[float]
-) -> list[float]:
-    if given is None:
-        return missing
-    values: list[float] = []
-    for key in keys:
-        value = given.get(key)
-        if not isinstance(value, int | float):  # a class without a probability: not usable
+def _codes(
+    values: list[Any], exact: dict[tuple[type, Any], int], code: Callable[[Any], int]
+) -> IntArray:
+    """Class positions of ``values``: values of a class's very type found in one dict lookup
+    each, the others (``1.0`` for ``1``, unknown labels) through ``code``."""
+    try:
+        found = [exact.get((v.__class__, v), -1) for v in values]
+    except TypeError:  # an unhashable value (a JSON array or object)
+        found = [-1] * len(values)
+    out = np.array(found, dtype=np.int64)
+    for i in np.flatnonzero(out < 0).tolist():
+        out[i] = code(values[i])
+    return out
+
+
+def _probability_table(given: list[dict[str, float] | None], classes: Sequence[Any]) -> FloatArray:
+    """One column per class, in manifest order; NaN on rows whose probabilities are missing,
+    lack a class or are not numbers."""
+    k = len(classes)
+    if k < 2:
+        return np.full((len(given), k), math.nan)
+    pick = operator.itemgetter(*(probability_key(c) for c in classes))
+    missing = (None,) * k
+
+    def one(p: dict[str, float] | None) -> tuple[Any, ...]:
+        if p is None:
             return missing
-        values.append(value)
-    return values
+        try:
+            values: tuple[Any, ...] = pick(p)
+        except (KeyError, TypeError):
+            return missing
+        return values
+
+    table = [one(p) for p in given]
+    try:
+        return np.array(table, dtype=np.float64).reshape(len(given), k)  # None is NaN
+    except (TypeError, ValueError):  # text or nested values: those rows are unusable
+        return np.array([_floats(row) for row in table], dtype=np.float64).reshape(len(given), k)
+
+
+def _floats(values: tuple[Any, ...]) -> list[float]:
+    numbers = [_number(v) for v in values]
+    return [math.nan] * len(values) if any(math.isnan(v) for v in numbers) else numbers
 
 
 def _number(value: Any) -> float:

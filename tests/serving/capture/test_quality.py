@@ -367,3 +367,22 @@ def test_contracts_shared_with_serving_and_training() -> None:
     for name, scorer in SCORERS.items():
         assert name in LIVE_METRICS
         assert scorer in LIVE_METRICS
+
+
+def test_odd_labels_and_probabilities_never_fail() -> None:
+    rows = [
+        *FOUR,
+        row("dear", ["dear"], ts=NOW - 7200),  # a JSON array: no class, and unhashable
+        row("dear", {"y": "dear"}, ts=NOW - 7200),
+    ]
+    w = report(manifest(), rows).windows["24h"]
+    assert (w.rows, w.unmatched_labels, w.metrics["accuracy"]) == (6, 2, 0.5)
+    assert w.metrics["roc_auc"] is None  # the two rows have no probabilities
+    incomplete = [*FOUR, row("cheap", "cheap", ts=NOW - 7200, proba={"cheap": 1.0})]
+    assert report(manifest(), incomplete).windows["24h"].metrics["roc_auc"] is None
+    odd: Any = {"cheap": "x", "dear": 0.5}  # not what the writer stores, but JSON allows it
+    text = [*FOUR, row("cheap", "cheap", ts=NOW - 7200, proba=odd)]
+    r = report(manifest(), text)
+    assert r.windows["24h"].metrics["roc_auc"] is None
+    assert r.windows["1h"].metrics["roc_auc"] == 0.75
+    finite_tree(r)
