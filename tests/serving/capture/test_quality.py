@@ -251,6 +251,8 @@ def test_regressor_metrics_by_hand() -> None:
     worse = [row(p, t, model="prices") for p, t in [(1, 5), (2, -2), (3, 7)]]  # RMSE 4
     r = report(regressor(), worse, tolerance=1.5)
     assert (r.live, r.shortfall, r.status, r.degraded) == (4.0, 2.0, "degraded", True)
+    at_tolerance = report(regressor(), worse, tolerance=2.0)  # "more than" the tolerance
+    assert (at_tolerance.status, at_tolerance.degraded) == ("ok", False)
 
 
 def test_regressor_r2_needs_two_rows_and_varying_labels() -> None:
