@@ -66,3 +66,17 @@ def captured(
         prediction=Prediction(labels, proba),
         class_keys=["cheap", "dear"],
     )
+
+
+def regressor(name: str = "prices", version: int = 1) -> Manifest:
+    """A valid manifest of a regressor of these features (no files: nothing is loaded)."""
+    return manifest(name, version).model_copy(
+        update={
+            "task": Task.REGRESSION,
+            "target": Target(name="price"),
+            "estimator": "Ridge",
+            "metrics": {"rmse": 2.0, "mae": 1.5, "r2": 0.9},
+            "primary_metric": "rmse",
+            "higher_is_better": False,
+        }
+    )
