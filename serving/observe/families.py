@@ -221,5 +221,27 @@ DEFINITIONS: tuple[Definition, ...] = (
         "counter",
         ("model", "feature"),
     ),
+    Definition(
+        "capture_written",
+        "servewell_capture_rows",
+        "Captured prediction rows written to the capture database.",
+        "counter",
+        (),
+    ),
+    Definition(
+        "capture_dropped",
+        "servewell_capture_dropped",
+        "Captured prediction rows dropped: the queue was full, or the database refused their "
+        "batch (the log says why, at most once a minute).",
+        "counter",
+        (),
+    ),
+    Definition(
+        "capture_queue",
+        "servewell_capture_queue_rows",
+        "Captured rows waiting to be written.",
+        "gauge",
+        (),
+    ),
 )
 """Every metric, in the order /metrics lists them."""

@@ -67,6 +67,9 @@ class Metrics:
     out_of_range: Family
     rows_checked: Family
     unseen_categories: Family
+    capture_written: Family
+    capture_dropped: Family
+    capture_queue: Family
 
     def __init__(self) -> None:
         self.families = [Family(definition) for definition in DEFINITIONS]

@@ -218,6 +218,12 @@ class Observability:
             info[(name, str(version), served.runtime or "unknown", default)] = 1.0
         metrics.queue_depth.values = depth
         metrics.model_info.values = info
+        capture = dataplane.capture
+        if capture is not None:
+            writer = capture.writer
+            metrics.capture_written.values[()] = float(writer.written)
+            metrics.capture_dropped.values[()] = float(writer.dropped)
+            metrics.capture_queue.values[()] = float(writer.queued_rows)
         if dataplane.executor is not None:
             status = dataplane.executor.status()
             metrics.workers.values[()] = float(status.workers)

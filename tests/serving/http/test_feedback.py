@@ -92,6 +92,11 @@ def test_labels_join_captured_predictions_by_request_id(
     assert "tulip" in body["items"][2]["reason"]
     assert "setosa" in body["items"][2]["reason"]  # names the classes
 
+    with server.client() as client:
+        scrape = client.get("/metrics").text.splitlines()
+    written = [line for line in scrape if line.startswith("servewell_capture_rows_total")]
+    assert written
+    assert float(written[0].split()[1]) >= 3
     rows = {(r.request_id, r.row): r for r in _rows(url, "iris")}
     first = rows[("app-typed-1", 0)]
     assert first.inputs == dict(zip(IRIS, IRIS_ROW, strict=True))
@@ -210,6 +215,9 @@ def test_an_unusable_database_never_fails_a_prediction(
         capture = server.app.state.dataplane.capture
         assert capture.writer.flush(10)
         assert capture.writer.dropped == 5
+        scrape = client.get("/metrics").text
+        assert "servewell_capture_dropped_total 5.0" in scrape
+        assert "servewell_capture_rows_total 0.0" in scrape
         answer = _feedback(client, "iris", [{"request_id": "x", "label": "setosa"}])
         assert answer.status_code == 503
         assert answer.json()["error"]["type"] == "capture_unavailable"
