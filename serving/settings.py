@@ -287,6 +287,21 @@ class Settings(BaseSettings):
     feedback_max_items: int = Field(default=1000, ge=1)
     """Most labels in one feedback request."""
 
+    quality_last_n: int = Field(default=1000, ge=1)
+    """Live quality (``GET /models/{name}/quality``) judges the primary metric over this many
+    most recent labelled rows of a version, beside the 1 h and 24 h windows."""
+
+    quality_min_rows: int = Field(default=100, ge=1)
+    """Fewest labelled rows before a version may be flagged ``degraded``."""
+
+    quality_tolerance: float = Field(default=0.05, ge=0)
+    """A version is ``degraded`` when its live primary metric is worse than the holdout metric
+    of its manifest by more than this (absolute, in the metric's units)."""
+
+    quality_interval_s: float = Field(default=60.0, ge=0)
+    """Seconds between computations of live quality for the metrics and the degraded log
+    line (0: only on request)."""
+
     gc_freeze: bool = True
     """Once the app is built, move every object alive then (about 70 000: modules, routes,
     schemas) out of the garbage collector's reach (``gc.freeze``), so that full collections

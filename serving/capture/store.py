@@ -106,6 +106,7 @@ class CaptureStore:
         limit: int = 1000,
         since: float | None = None,
         labelled_only: bool = False,
+        version: int | None = None,
     ) -> list[CapturedRow]:
         """Captured rows of ``model``, newest first, with their labels."""
         p, lab = predictions.c, labels.c
@@ -117,6 +118,8 @@ class CaptureStore:
         query = query.where(p.model == model)
         if since is not None:
             query = query.where(p.ts >= since)
+        if version is not None:
+            query = query.where(p.version == version)
         if labelled_only:
             query = query.where(lab.label.is_not(None))
         query = query.order_by(p.ts.desc(), p.id.desc()).limit(limit)

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
 from serving.capture.capture import from_settings
+from serving.capture.monitor import QualityMonitor
 from serving.codecs.oip.service import InferenceService
 from serving.codecs.typed import TypedCodec
 from serving.core.dataplane import DataPlane
@@ -21,7 +22,17 @@ from serving.core.lifecycle import Lifecycle
 from serving.core.loading import build_dataplane
 from serving.http import exception_handlers
 from serving.http.edge import Edge
-from serving.http.routes import admin, docs, feedback, health, models, observe, predict, v2
+from serving.http.routes import (
+    admin,
+    docs,
+    feedback,
+    health,
+    models,
+    observe,
+    predict,
+    quality,
+    v2,
+)
 from serving.observe.observability import Observability
 from serving.settings import Settings
 
@@ -66,6 +77,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.state.lifecycle = None
     app.state.observability = observability
     app.state.inference_service = None
+    app.state.quality = None
     app.edge = edge
     _install_routes(app, settings)
     return app
@@ -95,6 +107,7 @@ def _install_routes(app: ServiceApp, settings: Settings) -> None:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(feedback.router)
+    app.include_router(quality.router)
     app.include_router(observe.router)
     app.include_router(admin.router, include_in_schema=settings.admin_enabled)
     app.include_router(v2.router)
@@ -116,11 +129,17 @@ def _lifespan(settings: Settings, observability: Observability, edge: Edge) -> L
             dataplane.close()
             raise
         dataplane.capture = capture = from_settings(settings)
+        monitor = None if capture is None else QualityMonitor(capture, settings)
+        app.state.quality = observability.quality = monitor
         lifecycle = _serve(app, dataplane, edge, observability, started)
+        if monitor is not None:
+            monitor.start(lambda: [s.manifest for s in dataplane.ready_models()])
         try:
             yield
         finally:
             await lifecycle.stop()
+            if monitor is not None:
+                await monitor.stop()
             if capture is not None:  # what is still queued is written, within the grace time
                 await asyncio.to_thread(capture.close, settings.shutdown_grace_s)
             await observability.stop()

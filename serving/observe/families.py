@@ -237,6 +237,32 @@ DEFINITIONS: tuple[Definition, ...] = (
         (),
     ),
     Definition(
+        "live_metric",
+        "servewell_live_metric",
+        "Live quality from feedback labels: each metric of a served version over a window "
+        "(last_n labelled rows, 1h, 24h), as of its last computation.",
+        "gauge",
+        (*_MV, "metric", "window"),
+        merge="max",
+    ),
+    Definition(
+        "live_rows",
+        "servewell_live_labelled_rows",
+        "Labelled rows each live quality window rests on.",
+        "gauge",
+        (*_MV, "window"),
+        merge="max",
+    ),
+    Definition(
+        "live_degraded",
+        "servewell_live_degraded",
+        "1 when a version's live primary metric is worse than its holdout metric by more than "
+        "SERVEWELL_QUALITY_TOLERANCE, with enough labelled rows; else 0.",
+        "gauge",
+        _MV,
+        merge="max",
+    ),
+    Definition(
         "capture_queue",
         "servewell_capture_queue_rows",
         "Captured rows waiting to be written.",

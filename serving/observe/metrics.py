@@ -70,6 +70,9 @@ class Metrics:
     capture_written: Family
     capture_dropped: Family
     capture_queue: Family
+    live_metric: Family
+    live_rows: Family
+    live_degraded: Family
 
     def __init__(self) -> None:
         self.families = [Family(definition) for definition in DEFINITIONS]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.capture.monitor import QualityMonitor
 from serving.core.dataplane import DataPlane, ServedModel
 from serving.core.errors import ErrorDetail
 from serving.execution.executor import ModelKey
@@ -76,6 +77,8 @@ class Observability:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics: Metrics | None = Metrics() if settings.metrics else None
+        self.quality: QualityMonitor | None = None
+        """Live quality, when capture is on (its reports become gauges)."""
         self.drift: DriftTracker | None = None
         self.shared: SnapshotDir | None = None
         if self.metrics is not None:
@@ -201,6 +204,23 @@ class Observability:
         for i in np.flatnonzero(counts):
             self.metrics.out_of_range.inc((name, names[i]), int(counts[i]))
 
+    @staticmethod
+    def _quality_gauges(metrics: Metrics, monitor: QualityMonitor) -> None:
+        values: dict[tuple[str, ...], float] = {}
+        rows: dict[tuple[str, ...], float] = {}
+        degraded: dict[tuple[str, ...], float] = {}
+        for (name, version), report in list(monitor.latest.items()):
+            v = str(version)
+            degraded[(name, v)] = float(report.degraded)
+            for window, quality in report.windows.items():
+                rows[(name, v, window)] = float(quality.rows)
+                for metric, value in quality.metrics.items():
+                    if value is not None:
+                        values[(name, v, metric, window)] = value
+        metrics.live_metric.values = values
+        metrics.live_rows.values = rows
+        metrics.live_degraded.values = degraded
+
     def _refresh(self) -> None:
         """Gauges mirroring live state, read at scrape (and snapshot) time."""
         metrics = self.metrics
@@ -224,6 +244,8 @@ class Observability:
             metrics.capture_written.values[()] = float(writer.written)
             metrics.capture_dropped.values[()] = float(writer.dropped)
             metrics.capture_queue.values[()] = float(writer.queued_rows)
+        if self.quality is not None:
+            self._quality_gauges(metrics, self.quality)
         if dataplane.executor is not None:
             status = dataplane.executor.status()
             metrics.workers.values[()] = float(status.workers)

@@ -1,0 +1,57 @@
+"""``GET /models/{name}/quality``: live quality from feedback labels (serving.capture)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+from serving.capture.monitor import QualityMonitor
+from serving.core.errors import CaptureOffError, CaptureUnavailableError
+from serving.http.routes.deps import DataPlaneDep, InfoAccess
+
+router = APIRouter(prefix="/models", tags=["feedback"], dependencies=[InfoAccess])
+
+
+@router.get(
+    "/{name}/quality",
+    summary="Live quality per served version: metrics over recent labelled rows vs holdout",
+)
+async def get_quality(
+    name: Annotated[str, Path(description="Model name.")],
+    request: Request,
+    dataplane: DataPlaneDep,
+    version: Annotated[int | None, Query(ge=1, description="One served version.")] = None,
+) -> Response:
+    monitor: QualityMonitor | None = request.app.state.quality
+    if monitor is None:
+        raise CaptureOffError(
+            "data capture is off (SERVEWELL_CAPTURE=none): there are no labelled predictions"
+        )
+    production = dataplane.resolve(name)
+    if version is not None:
+        manifests = [dataplane.resolve(name, version).manifest]
+    else:  # production first, then every other served version
+        others = [s for s in dataplane.ready_models() if s.manifest.name == name]
+        manifests = [production.manifest] + [
+            s.manifest for s in others if s.manifest.version != production.manifest.version
+        ]
+    try:
+        reports = await asyncio.to_thread(lambda: [monitor.report(m) for m in manifests])
+    except Exception as exc:
+        raise CaptureUnavailableError(
+            f"the capture database is unavailable ({type(exc).__name__}); retry later",
+            retry_after=5.0,
+        ) from exc
+    body = {
+        "model": name,
+        "production_version": production.manifest.version,
+        "tolerance": monitor.tolerance,
+        "min_rows": monitor.min_rows,
+        "last_n": monitor.last_n,
+        "versions": reports,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
