@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from serving.capture.database import default_url, ensure_schema, open_engine
 from serving.capture.feedback import Kept, Outcome, join
 from serving.capture.records import Captured
-from serving.capture.store import CaptureStore
+from serving.capture.store import CapturedRow, CaptureStore
 from serving.capture.writer import CaptureWriter
 from serving.execution.runtime import FloatArray, Prediction
 from serving.settings import Settings
@@ -122,6 +122,14 @@ class Capture:
             class_keys,
         )
         self.writer.offer(record)
+
+    def read(
+        self, model: str, *, limit: int, since: float | None, labelled_only: bool
+    ) -> list[CapturedRow]:
+        """Captured rows, newest first, after writing what is queued (blocking)."""
+        self.writer.flush(FLUSH_BEFORE_FEEDBACK_S)
+        self.ensure_schema()
+        return self.store.rows(model, limit=limit, since=since, labelled_only=labelled_only)
 
     def feedback(self, model: str, kept: Kept, now: float) -> list[Outcome]:
         """Join labels to captured predictions (blocking: run it off the event loop). What

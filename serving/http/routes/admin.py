@@ -6,17 +6,20 @@ configured token the whole API answers 404, so it is never open by accident.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from serving.capture.capture import Capture
 from serving.codecs.schemas import ErrorResponse
-from serving.core.errors import NotReadyError
+from serving.core.errors import CaptureOffError, CaptureUnavailableError, NotReadyError
 from serving.core.lifecycle import Lifecycle
 from serving.settings import Settings
 
@@ -69,7 +72,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "No bearer token.",
         403: "Wrong token.",
         404: "Admin API disabled, or unknown model or version.",
-        409: "Refused: the version failed verification or loading, or nothing to roll back to.",
+        409: "Refused: the version failed verification or loading, or nothing to roll back "
+        "to; or data capture is off.",
+        503: "The capture database is unavailable.",
     }.items()
 }
 
@@ -98,3 +103,34 @@ async def rollback(name: Name, lifecycle: AdminDep) -> Response:
 @router.get("/{name}/versions", summary="Published versions: production, served, errors")
 async def versions(name: Name, lifecycle: AdminDep) -> Response:
     return _json(await lifecycle.versions(name))
+
+
+@router.get("/{name}/captures", summary="Captured predictions of a model with their labels")
+async def captures(
+    name: Name,
+    request: Request,
+    lifecycle: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Most rows, newest first.")] = 100,
+    since: Annotated[
+        datetime | None, Query(description="Only rows predicted at or after (ISO 8601, UTC).")
+    ] = None,
+    labelled: Annotated[bool, Query(description="Only rows with a label.")] = False,
+) -> Response:
+    capture: Capture | None = lifecycle.dataplane.capture
+    if capture is None:
+        raise CaptureOffError("data capture is off (SERVEWELL_CAPTURE=none)")
+    start = None if since is None else (since if since.tzinfo else since.replace(tzinfo=UTC))
+    try:
+        rows = await asyncio.to_thread(
+            capture.read,
+            name,
+            limit=limit,
+            since=None if start is None else start.timestamp(),
+            labelled_only=labelled,
+        )
+    except Exception as exc:
+        raise CaptureUnavailableError(
+            f"the capture database is unavailable ({type(exc).__name__}); retry later",
+            retry_after=5.0,
+        ) from exc
+    return _json({"model": name, "count": len(rows), "rows": rows})

@@ -32,7 +32,12 @@ def capturing(
 ) -> Iterator[tuple[RunningServer, str]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('capture') / 'capture.sqlite'}"
     settings = quiet_settings(
-        trained_store, pool_size=1, capture="iris,diabetes", capture_url=url, feedback_max_items=5
+        trained_store,
+        pool_size=1,
+        capture="iris,diabetes",
+        capture_url=url,
+        feedback_max_items=5,
+        admin_token="adm1n",
     )
     with running_server(settings) as running:
         yield running, url
@@ -222,3 +227,28 @@ def test_an_unusable_database_never_fails_a_prediction(
         assert answer.status_code == 503
         assert answer.json()["error"]["type"] == "capture_unavailable"
         assert "Retry-After" in answer.headers
+
+
+def test_the_admin_api_reads_captured_rows(capturing: tuple[RunningServer, str]) -> None:
+    server, _ = capturing
+    admin = {"Authorization": "Bearer adm1n"}
+    with server.client() as client:
+        client.post(
+            "/models/iris/predict", json={"rows": [IRIS_ROW]}, headers={"X-Request-ID": "adm-1"}
+        )
+        _feedback(client, "iris", [{"request_id": "adm-1", "label": "setosa"}])
+        assert client.get("/admin/models/iris/captures").status_code == 401
+        newest = client.get("/admin/models/iris/captures?limit=1", headers=admin).json()
+        labelled = client.get(
+            "/admin/models/iris/captures?labelled=true&since=2000-01-01T00:00:00Z", headers=admin
+        ).json()
+        future = client.get("/admin/models/iris/captures?since=2999-01-01", headers=admin).json()
+        bad = client.get("/admin/models/iris/captures?limit=0", headers=admin)
+    assert newest["count"] == 1
+    assert newest["rows"][0]["request_id"] == "adm-1"
+    assert newest["rows"][0]["inputs"] == dict(zip(IRIS, IRIS_ROW, strict=True))
+    assert newest["rows"][0]["label"] == "setosa"
+    assert all(r["label"] is not None for r in labelled["rows"])
+    assert labelled["count"] >= 1
+    assert future["count"] == 0
+    assert bad.status_code == 422
