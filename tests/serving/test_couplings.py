@@ -22,7 +22,8 @@ from serving.couplings import loops, sklearn_forest, uvicorn_http
 from serving.couplings.uvicorn_http import ConnectionLimits, GuardedHttpToolsProtocol
 from serving.settings import Settings
 from serving.store import ModelStore
-from tests.serving.http.test_main import ROOT, _start
+from tests.serving.process import ROOT
+from tests.serving.process import start_serving as _start
 
 LIMITS = ConnectionLimits(
     header_timeout_s=5, max_header_bytes=8192, max_headers=50, max_connections=10, retry_after_s=1

@@ -16,8 +16,8 @@ from tests.serving.capture.postgres import binaries, running_postgres
 def postgres_url() -> Iterator[str]:
     if binaries() is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    with running_postgres() as url:
-        yield url
+    with running_postgres() as server:
+        yield server.url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -33,49 +33,47 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def running_postgres() -> Iterator[str]:
-    """Start a server; yield its SQLAlchemy URL (database ``postgres``, user ``postgres``)."""
-    bin_dir = binaries()
-    if bin_dir is None:
-        raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    as_user: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    with tempfile.TemporaryDirectory(prefix="servewell-pg-") as tmp:
-        data, sockets = Path(tmp, "data"), Path(tmp, "sockets")
-        sockets.mkdir()
-        if as_user:
+class PostgresServer:
+    """One cluster in a temporary directory; :meth:`stop` and :meth:`start` again keep its
+    data and port (for tests of a database that goes away and comes back)."""
+
+    def __init__(self, tmp: str) -> None:
+        bin_dir = binaries()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+        self.as_user: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.data, self.sockets = Path(tmp, "data"), Path(tmp, "sockets")
+        self.sockets.mkdir()
+        if self.as_user:
             os.chmod(tmp, 0o755)
-            shutil.chown(sockets, "postgres")
-            data.mkdir()
-            shutil.chown(data, "postgres")
-        env = {**os.environ, "LC_ALL": "C"}
-        subprocess.run(
-            [
-                *as_user,
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-            ],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        port = _free_port()
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off"
-        pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
-        subprocess.run(
-            [*pg_ctl, "-o", options, "-l", str(sockets / "log"), "start"],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
+            shutil.chown(self.sockets, "postgres")
+            self.data.mkdir()
+            shutil.chown(self.data, "postgres")
+        self.env = {**os.environ, "LC_ALL": "C"}
+        initdb = [str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
+        self._run([*initdb, "-E", "UTF8"])
+        self.port = _free_port()
+        self.pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60"]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, command: list[str], check: bool = True) -> None:
+        subprocess.run([*self.as_user, *command], check=check, capture_output=True, env=self.env)
+
+    def start(self) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets} -c fsync=off"
+        self._run([*self.pg_ctl, "-o", options, "-l", str(self.sockets / "log"), "start"])
+
+    def stop(self) -> None:
+        self._run([*self.pg_ctl, "-m", "immediate", "stop"], check=False)
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """Start a server; yield it (``.url``: its SQLAlchemy URL, database and user ``postgres``)."""
+    with tempfile.TemporaryDirectory(prefix="servewell-pg-") as tmp:
+        server = PostgresServer(tmp)
+        server.start()
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield server
         finally:
-            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, env=env)
+            server.stop()

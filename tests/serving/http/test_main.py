@@ -17,15 +17,9 @@ import pytest
 
 from serving.couplings.uvloop_accept import GreedyAcceptLoop
 from serving.store import ModelStore
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.serving.process import ROOT
+from tests.serving.process import free_port as _free_port
+from tests.serving.process import start_serving as _start
 
 
 def _children(pid: int) -> set[int]:
@@ -55,46 +49,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _start(
-    trained_store: ModelStore, loop: str = "uvloop", *args: str, **settings: str
-) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "SERVEWELL_STORE": str(trained_store.root),
-        "SERVEWELL_PORT": str(port),
-        "SERVEWELL_POOL_SIZE": "2",
-        "SERVEWELL_LOG_LEVEL": "warning",
-        "SERVEWELL_LOOP": loop,
-        **{f"SERVEWELL_{name.upper()}": value for name, value in settings.items()},
-    }
-    if "--port" in args:
-        port = int(args[args.index("--port") + 1])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, like a shell job
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(process.communicate()[0])
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("the service did not become ready")
-        time.sleep(0.2)
 
 
 def _wait_gone(pids: set[int], seconds: float) -> list[int]:

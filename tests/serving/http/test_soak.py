@@ -20,7 +20,8 @@ from bench import bodies as bench_bodies
 from bench import wrk
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW
-from tests.serving.http.test_main import _children, _start
+from tests.serving.http.test_main import _children
+from tests.serving.process import start_serving as _start
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,105 @@
+"""Capture when its database fails: PostgreSQL stopped while the service runs, and the server
+killed with SIGKILL. Predictions never notice; capture counts what it drops and resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.capture.database import open_engine
+from serving.capture.store import CaptureStore
+from serving.store import ModelStore
+from tests.serving.capture.postgres import PostgresServer, binaries
+from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
+from tests.serving.process import start_serving
+
+
+def _predict(client: httpx.Client, request_id: str, rows: int = 1) -> None:
+    response = client.post(
+        "/models/iris/predict",
+        json={"rows": [IRIS_ROW] * rows},
+        headers={"X-Request-ID": request_id},
+    )
+    assert response.status_code == 200, response.text
+
+
+def _count(url: str) -> int:
+    engine = open_engine(url)
+    try:
+        return CaptureStore(engine).count("iris")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_stopped_and_back(trained_store: ModelStore) -> None:
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    with tempfile.TemporaryDirectory(prefix="servewell-pg-") as tmp:
+        database = PostgresServer(tmp)
+        database.start()
+        settings = quiet_settings(
+            trained_store, pool_size=1, capture="all", capture_url=database.url
+        )
+        try:
+            with running_server(settings) as server, server.client() as client:
+                writer = server.app.state.dataplane.capture.writer
+                _predict(client, "before")
+                assert writer.flush(10)
+                assert _count(database.url) == 1
+
+                database.stop()
+                for i in range(5):
+                    _predict(client, f"down-{i}")  # answered as ever
+                assert writer.flush(30)
+                assert writer.dropped == 5
+                scrape = client.get("/metrics").text
+                assert "servewell_capture_dropped_total 5.0" in scrape
+                answer = client.post(
+                    "/models/iris/feedback", json=[{"request_id": "before", "label": "setosa"}]
+                )
+                assert answer.status_code == 503
+
+                database.start()
+                deadline = time.monotonic() + 30
+                while _count(database.url) < 2 and time.monotonic() < deadline:
+                    _predict(client, "after")  # capture resumes by itself
+                    writer.flush(10)
+                assert _count(database.url) >= 2
+                joined = client.post(
+                    "/models/iris/feedback", json=[{"request_id": "before", "label": "setosa"}]
+                )
+                assert joined.json()["joined"] == 1
+        finally:
+            database.stop()
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_the_database_consistent(trained_store: ModelStore, tmp_path: Path) -> None:
+    path = tmp_path / "capture.sqlite"
+    process, url = start_serving(
+        trained_store, pool_size="1", capture="all", capture_url=f"sqlite:///{path}"
+    )
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(200):
+                _predict(client, f"r{i}", rows=1 + i % 7)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        counts = dict(
+            db.execute("SELECT request_id, count(*) FROM captured_predictions GROUP BY request_id")
+        )
+    assert counts  # the writer had time to write some of them
+    # What was written is whole: a request's rows are written in one transaction or not at all.
+    assert all(counts[rid] == 1 + int(rid[1:]) % 7 for rid in counts)
+    assert len(counts) <= 200

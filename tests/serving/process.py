@@ -1,0 +1,63 @@
+"""``python -m serving`` as a process of its own, started the way a user starts it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from serving.store import ModelStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_serving(
+    trained_store: ModelStore, loop: str = "uvloop", *args: str, **settings: str
+) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SERVEWELL_STORE": str(trained_store.root),
+        "SERVEWELL_PORT": str(port),
+        "SERVEWELL_POOL_SIZE": "2",
+        "SERVEWELL_LOG_LEVEL": "warning",
+        "SERVEWELL_LOOP": loop,
+        **{f"SERVEWELL_{name.upper()}": value for name, value in settings.items()},
+    }
+    if "--port" in args:
+        port = int(args[args.index("--port") + 1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(process.communicate()[0])
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the service did not become ready")
+        time.sleep(0.2)
