@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,7 @@ import httpx
 from serving.store import ModelStore
 from tests.serving.artifacts import publish_copy, set_production
 from tests.serving.observe.test_metrics import IRIS, PREDICT, ROOT, Samples, scrape, value
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.serving.process import free_port as _free_port
 
 
 def _wait(check: Callable[[], bool], timeout: float = 30.0) -> None:
