@@ -111,17 +111,21 @@ class Capture:
             return
         if policy.sample < 1.0 and self._random() >= policy.sample:
             return
-        record = Captured(
-            manifest,
-            request_id,
-            time.time(),
-            latency_s * 1000.0,
-            transport,
-            rows,
-            prediction,
-            class_keys,
-        )
-        self.writer.offer(record)
+        try:
+            record = Captured(
+                manifest,
+                request_id,
+                time.time(),
+                latency_s * 1000.0,
+                transport,
+                rows,
+                prediction,
+                class_keys,
+            )
+            self.writer.offer(record)
+        except Exception:  # capture's own fault must not become the request's
+            self.writer.dropped += len(rows)
+            log.exception("capture: a request could not be queued")
 
     def read(
         self, model: str, *, limit: int, since: float | None, labelled_only: bool
