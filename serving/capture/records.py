@@ -52,16 +52,34 @@ def _decoder(kind: FeatureKind, categories: Sequence[str] | None) -> Decoder:
         return lambda v: None if math.isnan(v) else names[int(v)]
     if kind == FeatureKind.BOOLEAN:
         return lambda v: None if math.isnan(v) else bool(v)
-    if kind == FeatureKind.INTEGER:
-        return lambda v: None if math.isnan(v) else int(v)
-    return lambda v: None if math.isnan(v) else v
+    return lambda v: None if math.isnan(v) else int(v)
 
 
-def decoders(manifest: Manifest) -> list[tuple[str, Decoder]]:
-    return [(f.name, _decoder(f.kind, f.categories)) for f in manifest.features]
+@dataclass(frozen=True, slots=True)
+class InputDecoder:
+    """A manifest's encoded rows back to inputs by feature name. Numeric features pass as
+    they are (orjson writes NaN as null); only the others are decoded, so a model of numbers
+    costs one ``dict(zip(...))`` per row."""
+
+    names: list[str]
+    special: list[tuple[int, Decoder]]
+
+    def inputs(self, row: list[float]) -> dict[str, Any]:
+        for i, decode in self.special:
+            row[i] = decode(row[i])
+        return dict(zip(self.names, row, strict=True))
 
 
-def rows_of(record: Captured, decode: Sequence[tuple[str, Decoder]]) -> Iterator[dict[str, Any]]:
+def decoders(manifest: Manifest) -> InputDecoder:
+    special = [
+        (i, _decoder(f.kind, f.categories))
+        for i, f in enumerate(manifest.features)
+        if f.kind != FeatureKind.NUMERIC
+    ]
+    return InputDecoder([f.name for f in manifest.features], special)
+
+
+def rows_of(record: Captured, decode: InputDecoder) -> Iterator[dict[str, Any]]:
     """The database rows of one request (``decode``: :func:`decoders` of its manifest)."""
     manifest = record.manifest
     values = record.prediction.predictions.tolist()
@@ -76,7 +94,7 @@ def rows_of(record: Captured, decode: Sequence[tuple[str, Decoder]]) -> Iterator
     for i, (row, value, probability) in enumerate(
         zip(np.asarray(record.rows).tolist(), values, probability_rows, strict=True)
     ):
-        inputs = {name: d(v) for (name, d), v in zip(decode, row, strict=True)}
+        inputs = decode.inputs(row)
         yield {
             "model": manifest.name,
             "version": manifest.version,

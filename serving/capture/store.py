@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy import Engine, and_, delete, func, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from serving.capture.records import Captured, Decoder, decoders, rows_of
+from serving.capture.records import Captured, InputDecoder, decoders, rows_of
 from serving.capture.schema import labels, predictions
 
 
@@ -45,7 +45,7 @@ class CapturedRow:
 class CaptureStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._decoders: dict[tuple[str, int], list[tuple[str, Decoder]]] = {}
+        self._decoders: dict[tuple[str, int], InputDecoder] = {}
 
     def write(self, batch: Sequence[Captured]) -> None:
         """Insert the rows of ``batch`` in one transaction (the writer thread's sink)."""
