@@ -83,7 +83,9 @@ async def answer(
     decoded = codec.decode(served, body, headers)
     result = await predict(dataplane, served, decoded.rows, decoded.want_probabilities, ctx)
     refuse_non_finite(result.prediction)
-    encoded = codec.encode(decoded, result)
+    payload, content_headers = codec.encode(decoded, result)
+    # Which version answered, whatever the transport (also in the body: version, model_version).
+    headers = [*content_headers, (b"x-model-version", str(result.version).encode())]
     capture = dataplane.capture
     if capture is not None:
         latency = time.perf_counter() - ctx.started
@@ -96,7 +98,7 @@ async def answer(
             result.prediction,
             served.class_keys,
         )
-    return encoded
+    return payload, headers
 
 
 async def predict(

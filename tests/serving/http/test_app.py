@@ -310,3 +310,22 @@ def test_error_bodies_stay_small(client: httpx.Client) -> None:
     typo = client.post("/models/iris/predict", json={"instances": [{long_key: 1}]})
     assert typo.status_code == 422
     assert len(typo.content) < 5_000
+
+
+def test_every_prediction_says_which_version_answered(client: httpx.Client) -> None:
+    typed = client.post("/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})
+    pinned = client.post("/models/iris/versions/1/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})
+    v2 = client.post(
+        "/v2/models/iris/infer",
+        json={
+            "inputs": [
+                {"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}
+            ]
+        },
+    )
+    assert typed.headers["x-model-version"] == str(typed.json()["version"]) == "1"
+    assert pinned.headers["x-model-version"] == "1"
+    assert v2.headers["x-model-version"] == v2.json()["model_version"] == "1"
+    refused = client.post("/models/iris/predict", json={"rows": [[1.0]]})
+    assert refused.status_code == 422
+    assert "x-model-version" not in refused.headers  # no version answered
