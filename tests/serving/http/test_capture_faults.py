@@ -9,9 +9,11 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from serving.capture.database import open_engine
 from serving.capture.store import CaptureStore
@@ -103,3 +105,41 @@ def test_sigkill_leaves_the_database_consistent(trained_store: ModelStore, tmp_p
     # What was written is whole: a request's rows are written in one transaction or not at all.
     assert all(counts[rid] == 1 + int(rid[1:]) % 7 for rid in counts)
     assert len(counts) <= 200
+
+
+def test_a_full_sqlite_file_and_back(trained_store: ModelStore, tmp_path: Path) -> None:
+    """SQLite's own "database or disk is full" (its page limit lowered to what the file holds),
+    then room again: predictions never notice, and capture resumes."""
+    url = f"sqlite:///{tmp_path / 'capture.sqlite'}"
+    settings = quiet_settings(trained_store, pool_size=1, capture="all", capture_url=url)
+    with running_server(settings) as server, server.client() as client:
+        capture = server.app.state.dataplane.capture
+        _predict(client, "first")
+        assert capture.writer.flush(10)
+
+        def full(dbapi_connection: Any, _: Any) -> None:
+            pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+        event.listen(capture.engine, "connect", full)
+        capture.engine.dispose()  # new connections get the limit
+        for i in range(3):
+            _predict(client, f"full-{i}", rows=2000)  # more than the file has room for
+        assert capture.writer.flush(30)
+        assert capture.writer.dropped == 6000
+        event.remove(capture.engine, "connect", full)
+        capture.engine.dispose()
+        _predict(client, "room-again")
+        assert capture.writer.flush(10)
+    rows = {(r.request_id, r.row) for r in CaptureStore(open_engine(url)).rows("iris", limit=10)}
+    assert ("room-again", 0) in rows
+    assert ("first", 0) in rows
+
+
+def test_shutdown_writes_what_is_queued(trained_store: ModelStore, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'capture.sqlite'}"
+    settings = quiet_settings(trained_store, pool_size=1, capture="all", capture_url=url)
+    with running_server(settings) as server, server.client() as client:
+        for i in range(50):
+            _predict(client, f"s{i}")
+    assert _count(url) == 50  # the server stopped: everything it answered was written
