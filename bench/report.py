@@ -24,6 +24,8 @@ class Measured:
     """% of one core, workers included."""
     other_cpu: float
     """% of one core used by neither the server nor wrk: noise, ideally about 0."""
+    capture: dict[str, float] = field(default_factory=dict)
+    """With capture on, by figure: rows written per second, rows dropped, queue's peak sample."""
 
 
 @dataclass
@@ -46,6 +48,11 @@ class Outcome:
             return None
         if figure == "errors":  # every failed request of every round counts
             return float(sum(r.result.errors for r in self.runs))
+        if figure in ("dropped", "queue max"):  # so does every round's capture queue
+            seen = [r.capture[figure] for r in self.runs if figure in r.capture]
+            return (sum if figure == "dropped" else max)(seen) if seen else None
+        if figure == "capture rows/s":
+            return m.capture.get(figure)
         if figure == "p50 ms":
             return m.result.p50_ms
         rps = m.result.requests_per_s

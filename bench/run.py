@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from serving.store import ModelStore
 
 ROOT = servers.ROOT
 RESULTS = ROOT / "bench" / "results"
+CAPTURED = "servewell_capture_"
 FULL = {"rounds": 3, "duration": 5.0, "warmup": 2.0, "pair_runs": 8, "pair_duration": 3.0}
 QUICK = {"rounds": 1, "duration": 2.0, "warmup": 1.0, "pair_runs": 4, "pair_duration": 2.0}
 
@@ -116,13 +118,33 @@ class Bench:
             wrk.run(self.args.wrk, url, file, c, warmup, 2)
         cpu, host = server.cpu_s(), servers.host_busy_s()
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
-        result = wrk.run(self.args.wrk, url, file, c, self.args.duration, 2)
+        result, capture = self.load(server, s)
         wrk_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - wrk_cpu
         cpu, host = server.cpu_s() - cpu, servers.host_busy_s() - host
         if server.process.poll() is not None:
             raise wrk.WrkError(f"{server.name} exited: {server.log_tail()}")
         pct = 100 / result.duration_s
-        return Measured(result, pct * cpu, pct * max(0.0, host - cpu - wrk_cpu))
+        return Measured(result, pct * cpu, pct * max(0.0, host - cpu - wrk_cpu), capture)
+
+    def load(self, server: servers.Running, s: Scenario) -> tuple[wrk.Result, dict[str, float]]:
+        """One wrk run; with capture on, the writer's figures (``Measured.capture``): rows
+        written per second of wall time between two scrapes of /metrics (below what it can
+        write unless it falls behind), rows dropped, the queue's gauge sampled every 0.2 s."""
+        on = "SERVEWELL_CAPTURE_URL" in SERVERS[s.server].env
+        a, file = self.args, self.bodies(s)[0]
+        cmd = wrk.command(a.wrk, server.url + s.path, file, s.connections, a.duration, 2)
+        before, started, proc = server.metrics() if on else {}, time.monotonic(), wrk.start(cmd)
+        queue: list[float] = []
+        while on and proc.poll() is None:
+            queue += [v for k, v in server.metrics().items() if k == CAPTURED + "queue_rows"]
+            time.sleep(0.2)
+        result = wrk.finish(proc, a.duration + 32)
+        after, took = server.metrics() if on else {}, time.monotonic() - started
+        out = {"queue max": max(queue)} if queue else {}
+        for figure, name, per in (("capture rows/s", "rows", took), ("dropped", "dropped", 1)):
+            if (key := f"{CAPTURED}{name}_total") in before and key in after:
+                out[figure] = (after[key] - before[key]) / per
+        return result, out
 
     def paired(self, suite: Suite) -> dict[str, paired.Comparison]:
         """Every paired target on two instances of each side, started in mirrored order."""

@@ -10,12 +10,18 @@ from typing import Literal
 Kind = Literal["service", "bare", "naive", "mlserver", "ray"]
 Request = Literal["typed", "rows", "v2json", "v2binary", "mlserver"]
 V2: tuple[Request, Request] = ("v2json", "v2binary")
-Figure = Literal["req/s", "rows/s", "p50 ms", "errors"]
+Figure = Literal["req/s", "rows/s", "p50 ms", "errors", "capture rows/s", "dropped", "queue max"]
 
 # What a user gets: metrics, drift tracking and a JSON access line per request really written.
 OBSERVED = {"SERVEWELL_METRICS": "true", "SERVEWELL_ACCESS_LOG": "true"}
 OBSERVED |= {"SERVEWELL_LOG_LEVEL": "info", "SERVEWELL_LOG_FORMAT": "json"}
 QUIET = {"SERVEWELL_METRICS": "false", "SERVEWELL_ACCESS_LOG": "false"}
+OBSERVED["SERVEWELL_CAPTURE"] = QUIET["SERVEWELL_CAPTURE"] = "none"  # the default, whatever is set
+CAPTURE_QUEUE = 100_000
+# Every answered request kept, in SQLite in the run's temp dir ({run}: a name of the server's own).
+CAPTURE = {**OBSERVED, "SERVEWELL_RUNTIME": "auto", "SERVEWELL_CAPTURE": "all"}
+CAPTURE |= {"SERVEWELL_CAPTURE_URL": "sqlite:///{run}.capture.sqlite"}
+CAPTURE |= {"SERVEWELL_CAPTURE_QUEUE_ROWS": str(CAPTURE_QUEUE)}
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ SERVERS = {
         Server("service@base", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}, baseline=True),
         Server("service_sklearn", env={**OBSERVED, "SERVEWELL_RUNTIME": "sklearn"}),
         Server("service_metrics", env={**OBSERVED, "SERVEWELL_ACCESS_LOG": "false"}),
+        Server("service_capture", env=CAPTURE),
         Server("service_quiet", env={**QUIET, "SERVEWELL_LOG_LEVEL": "warning"}),
         # As the peers comparison always ran it: defaults, no access lines at level warning.
         Server("servewell", env={"SERVEWELL_RUNTIME": "auto", "SERVEWELL_LOG_LEVEL": "warning"}),
@@ -106,9 +113,12 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
         # Runs that are compared sit next to each other: they see about the same background.
         suite.scenarios.extend([typed[1], v2j[1], v2b[1], bare, naive, t100, quiet, v2j[100]])
         suite.scenarios.extend([v2b[100], sk100, typed[1000], rows, sk_rows, v2j_rows, v2b_rows])
+        # The writer falls behind 10 000-row requests (its rows/s then is what it can write).
+        capture = [replace(s, server="service_capture") for s in (rows, typed[1000])]
+        suite.scenarios += capture
         pair = Scenario(m, "service", "typed", PAIR)
         p_metrics, p_quiet = (replace(pair, server=s) for s in ("service_metrics", "service_quiet"))
-        p_v2j = replace(pair, request="v2json")
+        p_v2j, p_capture = replace(pair, request="v2json"), replace(pair, server="service_capture")
         vs_bare = 0.85 if m == "iris" else None
         vs_naive = 50.0 if m == "breast_cancer" else None
         suite.targets += [
@@ -127,7 +137,13 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
                 f"{m}: metrics + access log, throughput kept", pair, p_quiet, "req/s", paired=True
             ),
             Target(f"{m}: single row, v2 JSON vs typed", p_v2j, pair, "req/s", 0.90, True),
+            Target(f"{m}: capture, throughput kept", p_capture, pair, "req/s", 0.90, True),
+            Target(f"{m}: capture writer rows/s", capture[0], None, "capture rows/s", 20_000),
         ]
+        for s in capture:
+            name = f"{m}: capture, {s.request} c={s.connections}: "
+            bounded = Target(name + "queue max rows", s, None, "queue max", at_most=CAPTURE_QUEUE)
+            suite.targets += [bounded, Target(name + "rows dropped", s, None, "dropped")]
         if baseline_ref is not None:
             # Single rows load the event loop; for 10 000 rows a few connections suffice.
             for a in (pair, p_v2j, replace(rows, connections=4), replace(v2b_rows, connections=4)):

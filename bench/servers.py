@@ -109,6 +109,15 @@ class Running:
                 out[m] = None
         return out
 
+    def metrics(self) -> dict[str, float]:
+        """The unlabelled samples of ``GET /metrics``; empty when not answered (e.g. shed)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+                samples = [line.split() for line in resp.read().decode().splitlines()]
+        except OSError:
+            return {}
+        return {s[0]: float(s[1]) for s in samples if len(s) == 2 and s[0].isidentifier()}
+
     def wait_idle(self, limit_s: float = 60.0) -> None:
         """Wait until the server uses < 10 % of a core (at most ``limit_s``): one that fell
         behind goes on answering requests whose clients are gone, and that must not be charged
@@ -185,7 +194,8 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
         env = {"SERVEWELL_STORE": store, "BENCH_MODELS": ",".join(ctx.models)}
         return [*argv, "--log-level=warning"], {**env, "PYTHONPATH": str(ROOT)}, ROOT
     source = ctx.baseline if server.baseline else ROOT
-    env = {"PYTHONPATH": str(source), "SERVEWELL_STORE": store, **server.env}
+    own = {k: v.replace("{run}", f"{ctx.workdir}/{port}") for k, v in server.env.items()}
+    env = {"PYTHONPATH": str(source), "SERVEWELL_STORE": store, **own}
     if server.kind == "ray":
         temp = tempfile.mkdtemp(prefix="ray-b-", dir="/tmp")  # short unix socket paths
         argv = [py, "-m", "serving.ray.local", "--config", str(RAY_CONFIG), "--store", store]

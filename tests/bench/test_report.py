@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from bench import report
@@ -28,6 +29,14 @@ def test_the_median_round_gives_the_figures_and_errors_count_every_round() -> No
     assert o.spread == 0.3
     assert _outcome(ROWS, 10).figure("rows/s") == 100_000
     assert Outcome(SERVICE, error="died").figure("req/s") is None
+
+
+def test_capture_figures_rows_s_of_the_median_round_drops_and_queue_of_every_round() -> None:
+    o, figures = _outcome(ROWS, 9, 11, 10), [{"dropped": 5.0, "queue max": 7.0}, {}]
+    figures.append({"capture rows/s": 3.0})  # the median round, by req/s
+    o.runs = [replace(r, capture=f) for r, f in zip(o.runs, figures, strict=True)]
+    assert (o.figure("capture rows/s"), o.figure("dropped"), o.figure("queue max")) == (3, 5, 7)
+    assert _outcome(ROWS, 10).figure("queue max") is None  # never sampled: not "bounded"
 
 
 def test_targets_pass_miss_info_and_na() -> None:

@@ -45,6 +45,14 @@ def test_the_main_suite_covers_what_the_service_is_measured_on() -> None:
     rows = scenarios.ROWS
     assert compared == {("typed", 1), ("v2json", 1), ("rows", rows), ("v2binary", rows)}
     assert all(t.at_least == 0.97 and t.paired for t in with_ref)
+    env = SERVERS["service_capture"].env
+    bounded = [t for t in suite.targets if t.figure == "queue max"]
+    assert {t.at_most for t in bounded} == {int(env["SERVEWELL_CAPTURE_QUEUE_ROWS"])}
+    assert {(t.a.request, t.a.connections) for t in bounded} == {("rows", 1), ("typed", 1000)}
+    assert "{run}" in env["SERVEWELL_CAPTURE_URL"]  # a database per server, in the run's temp dir
+    writer = [t.at_least for t in suite.targets if t.figure == "capture rows/s"]
+    kept = [t.at_least for t in suite.targets if t.paired and t.a.server == "service_capture"]
+    assert (writer, kept) == ([20_000] * 2, [0.90] * 2)
 
 
 def test_only_narrows_scenarios_and_targets() -> None:
