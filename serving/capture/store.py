@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, delete, func, insert, select, tuple_
+from sqlalchemy import Engine, and_, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from serving.capture.records import Captured, InputDecoder, decoders, rows_of
+from serving.capture.records import COLUMNS, Captured, InputDecoder, decoders, rows_of
 from serving.capture.schema import labels, predictions
 
 
@@ -46,10 +46,20 @@ class CaptureStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._decoders: dict[tuple[str, int], InputDecoder] = {}
+        quote = engine.dialect.identifier_preparer.quote
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._insert = (
+            f"INSERT INTO {quote(predictions.name)} ({', '.join(quote(c) for c in COLUMNS)}) "
+            f"VALUES ({', '.join(mark for _ in COLUMNS)})"
+        )
 
     def write(self, batch: Sequence[Captured]) -> None:
-        """Insert the rows of ``batch`` in one transaction (the writer thread's sink)."""
-        rows: list[dict[str, Any]] = []
+        """Insert the rows of ``batch`` in one transaction (the writer thread's sink).
+
+        Through the driver's ``executemany`` with tuples: SQLAlchemy's per-row parameter
+        processing cost more than building the row (measured: about 5 µs a row, with the GIL
+        held)."""
+        rows: list[tuple[Any, ...]] = []
         for record in batch:
             key = (record.manifest.name, record.manifest.version)
             decode = self._decoders.get(key)
@@ -58,7 +68,7 @@ class CaptureStore:
             rows.extend(rows_of(record, decode))
         if rows:
             with self.engine.begin() as conn:
-                conn.execute(insert(predictions), rows)
+                conn.exec_driver_sql(self._insert, rows)
 
     def known(self, model: str, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which ``(request_id, row)`` of ``model`` were captured."""
