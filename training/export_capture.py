@@ -131,7 +131,7 @@ def export_capture(
     try:
         chunks = CaptureStore(engine).scan(name, chunk_rows=chunk_rows)
         write = _write_parquet if suffix == ".parquet" else _write_csv
-        summary = write(chunks, _schema(store, name), partial, out)
+        summary = write(chunks, name, _schema(store, name), partial, out)
         os.replace(partial, out)
         return summary
     except SQLAlchemyError as exc:
@@ -154,9 +154,9 @@ def _dropped(chunk: list[Any], columns: Columns) -> int:
 
 
 def _write_csv(
-    chunks: Iterator[list[Any]], manifest: Manifest | None, partial: Path, out: Path
+    chunks: Iterator[list[Any]], name: str, manifest: Manifest | None, partial: Path, out: Path
 ) -> ExportSummary:
-    first = _first(chunks, out.stem if manifest is None else manifest.name)
+    first = _first(chunks, name)
     columns = _columns(manifest, first[0])
     rows = labelled = dropped = 0
     with partial.open("w", newline="", encoding="utf-8") as fh:
@@ -176,7 +176,7 @@ def _chain(first: list[Any], rest: Iterator[list[Any]]) -> Iterator[list[Any]]:
 
 
 def _write_parquet(
-    chunks: Iterator[list[Any]], manifest: Manifest | None, partial: Path, out: Path
+    chunks: Iterator[list[Any]], name: str, manifest: Manifest | None, partial: Path, out: Path
 ) -> ExportSummary:
     """As the CSV, one row group per chunk; features, predictions and labels as JSON gave
     them, in columns typed from the first chunk (strings where the kinds mix)."""
@@ -184,7 +184,7 @@ def _write_parquet(
     pa = importlib.import_module("pyarrow")
     pq = importlib.import_module("pyarrow.parquet")
 
-    first = _first(chunks, out.stem if manifest is None else manifest.name)
+    first = _first(chunks, name)
     columns = _columns(manifest, first[0])
     header = columns.header()
     sample = [_record(r, columns) for r in first]
