@@ -135,10 +135,14 @@ def _value(feature: Feature, value: Any) -> float | str | None:
 def _label(schema: Manifest, label: Any) -> Any:
     if schema.task == Task.CLASSIFICATION:
         classes = schema.target.classes or []
-        # `True in [1]` holds in Python; compare types too, so a label means one class only.
-        if not any(label == c and type(label) is type(c) for c in classes):
-            raise _RefusedError(f"label is not one of the classes {classes}")
-        return label
+        for c in classes:
+            # `True == 1` and `"1" != 1`: booleans match booleans, text text, numbers numbers.
+            same_kind = isinstance(label, bool) == isinstance(c, bool) and isinstance(
+                label, str
+            ) == isinstance(c, str)
+            if same_kind and label == c:
+                return c  # the class as the model knows it (2 for a label sent as 2.0)
+        raise _RefusedError(f"label is not one of the classes {classes}")
     if isinstance(label, bool) or not isinstance(label, int | float) or not math.isfinite(label):
         raise _RefusedError("label is not a finite number")
     return float(label)

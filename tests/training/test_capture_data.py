@@ -3,6 +3,7 @@ de-duplicated by (request_id, row), counted either way."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,48 @@ def test_all_rows_refused_is_the_too_few_error_with_the_reasons(
     spec = shipped_spec("iris").with_overrides({"capture": {"use": "only"}})
     with pytest.raises(DataError, match=r"only 0 usable .*60 refused: 60 label is not one"):
         traffic_dataset(spec, iris, url)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "label", "reason"),
+    [
+        ({"size": 50.0, "rooms": 3, "garden": True, "city": "lyon"}, "cheap", None),
+        ({"size": None, "rooms": 3.0, "garden": False, "city": "paris"}, "dear", None),
+        ({"size": 50.0, "rooms": 3, "garden": True}, "cheap", "missing ['city']"),
+        ({"size": "big", "rooms": 3, "garden": True, "city": "lyon"}, "cheap", "'size' is not a"),
+        ({"size": 1.0, "rooms": 3.5, "garden": True, "city": "lyon"}, "cheap", "whole number"),
+        ({"size": 1.0, "rooms": None, "garden": True, "city": "lyon"}, "cheap", "'rooms' is null"),
+        ({"size": 1.0, "rooms": 3, "garden": 1, "city": "lyon"}, "cheap", "not true/false"),
+        ({"size": 1.0, "rooms": 3, "garden": True, "city": "nice"}, "cheap", "categories"),
+        ({"size": 1.0, "rooms": 3, "garden": True, "city": "lyon"}, "pricey", "not one of"),
+        ({"size": 1.0, "rooms": 3, "garden": True, "city": "lyon"}, True, "not one of"),
+    ],
+)
+def test_row_rules(inputs: dict[str, object], label: object, reason: str | None) -> None:
+    from tests.serving.capture.records import manifest
+    from training.capture_data import _RefusedError, _usable
+
+    if reason is None:
+        values, kept = _usable(manifest(), inputs, label)
+        assert kept == label
+        assert len(values) == 4
+        return
+    with pytest.raises(_RefusedError, match=re.escape(reason)):
+        _usable(manifest(), inputs, label)
+
+
+def test_regression_and_numeric_class_labels() -> None:
+    from serving.store import Target
+    from tests.serving.capture.records import manifest, regressor
+    from training.capture_data import _RefusedError, _usable
+
+    inputs = {"size": 1.0, "rooms": 3, "garden": True, "city": "lyon"}
+    assert _usable(regressor(), inputs, 12)[1] == 12.0
+    for bad in (True, "12", float("nan")):
+        with pytest.raises(_RefusedError, match="not a finite number"):
+            _usable(regressor(), inputs, bad)
+    numeric = manifest().model_copy(update={"target": Target(name="n", classes=[0, 1, 2])})
+    assert _usable(numeric, inputs, 2.0)[1] == 2
+    for bad in ("2", True):
+        with pytest.raises(_RefusedError, match="not one of"):
+            _usable(numeric, inputs, bad)
