@@ -104,21 +104,14 @@ def train(
     echo(f"[{spec.name}] training {spec.estimator.class_}")
     task = resolve_task(spec)
     primary = primary_metric(spec, task)
-    traffic: TrafficFacts | None = None
-    if spec.capture.use == "none":
-        split = load_split(spec, task, echo)
-    else:
-        url = capture_url or default_capture_url(store.root)
-        split, traffic = load_traffic_split(spec, task, store, url, echo)
+    split, traffic = _load(spec, task, store, capture_url, echo)
     scores = fit_and_score(spec, task, split, primary, echo)
     spec_dict = spec.to_dict()
     unchanged = _unchanged(store, spec, spec_dict, split, scores.metrics, echo)
     if unchanged is not None and not force_promote:
         return unchanged
     decision, prod_scores = _gate(spec, store, task, primary, split, scores, echo, traffic)
-    outcome = _outcome(spec, split, scores, decision, force_promote)
-    if traffic is not None:
-        outcome["capture"] = traffic.to_dict()
+    outcome = _outcome(spec, split, scores, decision, force_promote, traffic)
     fields = _fields(spec, task, primary, split, scores, {**spec_dict, OUTCOME_KEY: outcome})
     with stage(echo, "export"):
         version, path = _publish(
@@ -147,6 +140,16 @@ def train(
         decision=decision,
         path=path,
     )
+
+
+def _load(
+    spec: Spec, task: Task, store: ModelStore, capture_url: str | None, echo: Echo
+) -> tuple[Split, TrafficFacts | None]:
+    """The spec's data split for training, or its model's labelled traffic (and what of it)."""
+    if spec.capture.use == "none":
+        return load_split(spec, task, echo), None
+    url = capture_url or default_capture_url(store.root)
+    return load_traffic_split(spec, task, store, url, echo)
 
 
 def _unchanged(
@@ -201,16 +204,7 @@ def _gate(
             validate_to_fit=splits.validate_to_fit,
         )
         if traffic is not None:
-            served, on_traffic, served_scores = versus_served(
-                spec,
-                store,
-                scores.model,
-                split.X_test,
-                split.y_test,
-                split.model_input,
-                primary,
-                echo,
-            )
+            served, on_traffic, served_scores = versus_served(spec, store, scores, split, echo)
             decision = gate.decide(versus_baseline, served, on_traffic)
             echo(f"    {decision.reason}")
             return decision, served_scores
@@ -243,11 +237,18 @@ def _classes(model: Any, task: Task) -> list[float | int | bool | str] | None:
 
 
 def _outcome(
-    spec: Spec, split: Split, scores: Scores, decision: GateDecision, force_promote: bool
+    spec: Spec,
+    split: Split,
+    scores: Scores,
+    decision: GateDecision,
+    force_promote: bool,
+    traffic: TrafficFacts | None,
 ) -> dict[str, Any]:
     """What training found (kept in the manifest's spec under ``OUTCOME_KEY``)."""
     searched = scores.searched
+    capture = {} if traffic is None else {"capture": traffic.to_dict()}
     return {
+        **capture,
         "cv": split.splits.kind,
         "folds": len(split.splits.folds),
         "baseline": scores.strategy,

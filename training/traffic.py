@@ -28,7 +28,7 @@ from training import gate
 from training.capture_data import TrafficFacts, traffic_dataset
 from training.datasets import DataError, Dataset
 from training.evaluate import FoldScores, evaluate
-from training.fitting import Split, split_dataset, stage
+from training.fitting import Scores, Split, primary_metric, split_dataset, stage
 from training.folds import Splits
 from training.gate import Comparison
 from training.spec import METRICS_HIGHER_IS_BETTER, Spec
@@ -94,20 +94,16 @@ def _scores(
 
 
 def versus_served(
-    spec: Spec,
-    store: ModelStore,
-    candidate: Any,
-    X_test: pd.DataFrame,
-    y_test: pd.Series[Any],
-    to_input: Callable[[pd.DataFrame], Any],
-    primary: str,
-    echo: Echo,
+    spec: Spec, store: ModelStore, scores: Scores, split: Split, echo: Echo
 ) -> tuple[Manifest, Comparison, FoldScores]:
     """Production as served against the candidate on the newest traffic, chunk by chunk."""
+    candidate, to_input = scores.model, split.model_input
+    X_test, y_test = split.X_test, split.y_test
     current = store.production(spec.name)
     assert current is not None  # traffic is only read for a model with a production version
     manifest, served = store.load_model(spec.name, current)
     task = manifest.task
+    primary = primary_metric(spec, task)
     k = spec.split.folds
 
     def served_input(frame: pd.DataFrame) -> Any:
@@ -132,8 +128,13 @@ def versus_served(
         method = f"paired over {k} time-ordered chunks of the newest traffic, both models fixed"
         compared = dataclasses.replace(compared, method=method)
     else:
-        mine = evaluate(candidate, to_input(X_test), y_test, task).metrics[primary]
-        old = evaluate(served, served_input(X_test), y_test, task).metrics[primary]
+        mine = evaluate(candidate, to_input(X_test), y_test, task).metrics.get(primary)
+        old = evaluate(served, served_input(X_test), y_test, task).metrics.get(primary)
+        if mine is None or old is None:
+            raise DataError(
+                f"{primary} cannot be computed for production on the newest traffic (roc_auc "
+                "needs every class there): label more traffic or choose another primary metric"
+            )
         compared = gate.holdout_only(
             against, primary, mine, old, higher_is_better=higher, margin=spec.evaluation.tolerance
         )
