@@ -18,6 +18,8 @@ VERSION ?=
 FORCE ?=
 ESTIMATOR ?=
 KEEP ?=
+# Train on the model's labelled captured traffic: capture, or capture+original (with the spec's data).
+FROM ?=
 # Options for scoring a CSV (OUT defaults to <DATA>.scored.csv; PROBA=1 adds class probabilities).
 OUT ?=
 PROBA ?=
@@ -28,11 +30,11 @@ HOST ?=
 PORT ?=
 export SERVEWELL_STORE ?= $(STORE)
 
-.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback sign score bench bench-score clean bench-peers
+.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback sign score export-capture bench bench-score clean bench-peers
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column [TASK=classification|regression NAME=model ESTIMATOR=random_forest|extra_trees|gradient_boosting|hist_gradient_boosting|logistic_regression|linear_regression|ridge|knn] FORCE=1\n"
+	@printf "\nTraining options: MODEL=name SPEC=path.toml DATA=file.csv TARGET=column [TASK=classification|regression NAME=model ESTIMATOR=random_forest|extra_trees|gradient_boosting|hist_gradient_boosting|logistic_regression|linear_regression|ridge|knn] FORCE=1 FROM=capture|capture+original\n"
 	@printf "make train exits 0 when promoted (or identical to production), 3 when stored but not promoted, 1 on errors\n"
 	@printf "Scoring options: MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]\n"
 	@printf "Store: STORE=dir (default models/), exported as SERVEWELL_STORE\n"
@@ -69,12 +71,13 @@ test-slow: $(STAMP) ## Run the slow load/soak/shutdown tests (make test runs the
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(call pytest_marked,slow)
 
-train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col [ESTIMATOR=name]
+train: $(STAMP) ## Train: all specs, or MODEL=name, SPEC=path.toml, or DATA=file.csv TARGET=col [ESTIMATOR=name]; FROM=capture: on labelled traffic
 	$(PY) -m training train \
 		$(if $(MODEL),--model "$(MODEL)") $(if $(SPEC),--spec "$(SPEC)") \
 		$(if $(DATA),--data "$(DATA)") $(if $(TARGET),--target "$(TARGET)") \
 		$(if $(TASK),--task "$(TASK)") $(if $(NAME),--name "$(NAME)") \
-		$(if $(ESTIMATOR),--estimator "$(ESTIMATOR)") $(if $(FORCE),--force)
+		$(if $(ESTIMATOR),--estimator "$(ESTIMATOR)") $(if $(FORCE),--force) \
+		$(if $(FROM),--from "$(FROM)")
 
 models: $(STAMP) ## List the store: versions, production, primary metric
 	$(PY) -m training models
@@ -102,6 +105,10 @@ score: $(STAMP) ## Score a CSV of any size: MODEL=name DATA=in.csv [OUT=out.csv 
 	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make score MODEL=name DATA=in.csv [OUT=out.csv VERSION=n PROBA=1]"; exit 2; }
 	$(PY) -m training score "$(MODEL)" "$(DATA)" \
 		$(if $(OUT),--out "$(OUT)") $(if $(VERSION),--version "$(VERSION)") $(if $(PROBA),--probabilities)
+
+export-capture: $(STAMP) ## Captured predictions and labels of MODEL=name to OUT=file.csv (.parquet with pyarrow)
+	@test -n "$(MODEL)" -a -n "$(OUT)" || { echo "usage: make export-capture MODEL=name OUT=file.csv"; exit 2; }
+	$(PY) -m training export-capture "$(MODEL)" "$(OUT)"
 
 bench-score: $(STAMP) ## Bulk scoring throughput and peak memory, 1 000 000-row CSVs (~2 min): table + bench/results/score-latest.json
 	$(PY) bench/score.py

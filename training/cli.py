@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 from serving.store import ModelStore, StoreError, Task
+from training.capture_data import capture_url, shown_url
 from training.compare import render
 from training.datasets import DataError, infer_csv_task
+from training.export_capture import ExportError, export_capture
 from training.pipeline import EstimatorError
 from training.prune import prune
 from training.run import TrainResult, train
@@ -37,7 +39,9 @@ DEFAULT_STORE = "models"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_PROMOTED = 3
-_USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError, ScoreError)
+_USER_ERRORS = (SpecError, DataError, EstimatorError, StoreError, ScoreError, ExportError)
+FROM_CAPTURE = {"capture": "only", "capture+original": "with_original"}
+"""``--from``: the spec's ``capture.use`` it sets."""
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
@@ -71,6 +75,18 @@ def _specs(args: argparse.Namespace) -> list[tuple[Spec, str]]:
     return [(shipped_spec(name), f"make train MODEL={name} FORCE=1") for name in names]
 
 
+def _from(args: argparse.Namespace, specs: list[tuple[Spec, str]]) -> list[tuple[Spec, str]]:
+    """The specs with ``--from capture[+original]`` applied (the spec's capture section)."""
+    source = getattr(args, "source", None)
+    if not source:
+        return specs
+    use = FROM_CAPTURE[source]
+    return [
+        (spec.with_overrides({"capture": {"use": use}}), f"{retrain} FROM={source}")
+        for spec, retrain in specs
+    ]
+
+
 def _report(result: TrainResult, retrain: str) -> int:
     m = result.manifest
     if result.identical:
@@ -93,12 +109,13 @@ def _report(result: TrainResult, retrain: str) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     store = _store(args)
-    specs = _specs(args)  # every spec parses before anything trains
+    specs = _from(args, _specs(args))  # every spec parses before anything trains
+    url = capture_url(store.root)
     failures = 0
     refused = 0
     for spec, retrain in specs:
         try:
-            result = train(spec, store, force_promote=args.force)
+            result = train(spec, store, force_promote=args.force, capture_url=url)
             refused += _report(result, retrain) == EXIT_NOT_PROMOTED
         except _USER_ERRORS as exc:
             print(f"[{spec.name}] error: {exc}", file=sys.stderr)
@@ -187,7 +204,7 @@ def cmd_ensure_default(args: argparse.Namespace) -> int:
         print(f"store {store.root} has models: {', '.join(store.names())}")
         return 0
     print(f"store {store.root} is empty: training the shipped specs")
-    args.spec = args.model = args.data = args.target = args.estimator = None
+    args.spec = args.model = args.data = args.target = args.estimator = args.source = None
     args.force = False
     return cmd_train(args)
 
@@ -236,6 +253,24 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_capture(args: argparse.Namespace) -> int:
+    store = _store(args)
+    url = capture_url(store.root)
+    summary = export_capture(store, args.name, url, Path(args.out), chunk_rows=args.chunk_rows)
+    s = summary
+    print(
+        f"[{args.name}] {s.rows:,} captured rows ({s.labelled:,} labelled) from {shown_url(url)} "
+        f"to {s.out}"
+    )
+    if s.dropped_inputs:
+        print(
+            f"note: {s.dropped_inputs:,} input values under names the current features do not "
+            "have (rows of another version) were left out",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: a subcommand per command, with its options and help. Longer than
     ~60 lines on purpose: it is one flat table, read and compared in one place, which helpers
@@ -262,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="promote even if the gate refuses; store a version even if identical to production",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=sorted(FROM_CAPTURE),
+        help="train on the model's labelled captured traffic (capture+original: with the spec's "
+        "dataset too); the holdout is the newest traffic (the spec's [capture] section)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -310,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(a large forest predicts large batches faster with it)",
     )
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "export-capture",
+        help="write a model's captured predictions and labels to a CSV (or Parquet) file",
+    )
+    p.add_argument("name", help="model name")
+    p.add_argument("out", help="output file, .csv or .parquet (Parquet needs pyarrow)")
+    p.add_argument("--chunk-rows", type=int, default=10_000, help="rows read at a time")
+    p.set_defaults(func=cmd_export_capture)
 
     p = sub.add_parser("ensure-default", help="train the shipped specs if the store is empty")
     p.set_defaults(func=cmd_ensure_default)

@@ -80,11 +80,16 @@ def load_split(spec: Spec, task: Task, echo: Echo) -> Split:
         echo(f"    {len(data.X)} rows, {len(data.kinds)} features from {data.origin}")
         for warning in data.warnings:
             echo(f"    warning: {warning}")
+    return split_dataset(spec, task, data, lambda: make_splits(spec, data, task))
+
+
+def split_dataset(spec: Spec, task: Task, data: Dataset, make: Callable[[], Splits]) -> Split:
+    """``data`` split by ``make`` (after checking a classifier has two classes to learn)."""
     if task == Task.CLASSIFICATION:
         counts = data.y.value_counts()
         if len(counts) < 2:
             raise DataError(f"target {spec.dataset.target!r} has a single class; nothing to learn")
-    splits = make_splits(spec, data, task)
+    splits = make()
     X_train = data.X.iloc[splits.train]
     has_categorical = any(k == FeatureKind.CATEGORICAL for k in data.kinds.values())
     return Split(

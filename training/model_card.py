@@ -55,6 +55,8 @@ class CardFacts:
     primary_metric: str
     tolerance: float
     impute: str
+    data_notes: tuple[str, ...] = ()
+    """More about the data (which traffic, the holdout), one bullet each."""
 
 
 def _missing_rule(features: list[Feature], impute: str) -> str:
@@ -224,7 +226,10 @@ def render(
         f"- Estimator: `{facts.estimator}` with params `{facts.params}`",
         f"- Data: {facts.origin} (sha256 `{facts.fingerprint[:16]}…`)",
         f"- Rows: {facts.n_train} train, {facts.n_test} holdout "
-        f"(test size {facts.test_size}, seed {facts.seed})",
+        f"(test size {facts.test_size}, seed {facts.seed})"
+        if not facts.data_notes
+        else f"- Rows: {facts.n_train} train, {facts.n_test} holdout",
+        *(f"- {note}" for note in facts.data_notes),
         f"- Target: `{facts.target}`" + (f", classes {facts.classes}" if facts.classes else ""),
         "",
         "## Holdout metrics",

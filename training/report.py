@@ -299,4 +299,5 @@ def _card_facts(spec: Spec, task: Task, context: dict[str, Any]) -> CardFacts:
         primary_metric=context["primary_metric"],
         tolerance=spec.evaluation.tolerance,
         impute=spec.preprocessing.impute,
+        data_notes=tuple(context.get("data_notes") or ()),
     )

@@ -18,6 +18,8 @@ from serving.store import (
     Task,
 )
 from training import gate, onnx_export
+from training.capture_data import TrafficFacts
+from training.capture_data import capture_url as default_capture_url
 from training.contenders import production_scores, versus_production
 from training.evaluate import FoldScores, summary
 from training.fitting import Echo, Scores, Split, fit_and_score, load_split, primary_metric, stage
@@ -27,6 +29,7 @@ from training.provenance import environment, scalar
 from training.records import SEARCH_FILE, write_evaluation, write_search_table
 from training.report import write_report
 from training.spec import METRICS_HIGHER_IS_BETTER, Spec
+from training.traffic import load_traffic_split, versus_served
 
 OUTCOME_KEY = "outcome"
 """Key of ``Manifest.spec`` that holds what training found rather than what the spec asked
@@ -87,24 +90,28 @@ def train(
     *,
     force_promote: bool = False,
     echo: Echo = print,
+    capture_url: str | None = None,
 ) -> TrainResult:
     """Train ``spec`` into ``store``; promote when the gate allows (or ``force_promote``).
 
     Every input problem raises before anything is written; the new version becomes visible
     only once it is complete. A run whose data fingerprint, spec and metrics all equal
-    production's writes nothing (unless forced) and returns ``identical=True``.
+    production's writes nothing (unless forced) and returns ``identical=True``. With the spec's
+    ``capture.use`` set, the data is the model's labelled traffic read from ``capture_url``
+    (default: the service's, see training.capture_data.capture_url) and the gate compares
+    with production as served on the newest of it (training/traffic.py).
     """
     echo(f"[{spec.name}] training {spec.estimator.class_}")
     task = resolve_task(spec)
     primary = primary_metric(spec, task)
-    split = load_split(spec, task, echo)
+    split, traffic = _load(spec, task, store, capture_url, echo)
     scores = fit_and_score(spec, task, split, primary, echo)
     spec_dict = spec.to_dict()
     unchanged = _unchanged(store, spec, spec_dict, split, scores.metrics, echo)
     if unchanged is not None and not force_promote:
         return unchanged
-    decision, prod_scores = _gate(spec, store, task, primary, split, scores, echo)
-    outcome = _outcome(spec, split, scores, decision, force_promote)
+    decision, prod_scores = _gate(spec, store, task, primary, split, scores, echo, traffic)
+    outcome = _outcome(spec, split, scores, decision, force_promote, traffic)
     fields = _fields(spec, task, primary, split, scores, {**spec_dict, OUTCOME_KEY: outcome})
     with stage(echo, "export"):
         version, path = _publish(
@@ -119,6 +126,7 @@ def train(
             outcome=outcome,
             decision=decision,
             production_folds=prod_scores,
+            data_notes=[] if traffic is None else traffic.lines(),
         )
     manifest = store.manifest(spec.name, version)
     promoted = decision.promote or force_promote
@@ -132,6 +140,16 @@ def train(
         decision=decision,
         path=path,
     )
+
+
+def _load(
+    spec: Spec, task: Task, store: ModelStore, capture_url: str | None, echo: Echo
+) -> tuple[Split, TrafficFacts | None]:
+    """The spec's data split for training, or its model's labelled traffic (and what of it)."""
+    if spec.capture.use == "none":
+        return load_split(spec, task, echo), None
+    url = capture_url or default_capture_url(store.root)
+    return load_traffic_split(spec, task, store, url, echo)
 
 
 def _unchanged(
@@ -169,8 +187,10 @@ def _gate(
     split: Split,
     scores: Scores,
     echo: Echo,
+    traffic: TrafficFacts | None = None,
 ) -> tuple[GateDecision, FoldScores | None]:
-    """The gate's decision, and production's scores on the candidate's folds (if refitted)."""
+    """The gate's decision, and production's scores on the candidate's folds (if refitted), or
+    with ``traffic``, as served on the chunks of the newest traffic."""
     splits = split.splits
     with stage(echo, "gate"):
         versus_baseline = gate.paired(
@@ -183,6 +203,11 @@ def _gate(
             significance=spec.evaluation.significance,
             validate_to_fit=splits.validate_to_fit,
         )
+        if traffic is not None:
+            served, on_traffic, served_scores = versus_served(spec, store, scores, split, echo)
+            decision = gate.decide(versus_baseline, served, on_traffic)
+            echo(f"    {decision.reason}")
+            return decision, served_scores
         prod, prod_scores = production_scores(
             store,
             spec.name,
@@ -212,11 +237,18 @@ def _classes(model: Any, task: Task) -> list[float | int | bool | str] | None:
 
 
 def _outcome(
-    spec: Spec, split: Split, scores: Scores, decision: GateDecision, force_promote: bool
+    spec: Spec,
+    split: Split,
+    scores: Scores,
+    decision: GateDecision,
+    force_promote: bool,
+    traffic: TrafficFacts | None,
 ) -> dict[str, Any]:
     """What training found (kept in the manifest's spec under ``OUTCOME_KEY``)."""
     searched = scores.searched
+    capture = {} if traffic is None else {"capture": traffic.to_dict()}
     return {
+        **capture,
         "cv": split.splits.kind,
         "folds": len(split.splits.folds),
         "baseline": scores.strategy,
@@ -274,6 +306,7 @@ def _publish(
     outcome: dict[str, Any],
     decision: GateDecision,
     production_folds: FoldScores | None,
+    data_notes: list[str],
 ) -> tuple[int, Path]:
     """Write the version (model, ONNX, report, evaluation); return its number and folder."""
     import joblib
@@ -300,6 +333,7 @@ def _publish(
                 "classes": classes,
                 "primary_metric": primary,
                 "onnx": onnx,
+                "data_notes": data_notes,
             },
             holdout=split.model_input(split.X_test),
             all_metrics=scores.metrics,

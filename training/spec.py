@@ -161,6 +161,21 @@ class SearchSection(_Section):
         return self
 
 
+class CaptureSection(_Section):
+    """Retraining from traffic: the labelled predictions the service captured for this model
+    (serving/capture), checked against the production version's features and target."""
+
+    use: Literal["none", "only", "with_original"] = "none"
+    """``none``: the dataset only; ``only``: the labelled captured rows only; ``with_original``:
+    the dataset's rows plus the labelled captured rows (the holdout is traffic either way)."""
+    holdout: float = Field(0.25, gt=0.0, lt=1.0)
+    """Share of the labelled captured rows, the most recent by prediction time, held out: the
+    gate compares the candidate with production as served on them (``split.test_size`` and
+    the random holdout do not apply)."""
+    min_rows: int = Field(50, ge=10)
+    """Fewest usable labelled captured rows (after refusals and de-duplication) to train on."""
+
+
 class Spec(_Section):
     """A validated training spec."""
 
@@ -173,6 +188,7 @@ class Spec(_Section):
     split: SplitSection = SplitSection()
     evaluation: EvaluationSection = EvaluationSection()
     search: SearchSection | None = None
+    capture: CaptureSection = CaptureSection()
     base_dir: str = Field(".", exclude=True)
     """Folder relative dataset paths resolve against (the spec file's folder)."""
 
@@ -197,8 +213,12 @@ class Spec(_Section):
         return path if path.is_absolute() else Path(self.base_dir) / path
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as recorded in the manifest (TOML-shaped)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The spec as recorded in the manifest (TOML-shaped). Without a capture section when
+        it is off, so versions trained before it existed still compare as identical."""
+        data = self.model_dump(mode="json", by_alias=True)
+        if self.capture.use == "none":
+            del data["capture"]
+        return data
 
     def with_overrides(self, overrides: dict[str, Any]) -> Spec:
         """A copy with ``overrides`` deep-merged in, e.g. {"estimator": {"params": {...}}}."""

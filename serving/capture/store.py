@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,33 @@ class CaptureStore:
         query = query.order_by(p.ts.desc(), p.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [_captured_row(r._mapping) for r in conn.execute(query)]
+
+    def scan(
+        self, model: str, *, labelled_only: bool = False, chunk_rows: int = 10_000
+    ) -> Iterator[list[CapturedRow]]:
+        """Every captured row of ``model``, oldest first (by insertion), in chunks of at most
+        ``chunk_rows``: for exports and retraining, which read all rows without holding the
+        database's whole result at once (each chunk is one short query, paged by id)."""
+        p, lab = predictions.c, labels.c
+        join = predictions.outerjoin(
+            labels,
+            and_(lab.model == p.model, lab.request_id == p.request_id, lab.row == p.row),
+        )
+        base = select(*predictions.c, lab.label, lab.received).select_from(join)
+        base = base.where(p.model == model)
+        if labelled_only:
+            base = base.where(lab.label.is_not(None))
+        last = -1
+        while True:
+            query = base.where(p.id > last).order_by(p.id).limit(chunk_rows)
+            with self.engine.connect() as conn:
+                found = [r._mapping for r in conn.execute(query)]
+            if not found:
+                return
+            last = found[-1]["id"]
+            yield [_captured_row(m) for m in found]
+            if len(found) < chunk_rows:
+                return
 
     def models(self) -> list[str]:
         """Every model with captured rows."""

@@ -184,3 +184,38 @@ def test_corrupt_history_and_re_signing_old_signatures(tmp_path: Path) -> None:
     other = run(store, "sign", env={"SERVEWELL_SIGNING_KEY": "not-the-key"})
     assert other.returncode == 1
     assert "NOT re-signed" in other.stderr
+
+
+def test_train_from_capture_and_export_capture(tmp_path: Path) -> None:
+    from tests.training.traffic import write_iris_traffic
+
+    store = tmp_path / "store"
+    assert run(store, "train", "--model", "iris").returncode == 0
+    url = f"sqlite:///{tmp_path / 'traffic.sqlite'}"
+    env = {"SERVEWELL_CAPTURE_URL": url}
+    missing = run(store, "train", "--model", "iris", "--from", "capture", env=env)
+    assert missing.returncode == 1
+    assert "[iris] error: no capture database at" in missing.stderr
+
+    write_iris_traffic(ModelStore(store), url, labelled=20, unlabelled=40)
+    few = run(store, "train", "--model", "iris", "--from", "capture", env=env)
+    assert few.returncode == 1
+    assert "only 20 usable labelled captured rows" in few.stderr
+    assert ModelStore(store).versions("iris") == [1]
+
+    write_iris_traffic(ModelStore(store), url, labelled=200)  # the same request ids, relabelled
+    trained = run(store, "train", "--model", "iris", "--from", "capture", env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert "Traffic: 200 labelled captured rows" in trained.stdout  # 60 duplicates dropped
+    assert "[iris] v2 is now production" in trained.stdout
+    assert ModelStore(store).manifest("iris", 2).spec["capture"]["use"] == "only"
+
+    out = tmp_path / "iris.csv"
+    exported = run(store, "export-capture", "iris", str(out), env=env)
+    assert exported.returncode == 0, exported.stderr
+    # The first 60 rows share request ids with the later ones, so their labels too.
+    assert "260 captured rows (260 labelled)" in exported.stdout
+    assert len(out.read_text().splitlines()) == 261
+    bad = run(store, "export-capture", "iris", str(tmp_path / "iris.parquet"), env=env)
+    if bad.returncode:
+        assert "error: Parquet export needs pyarrow" in bad.stderr
