@@ -9,11 +9,10 @@ labels and probabilities as the response gave them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from serving.execution.runtime import FloatArray, Prediction
@@ -58,16 +57,11 @@ def _decoder(kind: FeatureKind, categories: Sequence[str] | None) -> Decoder:
 @dataclass(frozen=True, slots=True)
 class InputDecoder:
     """A manifest's encoded rows back to inputs by feature name. Numeric features pass as
-    they are (orjson writes NaN as null); only the others are decoded, so a model of numbers
-    costs one ``dict(zip(...))`` per row."""
+    they are (orjson writes NaN as null); only the ``special`` ones are decoded, so a model of
+    numbers costs one ``dict(zip(...))`` per row."""
 
     names: list[str]
     special: list[tuple[int, Decoder]]
-
-    def inputs(self, row: list[float]) -> dict[str, Any]:
-        for i, decode in self.special:
-            row[i] = decode(row[i])
-        return dict(zip(self.names, row, strict=True))
 
 
 def decoders(manifest: Manifest) -> InputDecoder:
@@ -94,23 +88,37 @@ COLUMNS = (
 """The columns :func:`rows_of` fills, in its tuples' order."""
 
 
-def rows_of(record: Captured, decode: InputDecoder) -> Iterator[tuple[Any, ...]]:
-    """The database rows of one request, as tuples in :data:`COLUMNS` order (``decode``:
-    :func:`decoders` of its manifest). Tuples, built with as little per-row work as
-    possible: this runs on the writer's thread, which shares the GIL with the event loop."""
+def add_rows(out: list[tuple[Any, ...]], record: Captured, decode: InputDecoder) -> None:
+    """Append the database rows of one request to ``out``: tuples in :data:`COLUMNS` order,
+    the JSON columns as text (``decode``: :func:`decoders` of its manifest).
+
+    One loop, no generator, and the numpy arrays turned into lists once: this runs on the
+    writer's thread, which shares the GIL with the event loop, so every microsecond per row
+    here is one the service loses per captured request."""
     manifest = record.manifest
-    head = (manifest.name, manifest.version, record.request_id)
-    tail = (record.ts, record.transport, record.latency_ms)
-    dumps, inputs = orjson.dumps, decode.inputs
-    values = [dumps(v).decode() for v in record.prediction.predictions.tolist()]
+    name, version, request_id = manifest.name, manifest.version, record.request_id
+    ts, transport, latency = record.ts, record.transport, record.latency_ms
+    names, special, dumps = decode.names, decode.special, orjson.dumps
+    values = record.prediction.predictions.tolist()
+    rows = record.rows.tolist()
     probabilities = record.prediction.probabilities
-    if probabilities is not None and len(record.class_keys) == probabilities.shape[1]:
-        keys = list(record.class_keys)
-        probability_rows: list[str | None] = [
-            dumps(dict(zip(keys, p, strict=True))).decode() for p in probabilities.tolist()
-        ]
-    else:
-        probability_rows = [None] * len(values)
-    rows = np.asarray(record.rows).tolist()
-    for i, (row, value, probability) in enumerate(zip(rows, values, probability_rows, strict=True)):
-        yield (*head, i, *tail, dumps(inputs(row)).decode(), value, probability)
+    keys = record.class_keys
+    with_probabilities = probabilities is not None and len(keys) == probabilities.shape[1]
+    columns = probabilities.tolist() if with_probabilities else values  # type: ignore[union-attr]
+    for i, (row, value, p) in enumerate(zip(rows, values, columns, strict=True)):
+        for j, decoder in special:
+            row[j] = decoder(row[j])
+        out.append(
+            (
+                name,
+                version,
+                request_id,
+                i,
+                ts,
+                transport,
+                latency,
+                dumps(dict(zip(names, row, strict=True))).decode(),
+                dumps(value).decode(),
+                dumps(dict(zip(keys, p, strict=True))).decode() if with_probabilities else None,
+            )
+        )
