@@ -69,10 +69,10 @@ class Metrics:
     unseen_categories: Family
     capture_written: Family
     capture_dropped: Family
-    capture_queue: Family
     live_metric: Family
     live_rows: Family
     live_degraded: Family
+    capture_queue: Family
 
     def __init__(self) -> None:
         self.families = [Family(definition) for definition in DEFINITIONS]

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from serving.capture.monitor import QualityMonitor
+from serving.codecs.schemas import ErrorResponse
 from serving.core.errors import CaptureOffError, CaptureUnavailableError
 from serving.http.routes.deps import DataPlaneDep, InfoAccess
 
 router = APIRouter(prefix="/models", tags=["feedback"], dependencies=[InfoAccess])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        404: "No such model or version.",
+        409: "Data capture is off.",
+        503: "The capture database is unavailable (retry later).",
+    }.items()
+}
 
 
 @router.get(
     "/{name}/quality",
     summary="Live quality per served version: metrics over recent labelled rows vs holdout",
+    responses=_ERRORS,
 )
 async def get_quality(
     name: Annotated[str, Path(description="Model name.")],
