@@ -1,7 +1,8 @@
-"""Capture as the service runs it: which requests are kept, the writer thread, retention.
+"""Capture as the service runs it: which requests are kept, the writer, retention.
 
 :meth:`Capture.offer` is what the request path calls once a request is answered (see
-serving.core.predictor); everything after it runs on the writer's thread. A database that
+serving.core.predictor); everything after it runs on the writer's thread and in the writer
+process (serving.capture.process), which also applies retention. A database that
 cannot be reached at start-up does not stop the service: the schema is created on the first
 write that reaches it, and until then batches are dropped and counted like any other failure.
 """
@@ -12,13 +13,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
 from serving.capture.database import default_url, ensure_schema, open_engine
 from serving.capture.feedback import Kept, Outcome, join
+from serving.capture.policy import CapturePolicy
+from serving.capture.process import WriterProcess
 from serving.capture.records import Captured
 from serving.capture.store import CapturedRow, CaptureStore
 from serving.capture.writer import CaptureWriter
@@ -30,23 +32,6 @@ log = logging.getLogger("servewell.capture")
 
 FLUSH_BEFORE_FEEDBACK_S = 2.0
 """Longest wait for queued predictions to be written before labels are joined to them."""
-
-
-@dataclass(frozen=True)
-class CapturePolicy:
-    """What is captured and kept."""
-
-    models: Collection[str] | None
-    """Names whose requests are captured; None: every model."""
-    sample: float = 1.0
-    """Share of requests captured (each request is kept whole or not at all)."""
-    queue_rows: int = 100_000
-    max_age_s: float | None = 30 * 86_400.0
-    max_rows_per_model: int | None = 1_000_000
-    prune_interval_s: float = 3600.0
-
-    def wants(self, name: str) -> bool:
-        return self.models is None or name in self.models
 
 
 def from_settings(settings: Settings) -> Capture | None:
@@ -72,10 +57,10 @@ class Capture:
         self.policy = policy
         self.engine: Engine = open_engine(url)
         self.store = CaptureStore(self.engine)
-        self.writer = CaptureWriter(self._write, max_rows=policy.queue_rows)
+        self.process = WriterProcess(url, policy)
+        self.writer = CaptureWriter(self.process, max_rows=policy.queue_rows)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
-        self._next_prune = time.monotonic() + policy.prune_interval_s
         self._random = random.random
 
     def start(self) -> None:
@@ -83,10 +68,13 @@ class Capture:
             self.ensure_schema()
         except Exception as exc:  # the database may come later; predictions go on
             log.error("capture: the database is not usable yet (%s: %s)", type(exc).__name__, exc)
+        self.process.start()
         self.writer.start()
 
     def close(self, timeout_s: float) -> None:
+        started = time.monotonic()
         self.writer.close(timeout_s)
+        self.process.close(max(0.1, timeout_s - (time.monotonic() - started)))
         self.engine.dispose()
 
     def ensure_schema(self) -> None:
@@ -141,28 +129,3 @@ class Capture:
         self.writer.flush(FLUSH_BEFORE_FEEDBACK_S)
         self.ensure_schema()
         return join(model, kept, self.store, now)
-
-    # -- the writer's thread -----------------------------------------------------------------
-
-    def _write(self, batch: Sequence[Captured]) -> None:
-        self.ensure_schema()
-        self.store.write(batch)
-        if time.monotonic() >= self._next_prune:
-            self._next_prune = time.monotonic() + self.policy.prune_interval_s
-            self.prune()
-
-    def prune(self) -> int:
-        """Apply retention to every model in the database; return how many rows went."""
-        policy = self.policy
-        older_than = None if policy.max_age_s is None else time.time() - policy.max_age_s
-        removed = 0
-        for name in self.store.models():
-            try:
-                removed += self.store.prune(
-                    name, older_than=older_than, keep_rows=policy.max_rows_per_model
-                )
-            except Exception as exc:
-                log.error("capture: pruning %s failed (%s: %s)", name, type(exc).__name__, exc)
-        if removed:
-            log.info("capture: retention removed %d rows", removed)
-        return removed

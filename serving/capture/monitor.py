@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,9 +27,8 @@ class QualityMonitor:
         self.tolerance = settings.quality_tolerance
         self.interval_s = settings.quality_interval_s
         self.watch = DegradedWatch()
-        self.latest: dict[tuple[str, int], QualityReport] = {}
-        """The last report of each served version, for the metrics."""
         self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
 
     def report(self, manifest: Manifest, now: float | None = None) -> QualityReport:
         """Live quality of one version (blocking: database and metrics; run it in a thread)."""
@@ -48,12 +48,13 @@ class QualityMonitor:
             tolerance=self.tolerance,
             min_rows=self.min_rows,
         )
-        self._note(report)
+        self._note(report, now)
         return report
 
-    def _note(self, report: QualityReport) -> None:
-        self.latest[(report.model, report.version)] = report
-        if self.watch.changed(report):
+    def _note(self, report: QualityReport, now: float) -> None:
+        with self._lock:  # the periodic computation and requests' ones run in threads at once
+            changed = self.watch.changed(report, now)
+        if changed:
             if report.degraded:
                 log.warning(
                     "model %s v%d is degraded: %s", report.model, report.version, report.reason
@@ -67,9 +68,15 @@ class QualityMonitor:
                 )
 
     def forget_others(self, served: Sequence[tuple[str, int]]) -> None:
-        for key in set(self.latest) - set(served):
-            del self.latest[key]
-            self.watch.forget(*key)
+        with self._lock:
+            for key in set(self.watch.latest()) - set(served):
+                self.watch.forget(*key)
+
+    @property
+    def latest(self) -> dict[tuple[str, int], QualityReport]:
+        """The latest report of each served version, for the metrics."""
+        with self._lock:
+            return self.watch.latest()
 
     # -- periodic ------------------------------------------------------------------------------
 

@@ -387,23 +387,32 @@ def _finite(value: Any) -> float | None:
 
 
 class DegradedWatch:
-    """The last ``degraded`` flag of each model version, to tell when it changes.
+    """The latest report of each model version, to tell when its ``degraded`` flag changes.
 
-    A version first seen healthy is no change (there was nothing to recover from)."""
+    A version first seen healthy is no change (there was nothing to recover from). Reports are
+    computed in several threads at once (periodically and on request); one computed before the
+    latest recorded (``at``) changes nothing, or a late report could flip the flag back."""
 
     def __init__(self) -> None:
-        self._degraded: dict[tuple[str, int], bool] = {}
+        self._latest: dict[tuple[str, int], tuple[float, QualityReport]] = {}
 
-    def changed(self, report: QualityReport) -> bool:
-        """Record ``report``'s flag; True when it differs from the one recorded before."""
+    def changed(self, report: QualityReport, at: float) -> bool:
+        """Record ``report`` (computed at ``at``); True when its flag differs from the one
+        recorded before."""
         key = (report.model, report.version)
-        before = self._degraded.get(key, False)
-        self._degraded[key] = report.degraded
-        return before != report.degraded
+        seen = self._latest.get(key)
+        if seen is not None and at < seen[0]:
+            return False
+        self._latest[key] = (at, report)
+        return (seen is not None and seen[1].degraded) != report.degraded
+
+    def latest(self) -> dict[tuple[str, int], QualityReport]:
+        return {key: report for key, (_, report) in self._latest.items()}
 
     def degraded(self, model: str, version: int) -> bool:
-        return self._degraded.get((model, version), False)
+        seen = self._latest.get((model, version))
+        return seen is not None and seen[1].degraded
 
     def forget(self, model: str, version: int) -> None:
-        """Drop a version no longer served (its flag would otherwise stay forever)."""
-        self._degraded.pop((model, version), None)
+        """Drop a version no longer served (its report would otherwise stay forever)."""
+        self._latest.pop((model, version), None)

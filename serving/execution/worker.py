@@ -8,13 +8,10 @@ and what it imports are loaded in the worker; the parent side is serving.executi
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import os
-import signal
 from multiprocessing.connection import Connection
 
+from serving.execution.lifeline import bind_to_parent
 from serving.execution.messages import (
     Answer,
     Batch,
@@ -40,11 +37,7 @@ def run(
     parent: int,
 ) -> None:
     """Entry point of a worker process: load models, then serve batches until told to stop."""
-    # Ctrl-C (and a group-wide SIGTERM) reach every process; the parent decides when workers
-    # stop, and a worker whose parent is gone sees EOF on its pipe and exits.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent(parent)
+    bind_to_parent(parent)
     _configure(policy)
     store = ModelStore(store_root, signing_key=signing_key)
     models: dict[ModelKey, LoadedModel] = {}
@@ -101,19 +94,6 @@ def _predict(
         return Failure(batch.task_id, f"{type(exc).__name__}: {exc}")
     values, probabilities = outbox.pack(values, probabilities)
     return Answer(batch.task_id, values, probabilities, indexed)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when the server process dies (Linux), even while it
-    is busy or stuck in a batch and so not reading the pipe whose EOF tells it otherwise."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the line above took effect
-        os._exit(0)
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:

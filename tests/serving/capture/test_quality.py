@@ -348,19 +348,30 @@ def test_degraded_watch_tells_each_change_once() -> None:
     watch = DegradedWatch()
     healthy = report(manifest(), FOUR, tolerance=0.1)
     degraded = report(manifest(), FOUR, tolerance=0.0)
-    assert not watch.changed(healthy)  # first seen healthy: nothing to tell
-    assert watch.changed(degraded)
+    assert not watch.changed(healthy, 1.0)  # first seen healthy: nothing to tell
+    assert watch.changed(degraded, 2.0)
     assert watch.degraded("houses", 1)
-    assert not watch.changed(degraded)
-    assert watch.changed(healthy)
-    assert not watch.changed(healthy)
+    assert not watch.changed(degraded, 3.0)
+    assert watch.changed(healthy, 4.0)
+    assert not watch.changed(healthy, 5.0)
     assert not watch.degraded("houses", 1)
+    assert watch.latest() == {("houses", 1): healthy}
     other = dataclasses.replace(degraded, version=2)
-    assert watch.changed(other)  # versions are watched apart
+    assert watch.changed(other, 6.0)  # versions are watched apart
     assert not watch.degraded("houses", 1)
     watch.forget("houses", 2)
     assert not watch.degraded("houses", 2)
-    assert watch.changed(other)
+    assert watch.changed(other, 7.0)
+
+
+def test_a_report_computed_before_the_latest_changes_nothing() -> None:
+    watch = DegradedWatch()
+    healthy = report(manifest(), FOUR, tolerance=0.1)
+    degraded = report(manifest(), FOUR, tolerance=0.0)
+    assert watch.changed(degraded, 10.0)
+    assert not watch.changed(healthy, 9.0)  # started earlier, finished later
+    assert watch.degraded("houses", 1)
+    assert watch.latest() == {("houses", 1): degraded}
 
 
 def test_contracts_shared_with_serving_and_training() -> None:

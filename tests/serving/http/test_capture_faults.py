@@ -4,16 +4,15 @@ killed with SIGKILL. Predictions never notice; capture counts what it drops and 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 
 from serving.capture.database import open_engine
 from serving.capture.store import CaptureStore
@@ -107,33 +106,41 @@ def test_sigkill_leaves_the_database_consistent(trained_store: ModelStore, tmp_p
     assert len(counts) <= 200
 
 
-def test_a_full_sqlite_file_and_back(trained_store: ModelStore, tmp_path: Path) -> None:
-    """SQLite's own "database or disk is full" (its page limit lowered to what the file holds),
-    then room again: predictions never notice, and capture resumes."""
-    url = f"sqlite:///{tmp_path / 'capture.sqlite'}"
-    settings = quiet_settings(trained_store, pool_size=1, capture="all", capture_url=url)
+def test_a_full_disk_and_back(trained_store: ModelStore, tmp_path: Path) -> None:
+    """The writer process may grow no file past its size when the predictions come (the
+    kernel's file size limit, so SQLite's writes really fail), then room again: predictions
+    never notice, capture drops and counts, and resumes."""
+    path = tmp_path / "capture.sqlite"
+    settings = quiet_settings(
+        trained_store, pool_size=1, capture="all", capture_url=f"sqlite:///{path}"
+    )
     with running_server(settings) as server, server.client() as client:
         capture = server.app.state.dataplane.capture
         _predict(client, "first")
         assert capture.writer.flush(10)
-
-        def full(dbapi_connection: Any, _: Any) -> None:
-            pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
-            dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
-
-        event.listen(capture.engine, "connect", full)
-        capture.engine.dispose()  # new connections get the limit
+        pid = capture.process.pid
+        assert pid is not None
+        files = [path, path.with_name(path.name + "-wal")]
+        limit = max(f.stat().st_size for f in files if f.exists())
+        unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, unlimited[1]))
         for i in range(3):
-            _predict(client, f"full-{i}", rows=2000)  # more than the file has room for
+            _predict(client, f"full-{i}", rows=2000)  # more than the files have room for
         assert capture.writer.flush(30)
         assert capture.writer.dropped == 6000
-        event.remove(capture.engine, "connect", full)
-        capture.engine.dispose()
+        assert capture.process.pid == pid  # a failed write is not a dead writer
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
         _predict(client, "room-again")
         assert capture.writer.flush(10)
-    rows = {(r.request_id, r.row) for r in CaptureStore(open_engine(url)).rows("iris", limit=10)}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    rows = {
+        (r.request_id, r.row)
+        for r in CaptureStore(open_engine(f"sqlite:///{path}")).rows("iris", limit=10)
+    }
     assert ("room-again", 0) in rows
     assert ("first", 0) in rows
+    assert not any(r.startswith("full-") for r, _ in rows)
 
 
 def test_shutdown_writes_what_is_queued(trained_store: ModelStore, tmp_path: Path) -> None:
