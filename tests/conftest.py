@@ -7,7 +7,7 @@ from collections.abc import Generator
 
 import pytest
 
-MUST_RUN_IN_CI = ("slow", "ray", "postgres")
+MUST_RUN_IN_CI = ("slow", "ray", "postgres", "root")
 """Markers of tests that need something besides the virtualenv (a tool, an extra, a database
 server): in CI a skip would pass unnoticed, so it fails instead."""
 

@@ -45,6 +45,9 @@ log = logging.getLogger("servewell.capture")
 RESTART_INTERVAL_S = 5.0
 """Least time between two starts of the writer process."""
 
+NICENESS = 10
+"""Added to the writer process's nice value (lower CPU priority than the server's)."""
+
 Key = tuple[str, int]
 
 
@@ -221,6 +224,10 @@ def run(conn: Connection, url: str, policy: CapturePolicy, parent: int) -> None:
     """Entry point of the writer process: write each batch received, answer, until told to
     stop or the server is gone."""
     bind_to_parent(parent)
+    # Capture is the server's background work: when the cores are contended, predictions go
+    # first. The writer keeps up whenever the box is not saturated; when it is, the bounded
+    # queue drops rows (counted) instead of the service slowing down.
+    os.nice(NICENESS)
     engine = open_engine(url)
     store = CaptureStore(engine)
     manifests: dict[Key, Manifest] = {}

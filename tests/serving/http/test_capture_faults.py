@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import sqlite3
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -141,6 +143,47 @@ def test_a_full_disk_and_back(trained_store: ModelStore, tmp_path: Path) -> None
     assert ("room-again", 0) in rows
     assert ("first", 0) in rows
     assert not any(r.startswith("full-") for r, _ in rows)
+
+
+def _immutable(folder: Path, on: bool) -> None:
+    """``chattr +i`` on the folder and its files: even root may not write them, through file
+    descriptors already open too (a disk remounted read-only refuses while files are open for
+    writing, so this is how a running writer is made to meet a disk that refuses writes)."""
+    paths = [folder, *folder.iterdir()]
+    subprocess.run(["chattr", "+i" if on else "-i", *map(str, paths)], check=True)
+
+
+@pytest.mark.root
+def test_files_that_refuse_writes_and_back(trained_store: ModelStore, tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("making files immutable needs root and chattr (e2fsprogs)")
+    folder = tmp_path / "capture"
+    folder.mkdir()
+    path = folder / "capture.sqlite"
+    url = f"sqlite:///{path}"
+    settings = quiet_settings(trained_store, pool_size=1, capture="all", capture_url=url)
+    with running_server(settings) as server, server.client() as client:
+        capture = server.app.state.dataplane.capture
+        _predict(client, "first")
+        assert capture.writer.flush(10)
+        _immutable(folder, True)
+        try:
+            for i in range(3):
+                _predict(client, f"ro-{i}", rows=2)  # answered as ever
+            assert capture.writer.flush(30)
+            assert capture.writer.dropped == 6
+        finally:
+            _immutable(folder, False)
+        deadline = time.monotonic() + 30
+        while _count(url) < 2 and time.monotonic() < deadline:
+            _predict(client, "rw-again")  # capture resumes by itself
+            capture.writer.flush(10)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    ids = {r.request_id for r in CaptureStore(open_engine(url)).rows("iris", limit=100)}
+    assert "first" in ids
+    assert "rw-again" in ids
+    assert not any(i.startswith("ro-") for i in ids)
 
 
 def test_shutdown_writes_what_is_queued(trained_store: ModelStore, tmp_path: Path) -> None:
