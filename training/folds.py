@@ -108,4 +108,23 @@ def _folds(
         else:
             splits = KFold(k, shuffle=True, random_state=spec.split.seed).split(rows)
             kind = f"{k}-fold"
-    return [(np.asarray(f), np.asarray(v)) for f, v in splits], kind
+    folds = [(np.asarray(f), np.asarray(v)) for f, v in splits]
+    if task == Task.CLASSIFICATION and spec.split.time_column is not None:
+        check_classes(folds, y, f"by {spec.split.time_column!r}")
+    return folds, kind
+
+
+def check_classes(
+    folds: list[tuple[Positions, Positions]], y: npt.NDArray[Any], ordered: str
+) -> None:
+    """Time-ordered folds train on the earliest rows: when those are all of one class (traffic
+    that came class by class) no classifier can be fitted, and scikit-learn's message would
+    not say which fold or why."""
+    for i, (fit, _) in enumerate(folds, 1):
+        classes = np.unique(y[fit].astype(str))
+        if len(classes) < 2:
+            raise DataError(
+                f"time-ordered fold {i} of {len(folds)} ({ordered}) trains on "
+                f"{len(fit)} rows of one class only ({str(classes[0])!r}): the earliest rows are "
+                "all one class; lower split.folds or use more varied rows"
+            )

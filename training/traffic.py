@@ -29,14 +29,14 @@ from training.capture_data import TrafficFacts, traffic_dataset
 from training.datasets import DataError, Dataset
 from training.evaluate import FoldScores, evaluate
 from training.fitting import Scores, Split, primary_metric, split_dataset, stage
-from training.folds import Splits
+from training.folds import Splits, check_classes
 from training.gate import Comparison
 from training.spec import METRICS_HIGHER_IS_BETTER, Spec
 
 Echo = Callable[[str], None]
 
 
-def traffic_splits(spec: Spec, data: Dataset, n_original: int) -> Splits:
+def traffic_splits(spec: Spec, task: Task, data: Dataset, n_original: int) -> Splits:
     """The newest traffic as the holdout (in time order), time-ordered folds on the rest;
     ``data`` holds the spec's dataset rows (``n_original``) first, then the traffic."""
     from sklearn.model_selection import TimeSeriesSplit
@@ -70,6 +70,8 @@ def traffic_splits(spec: Spec, data: Dataset, n_original: int) -> Splits:
         (np.asarray(f), np.asarray(v))
         for f, v in TimeSeriesSplit(n_splits=k).split(np.arange(len(train)))
     ]
+    if task == Task.CLASSIFICATION:
+        check_classes(folds, data.y.to_numpy()[train], "by prediction time")
     kind = f"{k}-fold time-ordered by prediction time" + (
         " (the dataset's rows first)" if n_original else ""
     )
@@ -156,7 +158,9 @@ def load_traffic_split(
             echo(f"    {line}")
         for warning in data.warnings:
             echo(f"    warning: {warning}")
-    split = split_dataset(spec, task, data, lambda: traffic_splits(spec, data, facts.original_rows))
+    split = split_dataset(
+        spec, task, data, lambda: traffic_splits(spec, task, data, facts.original_rows)
+    )
     facts.holdout_rows = len(split.X_test)
     assert data.split_by is not None
     facts.holdout_from = float(data.split_by.iloc[split.splits.test].min())

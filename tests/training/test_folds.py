@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from serving.store import Task
-from training.datasets import load_dataset
+from training.datasets import DataError, load_dataset
 from training.folds import make_splits
 from training.spec import load_spec
 
@@ -56,3 +57,16 @@ def test_default_folds_are_stratified_and_cover_the_training_part(tmp_path: Path
     validated = np.sort(np.concatenate([v for _, v in splits.folds]))
     assert validated.tolist() == list(range(len(splits.train)))
     assert splits.kind == "4-fold stratified"
+
+
+def test_time_ordered_folds_whose_earliest_rows_are_one_class_are_a_data_error(
+    tmp_path: Path,
+) -> None:
+    # Rows came class by class: the first fold would train on class "a" only.
+    rows = "".join(f"{i},{i % 8},{i},{'a' if i < 40 else 'b'}\n" for i in range(80))
+    (tmp_path / "d.csv").write_text("x,shop,day,y\n" + rows)
+    spec = load_spec(_spec(tmp_path, 'time_column = "day"\nfolds = 4'))
+    (tmp_path / "d.csv").write_text("x,shop,day,y\n" + rows)  # _spec wrote its own rows
+    data = load_dataset(spec)
+    with pytest.raises(DataError, match=r"time-ordered fold 1 of 4 .* one class only \('a'\)"):
+        make_splits(spec, data, Task.CLASSIFICATION)
