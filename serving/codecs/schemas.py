@@ -201,5 +201,12 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+def error_responses(
+    texts: dict[int, str], model: type[BaseModel] = ErrorResponse
+) -> dict[int | str, dict[str, Any]]:
+    """An operation's documented error answers (OpenAPI ``responses``), by status code."""
+    return {code: {"model": model, "description": text} for code, text in texts.items()}
+
+
 def task_label(manifest: Manifest) -> str:
     return "classifier" if manifest.task == Task.CLASSIFICATION else "regressor"

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from serving.capture.capture import Capture
-from serving.codecs.schemas import ErrorResponse
+from serving.codecs.schemas import error_responses
 from serving.core.errors import CaptureOffError, CaptureUnavailableError, NotReadyError
 from serving.core.lifecycle import Lifecycle
 from serving.settings import Settings
@@ -65,9 +65,8 @@ AdminDep = Annotated[Lifecycle, Depends(require_admin)]
 Name = Annotated[str, Path(description="Model name (one safe path component).")]
 Version = Annotated[int, Path(ge=1, description="A published version number.")]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
+_ERRORS = error_responses(
+    {
         400: "Invalid model name.",
         401: "No bearer token.",
         403: "Wrong token.",
@@ -75,8 +74,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         409: "Refused: the version failed verification or loading, or nothing to roll back "
         "to; or data capture is off.",
         503: "The capture database is unavailable.",
-    }.items()
-}
+    }
+)
 
 router = APIRouter(prefix="/admin/models", tags=["admin"], responses=_ERRORS)
 

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from serving.capture.feedback import JOINED, REFUSED, UNKNOWN, check_items
-from serving.codecs.schemas import ErrorResponse
+from serving.codecs.schemas import error_responses
 from serving.core.errors import (
     CaptureOffError,
     CaptureUnavailableError,
@@ -39,9 +39,8 @@ class FeedbackItem(BaseModel):
 
 
 _BODY = TypeAdapter(list[FeedbackItem]).json_schema()
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
+_ERRORS = error_responses(
+    {
         400: "The body is not JSON.",
         401: "No bearer token (SERVEWELL_FEEDBACK_TOKEN is set).",
         403: "Wrong token.",
@@ -49,8 +48,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         409: "Data capture is off.",
         422: "The body is not a list of 1 to SERVEWELL_FEEDBACK_MAX_ITEMS items.",
         503: "The capture database is unavailable (retry later).",
-    }.items()
-}
+    }
+)
 
 
 def _check_token(settings: Settings, credentials: Any) -> None:

@@ -13,16 +13,18 @@ from fastapi import APIRouter
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from serving.codecs.schemas import ErrorResponse, PredictResponse, task_label
+from serving.codecs.schemas import PredictResponse, error_responses, task_label
 from serving.core.dataplane import DataPlane, ServedModel
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
-    404: {"model": ErrorResponse, "description": "Unknown model or version."},
-    413: {"model": ErrorResponse, "description": "The body is over the size limit."},
-    422: {"model": ErrorResponse, "description": "The rows do not match the input schema."},
-    503: {"model": ErrorResponse, "description": "The model or the service is not ready."},
-}
+_ERRORS = error_responses(
+    {
+        400: "The body is not valid JSON.",
+        404: "Unknown model or version.",
+        413: "The body is over the size limit.",
+        422: "The rows do not match the input schema.",
+        503: "The model or the service is not ready.",
+    }
+)
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": PredictResponse, "description": "Predictions, one per row, in order."},
     **_ERRORS,

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from serving.capture.monitor import QualityMonitor
-from serving.codecs.schemas import ErrorResponse
+from serving.codecs.schemas import error_responses
 from serving.core.errors import CaptureOffError, CaptureUnavailableError
 from serving.http.routes.deps import DataPlaneDep, InfoAccess
 
 router = APIRouter(prefix="/models", tags=["feedback"], dependencies=[InfoAccess])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
+_ERRORS = error_responses(
+    {
         404: "No such model or version.",
         409: "Data capture is off.",
         503: "The capture database is unavailable (retry later).",
-    }.items()
-}
+    }
+)
 
 
 @router.get(

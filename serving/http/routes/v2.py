@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from serving.codecs.oip.service import InferenceService
+from serving.codecs.schemas import error_responses
 from serving.core.errors import InvalidInputError, MalformedRequestError, NotReadyError
 from serving.core.lifecycle import Lifecycle
 from serving.http.routes.admin import require_admin
@@ -47,14 +48,14 @@ class V2Error(BaseModel):
     error: str
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {
-        "model": V2Error,
-        "description": "Malformed request, or inputs that do not fit the model.",
+_ERRORS = error_responses(
+    {
+        400: "Malformed request, or inputs that do not fit the model.",
+        404: "Unknown model or version.",
+        503: "Not ready, or overloaded (see Retry-After).",
     },
-    404: {"model": V2Error, "description": "Unknown model or version."},
-    503: {"model": V2Error, "description": "Not ready, or overloaded (see Retry-After)."},
-}
+    V2Error,
+)
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=_ERRORS)
 
