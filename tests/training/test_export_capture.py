@@ -98,3 +98,23 @@ def test_export_errors(iris: ModelStore, tmp_path: Path) -> None:
     if importlib.util.find_spec("pyarrow") is None:
         with pytest.raises(ExportError, match="Parquet export needs pyarrow"):
             export_capture(iris, "iris", url, tmp_path / "out.parquet")
+
+
+def test_export_parquet_holds_what_the_csv_holds(iris: ModelStore, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")  # a dev dependency: installed wherever the tests run
+    url = f"sqlite:///{tmp_path / 'capture.sqlite'}"
+    write_iris_traffic(iris, url, labelled=10, unlabelled=5, per_request=3)
+    export_capture(iris, "iris", url, tmp_path / "iris.csv")
+    summary = export_capture(iris, "iris", url, tmp_path / "iris.parquet", chunk_rows=4)
+    assert (summary.rows, summary.labelled, summary.dropped_inputs) == (15, 10, 0)
+    parquet = pd.read_parquet(tmp_path / "iris.parquet")
+    csv_rows = pd.read_csv(tmp_path / "iris.csv", keep_default_na=False, dtype=str)
+    assert list(parquet.columns) == list(csv_rows.columns)
+    X, _ = iris_rows()
+    assert parquet[FEATURES].to_numpy().tolist() == X[:15].tolist()  # numbers, not text
+    assert parquet["request_id"].tolist() == csv_rows["request_id"].tolist()
+    assert parquet["prediction"].tolist() == ["setosa"] * 15
+    assert parquet["label"].tolist()[:10] == csv_rows["label"].tolist()[:10]
+    assert parquet["label"][10:].isna().all()  # null, not ""
+    assert not list(tmp_path.glob(".*.partial"))

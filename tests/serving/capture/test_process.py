@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,5 +124,22 @@ def test_a_killed_process_drops_its_batch_and_is_started_again(
             "before",
             "after",
         }
+    finally:
+        writer.close(5)
+
+
+def test_the_writer_process_applies_retention_in_the_background(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'capture.sqlite'}"
+    policy = CapturePolicy(
+        models=None, max_age_s=3600.0, max_rows_per_model=3, prune_interval_s=0.0
+    )
+    writer = WriterProcess(url, policy)
+    writer.start()
+    now = time.time()
+    try:
+        writer([captured("stale", rows=1, ts=now - 7200), captured("old", rows=4, ts=now - 10)])
+        writer([captured("new", rows=2, ts=now - 5)])  # after each batch: retention
+        kept = CaptureStore(open_engine(url)).rows("houses")
+        assert [(r.request_id, r.row) for r in kept] == [("new", 1), ("new", 0), ("old", 3)]
     finally:
         writer.close(5)
