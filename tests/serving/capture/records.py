@@ -80,3 +80,16 @@ def regressor(name: str = "prices", version: int = 1) -> Manifest:
             "higher_is_better": False,
         }
     )
+
+
+def count_rows(url: str, model: str) -> int:
+    """Captured rows of ``model`` in the database at ``url`` (a fresh engine: another process
+    writes it)."""
+    from serving.capture.database import open_engine
+    from serving.capture.store import CaptureStore
+
+    engine = open_engine(url)
+    try:
+        return CaptureStore(engine).count(model)
+    finally:
+        engine.dispose()

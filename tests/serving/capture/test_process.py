@@ -15,7 +15,7 @@ from serving.capture.database import open_engine
 from serving.capture.policy import CapturePolicy
 from serving.capture.process import CaptureWriteError, WriterProcess, pack, unpack
 from serving.capture.store import CaptureStore
-from tests.serving.capture.records import captured
+from tests.serving.capture.records import captured, count_rows
 
 
 def test_unpack_gives_back_every_request_as_it_was_packed() -> None:
@@ -67,21 +67,13 @@ def _writer(tmp_path: Path) -> tuple[WriterProcess, str]:
     return writer, url
 
 
-def _count(url: str) -> int:
-    engine = open_engine(url)
-    try:
-        return CaptureStore(engine).count("houses")
-    finally:
-        engine.dispose()
-
-
 def test_batches_are_written_by_another_process(tmp_path: Path) -> None:
     writer, url = _writer(tmp_path)
     try:
         assert writer.pid not in (None, os.getpid())
         writer([captured("a", rows=3), captured("b", rows=2)])
         writer([captured("c", rows=1)])  # its manifest was sent with the first batch only
-        assert _count(url) == 6
+        assert count_rows(url, "houses") == 6
         rows = CaptureStore(open_engine(url)).rows("houses")
         assert {r.request_id for r in rows} == {"a", "b", "c"}
         assert rows[-1].inputs == {"size": None, "rooms": 3, "garden": True, "city": "paris"}

@@ -20,6 +20,7 @@ from serving.capture.database import open_engine
 from serving.capture.store import CaptureStore
 from serving.store import ModelStore
 from tests.serving.capture.postgres import PostgresServer, binaries
+from tests.serving.capture.records import count_rows
 from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
 from tests.serving.process import start_serving
 
@@ -31,14 +32,6 @@ def _predict(client: httpx.Client, request_id: str, rows: int = 1) -> None:
         headers={"X-Request-ID": request_id},
     )
     assert response.status_code == 200, response.text
-
-
-def _count(url: str) -> int:
-    engine = open_engine(url)
-    try:
-        return CaptureStore(engine).count("iris")
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.postgres
@@ -56,7 +49,7 @@ def test_postgresql_stopped_and_back(trained_store: ModelStore) -> None:
                 writer = server.app.state.dataplane.capture.writer
                 _predict(client, "before")
                 assert writer.flush(10)
-                assert _count(database.url) == 1
+                assert count_rows(database.url, "iris") == 1
 
                 database.stop()
                 for i in range(5):
@@ -72,10 +65,10 @@ def test_postgresql_stopped_and_back(trained_store: ModelStore) -> None:
 
                 database.start()
                 deadline = time.monotonic() + 30
-                while _count(database.url) < 2 and time.monotonic() < deadline:
+                while count_rows(database.url, "iris") < 2 and time.monotonic() < deadline:
                     _predict(client, "after")  # capture resumes by itself
                     writer.flush(10)
-                assert _count(database.url) >= 2
+                assert count_rows(database.url, "iris") >= 2
                 joined = client.post(
                     "/models/iris/feedback", json=[{"request_id": "before", "label": "setosa"}]
                 )
@@ -189,7 +182,7 @@ def test_files_that_refuse_writes_and_back(trained_store: ModelStore, tmp_path: 
         finally:
             _immutable(folder, False)
         deadline = time.monotonic() + 30
-        while _count(url) < 2 and time.monotonic() < deadline:
+        while count_rows(url, "iris") < 2 and time.monotonic() < deadline:
             _predict(client, "rw-again")  # capture resumes by itself
             capture.writer.flush(10)
     with sqlite3.connect(path) as db:
@@ -206,4 +199,4 @@ def test_shutdown_writes_what_is_queued(trained_store: ModelStore, tmp_path: Pat
     with running_server(settings) as server, server.client() as client:
         for i in range(50):
             _predict(client, f"s{i}")
-    assert _count(url) == 50  # the server stopped: everything it answered was written
+    assert count_rows(url, "iris") == 50  # the server stopped: everything it answered was written
