@@ -23,6 +23,11 @@ FROM ?=
 # Options for scoring a CSV (OUT defaults to <DATA>.scored.csv; PROBA=1 adds class probabilities).
 OUT ?=
 PROBA ?=
+# Options for traffic experiments (make shadow / canary / traffic).
+SAMPLE ?=
+WEIGHT ?=
+KEY_FIELD ?=
+END ?=
 # Where the model store lives; the service and the training CLI both read SERVEWELL_STORE.
 STORE ?= models
 # Where make serve listens (empty: SERVEWELL_HOST / SERVEWELL_PORT, else 127.0.0.1:8000).
@@ -30,7 +35,7 @@ HOST ?=
 PORT ?=
 export SERVEWELL_STORE ?= $(STORE)
 
-.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback sign score export-capture bench bench-score clean bench-peers
+.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback shadow canary traffic sign score export-capture bench bench-score clean bench-peers
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -97,6 +102,18 @@ promote: $(STAMP) ## Make MODEL=name VERSION=n the production version
 rollback: $(STAMP) ## Return MODEL=name to its previous production version
 	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=name"; exit 2; }
 	$(PY) -m training rollback "$(MODEL)"
+
+shadow: $(STAMP) ## Let MODEL=name VERSION=n predict production's requests in shadow [SAMPLE=0-1]; compare at /models/<name>/compare
+	@test -n "$(MODEL)" -a -n "$(VERSION)" || { echo "usage: make shadow MODEL=name VERSION=n [SAMPLE=1.0]"; exit 2; }
+	$(PY) -m training shadow "$(MODEL)" "$(VERSION)" $(if $(SAMPLE),--sample "$(SAMPLE)")
+
+canary: $(STAMP) ## Let MODEL=name VERSION=n answer WEIGHT=percent of requests [KEY_FIELD=feature]
+	@test -n "$(MODEL)" -a -n "$(VERSION)" -a -n "$(WEIGHT)" || { echo "usage: make canary MODEL=name VERSION=n WEIGHT=percent [KEY_FIELD=feature]"; exit 2; }
+	$(PY) -m training canary "$(MODEL)" "$(VERSION)" --weight "$(WEIGHT)" $(if $(KEY_FIELD),--key-field "$(KEY_FIELD)")
+
+traffic: $(STAMP) ## Show the traffic experiment of MODEL=name (END=1 ends it)
+	@test -n "$(MODEL)" || { echo "usage: make traffic MODEL=name [END=1]"; exit 2; }
+	$(PY) -m training traffic "$(MODEL)" $(if $(END),--end)
 
 sign: $(STAMP) ## Re-sign every version signed in the old format with SERVEWELL_SIGNING_KEY
 	$(PY) -m training sign

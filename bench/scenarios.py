@@ -32,6 +32,8 @@ class Server:
     """``SERVEWELL_*`` settings (an inherited value must not change what a server measures)."""
     baseline: bool = False
     """Run ``python -m serving`` of the ``--baseline-ref`` commit."""
+    shadow: bool = False
+    """Serve a store where each model's version is shadowed by a copy of itself at 100 %."""
 
 
 SERVERS = {
@@ -42,6 +44,7 @@ SERVERS = {
         Server("service_sklearn", env={**OBSERVED, "SERVEWELL_RUNTIME": "sklearn"}),
         Server("service_metrics", env={**OBSERVED, "SERVEWELL_ACCESS_LOG": "false"}),
         Server("service_capture", env=CAPTURE),
+        Server("service_shadow", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}, shadow=True),
         Server("service_quiet", env={**QUIET, "SERVEWELL_LOG_LEVEL": "warning"}),
         # As the peers comparison always ran it: defaults, no access lines at level warning.
         Server("servewell", env={"SERVEWELL_RUNTIME": "auto", "SERVEWELL_LOG_LEVEL": "warning"}),
@@ -119,6 +122,7 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
         pair = Scenario(m, "service", "typed", PAIR)
         p_metrics, p_quiet = (replace(pair, server=s) for s in ("service_metrics", "service_quiet"))
         p_v2j, p_capture = replace(pair, request="v2json"), replace(pair, server="service_capture")
+        p_shadow = replace(pair, server="service_shadow")
         vs_bare = 0.85 if m == "iris" else None
         vs_naive = 50.0 if m == "breast_cancer" else None
         suite.targets += [
@@ -139,6 +143,7 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
             Target(f"{m}: single row, v2 JSON vs typed", p_v2j, pair, "req/s", 0.90, True),
             Target(f"{m}: capture, throughput kept", p_capture, pair, "req/s", 0.90, True),
             Target(f"{m}: capture writer rows/s", capture[0], None, "capture rows/s", 20_000),
+            Target(f"{m}: shadow at 100 %, throughput kept", p_shadow, pair, "req/s", 0.85, True),
         ]
         for s in capture:
             name = f"{m}: capture, {s.request} c={s.connections}: "

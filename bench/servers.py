@@ -4,6 +4,7 @@ CPU time and leftovers count each server's process tree: Ray's actors leave its 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,12 +13,12 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.scenarios import Server
-from serving.store import MODEL_FILE, ModelStore
+from serving.store import MODEL_FILE, ModelStore, TrafficMode, TrafficPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_CONFIG = ROOT / "serving" / "ray" / "ray-serve.yaml"
@@ -181,9 +182,31 @@ def _mlserver_repository(ctx: Context) -> Path:
     return root
 
 
+def _shadow_store(ctx: Context) -> Path:
+    """A store of each model's served version and a copy of it published next, in shadow at
+    100 %: every request is predicted twice, by the same model."""
+    root = ctx.workdir / "shadow-store"
+    if root.exists():
+        return root
+    source, store = ModelStore(ctx.store), ModelStore(root)
+    for name in ctx.models:
+        version = served_version(source, name)
+        shutil.copytree(source.version_path(name, version), root / name / str(version))
+        store.promote(name, version)
+        manifest = store.verify(name, version)
+        fields = manifest.model_dump(mode="json", exclude={"name", "version", "files"})
+        with store.create_version(name, fields) as staged:
+            for file in manifest.files:
+                shutil.copyfile(store.version_path(name, version) / file, staged.path / file)
+        assert staged.version is not None
+        policy = TrafficPolicy(TrafficMode.SHADOW, version, ((version, 1.0),), time.time())
+        store.set_traffic(name, replace(policy, shadow=staged.version))
+    return root
+
+
 def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[str, str], Path]:
     """argv, environment and working directory of ``server``."""
-    py, store = sys.executable, str(ctx.store)
+    py, store = sys.executable, str(_shadow_store(ctx) if server.shadow else ctx.store)
     if server.kind == "mlserver":
         argv = [str(ctx.peers_venv / "bin" / "mlserver"), "start", str(_mlserver_repository(ctx))]
         env = {"MLSERVER_HTTP_PORT": str(port), "MLSERVER_GRPC_PORT": str(free_port())}

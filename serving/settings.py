@@ -302,6 +302,15 @@ class Settings(BaseSettings):
     """Seconds between computations of live quality for the metrics and the degraded log
     line (0: only on request)."""
 
+    shadow_queue_rows: int = Field(default=1_000, ge=1)
+    """Rows that may wait for a shadow version (traffic policy ``shadow``). A request that
+    would go beyond is not shadowed (counted as skipped): a slow or failing shadow falls
+    behind instead of holding the pool."""
+
+    guard_interval_s: float = Field(default=5.0, ge=0)
+    """Seconds between checks of the canary guards of traffic policies that set one (0: never
+    checked)."""
+
     gc_freeze: bool = True
     """Once the app is built, move every object alive then (about 70 000: modules, routes,
     schemas) out of the garbage collector's reach (``gc.freeze``), so that full collections

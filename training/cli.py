@@ -15,9 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
-from serving.store import ModelStore, StoreError, Task
+from serving.core.errors import InvalidInputError
+from serving.rollout.policy import TrafficRequest, build
+from serving.rollout.route import describe
+from serving.store import ModelStore, StoreError, Task, TrafficMode
 from training.capture_data import capture_url, shown_url
 from training.compare import render
 from training.datasets import DataError, infer_csv_task
@@ -181,6 +185,41 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_traffic(args: argparse.Namespace) -> int:
+    """Show, start or end a traffic experiment in the store (a running service applies it
+    at its next poll, as it does a promotion)."""
+    store = _store(args)
+    name = args.name
+    if args.command == "traffic" and args.end:
+        ended = store.end_traffic(name)
+        print(f"[{name}] " + ("no experiment was running" if ended is None else "experiment ended"))
+        return 0
+    if args.command != "traffic":
+        production = store.production(name)
+        if production is None:
+            raise StoreError(f"model {name!r} has no production version; promote one first")
+        mode = TrafficMode.SHADOW if args.command == "shadow" else TrafficMode.CANARY
+        request = TrafficRequest(
+            mode,
+            version=args.version,
+            sample=getattr(args, "sample", 1.0),
+            weight=getattr(args, "weight", None),
+            key_field=getattr(args, "key_field", None),
+        )
+        try:
+            store.set_traffic(name, build(request, production, time.time()))
+        except InvalidInputError as exc:
+            problems = "; ".join(f"{d.loc[-1]}: {d.msg}" for d in exc.details)
+            raise StoreError(f"{exc.message}: {problems}") from None
+    policy = store.traffic(name)
+    production = store.production(name)
+    if policy is None:
+        print(f"[{name}] production v{production} answers alone (no experiment)")
+    else:
+        print(f"[{name}] production v{production}; {describe(policy)}")
+    return 0
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     store = _store(args)
     if os.environ.get("SERVEWELL_SIGNING_KEY") is None:
@@ -327,6 +366,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="return to the previous production version")
     p.add_argument("name")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("traffic", help="show a model's traffic experiment (--end: end it)")
+    p.add_argument("name")
+    p.add_argument("--end", action="store_true", help="end the experiment")
+    p.set_defaults(func=cmd_traffic)
+
+    p = sub.add_parser("shadow", help="let a version predict production's requests in shadow")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--sample", type=float, default=1.0, help="share of requests (0-1]")
+    p.set_defaults(func=cmd_traffic)
+
+    p = sub.add_parser("canary", help="let a version answer a share of requests")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--weight", type=float, required=True, help="percent of requests (0-100)")
+    p.add_argument("--key-field", help="feature that keeps a user on one version")
+    p.set_defaults(func=cmd_traffic)
 
     p = sub.add_parser(
         "sign",

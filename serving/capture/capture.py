@@ -1,8 +1,8 @@
 """Capture as the service runs it: which requests are kept, the writer, retention.
 
-:meth:`Capture.offer` is what the request path calls once a request is answered (see
-serving.core.predictor); everything after it runs on the writer's thread and in the writer
-process (serving.capture.process), which also applies retention. A database that
+:meth:`Capture.wants` and :meth:`Capture.put` are what the request path calls once a request is
+answered (see serving.core.predictor); everything after runs on the writer's thread and in the
+writer process (serving.capture.process), which also applies retention. A database that
 cannot be reached at start-up does not stop the service: the schema is created on the first
 write that reaches it, and until then batches are dropped and counted like any other failure.
 """
@@ -83,7 +83,15 @@ class Capture:
                 ensure_schema(self.engine)
                 self._schema_ready = True
 
-    def offer(
+    def wants(self, name: str) -> bool:
+        """Whether to keep a request of model ``name`` (drawn once per request: a shadowed
+        request's two answers are kept together or not at all)."""
+        policy = self.policy
+        if not policy.wants(name):
+            return False
+        return policy.sample >= 1.0 or self._random() < policy.sample
+
+    def put(
         self,
         manifest: Manifest,
         request_id: str,
@@ -93,12 +101,7 @@ class Capture:
         prediction: Prediction,
         class_keys: Sequence[str],
     ) -> None:
-        """Queue one answered request if the policy keeps it (never blocks, never raises)."""
-        policy = self.policy
-        if not policy.wants(manifest.name):
-            return
-        if policy.sample < 1.0 and self._random() >= policy.sample:
-            return
+        """Queue one answered request that :meth:`wants` kept (never blocks, never raises)."""
         try:
             record = Captured(
                 manifest,
@@ -122,6 +125,14 @@ class Capture:
         self.writer.flush(FLUSH_BEFORE_FEEDBACK_S)
         self.ensure_schema()
         return self.store.rows(model, limit=limit, since=since, labelled_only=labelled_only)
+
+    def read_version(
+        self, model: str, version: int, *, since: float, limit: int
+    ) -> list[CapturedRow]:
+        """A version's labelled rows predicted since ``since``, newest first (blocking)."""
+        self.writer.flush(FLUSH_BEFORE_FEEDBACK_S)
+        self.ensure_schema()
+        return self.store.rows(model, limit=limit, since=since, labelled_only=True, version=version)
 
     def feedback(self, model: str, kept: Kept, now: float) -> list[Outcome]:
         """Join labels to captured predictions (blocking: run it off the event loop). What

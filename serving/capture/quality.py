@@ -416,3 +416,23 @@ class DegradedWatch:
     def forget(self, model: str, version: int) -> None:
         """Drop a version no longer served (its report would otherwise stay forever)."""
         self._latest.pop((model, version), None)
+
+
+def row_scores(
+    manifest: Manifest, rows: Iterable[CapturedRow]
+) -> tuple[list[tuple[str, int]], FloatArray]:
+    """Each labelled row of ``manifest``'s version, keyed ``(request_id, row)``, and its score:
+    1.0 for a classifier's right prediction and 0.0 for a wrong one, or a regressor's absolute
+    error (rows labelled with no number are left out). For tests of significance."""
+    mine = [
+        r
+        for r in rows
+        if r.labelled is not None and r.version == manifest.version and r.model == manifest.name
+    ]
+    cols = _columns(manifest, mine)
+    keys = [(r.request_id, r.row) for r in mine]
+    if manifest.task == Task.CLASSIFICATION:
+        return keys, (cols.truth == cols.predicted).astype(np.float64)
+    used = np.flatnonzero(cols.matched)
+    errors = np.abs(cols.truth[used] - cols.predicted[used])
+    return [keys[i] for i in used.tolist()], errors

@@ -33,6 +33,12 @@ class ModelUnavailableError(ServingError):
     type = "model_unavailable"
 
 
+class NoExperimentError(ServingError):
+    """The model exists but runs no traffic experiment (shadow, canary or A/B)."""
+
+    type = "no_experiment"
+
+
 class NotReadyError(ServingError):
     """The inference pool is not running (starting, restarting a worker, or stopped)."""
 

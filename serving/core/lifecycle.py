@@ -36,12 +36,14 @@ from serving.core.errors import (
 )
 from serving.core.registry import Known, ServedModel
 from serving.execution.executor import ModelKey
+from serving.rollout.route import Route, describe
 from serving.store import (
     IntegrityError,
     InvalidNameError,
     Manifest,
     ModelNotFoundError,
     StoreError,
+    TrafficPolicy,
     validate_name,
 )
 
@@ -58,6 +60,8 @@ class _Wanted:
     default: int | None = None
     versions: frozenset[int] = frozenset()
     error: str | None = None
+    policy: TrafficPolicy | None = None
+    """The traffic experiment to apply (its versions are among ``versions``)."""
 
 
 class Lifecycle:
@@ -80,6 +84,7 @@ class Lifecycle:
         self._poller: asyncio.Task[None] | None = None
         self.swaps = 0
         """Completed changes of the served set (for tests and metrics)."""
+        self._traffic_problems: dict[str, str] = {}
         self.unloaded: set[str] = set()
         """Models unloaded on request (``unload``): not served, whatever the store says, until
         ``load`` (kept in memory only: a restart serves them again)."""
@@ -120,7 +125,7 @@ class Lifecycle:
         ``retry`` also retries versions that failed before (admin reload, promote, rollback).
         """
         async with self._lock:
-            wanted = await _store_call(self._read_store, name)
+            wanted = await store_call(self._read_store, name)
             changed = False
             for model, target in sorted(wanted.items()):
                 changed |= await self._apply(model, target, retry)
@@ -157,10 +162,33 @@ class Lifecycle:
             default = production if production in versions else versions[-1]
             chosen = set(versions) if self.settings.serve_all_versions else {default}
             kept = [v for v in self._previous.get(name, []) if v in versions]
-            out[name] = _Wanted(default, frozenset(chosen | set(kept)))
+            policy = self._policy(name, production)
+            if policy is not None:
+                chosen |= set(policy.versions) & set(versions)
+            out[name] = _Wanted(default, frozenset(chosen | set(kept)), policy=policy)
         for name in self.unloaded & set(out):
             out[name] = None
         return out
+
+    def _policy(self, name: str, production: int | None) -> TrafficPolicy | None:
+        """The model's traffic experiment, if it has one that applies to its production."""
+        try:
+            policy = self.store.traffic(name)
+        except (StoreError, OSError) as exc:  # logged once; the model serves without it
+            self._traffic_problem(name, f"{type(exc).__name__}: {exc}")
+            return None
+        if policy is not None and policy.production != production:
+            self._traffic_problem(
+                name, f"its traffic policy was set against v{policy.production}, not production"
+            )
+            return None
+        self._traffic_problems.pop(name, None)
+        return policy
+
+    def _traffic_problem(self, name: str, problem: str) -> None:
+        if self._traffic_problems.get(name) != problem:
+            log.error("model %s: no traffic experiment applied: %s", name, problem)
+        self._traffic_problems[name] = problem
 
     async def _apply(self, name: str, wanted: _Wanted | None, retry: bool) -> bool:
         """Load, switch to and retire what the store asks for one model; True on a change."""
@@ -190,12 +218,39 @@ class Lifecycle:
         retired = [s for k, s in current.items() if k[1] not in keep or k in loaded]
         reg.forget_reports(name, keep - {v for (_, v) in loaded})
         reg.report_failures((name, default), current, failures)
+        routed = self._route(name, wanted.policy, default, loaded)
         if not loaded and not retired and old_default == default:
-            return False
+            return routed
         reg.switch(name, default, loaded, retired)
         if old_default != default:
             _log_default(name, default, old_default, old_ok)
         await self._switch(retired)
+        return True
+
+    def _route(
+        self,
+        name: str,
+        policy: TrafficPolicy | None,
+        default: int,
+        loaded: dict[ModelKey, ServedModel],
+    ) -> bool:
+        """Apply (or end) the model's experiment; True when that changed anything. An
+        unchanged policy keeps its route, and so the figures counted since it began."""
+        routes = self.registry.routes
+        current = routes.get(name)
+        if policy is None or policy.production != default:
+            if current is None:
+                return False
+            del routes[name]
+            log.info("model %s: traffic experiment ended; production answers alone", name)
+            return True
+        if current is not None and current.policy == policy:
+            return False
+        production = loaded.get((name, default)) or self.registry.models.get((name, default))
+        if production is None:
+            return False
+        routes[name] = Route(name, policy, production.manifest)
+        log.info("model %s: traffic experiment %s", name, describe(policy))
         return True
 
     async def _gone(self, name: str, current: dict[ModelKey, Known]) -> bool:
@@ -279,27 +334,27 @@ class Lifecycle:
 
     async def reload(self, name: str) -> dict[str, Any]:
         """Re-read the store for one model and retry versions that failed before."""
-        _check_name(name)
+        check_name(name)
         await self.sync(name, retry=True)
         return self._require(name)
 
     async def promote(self, name: str, version: int) -> dict[str, Any]:
         """Make ``version`` production in the store, then swap to it."""
-        _check_name(name)
-        await _store_call(self.store.promote, name, version)
+        check_name(name)
+        await store_call(self.store.promote, name, version)
         await self.sync(name, retry=True)
         return self._require(name, expect=version)
 
     async def rollback(self, name: str) -> dict[str, Any]:
         """Return production to the previous version in the store, then swap to it."""
-        _check_name(name)
-        _, target = await _store_call(self.store.rollback, name)
+        check_name(name)
+        _, target = await store_call(self.store.rollback, name)
         await self.sync(name, retry=True)
         return self._require(name, expect=target)
 
     async def unload(self, name: str) -> dict[str, Any]:
         """Stop serving a model (every version) until :meth:`load`; the store is unchanged."""
-        _check_name(name)
+        check_name(name)
         if name not in self.registry.default_version and name not in self.registry.broken_names:
             raise UnknownModelError(f"no model named {name!r} is served")
         self.unloaded.add(name)
@@ -308,14 +363,14 @@ class Lifecycle:
 
     async def load(self, name: str) -> dict[str, Any]:
         """Serve a model again after :meth:`unload` (or load it anew): like :meth:`reload`."""
-        _check_name(name)
+        check_name(name)
         self.unloaded.discard(name)
         return await self.reload(name)
 
     async def versions(self, name: str) -> dict[str, Any]:
         """Every published version: production or not, served or not, and why not."""
-        _check_name(name)
-        published, production = await _store_call(self._published, name)
+        check_name(name)
+        published, production = await store_call(self._published, name)
         if not published:
             raise UnknownModelError(f"no model named {name!r} in the store")
         out = []
@@ -380,14 +435,14 @@ def _log_default(name: str, default: int, old_default: int | None, old_ok: bool)
         log.info("model %s: now serving v%s (was v%s)", name, default, old_default)
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     try:
         validate_name(name)
     except InvalidNameError as exc:
         raise InvalidModelNameError(str(exc)) from None
 
 
-async def _store_call(fn: Callable[..., Any], *args: Any) -> Any:
+async def store_call(fn: Callable[..., Any], *args: Any) -> Any:
     """Run a store operation in a thread; its errors become domain errors of the service."""
     try:
         return await asyncio.to_thread(fn, *args)

@@ -8,20 +8,35 @@ response bytes; :func:`answer` runs the steps between, with the request's
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
 from serving.core.admission import admit, deadline_in, within
 from serving.core.context import RequestContext
-from serving.core.errors import ErrorDetail, InvalidInputError, NotReadyError
+from serving.core.errors import (
+    ErrorDetail,
+    InvalidInputError,
+    NotReadyError,
+    OverloadedError,
+    ServingError,
+)
+from serving.core.registry import ServedModel
 from serving.execution.runtime import FloatArray, Prediction
 
 if TYPE_CHECKING:
-    from serving.core.dataplane import DataPlane, ServedModel
+    import asyncio
+
+    from serving.capture.capture import Capture
+    from serving.core.dataplane import DataPlane
+    from serving.rollout.route import Route
+
+log = logging.getLogger("servewell.rollout")
 
 Headers = Sequence[tuple[bytes, bytes]]
 """Request or response headers as raw name (lower case) and value pairs."""
@@ -74,31 +89,154 @@ async def answer(
     body: bytes,
     headers: Headers,
     ctx: RequestContext,
+    routed: bool = False,
 ) -> tuple[bytes, Headers]:
-    """Request body in, response body and content headers out: what every transport calls."""
+    """Request body in, response body and content headers out: what every transport calls.
+
+    ``routed``: the request named the model but no version, so the model's traffic policy
+    (serving.rollout), if it has one, chooses the version and the shadow."""
     if served.retired:
         # It was swapped out while this request was on its way (e.g. reading the body):
         # production answers, or a clean 404 when the model is gone.
         served = dataplane.resolve(served.key[0])
+    route = dataplane.registry.routes.get(served.manifest.name) if routed else None
     decoded = codec.decode(served, body, headers)
-    result = await predict(dataplane, served, decoded.rows, decoded.want_probabilities, ctx)
-    refuse_non_finite(result.prediction)
+    rows = decoded.rows
+    if route is None:
+        result = await predict(dataplane, served, rows, decoded.want_probabilities, ctx)
+        refuse_non_finite(result.prediction)
+    else:
+        # Every version in an experiment takes the same inputs (the store refuses a policy
+        # otherwise), so production's codec decoded the body for whichever answers.
+        served = _chosen(dataplane, route, served, headers, rows)
+        result = await _counted(dataplane, route, served, decoded, ctx)
     payload, content_headers = codec.encode(decoded, result)
     # Which version answered, whatever the transport (also in the body: version, model_version).
     headers = [*content_headers, (b"x-model-version", str(result.version).encode())]
     capture = dataplane.capture
-    if capture is not None:
+    # Drawn once: a shadowed request's two answers are captured together or not at all.
+    keep = capture is not None and capture.wants(served.manifest.name)
+    if keep:
+        assert capture is not None
         latency = time.perf_counter() - ctx.started
-        capture.offer(
+        capture.put(
             served.manifest,
             ctx.request_id,
             latency,
             codec.transport,
-            decoded.rows,
+            rows,
             result.prediction,
             served.class_keys,
         )
+    if route is not None and route.shadowed():
+        _shadow(dataplane, route, rows, decoded.want_probabilities, result, ctx, codec, keep)
     return payload, headers
+
+
+def _chosen(
+    dataplane: DataPlane, route: Route, production: ServedModel, headers: Headers, rows: FloatArray
+) -> ServedModel:
+    """The version the model's experiment gives this request (production when the chosen
+    one is not served at the moment, e.g. it failed a reload)."""
+    version = route.pick(route.key_of(headers, rows))
+    if version == production.manifest.version:
+        return production
+    candidate = dataplane.registry.models.get((production.manifest.name, version))
+    if isinstance(candidate, ServedModel) and not candidate.retired:
+        return candidate
+    return production
+
+
+async def _counted(
+    dataplane: DataPlane, route: Route, served: ServedModel, decoded: Decoded, ctx: RequestContext
+) -> PredictionResult:
+    """:func:`predict` with the version's requests, errors and latency counted for the
+    experiment's comparison."""
+    stats = route.stats.get(served.manifest.version)
+    started = time.perf_counter()
+    try:
+        result = await predict(dataplane, served, decoded.rows, decoded.want_probabilities, ctx)
+        refuse_non_finite(result.prediction)
+    except (InvalidInputError, OverloadedError):
+        raise  # the request's fault, or shed: not the version's
+    except Exception:
+        if stats is not None:
+            stats.done(0.0, ok=False)
+        raise
+    if stats is not None:
+        stats.done(time.perf_counter() - started, ok=True)
+    return result
+
+
+def _shadow(
+    dataplane: DataPlane,
+    route: Route,
+    rows: FloatArray,
+    want: bool,
+    result: PredictionResult,
+    ctx: RequestContext,
+    codec: Codec[D],
+    keep: bool,
+) -> None:
+    """Send the rows to the shadow version too, after production answered; its result is only
+    compared and captured (a done callback: nothing here ever reaches the client)."""
+    assert route.shadow is not None
+    shadow = dataplane.registry.models.get((route.name, route.shadow))
+    if not isinstance(shadow, ServedModel) or shadow.retired:
+        route.shadow_stats.skipped += 1
+        return
+    batcher = shadow.batcher
+    queued = batcher.queued_rows
+    if queued and queued + len(rows) > dataplane.settings.shadow_queue_rows:
+        route.shadow_stats.skipped += 1  # a slow shadow falls behind; production does not
+        return
+    route.shadow_stats.requests += 1
+    future = batcher.submit(rows, want)
+    capture = dataplane.capture if keep else None
+    done = partial(
+        _shadow_done, route, shadow, result.prediction, rows, ctx.request_id, codec.transport
+    )
+    future.add_done_callback(partial(done, capture, time.perf_counter()))
+
+
+def _shadow_done(
+    route: Route,
+    shadow: ServedModel,
+    production: Prediction,
+    rows: FloatArray,
+    request_id: str,
+    transport: str,
+    capture: Capture | None,
+    started: float,
+    future: asyncio.Future[Prediction],
+) -> None:
+    seconds = time.perf_counter() - started
+    stats = route.stats[shadow.manifest.version]
+    failure = future.exception() if not future.cancelled() else None
+    if future.cancelled() or failure is not None:
+        stats.done(seconds, ok=False)
+        route.shadow_stats.errors += 1
+        if route.shadow_stats.errors == 1:  # once per experiment: the figures count the rest
+            detail = "cancelled" if failure is None else _describe(failure)
+            log.warning("shadow %s v%s failed (%s)", route.name, route.shadow, detail)
+        return
+    prediction = future.result()
+    stats.done(seconds, ok=True)
+    route.shadow_stats.add(production, prediction)
+    if capture is not None:
+        capture.put(
+            shadow.manifest,
+            request_id,
+            seconds,
+            transport,
+            rows,
+            prediction,
+            shadow.class_keys,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
 
 
 async def predict(

@@ -22,6 +22,7 @@ from serving.store import Manifest
 
 if TYPE_CHECKING:  # the encoder lives with the request path, which imports this module
     from serving.core.dataplane import RowEncoder
+    from serving.rollout.route import Route
 
 
 class ModelState(StrEnum):
@@ -121,6 +122,9 @@ class Registry:
         self.rejected: dict[ModelKey, str] = {}
         """Versions the store asks for that failed to load during a hot swap, while an older
         version keeps serving (reported, but the service stays ready)."""
+        self.routes: dict[str, Route] = {}
+        """Models in a traffic experiment (serving.rollout): how their requests that name no
+        version are shared among versions, and shadowed."""
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -190,6 +194,7 @@ class Registry:
         for record in records:
             del self.models[record.key]
         self.default_version.pop(name, None)
+        self.routes.pop(name, None)
         self.broken_names.pop(name, None)
         self.store_problems.pop(name, None)
         self.forget_reports(name, keep=set())

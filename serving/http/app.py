@@ -31,9 +31,11 @@ from serving.http.routes import (
     observe,
     predict,
     quality,
+    traffic,
     v2,
 )
 from serving.observe.observability import Observability
+from serving.rollout.control import Rollout
 from serving.settings import Settings
 
 log = logging.getLogger("servewell")
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.state.observability = observability
     app.state.inference_service = None
     app.state.quality = None
+    app.state.rollout = None
     app.edge = edge
     _install_routes(app, settings)
     return app
@@ -109,7 +112,9 @@ def _install_routes(app: ServiceApp, settings: Settings) -> None:
     app.include_router(feedback.router)
     app.include_router(quality.router)
     app.include_router(observe.router)
+    app.include_router(traffic.router)
     app.include_router(admin.router, include_in_schema=settings.admin_enabled)
+    app.include_router(traffic.admin_router, include_in_schema=settings.admin_enabled)
     app.include_router(v2.router)
     docs.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
@@ -132,11 +137,16 @@ def _lifespan(settings: Settings, observability: Observability, edge: Edge) -> L
         monitor = None if capture is None else QualityMonitor(capture, settings)
         app.state.quality = observability.quality = monitor
         lifecycle = _serve(app, dataplane, edge, observability, started)
+        app.state.rollout = rollout = Rollout(lifecycle, capture, settings)
+        await rollout.resume()
+        rollout.start_guard()
         if monitor is not None:
             monitor.start(lambda: [s.manifest for s in dataplane.ready_models()])
         try:
             yield
         finally:
+            await rollout.stop()
+            app.state.rollout = None
             await lifecycle.stop()
             if monitor is not None:
                 await monitor.stop()

@@ -228,7 +228,10 @@ class Edge:
             return 499
         assert table.codec is not None
         assert table.dataplane is not None
-        work = answer(table.codec, table.dataplane, served, body, scope["headers"], ctx)
+        dataplane = table.dataplane
+        # A path naming no version is shared by the model's experiment, if one runs.
+        routed = bool(dataplane.registry.routes) and "/versions/" not in path
+        work = answer(table.codec, dataplane, served, body, scope["headers"], ctx, routed)
         try:
             payload, headers = await unless_disconnected(receive, work)
         except ClientGoneError:

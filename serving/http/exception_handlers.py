@@ -36,6 +36,7 @@ from serving.core.errors import (
     LifecycleConflictError,
     MalformedRequestError,
     ModelUnavailableError,
+    NoExperimentError,
     NotReadyError,
     OverloadedError,
     PayloadTooLargeError,
@@ -52,6 +53,7 @@ log = logging.getLogger("servewell")
 STATUS: dict[type[ServingError], int] = {
     UnknownModelError: 404,
     UnknownVersionError: 404,
+    NoExperimentError: 404,
     MalformedRequestError: 400,
     InvalidInputError: 422,
     ModelUnavailableError: 503,

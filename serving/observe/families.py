@@ -269,5 +269,32 @@ DEFINITIONS: tuple[Definition, ...] = (
         "gauge",
         (),
     ),
+    Definition(
+        "traffic_weight",
+        "servewell_traffic_weight",
+        "Traffic experiments: the share of a model's requests that name no version each "
+        "version answers (role production or candidate), or for a shadow the share it also "
+        "predicts.",
+        "gauge",
+        (*_MV, "role"),
+        merge="max",
+    ),
+    Definition(
+        "shadow_requests",
+        "servewell_shadow_requests",
+        "Requests sent to a shadow version since its experiment began, by outcome: answered, "
+        "failed, or skipped (its queue was full).",
+        "gauge",
+        (*_MV, "outcome"),
+    ),
+    Definition(
+        "shadow_agreement",
+        "servewell_shadow_agreement",
+        "Share of shadowed rows whose shadow answer equals production's, since the experiment "
+        "began.",
+        "gauge",
+        _MV,
+        merge="max",
+    ),
 )
 """Every metric, in the order /metrics lists them."""

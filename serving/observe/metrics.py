@@ -73,6 +73,9 @@ class Metrics:
     live_rows: Family
     live_degraded: Family
     capture_queue: Family
+    traffic_weight: Family
+    shadow_requests: Family
+    shadow_agreement: Family
 
     def __init__(self) -> None:
         self.families = [Family(definition) for definition in DEFINITIONS]

@@ -221,6 +221,35 @@ class Observability:
         metrics.live_rows.values = rows
         metrics.live_degraded.values = degraded
 
+    @staticmethod
+    def _traffic_gauges(metrics: Metrics, dataplane: DataPlane) -> None:
+        weights: dict[tuple[str, ...], float] = {}
+        shadow: dict[tuple[str, ...], float] = {}
+        agreement: dict[tuple[str, ...], float] = {}
+        for name, route in list(dataplane.registry.routes.items()):
+            policy = route.policy
+            for version, share in policy.weights:
+                role = "production" if version == policy.production else "candidate"
+                weights[(name, str(version), role)] = share
+            if policy.shadow is None:
+                continue
+            v = str(policy.shadow)
+            weights[(name, v, "shadow")] = policy.sample
+            stats = route.shadow_stats
+            stats.fold()
+            answered = stats.requests - stats.errors
+            for outcome, count in (
+                ("answered", answered),
+                ("failed", stats.errors),
+                ("skipped", stats.skipped),
+            ):
+                shadow[(name, v, outcome)] = float(count)
+            if stats.rows:
+                agreement[(name, v)] = stats.equal / stats.rows
+        metrics.traffic_weight.values = weights
+        metrics.shadow_requests.values = shadow
+        metrics.shadow_agreement.values = agreement
+
     def _refresh(self) -> None:
         """Gauges mirroring live state, read at scrape (and snapshot) time."""
         metrics = self.metrics
@@ -246,6 +275,7 @@ class Observability:
             metrics.capture_queue.values[()] = float(writer.queued_rows)
         if self.quality is not None:
             self._quality_gauges(metrics, self.quality)
+        self._traffic_gauges(metrics, dataplane)
         if dataplane.executor is not None:
             status = dataplane.executor.status()
             metrics.workers.values[()] = float(status.workers)

@@ -4,7 +4,8 @@
 verification), :mod:`serving.store.store` the :class:`ModelStore` everything reads and writes
 versions through, built on :mod:`serving.store.layout` (where folders lie, valid names and
 version numbers), :mod:`serving.store.publishing` (staging a version and renaming it into
-place) and :mod:`serving.store.pointer` (the production pointer and its rollback history);
+place) and :mod:`serving.store.pointer` (the production pointer and its rollback history) and
+:mod:`serving.store.traffic` (the traffic policy beside it);
 :mod:`serving.store.files` holds the link-refusing file reads they share.
 Everything is importable from here.
 """
@@ -45,6 +46,7 @@ from serving.store.layout import (
 )
 from serving.store.publishing import StagedVersion
 from serving.store.store import ModelStore, VersionInfo
+from serving.store.traffic import Guard, TrafficMode, TrafficPolicy
 
 __all__ = [
     "HISTORY_FILE",
@@ -61,6 +63,7 @@ __all__ = [
     "Environment",
     "Feature",
     "FeatureKind",
+    "Guard",
     "IntegrityError",
     "InvalidNameError",
     "Manifest",
@@ -72,6 +75,8 @@ __all__ = [
     "StoreError",
     "Target",
     "Task",
+    "TrafficMode",
+    "TrafficPolicy",
     "VerifiedVersion",
     "VersionInfo",
     "parse_version",

@@ -4,7 +4,8 @@ Each function takes the model's folder (from :func:`serving.store.layout.model_d
 validated): the pointer is ``<folder>/production``, the history ``<folder>/history.json``.
 Readers never follow a symlink; writers replace either file with ``os.replace`` (atomic on
 POSIX) while holding ``<folder>/pointer.lock``, so a promote or rollback in the service and one
-from the CLI never lose each other's history entries.
+from the CLI never lose each other's history entries. A change of production also ends the
+model's traffic experiment (:mod:`serving.store.traffic`), which was set against the old one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from serving.store import traffic
 from serving.store.errors import StoreError
 from serving.store.files import atomic_write_text, read_file_nofollow, refusing_links
 from serving.store.layout import HISTORY_FILE, LOCK_FILE, PRODUCTION_FILE, parse_version
@@ -82,6 +84,7 @@ def promote(folder: Path, version: int) -> int | None:
             earlier.append(previous)
             atomic_write_text(folder / HISTORY_FILE, json.dumps(earlier) + "\n")
         atomic_write_text(folder / PRODUCTION_FILE, f"{version}\n")
+        traffic.remove(folder)
     return previous
 
 
@@ -101,6 +104,7 @@ def rollback(
         verify(target)
         atomic_write_text(folder / PRODUCTION_FILE, f"{target}\n")
         atomic_write_text(folder / HISTORY_FILE, json.dumps(earlier) + "\n")
+        traffic.remove(folder)
     return current, target
 
 

@@ -6,8 +6,9 @@ training writes through :meth:`ModelStore.create_version`, the service reads thr
 concept each: :mod:`serving.store.layout` (where folders lie, valid names and numbers),
 :mod:`serving.store.artifact` (what a version folder holds and how it is verified),
 :mod:`serving.store.publishing` (a new version, staged and renamed into place whole) and
-:mod:`serving.store.pointer` (the production pointer, its history and lock). This module reads
-and verifies versions and removes them.
+:mod:`serving.store.pointer` (the production pointer, its history and lock) and
+:mod:`serving.store.traffic` (the traffic policy beside the pointer). This module reads and
+verifies versions and removes them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.store import pointer
+from serving.store import pointer, traffic
 from serving.store.artifact import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
@@ -45,6 +46,7 @@ from serving.store.layout import (
     validate_name,
 )
 from serving.store.publishing import StagedVersion, staged_version
+from serving.store.traffic import TrafficPolicy
 
 __all__ = [
     "HISTORY_FILE",
@@ -267,3 +269,63 @@ class ModelStore:
 
     def _history(self, name: str) -> list[int]:
         return pointer.history(self._model_dir(name))
+
+    # -- the traffic policy (serving.store.traffic) --------------------------------------------
+
+    def traffic(self, name: str) -> TrafficPolicy | None:
+        """The model's traffic policy, or None when no experiment runs."""
+        return traffic.read(self._model_dir(name))
+
+    def set_traffic(self, name: str, policy: TrafficPolicy) -> None:
+        """Replace the model's policy after verifying every version it names: each must match
+        its manifest's hashes and take the same inputs as production (one request body fits
+        them all). Production must still be the version the policy was set against."""
+        policy.check()
+        folder = self._model_dir(name)
+        base = self.verify(name, policy.production)
+        wanted = _inputs(base)
+        for version in policy.candidates:
+            manifest = self.verify(name, version)
+            if _inputs(manifest) != wanted:
+                raise StoreError(
+                    f"model {name!r} v{version} takes other inputs than production "
+                    f"v{policy.production} (feature names, kinds or categories differ); "
+                    "versions in one experiment must accept the same requests"
+                )
+            if manifest.task != base.task:
+                raise StoreError(
+                    f"model {name!r} v{version} is a {manifest.task} model and production "
+                    f"v{policy.production} a {base.task} one"
+                )
+        if policy.key_field is not None and policy.key_field not in base.feature_names:
+            raise StoreError(
+                f"key_field {policy.key_field!r} is not a feature of {name!r}; "
+                f"its features: {', '.join(base.feature_names)}"
+            )
+        with pointer.pointer_lock(folder):
+            if self.production(name) != policy.production:
+                raise StoreError(
+                    f"model {name!r}: production is no longer v{policy.production}; "
+                    "set the policy again"
+                )
+            atomic_write_text(folder / traffic.TRAFFIC_FILE, traffic.dumps(policy))
+
+    def end_traffic(self, name: str) -> TrafficPolicy | None:
+        """Remove the model's policy; return the one that was in force, if any."""
+        folder = self._model_dir(name)
+        with pointer.pointer_lock(folder):
+            try:
+                ended = self.traffic(name)
+            except StoreError:
+                ended = None  # a corrupt policy is removed all the same
+            traffic.remove(folder)
+        return ended
+
+
+def _inputs(manifest: Manifest) -> list[tuple[str, str, bool, tuple[str, ...] | None]]:
+    """What a request body must hold for a version: its features' names, kinds and
+    categories (training ranges may differ)."""
+    return [
+        (f.name, f.kind.value, f.nullable, None if f.categories is None else tuple(f.categories))
+        for f in manifest.features
+    ]

@@ -219,3 +219,36 @@ def test_train_from_capture_and_export_capture(tmp_path: Path) -> None:
     bad = run(store, "export-capture", "iris", str(tmp_path / "iris.parquet"), env=env)
     if bad.returncode:
         assert "error: Parquet export needs pyarrow" in bad.stderr
+
+
+def test_shadow_canary_and_traffic_commands(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert run(store, "train", "--model", "iris").returncode == 0
+    assert run(store, "train", "--model", "iris", "--force").returncode == 0
+    assert run(store, "rollback", "iris").returncode == 0  # production v1, candidate v2
+
+    shown = run(store, "traffic", "iris")
+    assert shown.returncode == 0
+    assert "production v1 answers alone" in shown.stdout
+    shadow = run(store, "shadow", "iris", "2", "--sample", "0.5")
+    assert shadow.returncode == 0, shadow.stderr
+    assert "shadow: v2 sees 50% of requests" in shadow.stdout
+    canary = run(store, "canary", "iris", "2", "--weight", "10")
+    assert canary.returncode == 0, canary.stderr
+    assert "canary: v1 90.0%, v2 10.0%" in canary.stdout
+    policy = ModelStore(store).traffic("iris")
+    assert policy is not None
+    assert policy.weights == ((1, 0.9), (2, 0.1))
+
+    bad = run(store, "canary", "iris", "2", "--weight", "100")
+    assert bad.returncode == 1
+    assert "weight: a canary's weight is a percentage" in bad.stderr
+    missing = run(store, "shadow", "iris", "7")
+    assert missing.returncode == 1
+    assert "error:" in missing.stderr
+    assert ModelStore(store).traffic("iris") == policy  # refused: the old policy stays
+
+    ended = run(store, "traffic", "iris", "--end")
+    assert ended.returncode == 0
+    assert "experiment ended" in ended.stdout
+    assert ModelStore(store).traffic("iris") is None

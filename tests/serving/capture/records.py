@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
 from serving.capture.records import Captured
+from serving.capture.store import CapturedRow
 from serving.execution.runtime import Prediction
 from serving.store import Environment, Feature, FeatureKind, Manifest, Target, Task
 
@@ -93,3 +95,33 @@ def count_rows(url: str, model: str) -> int:
         return CaptureStore(engine).count(model)
     finally:
         engine.dispose()
+
+
+NOW = 100_000.0
+"""The clock of the quality tests (UTC seconds)."""
+
+
+def row(
+    prediction: Any,
+    label: Any,
+    *,
+    ts: float = NOW - 60.0,
+    delay: float | None = 10.0,
+    proba: dict[str, float] | None = None,
+    model: str = "houses",
+    version: int = 1,
+) -> CapturedRow:
+    return CapturedRow(
+        model=model,
+        version=version,
+        request_id=f"r{ts}",
+        row=0,
+        ts=ts,
+        transport="rest",
+        latency_ms=1.0,
+        inputs={},
+        prediction=prediction,
+        probabilities=proba,
+        label=label,
+        labelled=None if delay is None else ts + delay,
+    )

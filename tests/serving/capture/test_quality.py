@@ -23,36 +23,8 @@ from serving.capture.quality import (
 from serving.capture.store import CapturedRow, CaptureStore, Label
 from serving.core.loading import _class_key
 from serving.store import Manifest, Target
-from tests.serving.capture.records import captured, manifest, regressor
+from tests.serving.capture.records import NOW, captured, manifest, regressor, row
 from training.evaluate import SCORERS
-
-NOW = 100_000.0
-
-
-def row(
-    prediction: Any,
-    label: Any,
-    *,
-    ts: float = NOW - 60.0,
-    delay: float | None = 10.0,
-    proba: dict[str, float] | None = None,
-    model: str = "houses",
-    version: int = 1,
-) -> CapturedRow:
-    return CapturedRow(
-        model=model,
-        version=version,
-        request_id=f"r{ts}",
-        row=0,
-        ts=ts,
-        transport="rest",
-        latency_ms=1.0,
-        inputs={},
-        prediction=prediction,
-        probabilities=proba,
-        label=label,
-        labelled=None if delay is None else ts + delay,
-    )
 
 
 def binary(prediction: str, label: str, dear: float, **kw: Any) -> CapturedRow:

@@ -163,7 +163,8 @@ def test_predict_bodies_beyond_the_in_flight_budget_are_shed_before_they_are_rea
     edge = Edge(settings, Observability(settings)).around(app)
     served = SimpleNamespace(batcher=None, manifest=SimpleNamespace(name="iris", version=1))
     edge.predict.paths = {"/models/iris/predict": served}  # type: ignore[dict-item]
-    edge.predict.codec = edge.predict.dataplane = object()  # type: ignore[assignment]
+    edge.predict.codec = object()  # type: ignore[assignment]
+    edge.predict.dataplane = SimpleNamespace(registry=SimpleNamespace(routes={}))  # type: ignore[assignment]
 
     async def call(length: int) -> list[Message]:
         sent: list[Message] = []
