@@ -197,6 +197,7 @@ def _shadow_store(ctx: Context) -> Path:
         fields = manifest.model_dump(mode="json", exclude={"name", "version", "files"})
         with store.create_version(name, fields) as staged:
             for file in manifest.files:
+                (staged.path / file).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(store.version_path(name, version) / file, staged.path / file)
         assert staged.version is not None
         policy = TrafficPolicy(TrafficMode.SHADOW, version, ((version, 1.0),), time.time())

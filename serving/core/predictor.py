@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
@@ -24,14 +23,12 @@ from serving.core.errors import (
     InvalidInputError,
     NotReadyError,
     OverloadedError,
-    ServingError,
 )
 from serving.core.registry import ServedModel
 from serving.execution.runtime import FloatArray, Prediction
+from serving.rollout.shadow import Shadowed
 
 if TYPE_CHECKING:
-    import asyncio
-
     from serving.capture.capture import Capture
     from serving.core.dataplane import DataPlane
     from serving.rollout.route import Route
@@ -138,7 +135,7 @@ def _chosen(
 ) -> ServedModel:
     """The version the model's experiment gives this request (production when the chosen
     one is not served at the moment, e.g. it failed a reload)."""
-    version = route.pick(route.key_of(headers, rows))
+    version = route.choose(headers, rows)
     if version == production.manifest.version:
         return production
     candidate = dataplane.registry.models.get((production.manifest.name, version))
@@ -178,65 +175,19 @@ def _shadow(
     codec: Codec[D],
     keep: bool,
 ) -> None:
-    """Send the rows to the shadow version too, after production answered; its result is only
-    compared and captured (a done callback: nothing here ever reaches the client)."""
-    assert route.shadow is not None
-    shadow = dataplane.registry.models.get((route.name, route.shadow))
-    if not isinstance(shadow, ServedModel) or shadow.retired:
-        route.shadow_stats.skipped += 1
-        return
-    batcher = shadow.batcher
-    queued = batcher.queued_rows
-    if queued and queued + len(rows) > dataplane.settings.shadow_queue_rows:
-        route.shadow_stats.skipped += 1  # a slow shadow falls behind; production does not
-        return
-    route.shadow_stats.requests += 1
-    future = batcher.submit(rows, want)
-    capture = dataplane.capture if keep else None
-    done = partial(
-        _shadow_done, route, shadow, result.prediction, rows, ctx.request_id, codec.transport
+    """Queue the request for the shadow version, after production answered: its answer is only
+    compared and captured (serving.rollout.shadow); nothing there ever reaches the client."""
+
+    def lookup() -> tuple[ServedModel | None, int, Capture | None]:
+        assert route.shadow is not None
+        shadow = dataplane.registry.models.get((route.name, route.shadow))
+        served = shadow if isinstance(shadow, ServedModel) else None
+        return served, dataplane.settings.shadow_queue_rows, dataplane.capture
+
+    item = Shadowed(
+        rows, result.prediction, ctx.request_id, codec.transport, keep, time.perf_counter()
     )
-    future.add_done_callback(partial(done, capture, time.perf_counter()))
-
-
-def _shadow_done(
-    route: Route,
-    shadow: ServedModel,
-    production: Prediction,
-    rows: FloatArray,
-    request_id: str,
-    transport: str,
-    capture: Capture | None,
-    started: float,
-    future: asyncio.Future[Prediction],
-) -> None:
-    seconds = time.perf_counter() - started
-    stats = route.stats[shadow.manifest.version]
-    failure = future.exception() if not future.cancelled() else None
-    if future.cancelled() or failure is not None:
-        stats.done(seconds, ok=False)
-        route.shadow_stats.errors += 1
-        if route.shadow_stats.errors == 1:  # once per experiment: the figures count the rest
-            detail = "cancelled" if failure is None else _describe(failure)
-            log.warning("shadow %s v%s failed (%s)", route.name, route.shadow, detail)
-        return
-    prediction = future.result()
-    stats.done(seconds, ok=True)
-    route.shadow_stats.add(production, prediction)
-    if capture is not None:
-        capture.put(
-            shadow.manifest,
-            request_id,
-            seconds,
-            transport,
-            rows,
-            prediction,
-            shadow.class_keys,
-        )
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+    route.shadow_queue.offer(item, want, lookup)
 
 
 async def predict(

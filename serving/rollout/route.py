@@ -18,15 +18,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from serving.execution.runtime import FloatArray, Prediction
+from serving.execution.runtime import FloatArray
+from serving.rollout.shadow import ShadowQueue
 from serving.store import Manifest, TrafficMode, TrafficPolicy
 
 ROUTING_HEADER = b"x-routing-key"
 LATENCIES_KEPT = 10_000
 """Latencies kept per version for its percentiles (the most recent ones)."""
-_FOLD_EVERY = 512
-"""Shadow pairs kept before they are folded into the agreement counts (vectorised)."""
+_FOLD_EVERY = 64
+"""Shadow answer pairs (one per flush of shadowed requests) kept before they are folded into
+the agreement counts in one vectorised pass."""
 
 
 class VersionStats:
@@ -70,9 +73,10 @@ class ShadowStats:
         self.equal = 0
         self.abs_diff = 0.0
         self.confusion: Counter[tuple[Any, Any]] = Counter()
-        self._pending: list[tuple[Prediction, Prediction]] = []
+        self._pending: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = []
 
-    def add(self, production: Prediction, shadow: Prediction) -> None:
+    def add(self, production: npt.NDArray[Any], shadow: npt.NDArray[Any]) -> None:
+        """Production's and the shadow's answers for the same rows."""
         self._pending.append((production, shadow))
         if len(self._pending) >= _FOLD_EVERY:
             self.fold()
@@ -82,8 +86,8 @@ class ShadowStats:
         if not self._pending:
             return
         pairs, self._pending = self._pending, []
-        a = np.concatenate([p.predictions for p, _ in pairs])
-        b = np.concatenate([s.predictions for _, s in pairs])
+        a = np.concatenate([p for p, _ in pairs])
+        b = np.concatenate([s for _, s in pairs])
         self.rows += len(a)
         if self.regressor:
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
@@ -131,6 +135,13 @@ class Route:
         )
         self.stats = {v: VersionStats() for v in policy.versions}
         self.shadow_stats = ShadowStats(manifest.task == "regression")
+        self.shadow_queue = ShadowQueue(self)
+
+    def choose(self, headers: Sequence[tuple[bytes, bytes]], rows: FloatArray) -> int:
+        """The version that answers this request (a shadow policy's: production)."""
+        if len(self._versions) == 1:
+            return self._versions[0]
+        return self.pick(self.key_of(headers, rows))
 
     def pick(self, key: bytes | None) -> int:
         """The version that answers a request with this routing key (None: by chance)."""

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from serving.core.errors import InvalidInputError
-from serving.execution.runtime import Prediction
 from serving.rollout.policy import TrafficRequest, build
 from serving.rollout.route import Route
 from serving.store import Guard, TrafficMode, TrafficPolicy
@@ -58,8 +57,8 @@ def test_the_header_comes_before_the_key_field() -> None:
 def test_shadow_agreement_is_counted_row_by_row() -> None:
     policy = TrafficPolicy(TrafficMode.SHADOW, 1, ((1, 1.0),), 1.0, shadow=2)
     r = route(policy)
-    production = Prediction(np.array(["cheap", "dear", "dear"], dtype=object), None)
-    shadow = Prediction(np.array(["cheap", "cheap", "dear"], dtype=object), None)
+    production = np.array(["cheap", "dear", "dear"], dtype=object)
+    shadow = np.array(["cheap", "cheap", "dear"], dtype=object)
     for _ in range(600):  # past one fold
         r.shadow_stats.add(production, shadow)
     figures = r.summary()["versions"][1]["shadow"]
@@ -72,9 +71,7 @@ def test_shadow_agreement_is_counted_row_by_row() -> None:
 def test_a_regressor_shadow_reports_the_mean_absolute_difference() -> None:
     policy = TrafficPolicy(TrafficMode.SHADOW, 1, ((1, 1.0),), 1.0, shadow=2)
     r = Route("prices", policy, regressor())
-    r.shadow_stats.add(
-        Prediction(np.array([1.0, 2.0]), None), Prediction(np.array([1.5, 2.0]), None)
-    )
+    r.shadow_stats.add(np.array([1.0, 2.0]), np.array([1.5, 2.0]))
     figures = r.summary()["versions"][1]["shadow"]
     assert figures["mean_abs_difference"] == pytest.approx(0.25)
     assert figures["equal_share"] == pytest.approx(0.5)
