@@ -75,6 +75,13 @@ def _add(router: APIRouter, served: ServedModel, path: str) -> None:
             f"{manifest.name} v{manifest.version}: a {task_label(manifest)} "
             f"({manifest.estimator}, {metric}). Send `instances` (records) or `rows` "
             f"(values in feature order: {', '.join(manifest.feature_names)})."
+            + (
+                ""
+                if versioned
+                else " While the model runs a canary or A/B experiment, it chooses the version "
+                "(an `X-Routing-Key` header keeps a user on one); `X-Model-Version` and `version` "
+                "say which answered."
+            )
         ),
         responses=RESPONSES,
         openapi_extra=request_body_ref(served),
