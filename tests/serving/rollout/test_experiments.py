@@ -312,22 +312,34 @@ def test_traffic_endpoints_need_the_admin_token(http: httpx.Client) -> None:
     assert http.get("/models/nope/compare").status_code == 404
 
 
-def test_promoting_the_candidate_under_load_ends_the_experiment_and_drops_nothing(
+def test_promote_and_rollback_during_experiments_under_load_drop_nothing(
     live: RunningServer, http: httpx.Client
 ) -> None:
     assert put(http, mode="canary", version=2, weight=50).status_code == 200
+    canary_of_v1 = {"mode": "canary", "version": 1, "weight": 50}
     run = asyncio.run(
-        _load_while(live.url, ["/admin/models/iris/promote/2", "/admin/models/iris/rollback"])
+        _load_while(
+            live.url,
+            [
+                ("POST", "/admin/models/iris/promote/2", None),  # ends the first experiment
+                ("PUT", "/admin/models/iris/traffic", canary_of_v1),  # v1 back as a canary
+                ("POST", "/admin/models/iris/rollback", None),  # ends that one
+            ],
+        )
     )
-    assert [r.status_code for r in run["admin"]] == [200, 200], [r.text for r in run["admin"]]
+    assert [r.status_code for r in run["admin"]] == [200] * 3, [r.text for r in run["admin"]]
+    assert run["admin"][0].json()["default_version"] == 2
+    assert run["admin"][1].json()["policy"]["production"] == 2
     failures = [r for r in run["statuses"] if r != 200]
     assert not failures
-    assert len(run["statuses"]) >= 600
+    assert len(run["statuses"]) >= 800
     assert http.get("/admin/models/iris/traffic", headers=AUTH).json()["policy"] is None
     assert http.get("/models/iris/compare").status_code == 404
 
 
-async def _load_while(url: str, admin_paths: list[str]) -> dict[str, Any]:
+async def _load_while(
+    url: str, actions: list[tuple[str, str, dict[str, Any] | None]]
+) -> dict[str, Any]:
     """100 users send keyed requests while the admin calls happen one after another (each
     after 200 more answers)."""
     statuses: list[int] = []
@@ -359,8 +371,8 @@ async def _load_while(url: str, admin_paths: list[str]) -> dict[str, Any]:
         users = [asyncio.create_task(user(n)) for n in range(100)]
         done = []
         await answered(200)
-        for path in admin_paths:
-            done.append(await admin.post(path))
+        for method, path, body in actions:
+            done.append(await admin.request(method, path, json=body))
             await answered(200)
         stop.set()
         await asyncio.gather(*users)
