@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from serving.core.errors import InvalidInputError
+from serving.core.routing import describe
 from serving.rollout.policy import TrafficRequest, build
-from serving.rollout.route import describe
 from serving.store import ModelStore, StoreError, Task, TrafficMode
 from training.capture_data import capture_url, shown_url
 from training.compare import render

@@ -35,8 +35,8 @@ from serving.core.errors import (
     UnknownVersionError,
 )
 from serving.core.registry import Known, ServedModel
+from serving.core.routing import Route, describe
 from serving.execution.executor import ModelKey
-from serving.rollout.route import Route, describe
 from serving.store import (
     IntegrityError,
     InvalidNameError,

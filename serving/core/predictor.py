@@ -8,7 +8,6 @@ response bytes; :func:`answer` runs the steps between, with the request's
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,15 +24,14 @@ from serving.core.errors import (
     OverloadedError,
 )
 from serving.core.registry import ServedModel
+from serving.core.shadow import Shadowed
 from serving.execution.runtime import FloatArray, Prediction
-from serving.rollout.shadow import Shadowed
 
 if TYPE_CHECKING:
     from serving.capture.capture import Capture
     from serving.core.dataplane import DataPlane
-    from serving.rollout.route import Route
+    from serving.core.routing import Route
 
-log = logging.getLogger("servewell.rollout")
 
 Headers = Sequence[tuple[bytes, bytes]]
 """Request or response headers as raw name (lower case) and value pairs."""
@@ -91,7 +89,7 @@ async def answer(
     """Request body in, response body and content headers out: what every transport calls.
 
     ``routed``: the request named the model but no version, so the model's traffic policy
-    (serving.rollout), if it has one, chooses the version and the shadow."""
+    (serving.core.routing), if it has one, chooses the version and the shadow."""
     if served.retired:
         # It was swapped out while this request was on its way (e.g. reading the body):
         # production answers, or a clean 404 when the model is gone.
@@ -176,7 +174,7 @@ def _shadow(
     keep: bool,
 ) -> None:
     """Queue the request for the shadow version, after production answered: its answer is only
-    compared and captured (serving.rollout.shadow); nothing there ever reaches the client."""
+    compared and captured (serving.core.shadow); nothing there ever reaches the client."""
 
     def lookup() -> tuple[ServedModel | None, int, Capture | None]:
         assert route.shadow is not None

@@ -22,7 +22,7 @@ from serving.store import Manifest
 
 if TYPE_CHECKING:  # the encoder lives with the request path, which imports this module
     from serving.core.dataplane import RowEncoder
-    from serving.rollout.route import Route
+    from serving.core.routing import Route
 
 
 class ModelState(StrEnum):
@@ -123,7 +123,7 @@ class Registry:
         """Versions the store asks for that failed to load during a hot swap, while an older
         version keeps serving (reported, but the service stays ready)."""
         self.routes: dict[str, Route] = {}
-        """Models in a traffic experiment (serving.rollout): how their requests that name no
+        """Models in a traffic experiment (serving.core.routing): how their requests that name no
         version are shared among versions, and shadowed."""
 
     # -- queries -------------------------------------------------------------------------------

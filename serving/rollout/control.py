@@ -26,9 +26,9 @@ from serving.core.errors import (
     UnknownVersionError,
 )
 from serving.core.lifecycle import Lifecycle, check_name, store_call
+from serving.core.routing import Route, describe
 from serving.rollout.compare import significance, version_quality
 from serving.rollout.policy import TrafficRequest, build
-from serving.rollout.route import Route, describe
 from serving.settings import Settings
 from serving.store import Manifest, TrafficMode, TrafficPolicy
 

@@ -26,7 +26,7 @@ from serving.execution.runtime import FloatArray, Prediction
 if TYPE_CHECKING:
     from serving.capture.capture import Capture
     from serving.core.registry import ServedModel
-    from serving.rollout.route import Route
+    from serving.core.routing import Route
 
 log = logging.getLogger("servewell.rollout")
 

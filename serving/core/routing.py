@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from serving.core.shadow import ShadowQueue
 from serving.execution.runtime import FloatArray
-from serving.rollout.shadow import ShadowQueue
 from serving.store import Manifest, TrafficMode, TrafficPolicy
 
 ROUTING_HEADER = b"x-routing-key"

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import numpy as np
 import pytest
 
-from serving.core.errors import InvalidInputError
-from serving.rollout.policy import TrafficRequest, build
-from serving.rollout.route import Route
-from serving.store import Guard, TrafficMode, TrafficPolicy
+from serving.core.routing import Route
+from serving.store import TrafficMode, TrafficPolicy
 from tests.serving.capture.records import manifest, regressor
 
 
@@ -88,63 +85,3 @@ def test_latency_and_errors_per_version() -> None:
     assert figures["errors"] == 1
     assert figures["latency_ms"]["p50"] == pytest.approx(50.5)
     assert figures["latency_ms"]["rows"] == 100
-
-
-@pytest.mark.parametrize(
-    ("request_", "field"),
-    [
-        (TrafficRequest(TrafficMode.SHADOW), "version"),
-        (TrafficRequest(TrafficMode.SHADOW, version=1), "version"),
-        (TrafficRequest(TrafficMode.SHADOW, version=2, sample=1.5), "sample"),
-        (TrafficRequest(TrafficMode.SHADOW, version=2, key_field="rooms"), "key_field"),
-        (TrafficRequest(TrafficMode.SHADOW, version=2, guard=Guard()), "guard"),
-        (TrafficRequest(TrafficMode.CANARY, version=2), "weight"),
-        (TrafficRequest(TrafficMode.CANARY, version=2, weight=100), "weight"),
-        (TrafficRequest(TrafficMode.CANARY, version=2, weight=5, weights={1: 1}), "weights"),
-        (TrafficRequest(TrafficMode.AB, weights={1: 1.0}), "weights"),
-        (TrafficRequest(TrafficMode.AB, weights={1: 1.0, 2: -1.0}), "weights"),
-        (TrafficRequest(TrafficMode.AB, weights={1: 1.0, 2: 1.0}, version=2), "version"),
-    ],
-)
-def test_requests_that_do_not_fit_name_the_field(request_: TrafficRequest, field: str) -> None:
-    with pytest.raises(InvalidInputError) as caught:
-        build(request_, production=1, now=1.0)
-    assert [d.loc for d in caught.value.details] == [("body", field)]
-
-
-def test_ab_weights_become_shares() -> None:
-    policy = build(TrafficRequest(TrafficMode.AB, weights={3: 1.0, 1: 3.0}), 1, 5.0)
-    assert policy.weights == ((1, 0.75), (3, 0.25))
-    assert policy.versions == [1, 3]
-
-
-def test_the_guard_judges_quality_only_with_enough_labelled_rows() -> None:
-    from serving.rollout.control import _error_breach, _quality_breach
-
-    guard = Guard(max_error_rate_increase=0.05, max_quality_drop=0.05, min_requests=100)
-    policy = TrafficPolicy(TrafficMode.CANARY, 1, ((1, 0.9), (2, 0.1)), 1.0, guard=guard)
-    r = route(policy)
-    manifests = {1: manifest(version=1), 2: manifest(version=2)}  # f1_macro, higher is better
-
-    def quality(live_2: float, rows_2: int) -> dict[int, Any]:
-        return {
-            1: {"metric": "f1_macro", "live": 0.90, "rows": 500},
-            2: {"metric": "f1_macro", "live": live_2, "rows": rows_2},
-        }
-
-    assert _quality_breach(r, quality(0.80, 99), manifests) is None  # too few rows
-    assert _quality_breach(r, quality(0.86, 500), manifests) is None  # within the margin
-    reason = _quality_breach(r, quality(0.80, 500), manifests)
-    assert reason is not None
-    assert "v2's live f1_macro is 0.8 over 500" in reason
-
-    for _ in range(100):
-        r.stats[1].done(0.001, ok=True)
-    for i in range(100):
-        r.stats[2].done(0.001, ok=i >= 5)  # 5 % errors: within the margin
-    assert _error_breach(r) is None
-    r.stats[2].done(0.0, ok=False)
-    r.stats[2].done(0.0, ok=False)
-    r.stats[2].done(0.0, ok=False)
-    r.stats[2].done(0.0, ok=False)  # 9 of 104
-    assert "v2 failed 8.7% of 104 requests" in (_error_breach(r) or "")
