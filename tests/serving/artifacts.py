@@ -63,6 +63,13 @@ def publish_copy(
     return staged.version
 
 
+def flip_a_byte(path: pathlib.Path) -> None:
+    """Change one byte in the middle of ``path``: its sha256 no longer matches the manifest."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def set_production(store: ModelStore, name: str, version: int) -> None:
     """Move the pointer without the store's verification, as a careless script or an
     attacker with write access to the store could."""

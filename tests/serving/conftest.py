@@ -21,6 +21,7 @@ from serving.core.loading import build_dataplane
 from serving.http.app import create_app
 from serving.settings import Settings
 from serving.store import MODEL_FILE, ModelStore
+from tests.serving.artifacts import flip_a_byte
 from training.run import train
 from training.spec import shipped_spec
 
@@ -57,10 +58,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 def tampered_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     """iris is fine; diabetes has one byte of its model file changed after training."""
     trained_store = train_into(tmp_path_factory.mktemp("tampered"), ["iris", "diabetes"])
-    path = trained_store.version_path("diabetes", 1) / MODEL_FILE
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_a_byte(trained_store.version_path("diabetes", 1) / MODEL_FILE)
     return trained_store
 
 

@@ -15,7 +15,12 @@ import pytest
 from sklearn.datasets import load_iris
 
 from serving.store import MODEL_FILE, ModelStore
-from tests.serving.artifacts import publish_copy, raising_model_bytes, slow_model_bytes
+from tests.serving.artifacts import (
+    flip_a_byte,
+    publish_copy,
+    raising_model_bytes,
+    slow_model_bytes,
+)
 from tests.serving.conftest import RunningServer, quiet_settings, running_server
 from tests.serving.rollout.variants import iris_rows, publish_variant
 
@@ -44,10 +49,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, trained_store: ModelStore) -
         == 4
     )
     assert publish_copy(store, "iris", store, "iris", 1, with_onnx=False) == 5
-    path = store.version_path("iris", 5) / MODEL_FILE
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_a_byte(store.version_path("iris", 5) / MODEL_FILE)
     return store
 
 
