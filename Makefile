@@ -35,7 +35,7 @@ HOST ?=
 PORT ?=
 export SERVEWELL_STORE ?= $(STORE)
 
-.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback shadow canary traffic sign score export-capture bench bench-score clean bench-peers
+.PHONY: help venv test lint typecheck unit test-slow serve train models compare prune promote rollback shadow canary traffic sign score grpc-proto export-capture bench bench-score clean bench-peers
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "servewell — make targets:\n\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -138,6 +138,9 @@ BENCH_ARGS ?=
 bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min; --baseline-ref=COMMIT adds a paired A/B with that commit): table + bench/results/*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+grpc-proto: $(STAMP) ## Regenerate serving/grpc/generated/ from serving/grpc/proto/inference.proto
+	$(PY) -m serving.grpc.generate
 
 clean: ## Remove the virtualenv and caches (keeps the model store)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

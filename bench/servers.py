@@ -228,6 +228,7 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
     # One hash seed for every service: with random ones, identical servers measured up to 3 %
     # apart in CPU per request.
     env |= {"SERVEWELL_HOST": HOST, "SERVEWELL_PORT": str(port), "PYTHONHASHSEED": "0"}
+    env.setdefault("SERVEWELL_GRPC_PORT", "0")  # servers run side by side; none measures gRPC
     return [py, "-m", "serving"], env, source
 
 

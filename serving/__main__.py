@@ -9,6 +9,7 @@ import logging.config
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from typing import Any
 
@@ -122,7 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"servewell: serving {settings.store.resolve()} on http://{settings.host}:{settings.port}"
     )
-    print(f"servewell: API docs at http://{settings.host}:{settings.port}/docs", flush=True)
+    print(f"servewell: API docs at http://{settings.host}:{settings.port}/docs")
+    if settings.grpc_port:
+        where = f"{settings.host}:{settings.grpc_port}"
+        print(f"servewell: Open Inference Protocol over gRPC on {where}")
+    sys.stdout.flush()
     with exit_cleanly_on_signals() as received:
         try:
             uvicorn.run(

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one)."""
 
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol over gRPC, on the same host, in the same process
+    and event loop as HTTP (8001, as Triton and KServe use; 0 turns it off)."""
+
+    grpc_max_message_bytes: int | None = Field(default=None, ge=1)
+    """Largest gRPC message received or sent; unset: ``max_body_bytes``."""
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
 

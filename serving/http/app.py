@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -37,6 +37,9 @@ from serving.http.routes import (
 from serving.observe.observability import Observability
 from serving.rollout.control import Rollout
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.grpc.server import GrpcServer
 
 log = logging.getLogger("servewell")
 
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.state.inference_service = None
     app.state.quality = None
     app.state.rollout = None
+    app.state.grpc_port = None
     app.edge = edge
     _install_routes(app, settings)
     return app
@@ -140,11 +144,14 @@ def _lifespan(settings: Settings, observability: Observability, edge: Edge) -> L
         app.state.rollout = rollout = Rollout(lifecycle, capture, settings)
         await rollout.resume()
         rollout.start_guard()
+        grpc_server = await _start_grpc(app, settings, dataplane, lifecycle, observability)
         if monitor is not None:
             monitor.start(lambda: [s.manifest for s in dataplane.ready_models()])
         try:
             yield
         finally:
+            if grpc_server is not None:  # its calls in flight finish, within the grace time
+                await grpc_server.stop(settings.shutdown_grace_s)
             await rollout.stop()
             app.state.rollout = None
             await lifecycle.stop()
@@ -197,6 +204,37 @@ def _serve(
         len(dataplane.ready_models()),
     )
     return lifecycle
+
+
+async def _start_grpc(
+    app: FastAPI,
+    settings: Settings,
+    dataplane: DataPlane,
+    lifecycle: Lifecycle,
+    observability: Observability,
+) -> GrpcServer | None:
+    """The Open Inference Protocol over gRPC on ``grpc_port`` (None when it is 0), in this
+    event loop; its health service follows readiness through every swap."""
+    if not settings.grpc_port:
+        return None
+    from serving.grpc.server import GrpcServer, GrpcService  # grpcio: only when it serves
+
+    service = GrpcService(
+        settings, dataplane, app.state.inference_service, lifecycle, observability
+    )
+    server = GrpcServer(settings, service)
+    port = await server.start()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def follow() -> None:
+        task = asyncio.get_running_loop().create_task(server.follow_readiness())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    lifecycle.listeners.append(follow)
+    app.state.grpc_port = port
+    log.info("servewell: Open Inference Protocol over gRPC on %s:%d", settings.host, port)
+    return server
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -79,6 +79,7 @@ class RunningServer:
 
 def quiet_settings(trained_store: ModelStore, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"store": trained_store.root, "port": 0, "log_level": "warning"}
+    values["grpc_port"] = 0  # off unless a test asks: test servers run side by side
     values.update(overrides)
     return Settings(**values)
 

@@ -34,6 +34,7 @@ def start_serving(
         "SERVEWELL_POOL_SIZE": "2",
         "SERVEWELL_LOG_LEVEL": "warning",
         "SERVEWELL_LOOP": loop,
+        "SERVEWELL_GRPC_PORT": "0",
         **{f"SERVEWELL_{name.upper()}": value for name, value in settings.items()},
     }
     if "--port" in args:

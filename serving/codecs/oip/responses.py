@@ -42,7 +42,7 @@ def _contiguous(values: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[A
     return np.ascontiguousarray(values.astype(dtype, copy=False)).reshape(-1)
 
 
-def _binary(tensor: OutputTensor) -> bytes | memoryview:
+def binary_data(tensor: OutputTensor) -> bytes | memoryview:
     """The tensor's binary data. Numeric tensors give a view of their own memory (the
     response is joined once, so copying them here would copy them twice)."""
     if tensor.datatype == BYTES:
@@ -84,7 +84,7 @@ def encode_response(
             "shape": tensor.shape,  # a tuple: orjson writes it as the array it is
         }
         if tensor.binary:
-            blob = _binary(tensor)
+            blob = binary_data(tensor)
             blobs.append(blob)
             entry["parameters"] = {"binary_data_size": len(blob)}
         else:

@@ -21,6 +21,10 @@ from serving.core.predictor import Headers, PredictionResult
 from serving.execution.executor import ModelKey
 from serving.execution.runtime import FloatArray
 
+SERVER_NAME = "servewell"
+REPOSITORY_EXTENSION = "model_repository"
+"""The protocol's model repository extension (index, load, unload), behind the admin token."""
+
 PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn"}
 """``platform`` in model metadata, by the runtime serving the model."""
 

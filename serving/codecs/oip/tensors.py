@@ -62,6 +62,7 @@ __all__ = [
     "decode_json",
     "encode_response",
     "frame_texts",
+    "from_binary",
     "numbers_problem",
     "parse_document",
     "parse_request",
@@ -256,13 +257,15 @@ def _input(raw: Any, i: int, binary: memoryview, offset: int, budget: int) -> tu
             f"({len(binary) - offset} bytes of binary data left)"
         )
     chunk = binary[offset : offset + size]
-    values = _from_binary(chunk, datatype, count, where)
+    values = from_binary(chunk, datatype, count, where)
     return Tensor(name, datatype, shape, values, i), size
 
 
-def _from_binary(
+def from_binary(
     chunk: memoryview, datatype: str, count: int, where: str
 ) -> npt.NDArray[Any] | list[str]:
+    """``count`` elements of ``datatype`` from raw little-endian bytes (HTTP's binary tensor
+    data, gRPC's ``raw_input_contents``)."""
     if datatype == BYTES:
         return bytes_elements(chunk, count, where)
     dtype = NUMERIC_DTYPES.get(datatype, np.dtype(np.uint8))  # BOOL: one byte each

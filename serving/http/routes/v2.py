@@ -17,16 +17,14 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from serving.codecs.oip.service import InferenceService
+from serving.codecs.oip.service import REPOSITORY_EXTENSION, SERVER_NAME, InferenceService
 from serving.codecs.schemas import error_responses
 from serving.core.errors import InvalidInputError, MalformedRequestError, NotReadyError
 from serving.core.lifecycle import Lifecycle
 from serving.http.routes.admin import require_admin
 from serving.http.routes.deps import InfoAccess
 
-SERVER_NAME = "servewell"
 EXTENSIONS = ["binary_tensor_data"]
-REPOSITORY_EXTENSION = "model_repository"
 
 
 def get_service(request: Request) -> InferenceService:

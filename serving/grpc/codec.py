@@ -1,0 +1,165 @@
+"""``ModelInferRequest`` bytes to rows and a prediction to ``ModelInferResponse`` bytes: the Open
+Inference Protocol over gRPC as a codec of the one request path
+(:func:`serving.core.predictor.answer`), next to the HTTP codecs.
+
+Inputs come as typed ``contents`` or as ``raw_input_contents`` (what tritonclient sends by
+default), and are checked exactly as over HTTP: the model's signature
+(:class:`serving.codecs.oip.signature.Signature`) turns them into rows, so shapes, datatypes,
+element counts and values get the same checks and the same messages. Outputs always travel as
+``raw_output_contents``, as Triton answers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import DecodeError
+
+from serving.codecs.oip.datatypes import (
+    BOOL,
+    BYTES,
+    DATATYPES,
+    INT_TYPES,
+    RequestedOutput,
+    Tensor,
+    numbers_problem,
+)
+from serving.codecs.oip.responses import binary_data
+from serving.codecs.oip.service import InferenceService
+from serving.codecs.oip.signature import PREDICT_PROBA, Signature
+from serving.codecs.oip.tensors import from_binary
+from serving.core.dataplane import ServedModel
+from serving.core.errors import InvalidInputError, MalformedRequestError
+from serving.core.predictor import Headers, PredictionResult
+from serving.execution.runtime import FloatArray
+from serving.grpc.generated import inference_pb2 as pb
+
+_CONTENTS = {
+    BOOL: "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+"""The ``InferTensorContents`` field of each datatype (FP16 has none: raw only)."""
+
+
+class GrpcInfer(NamedTuple):
+    rows: FloatArray
+    want_probabilities: bool
+    signature: Signature
+    wanted: list[RequestedOutput]
+    request_id: str
+
+
+def parse(body: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(body)
+    except DecodeError:
+        raise MalformedRequestError("the request is not a valid ModelInferRequest") from None
+
+
+class GrpcCodec:
+    """``ModelInfer`` through the request path (``transport`` names it in captured rows)."""
+
+    transport = "grpc"
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    def decode(self, served: ServedModel, body: bytes, headers: Headers) -> GrpcInfer:
+        request = parse(body)
+        signature = self.service.signature(served)
+        rows = signature.rows(input_tensors(request, signature.max_elements))
+        requested = [RequestedOutput(o.name, None) for o in request.outputs]
+        for i, output in enumerate(request.outputs):
+            if "classification" in output.parameters:
+                raise _bad(f"outputs[{i}]: the classification extension is not supported")
+        wanted = signature.wanted(requested or None)
+        want = any(output.name == PREDICT_PROBA for output in wanted)
+        return GrpcInfer(rows, want, signature, wanted, request.id)
+
+    def encode(self, decoded: GrpcInfer, result: PredictionResult) -> tuple[bytes, Headers]:
+        response = pb.ModelInferResponse(
+            model_name=result.model, model_version=str(result.version), id=decoded.request_id
+        )
+        for tensor in decoded.signature.output_tensors(result.prediction, decoded.wanted, True):
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            response.raw_output_contents.append(bytes(binary_data(tensor)))
+        return response.SerializeToString(), []
+
+
+def input_tensors(request: pb.ModelInferRequest, budget: int) -> list[Tensor]:
+    """The request's inputs as tensors; ``budget``: the most elements they may hold together."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise _bad(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "give one per input, in input order"
+        )
+    out: list[Tensor] = []
+    for i, given in enumerate(request.inputs):
+        where = f"inputs[{i}] {given.name!r}"
+        datatype = given.datatype
+        if datatype not in DATATYPES:
+            raise _bad(
+                f"{where}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}"
+            )
+        shape = tuple(given.shape)
+        if not shape or any(d < 0 for d in shape):
+            raise _bad(f"{where}: shape must be a non-empty list of non-negative integers")
+        count = math.prod(shape)
+        if count > budget:
+            raise _bad(
+                f"{where}: shape {list(shape)} makes the inputs hold far more elements than this "
+                "model takes in one request (its features times the most rows per request)"
+            )
+        budget -= count
+        if raw:
+            if given.HasField("contents"):
+                raise _bad(f"{where}: give contents or raw_input_contents, not both")
+            values = from_binary(memoryview(raw[i]), datatype, count, where)
+        else:
+            values = _from_contents(given, datatype, count, where)
+        out.append(Tensor(given.name, datatype, shape, values, i))
+    return out
+
+
+def _from_contents(
+    given: Any, datatype: str, count: int, where: str
+) -> npt.NDArray[Any] | list[str]:
+    field = _CONTENTS.get(datatype)
+    if field is None:
+        raise _bad(f"{where}: {datatype} travels only as raw_input_contents")
+    elements = getattr(given.contents, field)
+    if len(elements) != count:
+        raise _bad(f"{where}: shape needs {count} elements but {field} has {len(elements)}")
+    if datatype == BYTES:
+        try:
+            return [value.decode("utf-8") for value in elements]
+        except UnicodeDecodeError:
+            raise _bad(f"{where}: BYTES elements must be UTF-8 text") from None
+    if datatype == BOOL:
+        return np.fromiter(elements, dtype=np.bool_, count=count)
+    if datatype in INT_TYPES:
+        # Read wide first: int_contents may hold values INT8 or UINT16 cannot.
+        array = np.array(elements, dtype=np.uint64 if datatype == "UINT64" else np.int64)
+        problem = numbers_problem(array, array.dtype.kind, datatype)
+        if problem is not None:
+            raise _bad(f"{where}: {problem}")
+        return array
+    return np.array(elements, dtype=np.float64)
+
+
+def _bad(message: str) -> InvalidInputError:
+    return InvalidInputError(message)
