@@ -327,14 +327,24 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         self.port = 0
 
-    async def start(self) -> int:
+    async def start(self) -> int | None:
+        """Serve; None when the port cannot be bound (logged: HTTP goes on without gRPC)."""
         server = self.server
         server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server, pool=_reflected_pool())
         address = f"{self.settings.host}:{self.settings.grpc_port}"
-        self.port = server.add_insecure_port(address)
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            log.error(
+                "cannot serve gRPC on %s (%s): set SERVEWELL_GRPC_PORT to a free port, or 0 to "
+                "turn gRPC off; serving HTTP only",
+                address,
+                exc,
+            )
+            return None
         await server.start()
         await self.follow_readiness()
         return self.port

@@ -224,6 +224,8 @@ async def _start_grpc(
     )
     server = GrpcServer(settings, service)
     port = await server.start()
+    if port is None:
+        return None
     tasks: set[asyncio.Task[None]] = set()
 
     def follow() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,16 @@ def test_messages_over_the_limit_are_refused(trained_store: ModelStore) -> None:
         one = tg.InferInput("input", [1, 4], "FP64")
         one.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]]))
         assert small.infer("iris", [one]).as_numpy("predict") is not None
+
+
+def test_a_taken_port_leaves_http_serving(trained_store: ModelStore) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = quiet_settings(trained_store, pool_size=1, grpc_port=port)
+        with running_server(settings) as running, running.client() as http:
+            assert running.app.state.grpc_port is None
+            assert http.post(
+                "/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]}
+            ).is_success
