@@ -34,7 +34,9 @@ REPLICA_HEADER = b"x-servewell-replica"
 # replica was no faster than inline, so replicas run batches inline by default: Ray already
 # gives each replica its own process, and no process runs outside the CPUs Ray reserves for it.
 # ``settings: {inference: pool}`` brings the pool back (big models, large ``rows`` requests).
-REPLICA_DEFAULTS: dict[str, Any] = {"inference": "inline"}
+REPLICA_DEFAULTS: dict[str, Any] = {"inference": "inline", "grpc_port": 0}
+"""Inline inference (Ray spreads replicas), and no gRPC port of their own: Ray's proxy serves
+HTTP, and replicas sharing a node would share one port."""
 
 
 class Autoscaling(BaseModel):

@@ -45,6 +45,7 @@ def test_options_default_to_two_inline_replicas_with_an_absolute_store(
     settings = options.replica_settings()
     assert settings == {
         "inference": "inline",
+        "grpc_port": 0,
         "store": str(tmp_path / "models"),
         "max_batch_rows": 64,
     }
