@@ -21,6 +21,7 @@ from serving.core.dataplane import RowEncoder
 from serving.execution.runtime import LoadedModel, RuntimePolicy, load
 from serving.store import ModelStore
 from tests.serving.conftest import RunningServer
+from tests.serving.http.triton import release
 
 CHURN_CSV = Path(__file__).resolve().parents[3] / "training" / "data" / "churn.csv"
 
@@ -29,7 +30,7 @@ CHURN_CSV = Path(__file__).resolve().parents[3] / "training" / "data" / "churn.c
 def triton_client(server: RunningServer) -> Iterator[triton.InferenceServerClient]:
     client = triton.InferenceServerClient(urlsplit(server.url).netloc, network_timeout=60)
     yield client
-    client.close()
+    release(client)
 
 
 def _local(store: ModelStore, name: str, runtime: str) -> LoadedModel:

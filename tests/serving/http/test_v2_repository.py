@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.store import ModelStore
 from tests.serving.conftest import RunningServer, quiet_settings, running_server
+from tests.serving.http.triton import release
 
 TOKEN = "v2-repository-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -32,7 +33,7 @@ def live(trained_store: ModelStore) -> Iterator[RunningServer]:
 def tc(live: RunningServer) -> Iterator[triton.InferenceServerClient]:
     client = triton.InferenceServerClient(urlsplit(live.url).netloc, network_timeout=60)
     yield client
-    client.close()
+    release(client)
 
 
 def _iris(client: triton.InferenceServerClient) -> list[str]:
@@ -118,6 +119,7 @@ def test_readme_example_runs(live: RunningServer) -> None:
     assert '"localhost:8000"' in code
     namespace: dict[str, object] = {}
     exec(compile(code.replace('"localhost:8000"', f'"{netloc}"'), "README.md", "exec"), namespace)
+    release(namespace.pop("client"))
     assert namespace["labels"] == ["setosa"]
     probabilities = namespace["probabilities"]
     assert isinstance(probabilities, np.ndarray)
