@@ -119,20 +119,20 @@ class Capture:
             log.exception("capture: a request could not be queued")
 
     def read(
-        self, model: str, *, limit: int, since: float | None, labelled_only: bool
+        self,
+        model: str,
+        *,
+        limit: int,
+        since: float | None,
+        labelled_only: bool,
+        version: int | None = None,
     ) -> list[CapturedRow]:
         """Captured rows, newest first, after writing what is queued (blocking)."""
         self.writer.flush(FLUSH_BEFORE_FEEDBACK_S)
         self.ensure_schema()
-        return self.store.rows(model, limit=limit, since=since, labelled_only=labelled_only)
-
-    def read_version(
-        self, model: str, version: int, *, since: float, limit: int
-    ) -> list[CapturedRow]:
-        """A version's labelled rows predicted since ``since``, newest first (blocking)."""
-        self.writer.flush(FLUSH_BEFORE_FEEDBACK_S)
-        self.ensure_schema()
-        return self.store.rows(model, limit=limit, since=since, labelled_only=True, version=version)
+        return self.store.rows(
+            model, limit=limit, since=since, labelled_only=labelled_only, version=version
+        )
 
     def feedback(self, model: str, kept: Kept, now: float) -> list[Outcome]:
         """Join labels to captured predictions (blocking: run it off the event loop). What

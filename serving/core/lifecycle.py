@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.core.dataplane import DataPlane
 from serving.core.errors import (
@@ -36,6 +36,7 @@ from serving.core.errors import (
 )
 from serving.core.registry import Known, ServedModel
 from serving.core.routing import Route, describe
+from serving.core.shadow import Lookup
 from serving.execution.executor import ModelKey
 from serving.store import (
     IntegrityError,
@@ -46,6 +47,9 @@ from serving.store import (
     TrafficPolicy,
     validate_name,
 )
+
+if TYPE_CHECKING:
+    from serving.capture.capture import Capture
 
 log = logging.getLogger("servewell.lifecycle")
 
@@ -249,9 +253,23 @@ class Lifecycle:
         production = loaded.get((name, default)) or self.registry.models.get((name, default))
         if production is None:
             return False
-        routes[name] = Route(name, policy, production.manifest)
+        routes[name] = Route(name, policy, production.manifest, self._shadow_lookup(name, policy))
         log.info("model %s: traffic experiment %s", name, describe(policy))
         return True
+
+    def _shadow_lookup(self, name: str, policy: TrafficPolicy) -> Lookup | None:
+        """How the experiment's shadow queue finds its version when it flushes: as served
+        then (a swap may have replaced or retired it), with its queue bound and capture."""
+        if policy.shadow is None:
+            return None
+        key, dataplane = (name, policy.shadow), self.dataplane
+
+        def lookup() -> tuple[ServedModel | None, int, Capture | None]:
+            shadow = self.registry.models.get(key)
+            served = shadow if isinstance(shadow, ServedModel) else None
+            return served, self.settings.shadow_queue_rows, dataplane.capture
+
+        return lookup
 
     async def _gone(self, name: str, current: dict[ModelKey, Known]) -> bool:
         """Stop serving a model gone from the store (or unloaded); True when it was known."""

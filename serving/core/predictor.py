@@ -28,7 +28,6 @@ from serving.core.shadow import Shadowed
 from serving.execution.runtime import FloatArray, Prediction
 
 if TYPE_CHECKING:
-    from serving.capture.capture import Capture
     from serving.core.dataplane import DataPlane
     from serving.core.routing import Route
 
@@ -124,7 +123,7 @@ async def answer(
             served.class_keys,
         )
     if route is not None and route.shadowed():
-        _shadow(dataplane, route, rows, decoded.want_probabilities, result, ctx, codec, keep)
+        _shadow(route, rows, decoded.want_probabilities, result, ctx, codec, keep)
     return payload, headers
 
 
@@ -147,7 +146,7 @@ async def _counted(
 ) -> PredictionResult:
     """:func:`predict` with the version's requests, errors and latency counted for the
     experiment's comparison."""
-    stats = route.stats.get(served.manifest.version)
+    stats = route.stats[served.manifest.version]  # production or a candidate: counted
     started = time.perf_counter()
     try:
         result = await predict(dataplane, served, decoded.rows, decoded.want_probabilities, ctx)
@@ -155,16 +154,13 @@ async def _counted(
     except (InvalidInputError, OverloadedError):
         raise  # the request's fault, or shed: not the version's
     except Exception:
-        if stats is not None:
-            stats.done(0.0, ok=False)
+        stats.done(0.0, ok=False)
         raise
-    if stats is not None:
-        stats.done(time.perf_counter() - started, ok=True)
+    stats.done(time.perf_counter() - started, ok=True)
     return result
 
 
 def _shadow(
-    dataplane: DataPlane,
     route: Route,
     rows: FloatArray,
     want: bool,
@@ -175,17 +171,10 @@ def _shadow(
 ) -> None:
     """Queue the request for the shadow version, after production answered: its answer is only
     compared and captured (serving.core.shadow); nothing there ever reaches the client."""
-
-    def lookup() -> tuple[ServedModel | None, int, Capture | None]:
-        assert route.shadow is not None
-        shadow = dataplane.registry.models.get((route.name, route.shadow))
-        served = shadow if isinstance(shadow, ServedModel) else None
-        return served, dataplane.settings.shadow_queue_rows, dataplane.capture
-
     item = Shadowed(
         rows, result.prediction, ctx.request_id, codec.transport, keep, time.perf_counter()
     )
-    route.shadow_queue.offer(item, want, lookup)
+    route.shadow_queue.offer(item, want)
 
 
 async def predict(

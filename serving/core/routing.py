@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.core.shadow import ShadowQueue
+from serving.core.shadow import Lookup, ShadowQueue
 from serving.execution.runtime import FloatArray
 from serving.store import Manifest, TrafficMode, TrafficPolicy
 
@@ -119,7 +119,13 @@ class ShadowStats:
 class Route:
     """A model's policy prepared for the request path (built when the policy is applied)."""
 
-    def __init__(self, name: str, policy: TrafficPolicy, manifest: Manifest) -> None:
+    def __init__(
+        self,
+        name: str,
+        policy: TrafficPolicy,
+        manifest: Manifest,
+        shadow_lookup: Lookup | None = None,
+    ) -> None:
         self.name = name
         self.policy = policy
         self.shadow = policy.shadow
@@ -135,7 +141,7 @@ class Route:
         )
         self.stats = {v: VersionStats() for v in policy.versions}
         self.shadow_stats = ShadowStats(manifest.task == "regression")
-        self.shadow_queue = ShadowQueue(self)
+        self.shadow_queue = ShadowQueue(self, shadow_lookup)
 
     def choose(self, headers: Sequence[tuple[bytes, bytes]], rows: FloatArray) -> int:
         """The version that answers this request (a shadow policy's: production)."""

@@ -55,18 +55,23 @@ Lookup = Callable[[], "tuple[ServedModel | None, int, Capture | None]"]
 class ShadowQueue:
     """The shadowed requests of one experiment, and their trip to the shadow version."""
 
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, lookup: Lookup | None) -> None:
         self.route = route
+        self.lookup = lookup
+        """Set by the lifecycle, which knows the registry, settings and capture; None (only
+        in tests of the route's arithmetic): nothing is shadowed."""
         self.waiting: list[Shadowed] = []
         self.want_probabilities = False
         self._timer: asyncio.TimerHandle | None = None
 
-    def offer(self, item: Shadowed, want_probabilities: bool, lookup: Lookup) -> None:
+    def offer(self, item: Shadowed, want_probabilities: bool) -> None:
+        if self.lookup is None:
+            return
         self.waiting.append(item)
         self.want_probabilities |= want_probabilities
         if self._timer is None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(FLUSH_S, self.flush, lookup)
+            self._timer = loop.call_later(FLUSH_S, self.flush, self.lookup)
 
     def flush(self, lookup: Lookup) -> None:
         """Send what waits to the shadow version's batcher as one array."""

@@ -12,6 +12,7 @@ deadline. The standard health service follows readiness, and reflection lists th
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import time
@@ -291,6 +292,7 @@ def _tensor_metadata(tensor: dict[str, Any]) -> pb.ModelMetadataResponse.TensorM
     )
 
 
+@functools.cache
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,8 @@ class Rollout:
         self.ended: dict[str, dict[str, Any]] = {}
         """Per model, the last experiment the guard ended and why (this process)."""
         self._guard: asyncio.Task[None] | None = None
+        self._quality_read: dict[str, float] = {}
+        """Per model, when the guard last read live quality (``time.monotonic()``)."""
 
     async def resume(self) -> None:
         """At start-up: apply the experiments the store holds (their candidates load now, so
@@ -203,8 +206,12 @@ class Rollout:
         rows: dict[int, list[CapturedRow]] = {}
         versions: dict[int, Any] = {}
         for version, manifest in manifests.items():
-            rows[version] = self.capture.read_version(
-                route.name, version, since=policy.started, limit=QUALITY_ROWS
+            rows[version] = self.capture.read(
+                route.name,
+                limit=QUALITY_ROWS,
+                since=policy.started,
+                labelled_only=True,
+                version=version,
             )
             versions[version] = version_quality(
                 manifest,
@@ -250,6 +257,19 @@ class Rollout:
                 except Exception as exc:  # the next round tries again
                     log.error("canary guard of %s: %s: %s", name, type(exc).__name__, exc)
 
+    def _quality_due(self, name: str) -> bool:
+        """Live quality reads the capture database (up to QUALITY_ROWS rows per version): the
+        guard reads it at the live quality's own cadence (``quality_interval_s``), not at every
+        check of error rates."""
+        if self.capture is None:
+            return False
+        every = self.settings.quality_interval_s or self.settings.guard_interval_s
+        now = time.monotonic()
+        if now - self._quality_read.get(name, -math.inf) < every:
+            return False
+        self._quality_read[name] = now
+        return True
+
     async def check_guard(self, name: str, route: Route) -> str | None:
         """End the experiment when a candidate does worse than production by more than the
         guard's margins; returns why it did (None when it did not)."""
@@ -257,7 +277,7 @@ class Rollout:
         if guard is None or route.policy.mode is TrafficMode.SHADOW:
             return None
         reason = _error_breach(route)
-        if reason is None and guard.max_quality_drop is not None and self.capture is not None:
+        if reason is None and guard.max_quality_drop is not None and self._quality_due(name):
             manifests = self._manifests(route)
             quality = await asyncio.to_thread(self._quality, route, manifests)
             reason = _quality_breach(route, quality["versions"], manifests)
