@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
+from bench.grpc_load import METHOD, SCHEME
+from serving.grpc.generated import inference_pb2 as pb
 from serving.store import Feature, FeatureKind
 
 Value = float | int | bool | str | None
@@ -72,15 +75,27 @@ def _tensors(
 
 
 def encode(
-    request: str, features: Sequence[Feature], rows: Sequence[Row], dataframe: bool = False
+    request: str,
+    features: Sequence[Feature],
+    rows: Sequence[Row],
+    dataframe: bool = False,
+    model: str = "",
 ) -> Body:
-    """``rows`` as one body of the ``request`` form (``dataframe``: the model takes a DataFrame)."""
+    """``rows`` as one body of the ``request`` form (``dataframe``: the model takes a DataFrame;
+    ``model``: the name a gRPC request carries)."""
     if request == "typed":
         names = [f.name for f in features]
         return _json({"instances": [dict(zip(names, row, strict=True)) for row in rows]})
     if request == "rows":
         return _json({"rows": list(rows)})
     tensors = _tensors(features, rows, by_feature=request == "mlserver" and dataframe)
+    if request == "grpc":  # as tritonclient.grpc sends numpy inputs: raw contents, all outputs
+        message = pb.ModelInferRequest(
+            model_name=model, raw_input_contents=[r for *_, r in tensors]
+        )
+        for head, _, _ in tensors:
+            message.inputs.add(name=head["name"], datatype=head["datatype"], shape=head["shape"])
+        return message.SerializeToString(), 0
     inputs = [{**head, "data": data} for head, data, _ in tensors]
     if request == "v2json":
         return _json({"inputs": inputs, "outputs": [{"name": "predict"}]})
@@ -120,14 +135,42 @@ def predictions(answer: bytes, header_length: int | None) -> list[Any]:
         if size is None:
             return list(output["data"])
         if output["datatype"] != "BYTES":
-            return list(np.frombuffer(chunk, dtype=_NUMPY[output["datatype"]]).tolist())
-        labels = []
-        while chunk:
-            (n,) = _LENGTH.unpack_from(chunk)
-            labels.append(chunk[4 : 4 + n].decode())
-            chunk = chunk[4 + n :]
-        return labels
+            return _numbers(chunk, output["datatype"])
+        return _labels(chunk)
     raise ValueError("the answer has no predict output")
+
+
+def grpc_predictions(answer: bytes) -> list[Any]:
+    """The ``predict`` output of a ``ModelInferResponse``."""
+    response = pb.ModelInferResponse.FromString(answer)
+    for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        if output.name == "predict":
+            return _labels(raw) if output.datatype == "BYTES" else _numbers(raw, output.datatype)
+    raise ValueError("the answer has no predict output")
+
+
+def _numbers(raw: bytes, datatype: str) -> list[Any]:
+    return list(np.frombuffer(raw, dtype=_NUMPY[datatype]).tolist())
+
+
+def _labels(chunk: bytes) -> list[str]:
+    labels = []
+    while chunk:
+        (n,) = _LENGTH.unpack_from(chunk)
+        labels.append(chunk[4 : 4 + n].decode())
+        chunk = chunk[4 + n :]
+    return labels
+
+
+def call(target: str, body: Body) -> list[Any]:
+    """One ``ModelInfer`` call to ``target`` (``grpc://host:port``); its predictions, or
+    ValueError."""
+    with grpc.insecure_channel(target.removeprefix(SCHEME)) as channel:
+        try:
+            answer = channel.unary_unary(METHOD)(body[0], timeout=60)
+        except grpc.RpcError as exc:
+            raise ValueError(f"ModelInfer at {target} -> {exc.code()}: {exc.details()}") from None
+    return grpc_predictions(answer)
 
 
 def post(url: str, body: Body) -> list[Any]:

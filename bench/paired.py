@@ -53,7 +53,9 @@ def one_run(a: Running, b: Running, loads: list[Load], args: Namespace, a_first:
     others = set(sorted(os.sched_getaffinity(0))[1:])
     sides = [(a, *loads[0]), (b, *loads[1])][:: 1 if a_first else -1]
     before = [s.main_cpu_s() for s in (a, b)]
-    cmds = [wrk.command(args.wrk, s.url + p, f, c, args.pair_duration, 2) for s, p, f, c in sides]
+    cmds = [
+        wrk.command(args.wrk, s.address(p), f, c, args.pair_duration, 2) for s, p, f, c in sides
+    ]
     procs = {s.name: wrk.start(cmd, others) for (s, *_), cmd in zip(sides, cmds, strict=True)}
     try:
         got = {name: wrk.finish(proc, args.pair_duration + 30) for name, proc in procs.items()}

@@ -84,7 +84,7 @@ class Bench:
             count = (4 if s.rows > 1 else 500) // (2 if self.args.quick else 1)
             frame = manifest.input_format == "dataframe"
             rows = (bodies.sample_rows(manifest.features, s.rows, seed) for seed in range(count))
-            encoded = [bodies.encode(s.request, manifest.features, r, frame) for r in rows]
+            encoded = [bodies.encode(s.request, manifest.features, r, frame, s.model) for r in rows]
             path = self.ctx.workdir / f"{s.model}-{s.request}-{s.rows}.rec"
             self.files[key] = bodies.write(path, encoded), encoded
         return self.files[key]
@@ -94,8 +94,10 @@ class Bench:
         Warns when they are answered otherwise than the same rows were for another scenario."""
         sent = self.bodies(s)[1][: 5 if s.rows == 1 else 1]
         try:
-            got = [p for body in sent for p in bodies.post(server.url + s.path, body)]
-        except ValueError as exc:
+            address = server.address(s.path)
+            ask = bodies.call if s.request == "grpc" else bodies.post
+            got = [p for body in sent for p in ask(address, body)]
+        except (ValueError, servers.ServerError) as exc:
             return str(exc)
         if len(got) != s.rows * len(sent):
             return f"{len(got)} predictions for {s.rows * len(sent)} rows: {got[:5]}"
@@ -113,7 +115,7 @@ class Bench:
         return running
 
     def measure(self, server: servers.Running, s: Scenario, warmup: float) -> Measured:
-        url, file, c = server.url + s.path, self.bodies(s)[0], s.connections
+        url, file, c = server.address(s.path), self.bodies(s)[0], s.connections
         if warmup > 0:
             wrk.run(self.args.wrk, url, file, c, warmup, 2)
         cpu, host = server.cpu_s(), servers.host_busy_s()
@@ -132,7 +134,7 @@ class Bench:
         write unless it falls behind), rows dropped, the queue's gauge sampled every 0.2 s."""
         on = "SERVEWELL_CAPTURE_URL" in SERVERS[s.server].env
         a, file = self.args, self.bodies(s)[0]
-        cmd = wrk.command(a.wrk, server.url + s.path, file, s.connections, a.duration, 2)
+        cmd = wrk.command(a.wrk, server.address(s.path), file, s.connections, a.duration, 2)
         before, started, proc = server.metrics() if on else {}, time.monotonic(), wrk.start(cmd)
         queue: list[float] = []
         while on and proc.poll() is None:

@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from bench.grpc_load import METHOD
+
 Kind = Literal["service", "bare", "naive", "mlserver", "ray"]
-Request = Literal["typed", "rows", "v2json", "v2binary", "mlserver"]
+Request = Literal["typed", "rows", "v2json", "v2binary", "mlserver", "grpc"]
 V2: tuple[Request, Request] = ("v2json", "v2binary")
 Figure = Literal["req/s", "rows/s", "p50 ms", "errors", "capture rows/s", "dropped", "queue max"]
 
@@ -71,6 +73,9 @@ class Scenario:
 
     @property
     def path(self) -> str:
+        """The HTTP path, or gRPC's method (:meth:`bench.servers.Running.address`)."""
+        if self.request == "grpc":
+            return METHOD
         typed = self.request in ("typed", "rows")
         return f"/models/{self.model}/predict" if typed else f"/v2/models/{self.model}/infer"
 
@@ -123,6 +128,9 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
         p_metrics, p_quiet = (replace(pair, server=s) for s in ("service_metrics", "service_quiet"))
         p_v2j, p_capture = replace(pair, request="v2json"), replace(pair, server="service_capture")
         p_shadow = replace(pair, server="service_shadow")
+        grpc = {c: replace(typed[c], request="grpc") for c in (1, 100)}
+        p_grpc, grpc_rows = replace(pair, request="grpc"), replace(rows, request="grpc")
+        suite.scenarios.extend([grpc[1], grpc[100], grpc_rows])
         vs_bare = 0.85 if m == "iris" else None
         vs_naive = 50.0 if m == "breast_cancer" else None
         suite.targets += [
@@ -144,6 +152,10 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
             Target(f"{m}: capture, throughput kept", p_capture, pair, "req/s", 0.90, True),
             Target(f"{m}: capture writer rows/s", capture[0], None, "capture rows/s", 20_000),
             Target(f"{m}: shadow at 100 %, throughput kept", p_shadow, pair, "req/s", 0.85, True),
+            Target(f"{m}: single row, gRPC vs typed", p_grpc, pair, "req/s", 1.0, True),
+            Target(f"{m}: c=100, gRPC vs typed (Python client)", grpc[100], t100, "req/s"),
+            Target(f"{m}: c=1, gRPC vs typed", grpc[1], typed[1], "p50 ms"),
+            Target(f"{m}: {ROWS} rows, gRPC raw vs typed", grpc_rows, rows, "rows/s", 3.0),
         ]
         for s in capture:
             name = f"{m}: capture, {s.request} c={s.connections}: "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.grpc_load import METHOD
 from bench.scenarios import Server
 from serving.store import MODEL_FILE, ModelStore, TrafficMode, TrafficPolicy
 
@@ -65,8 +66,18 @@ class Running:
     process: "subprocess.Popen[bytes]"
     url: str
     log: Path
+    grpc: str | None = None
+    """``grpc://host:port`` of a service's gRPC server."""
     seen: set[int] = field(default_factory=set)
     leftovers: list[int] = field(default_factory=list)
+
+    def address(self, path: str) -> str:
+        """Where a load of ``path`` goes: the gRPC server for ``ModelInfer``, else HTTP."""
+        if path != METHOD:
+            return self.url + path
+        if self.grpc is None:
+            raise ServerError(f"{self.name} serves no gRPC")
+        return self.grpc
 
     def tree(self) -> list[int]:
         """The main process and its live descendants (remembered, to find leftovers)."""
@@ -205,7 +216,9 @@ def _shadow_store(ctx: Context) -> Path:
     return root
 
 
-def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[str, str], Path]:
+def _command(
+    server: Server, port: int, ctx: Context, grpc_port: int
+) -> tuple[list[str], dict[str, str], Path]:
     """argv, environment and working directory of ``server``."""
     py, store = sys.executable, str(_shadow_store(ctx) if server.shadow else ctx.store)
     if server.kind == "mlserver":
@@ -228,21 +241,22 @@ def _command(server: Server, port: int, ctx: Context) -> tuple[list[str], dict[s
     # One hash seed for every service: with random ones, identical servers measured up to 3 %
     # apart in CPU per request.
     env |= {"SERVEWELL_HOST": HOST, "SERVEWELL_PORT": str(port), "PYTHONHASHSEED": "0"}
-    env.setdefault("SERVEWELL_GRPC_PORT", "0")  # servers run side by side; none measures gRPC
+    env["SERVEWELL_GRPC_PORT"] = str(grpc_port)  # on, as users get it
     return [py, "-m", "serving"], env, source
 
 
 def start(server: Server, ctx: Context, label: str | None = None) -> Running:
     """Start ``server`` and return once its readiness endpoint answers."""
-    port = free_port()
-    argv, env, cwd = _command(server, port, ctx)
+    port, grpc_port = free_port(), free_port()
+    argv, env, cwd = _command(server, port, ctx, grpc_port)
     log = ctx.workdir / f"{label or server.name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-    running = Running(label or server.name, process, f"http://{HOST}:{port}", log)
+    grpc = f"grpc://{HOST}:{grpc_port}" if env.get("SERVEWELL_GRPC_PORT") else None
+    running = Running(label or server.name, process, f"http://{HOST}:{port}", log, grpc)
     ready = running.url + ("/v2/health/ready" if server.kind == "mlserver" else "/health/ready")
     deadline = time.monotonic() + (300 if server.kind == "ray" else 120)  # Ray takes ~1 min
     try:

@@ -1,5 +1,6 @@
-"""The one load driver: wrk with ``bench/post.lua``, whose ``done()`` prints one
-``@@WRK_JSON {...}`` line, so nothing here depends on wrk's human-readable output."""
+"""The load driver: wrk with ``bench/post.lua``, whose ``done()`` prints one ``@@WRK_JSON {...}``
+line, so nothing here depends on wrk's human-readable output; for ``grpc://`` addresses
+``bench/grpc_load.py``, which prints the same line."""
 
 import json
 import os
@@ -9,6 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
+
+from bench import grpc_load
 
 SCRIPT = Path(__file__).with_name("post.lua")
 INSTALL_HINT = "wrk is not on PATH: `apt-get install wrk`, `brew install wrk` or build wg/wrk"
@@ -63,6 +66,8 @@ def command(
     wrk: str, url: str, bodies: Path, conns: int, seconds: float, timeout_s: float, threads: int = 1
 ) -> list[str]:
     """One wrk thread by default: the box has 2 cores and the servers need them."""
+    if url.startswith(grpc_load.SCHEME):
+        return grpc_load.command(url, bodies, conns, seconds, timeout_s)
     flags = [f"--connections={conns}", f"--threads={min(threads, conns)}"]
     flags += [f"--duration={max(1, round(seconds))}s", f"--timeout={max(1, round(timeout_s))}s"]
     return [wrk, *flags, f"--script={SCRIPT}", url, "--", str(bodies), "/" + url.split("/", 3)[3]]

@@ -23,6 +23,7 @@ from serving.codecs.oip.datatypes import (
     BYTES,
     DATATYPES,
     INT_TYPES,
+    OutputTensor,
     RequestedOutput,
     Tensor,
     numbers_problem,
@@ -52,6 +53,8 @@ _CONTENTS = {
     BYTES: "bytes_contents",
 }
 """The ``InferTensorContents`` field of each datatype (FP16 has none: raw only)."""
+_HEADS = 256
+"""Serialized response heads kept (model versions x output shapes; rows vary the shapes)."""
 
 
 class GrpcInfer(NamedTuple):
@@ -76,9 +79,21 @@ class GrpcCodec:
 
     def __init__(self, service: InferenceService) -> None:
         self.service = service
+        self.last: tuple[bytes, pb.ModelInferRequest] | None = None
+        self.heads: dict[tuple[Any, ...], bytes] = {}
+
+    def parse(self, body: bytes) -> pb.ModelInferRequest:
+        """``body`` parsed; the server parses it to find the model, then the request path
+        decodes it without a second parse (the same bytes object, just before)."""
+        if self.last is not None and self.last[0] is body:
+            return self.last[1]
+        request = parse(body)
+        self.last = (body, request)
+        return request
 
     def decode(self, served: ServedModel, body: bytes, headers: Headers) -> GrpcInfer:
-        request = parse(body)
+        request = self.parse(body)
+        self.last = None
         signature = self.service.signature(served)
         rows = signature.rows(input_tensors(request, signature.max_elements))
         requested = [RequestedOutput(o.name, None) for o in request.outputs]
@@ -90,13 +105,42 @@ class GrpcCodec:
         return GrpcInfer(rows, want, signature, wanted, request.id)
 
     def encode(self, decoded: GrpcInfer, result: PredictionResult) -> tuple[bytes, Headers]:
-        response = pb.ModelInferResponse(
-            model_name=result.model, model_version=str(result.version), id=decoded.request_id
-        )
-        for tensor in decoded.signature.output_tensors(result.prediction, decoded.wanted, True):
-            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-            response.raw_output_contents.append(bytes(binary_data(tensor)))
-        return response.SerializeToString(), []
+        tensors = decoded.signature.output_tensors(result.prediction, decoded.wanted, True)
+        head = self.head(result, tensors)
+        parts = [head] if not decoded.request_id else [head, _field(3, decoded.request_id.encode())]
+        parts += [_field(6, binary_data(tensor)) for tensor in tensors]
+        return b"".join(parts), []
+
+    def head(self, result: PredictionResult, tensors: list[OutputTensor]) -> bytes:
+        """The response's fields but the id and the raw outputs, serialized by protobuf once
+        per model version and output shapes (a message's fields may come in any order)."""
+        key = (result.model, result.version, *((t.name, t.datatype, t.shape) for t in tensors))
+        head = self.heads.get(key)
+        if head is None:
+            response = pb.ModelInferResponse(
+                model_name=result.model, model_version=str(result.version)
+            )
+            for tensor in tensors:
+                response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            head = response.SerializeToString()
+            if len(self.heads) >= _HEADS:
+                self.heads.clear()
+            self.heads[key] = head
+        return head
+
+
+def _field(number: int, value: bytes | memoryview) -> bytes:
+    """A length-delimited field (protobuf's wire type 2)."""
+    return _varint((number << 3) | 2) + _varint(len(value)) + value
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def input_tensors(request: pb.ModelInferRequest, budget: int) -> list[Tensor]:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import bodies
+from bench import bodies, grpc_load, wrk
+from serving.grpc.generated import inference_pb2 as pb
 from serving.store import Feature, FeatureKind
 
 NUMERIC = [
@@ -74,3 +75,34 @@ def test_same_compares_labels_as_text_and_numbers_within_float32() -> None:
     assert bodies.same([1, "a", 0.1], ["1", "a", 0.1000001])
     assert not bodies.same([0.1], [0.2])
     assert not bodies.same([1], [1, 2])
+
+
+def test_grpc_form_is_what_tritonclient_grpc_sends_and_its_answers_are_read(
+    tmp_path: Path,
+) -> None:
+    raw, header_length = bodies.encode("grpc", MIXED, [[0.5, 2, "yy"]], model="m")
+    assert header_length == 0
+    request = pb.ModelInferRequest.FromString(raw)
+    assert request.model_name == "m"
+    assert [(i.name, i.datatype, list(i.shape)) for i in request.inputs] == [
+        ("a", "FP64", [1]), ("n", "INT64", [1]), ("c", "BYTES", [1])
+    ]  # fmt: skip
+    assert request.raw_input_contents[2] == struct.pack("<I", 2) + b"yy"
+    assert not request.outputs  # every output back
+    path = bodies.write(tmp_path / "g.rec", [(raw, 0), (b"\n\x00", 0)])
+    assert grpc_load.read(path) == [raw, b"\n\x00"]
+    answer = pb.ModelInferResponse()
+    answer.outputs.add(name="predict_proba", datatype="FP64", shape=[1, 2])
+    answer.raw_output_contents.append(np.array([0.25, 0.75]).tobytes())
+    answer.outputs.add(name="predict", datatype="BYTES", shape=[1])
+    answer.raw_output_contents.append(struct.pack("<I", 2) + b"yy")
+    assert bodies.grpc_predictions(answer.SerializeToString()) == ["yy"]
+
+
+def test_the_grpc_driver_reports_as_wrk_does() -> None:
+    part = {"latencies": [100, 300, 200], "duration_s": 2.0}
+    errors = {"connect": 0, "read": 1, "write": 0, "status": 2, "timeout": 0}
+    line = grpc_load.summary([part | {"errors": errors}, {**part, "errors": errors}])
+    result = wrk.parse(line)
+    assert (result.requests, result.socket_errors, result.status_errors) == (6, 2, 4)
+    assert (result.p50_ms, result.max_ms, result.requests_per_s) == (0.2, 0.3, 3.0)

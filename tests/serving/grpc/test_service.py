@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
+import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from serving.core.errors import InferenceError, OverloadedError, ServingError
 from serving.execution.runtime import LoadedModel, RuntimePolicy, load
+from serving.grpc.calls import Status
 from serving.grpc.generated import inference_pb2 as pb
+from serving.grpc.server import code_of
 from serving.store import ModelStore
 from tests.serving.conftest import RunningServer, quiet_settings, running_server
 from tests.serving.process import free_port
@@ -320,3 +326,66 @@ def test_a_taken_port_leaves_http_serving(trained_store: ModelStore) -> None:
             assert http.post(
                 "/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]}
             ).is_success
+
+
+def test_every_domain_error_has_its_status_code() -> None:
+    """Nothing a client causes is UNKNOWN or INTERNAL: only a model's own failure is."""
+
+    def subclasses(kind: type[ServingError]) -> list[type[ServingError]]:
+        return [kind, *(s for sub in kind.__subclasses__() for s in subclasses(sub))]
+
+    for kind in subclasses(ServingError):
+        code = code_of(kind.__new__(kind))
+        assert code is not Status.UNKNOWN
+        assert (code is Status.INTERNAL) == issubclass(kind, InferenceError) or kind is ServingError
+    assert code_of(OverloadedError("full", 1.0)) is Status.RESOURCE_EXHAUSTED
+
+
+def test_shedding_and_expired_deadlines_leave_no_work_behind(trained_store: ModelStore) -> None:
+    """With the only worker stopped: a call over the queue's limit is RESOURCE_EXHAUSTED at
+    once; a call whose deadline passes while it waits is DEADLINE_EXCEEDED and its rows are
+    withdrawn, never predicted."""
+    port = free_port()
+    settings = quiet_settings(
+        trained_store, pool_size=1, grpc_port=port, max_queue_rows=8, request_timeout_s=60
+    )
+    with running_server(settings) as running, grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        def rows(n: int) -> bytes:
+            request = pb.ModelInferRequest(model_name="iris")
+            request.inputs.add(name="input", datatype="FP64", shape=[n, 4])
+            request.raw_input_contents.append(np.tile([5.1, 3.5, 1.4, 0.2], n).tobytes())
+            return bytes(request.SerializeToString())
+
+        worker = running.app.state.dataplane.executor.pids[0]
+        batcher = running.app.state.dataplane.resolve("iris").batcher
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            busy = infer.future(rows(1), timeout=30)  # on the stopped worker
+            assert until(lambda: batcher.in_flight == 1)
+            waiting = infer.future(rows(5), timeout=30)
+            assert until(lambda: batcher.queued_rows == 5)
+            with pytest.raises(grpc.RpcError) as shed:
+                infer(rows(4), timeout=10)
+            assert shed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "queue is full" in (shed.value.details() or "")
+            with pytest.raises(grpc.RpcError) as late:
+                infer(rows(3), timeout=0.3)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert until(lambda: batcher.withdrawn == 1)
+            assert batcher.queued_rows == 5
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        for call in (busy, waiting):
+            assert pb.ModelInferResponse.FromString(call.result()).outputs
+        assert batcher.batches == 2  # 1 row, then 5: the expired 3 never went to the worker
+
+
+def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
