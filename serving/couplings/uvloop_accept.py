@@ -34,13 +34,14 @@ class GreedyAcceptLoop(uvloop.Loop):
     async def create_server(  # type: ignore[override]
         self, protocol_factory: Any, host: str | None = None, port: int | None = None, **kw: Any
     ) -> asyncio.AbstractServer:
-        if host is None or port is None or kw.get("sock") is not None or kw.get("ssl"):
+        if host is None or port is None or set(kw) - {"backlog", "reuse_port"}:
             plain: Any = super().create_server  # its overloads do not fit a pass-through
             server: asyncio.AbstractServer = await plain(protocol_factory, host, port, **kw)
             return server
         backlog: int = kw.get("backlog", 100)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=backlog)
+        shared = bool(kw.get("reuse_port"))  # server processes that all listen on the port
+        sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=shared)
         sock.setblocking(False)
         return _Listener(self, sock, protocol_factory, backlog)
 

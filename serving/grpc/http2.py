@@ -512,10 +512,13 @@ class Http2Server:
         self.connections: set[Connection] = set()
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port``; the port bound (OSError when it cannot be)."""
+    async def start(self, host: str, port: int, shared: bool = False) -> int:
+        """Listen on ``host:port``; the port bound (OSError when it cannot be). ``shared``:
+        with ``SO_REUSEPORT``, for server processes that all serve the port."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: Connection(self), host, port, backlog=2048)
+        self.server = await loop.create_server(
+            lambda: Connection(self), host, port, backlog=2048, reuse_port=shared or None
+        )
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self, grace_s: float) -> None:

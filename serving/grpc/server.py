@@ -310,7 +310,9 @@ class GrpcServer:
         """Serve; None when the port cannot be bound (logged: HTTP goes on without gRPC)."""
         address = f"{self.settings.host}:{self.settings.grpc_port}"
         try:
-            self.port = await self.server.start(self.settings.host, self.settings.grpc_port)
+            settings = self.settings
+            shared = settings.workers > 1
+            self.port = await self.server.start(settings.host, settings.grpc_port, shared)
         except OSError as exc:
             log.error(
                 "cannot serve gRPC on %s (%s): set SERVEWELL_GRPC_PORT to a free port, or 0 to "

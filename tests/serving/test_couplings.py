@@ -4,6 +4,7 @@ real server, every coupling forced off, still predicts."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -94,6 +95,27 @@ def test_uvloop_accept_plain_uvloop_when_off(monkeypatch: pytest.MonkeyPatch) ->
     assert loops.loop_setting("asyncio") == "asyncio"
     _untested(monkeypatch, loops, "UVLOOP_ACCEPT")
     assert loops.loop_setting("uvloop") == "uvloop"
+
+
+def test_the_greedy_accept_loop_shares_a_port_when_asked() -> None:
+    from serving.couplings.uvloop_accept import GreedyAcceptLoop
+
+    async def two_listeners() -> int:
+        loop = asyncio.get_running_loop()
+        first = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, reuse_port=True)
+        port = int(first.sockets[0].getsockname()[1])
+        second = await loop.create_server(asyncio.Protocol, "127.0.0.1", port, reuse_port=True)
+        with pytest.raises(OSError, match="in use"):  # not shared unless asked
+            await loop.create_server(asyncio.Protocol, "127.0.0.1", port)
+        first.close()
+        second.close()
+        return port
+
+    loop = GreedyAcceptLoop()
+    try:
+        assert loop.run_until_complete(two_listeners()) > 0
+    finally:
+        loop.close()
 
 
 def test_choosing_a_loop_imports_no_uvloop() -> None:

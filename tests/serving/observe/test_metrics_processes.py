@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.store import ModelStore
 from tests.serving.artifacts import publish_copy, set_production
@@ -37,13 +39,14 @@ def _ready(url: str) -> bool:
 
 
 @contextmanager
-def _two_processes(store: ModelStore, stderr_path: Path) -> Iterator[str]:
+def _two_processes(store: ModelStore, stderr_path: Path, grpc_port: int) -> Iterator[str]:
     """The service's URL, two server processes behind it, logging JSON to ``stderr_path``."""
     port = _free_port()
     env = {
         **os.environ,
         "SERVEWELL_STORE": str(store.root),
         "SERVEWELL_PORT": str(port),
+        "SERVEWELL_GRPC_PORT": str(grpc_port),
         "SERVEWELL_WORKERS": "2",
         "SERVEWELL_POOL_SIZE": "1",
         "SERVEWELL_POLL_INTERVAL_S": "0",
@@ -97,7 +100,8 @@ def test_two_server_processes_add_up_and_log_json_lines_with_request_ids(
     set_production(store, "iris", publish_copy(store, "iris", trained_store, "iris", 1))
     stderr_path = tmp_path / "stderr.log"
     ids = [f"two-workers-{i}" for i in range(20)]
-    with _two_processes(store, stderr_path) as url:
+    grpc_port = _free_port()
+    with _two_processes(store, stderr_path, grpc_port) as url:
         for request_id in ids:
             # A new connection each time: the kernel spreads them over both processes.
             response = httpx.post(
@@ -125,4 +129,10 @@ def test_two_server_processes_add_up_and_log_json_lines_with_request_ids(
         assert value(last, "servewell_input_rows_checked_total", model="iris") == 20
         info = [v for (n, ls), v in last.items() if n == "servewell_model_info"]
         assert info == [1]  # one served version, whichever process reports it
+        for _ in range(10):  # both processes serve the gRPC port too, a channel each time
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
     _assert_json_access_lines(stderr_path, ids)
+    assert "cannot serve gRPC" not in stderr_path.read_text(encoding="utf-8")
