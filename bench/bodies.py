@@ -89,12 +89,13 @@ def encode(
     if request == "rows":
         return _json({"rows": list(rows)})
     tensors = _tensors(features, rows, by_feature=request == "mlserver" and dataframe)
-    if request == "grpc":  # as tritonclient.grpc sends numpy inputs: raw contents, all outputs
+    if request == "grpc":  # as tritonclient.grpc sends numpy inputs: raw contents
         message = pb.ModelInferRequest(
             model_name=model, raw_input_contents=[r for *_, r in tensors]
         )
         for head, _, _ in tensors:
             message.inputs.add(name=head["name"], datatype=head["datatype"], shape=head["shape"])
+        message.outputs.add(name="predict")  # what the typed and v2 JSON forms answer
         return message.SerializeToString(), 0
     inputs = [{**head, "data": data} for head, data, _ in tensors]
     if request == "v2json":

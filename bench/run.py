@@ -44,7 +44,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--duration", type=float, help="seconds per measured run (5; quick 2)")
     add("--pair-runs", type=int, help="runs per paired target, 4n (8; quick 4; 0: none)")
     add("--models", default="iris,breast_cancer", help="comma-separated model names")
-    add("--only", default="", help="only the scenarios and targets whose name contains this")
+    add(
+        "--only",
+        default="",
+        help="only the scenarios and targets whose name contains this"
+        " (and the scenarios those targets compare)",
+    )
     add("--baseline-ref", help="git commit whose service this commit's is compared with, paired")
     add("--store", type=Path, help="model store (default $SERVEWELL_STORE, else models/)")
     add("--no-train", action="store_true", help="skip `python -m training ensure-default`")
@@ -65,9 +70,11 @@ def select(args: argparse.Namespace) -> Suite:
         suite = scenarios.main_suite(args.models, args.baseline_ref)
     else:
         suite = getattr(scenarios, f"{args.suite}_suite")(args.models)
-    kept = [s for s in suite.scenarios if args.only in s.key]
     targets = [t for t in suite.targets if args.only in t.name or args.only in t.a.key]
-    return Suite(kept, [t for t in targets if t.paired or t.a in kept])
+    # A ratio is only decided when both sides run, so a kept target brings its scenarios.
+    wanted = {s for t in targets if not t.paired for s in (t.a, t.b) if s is not None}
+    kept = [s for s in suite.scenarios if args.only in s.key or s in wanted]
+    return Suite(kept, targets)
 
 
 class Bench:

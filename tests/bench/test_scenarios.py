@@ -61,3 +61,10 @@ def test_only_narrows_scenarios_and_targets() -> None:
     assert all("rows10000" in s.key for s in suite.scenarios)
     assert suite.targets
     assert all(not t.paired for t in suite.targets)
+
+
+def test_only_keeps_what_a_kept_ratio_compares() -> None:
+    suite = select(parse_args(["--quick", "--only", "gRPC raw", "--models", "iris"]))
+    (target,) = suite.targets
+    assert target.b is not None
+    assert set(suite.scenarios) == {target.a, target.b}
