@@ -34,7 +34,8 @@ class GreedyAcceptLoop(uvloop.Loop):
     async def create_server(  # type: ignore[override]
         self, protocol_factory: Any, host: str | None = None, port: int | None = None, **kw: Any
     ) -> asyncio.AbstractServer:
-        if host is None or port is None or set(kw) - {"backlog", "reuse_port"}:
+        given = {name for name, value in kw.items() if value is not None}  # uvicorn: ssl=None
+        if host is None or port is None or given - {"backlog", "reuse_port"}:
             plain: Any = super().create_server  # its overloads do not fit a pass-through
             server: asyncio.AbstractServer = await plain(protocol_factory, host, port, **kw)
             return server

@@ -97,12 +97,16 @@ def test_uvloop_accept_plain_uvloop_when_off(monkeypatch: pytest.MonkeyPatch) ->
     assert loops.loop_setting("uvloop") == "uvloop"
 
 
-def test_the_greedy_accept_loop_shares_a_port_when_asked() -> None:
-    from serving.couplings.uvloop_accept import GreedyAcceptLoop
+def test_the_greedy_accept_loop_serves_uvicorn_and_shares_a_port_when_asked() -> None:
+    from serving.couplings.uvloop_accept import GreedyAcceptLoop, _Listener
 
     async def two_listeners() -> int:
         loop = asyncio.get_running_loop()
-        first = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, reuse_port=True)
+        # As uvicorn calls it (ssl=None): still the greedy listener.
+        first = await loop.create_server(
+            asyncio.Protocol, "127.0.0.1", 0, ssl=None, backlog=100, reuse_port=True
+        )
+        assert isinstance(first, _Listener)
         port = int(first.sockets[0].getsockname()[1])
         second = await loop.create_server(asyncio.Protocol, "127.0.0.1", port, reuse_port=True)
         with pytest.raises(OSError, match="in use"):  # not shared unless asked
