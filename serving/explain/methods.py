@@ -46,7 +46,7 @@ SUPPORTED: Final = (
     "(RandomForest, ExtraTrees, GradientBoosting, HistGradientBoosting, DecisionTree)"
 )
 
-SHAP_REQUIREMENT: Final = "shap>=0.46"
+SHAP_REQUIREMENT: Final = "shap>=0.46,<1"  # as in pyproject.toml
 
 # Rows used to check, at training time, that base plus contributions is the model's output: a
 # model that passed the type checks but is not what it seems (a link function, a one-vs-one

@@ -308,9 +308,10 @@ class GrpcServer:
 
     async def start(self) -> int | None:
         """Serve; None when the port cannot be bound (logged: HTTP goes on without gRPC)."""
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        settings = self.settings
+        address = f"{settings.host}:{settings.grpc_port}"
         try:
-            settings = self.settings
+            # Every server process serves the port when there are several.
             shared = settings.workers > 1
             self.port = await self.server.start(settings.host, settings.grpc_port, shared)
         except OSError as exc:
