@@ -70,11 +70,13 @@ class SnapshotWriter:
         self.metrics = metrics
         self.shared = shared
         self.interval = interval
-        self.last = 0.0
+        self.last: float | None = None
+        """When it last wrote (None: never; the monotonic clock starts near zero at boot, so no
+        number is safely "long ago")."""
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now - self.last >= self.interval:
+        if self.last is None or now - self.last >= self.interval:
             self.last = now
             with contextlib.suppress(OSError):
                 self.shared.write(self.metrics.snapshot())
