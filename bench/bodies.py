@@ -83,9 +83,12 @@ def encode(
 ) -> Body:
     """``rows`` as one body of the ``request`` form (``dataframe``: the model takes a DataFrame;
     ``model``: the name a gRPC request carries)."""
-    if request == "typed":
+    if request in ("typed", "explain"):
         names = [f.name for f in features]
-        return _json({"instances": [dict(zip(names, row, strict=True)) for row in rows]})
+        instances = [dict(zip(names, row, strict=True)) for row in rows]
+        if request == "explain":
+            return _json({"instances": instances, "explain": True})
+        return _json({"instances": instances})
     if request == "rows":
         return _json({"rows": list(rows)})
     tensors = _tensors(features, rows, by_feature=request == "mlserver" and dataframe)

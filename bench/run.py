@@ -142,12 +142,20 @@ class Bench:
         on = "SERVEWELL_CAPTURE_URL" in SERVERS[s.server].env
         a, file = self.args, self.bodies(s)[0]
         cmd = wrk.command(a.wrk, server.address(s.path), file, s.connections, a.duration, 2)
+        beside = None
+        if (other := s.beside) is not None:  # starts first and ends last: it covers the run
+            url, others = server.address(other.path), self.bodies(other)[0]
+            beside = wrk.start(
+                wrk.command(a.wrk, url, others, other.connections, a.duration + 1, 2)
+            )
         before, started, proc = server.metrics() if on else {}, time.monotonic(), wrk.start(cmd)
         queue: list[float] = []
         while on and proc.poll() is None:
             queue += [v for k, v in server.metrics().items() if k == CAPTURED + "queue_rows"]
             time.sleep(0.2)
         result = wrk.finish(proc, a.duration + 32)
+        if beside is not None:
+            wrk.finish(beside, a.duration + 33)
         after, took = server.metrics() if on else {}, time.monotonic() - started
         out = {"queue max": max(queue)} if queue else {}
         for figure, name, per in (("capture rows/s", "rows", took), ("dropped", "dropped", 1)):
@@ -200,7 +208,9 @@ class Bench:
             for o in outcomes:
                 server = running.get(o.scenario.server)
                 o.error = f"{o.scenario.server} did not start" if server is None else None
-                o.error = o.error or self.check(running[o.scenario.server], o.scenario)
+                for s in (o.scenario, o.scenario.beside):
+                    if s is not None and o.error is None:
+                        o.error = self.check(running[o.scenario.server], s)
             for r in range(self.args.rounds):
                 for i, o in enumerate((o for o in outcomes if o.error is None), 1):
                     server = running[o.scenario.server]

@@ -10,7 +10,7 @@ from typing import Literal
 from bench.grpc_load import METHOD
 
 Kind = Literal["service", "bare", "naive", "mlserver", "ray"]
-Request = Literal["typed", "rows", "v2json", "v2binary", "mlserver", "grpc"]
+Request = Literal["typed", "explain", "rows", "v2json", "v2binary", "mlserver", "grpc"]
 V2: tuple[Request, Request] = ("v2json", "v2binary")
 Figure = Literal["req/s", "rows/s", "p50 ms", "errors", "capture rows/s", "dropped", "queue max"]
 
@@ -65,18 +65,23 @@ class Scenario:
     request: Request
     connections: int
     rows: int = 1
+    beside: "Scenario | None" = None
+    """Load on the same server at the same time, not measured (what it costs the other)."""
 
     @property
     def key(self) -> str:
         shape = f"{self.request}{self.rows}" if self.rows > 1 else self.request
-        return f"{self.server}/{self.model}/{shape}/c{self.connections}"
+        key = f"{self.server}/{self.model}/{shape}/c{self.connections}"
+        if self.beside is not None:
+            key += f" + {self.beside.model}/{self.beside.request}/c{self.beside.connections}"
+        return key
 
     @property
     def path(self) -> str:
         """The HTTP path, or gRPC's method (:meth:`bench.servers.Running.address`)."""
         if self.request == "grpc":
             return METHOD
-        typed = self.request in ("typed", "rows")
+        typed = self.request in ("typed", "explain", "rows")
         return f"/models/{self.model}/predict" if typed else f"/v2/models/{self.model}/infer"
 
 
@@ -168,12 +173,33 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
                 name = f"{m}: {shape} {a.request}, this commit vs {baseline_ref}"
                 base = replace(a, server="service@base")
                 suite.targets.append(Target(name, a, base, "req/s", 0.97, True))
+    for m in models:
+        suite.targets += _explain_targets(suite, m)
     if {"iris", "breast_cancer"} <= set(models):
+        # Explaining the forest on one connection beside plain iris predictions at c=PAIR.
+        iris = Scenario("iris", "service", "typed", PAIR)
+        beside = replace(iris, beside=Scenario("breast_cancer", "service", "explain", 1))
+        suite.scenarios += [iris, beside]
+        name = "iris: c=50 plain beside breast_cancer explained c=1, throughput kept"
+        suite.targets.append(Target(name, beside, iris, "req/s", 0.90))
         # Under ONNX Runtime the model's cost should no longer show in single-row throughput.
         bc, iris = (Scenario(m, "service", "typed", PAIR) for m in ("breast_cancer", "iris"))
         vs_iris = Target("breast_cancer vs iris, single row", bc, iris, "req/s", 0.85, True)
         suite.targets.append(vs_iris)
     return suite
+
+
+def _explain_targets(suite: Suite, m: str) -> list[Target]:
+    """Explained single rows (latency) and 100-row requests (rows/s) next to plain ones."""
+    one, hundred = Scenario(m, "service", "typed", 1), Scenario(m, "service", "typed", 4, 100)
+    one_x, hundred_x = (replace(s, request="explain") for s in (one, hundred))
+    suite.scenarios += [one_x, hundred, hundred_x]
+    at_most = 20.0 if m == "breast_cancer" else None
+    return [
+        Target(f"{m}: c=1, explained p50", one_x, None, "p50 ms", at_most=at_most),
+        Target(f"{m}: c=1, explained vs plain", one_x, one, "p50 ms"),
+        Target(f"{m}: 100 rows c=4, explained vs plain", hundred_x, hundred, "rows/s"),
+    ]
 
 
 def peers_suite(models: Sequence[str]) -> Suite:

@@ -192,6 +192,7 @@ def write_report(
     holdout: Any = None,
     all_metrics: dict[str, float] | None = None,
     extra_comparison_rows: Sequence[Sequence[str]] = (),
+    contributions: Importances | None = None,
 ) -> list[str]:
     """Write metrics.json, importance.json, plots and model_card.md into ``out``; return the
     plot file names.
@@ -201,7 +202,9 @@ def write_report(
     ``all_metrics``: the manifest's metrics (default: the holdout's); the card's "Baseline and
     cross-validation" table shows their ``baseline_<metric>``, ``baseline_cv_<metric>_mean``
     / ``_std`` and ``cv_<metric>_mean`` / ``_std``. ``extra_comparison_rows``: more rows for
-    that table (cells: metric, holdout, baseline, cross-validation).
+    that table (cells: metric, holdout, baseline, cross-validation). ``contributions``: the
+    holdout's mean absolute feature contributions (training.explanations), plotted as
+    ``contributions.png``.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(
@@ -212,6 +215,9 @@ def write_report(
         out, spec, model, evaluation, [f.name for f in features], context, holdout
     )
     plots.extend(importance_plots)
+    if contributions is not None:
+        title = "Mean absolute contribution per feature (exact explanations)"
+        plots.append(_importance_plot(contributions, out, "contributions.png", title))
     card = render(
         _card_facts(spec, task, context),
         metrics={**(all_metrics or {}), **evaluation.metrics},

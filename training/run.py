@@ -11,6 +11,7 @@ import pandas as pd
 
 from serving.execution.onnx_runtime import OnnxIO
 from serving.store import (
+    Explanations,
     Manifest,
     ModelStore,
     OnnxExport,
@@ -22,8 +23,10 @@ from training.capture_data import TrafficFacts
 from training.capture_data import capture_url as default_capture_url
 from training.contenders import production_scores, versus_production
 from training.evaluate import FoldScores, summary
+from training.explanations import holdout_summary, write_background
 from training.fitting import Echo, Scores, Split, fit_and_score, load_split, primary_metric, stage
 from training.gate import GateDecision
+from training.importance import Importances
 from training.pipeline import import_estimator, task_of
 from training.provenance import environment, scalar
 from training.records import SEARCH_FILE, write_evaluation, write_search_table
@@ -64,6 +67,20 @@ def _compile_onnx(
             why = onnx_export.summary(result)
             echo(f"    no ONNX ({result.status}): {why}; serves with scikit-learn")
     return result
+
+
+def _explanations(
+    echo: Echo, model: Any, split: Split, holdout: Any, out: Path
+) -> tuple[Explanations, Importances | None]:
+    """Write the explanation background; the manifest entry and the holdout summary."""
+    with stage(echo, "explain"):
+        names = [f.name for f in split.features]
+        entry, found = write_background(model, split.model_input(split.X_train), names, out)
+        if found is None:
+            echo(f"    no explanations: {entry.reason}")
+            return entry, None
+        echo(f"    explanations: {entry.method} method, contributions in {entry.space} space")
+        return entry, holdout_summary(model, found, holdout)
 
 
 def resolve_task(spec: Spec) -> Task:
@@ -318,6 +335,9 @@ def _publish(
         signature = OnnxIO(task, split.input_format, split.features, classes)
         onnx = _compile_onnx(echo, model, signature, split.X_test, staged.path, spec)
         fields["onnx"] = onnx
+        holdout = split.model_input(split.X_test)
+        explain, contributions = _explanations(echo, model, split, holdout, staged.path)
+        fields["explain"] = explain
         write_report(
             staged.report_dir,
             spec=spec,
@@ -335,8 +355,9 @@ def _publish(
                 "onnx": onnx,
                 "data_notes": data_notes,
             },
-            holdout=split.model_input(split.X_test),
+            holdout=holdout,
             all_metrics=scores.metrics,
+            contributions=contributions,
         )
         write_evaluation(
             staged.report_dir,

@@ -98,6 +98,12 @@ class PredictRequestBase(BaseModel):
         strict=True,
         description="Also return the probability of every class (classifiers only).",
     )
+    explain: Annotated[bool, Strict()] | Literal["all"] = Field(
+        default=False,
+        description="Also return each row's exact feature contributions: `true` for the "
+        'predicted class (or a regressor\'s value), `"all"` for every class. See '
+        "`explanations` in the response.",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
@@ -164,6 +170,32 @@ def build_request_model(
     return model
 
 
+class OutputExplanation(BaseModel):
+    """Why a row got one output: ``base`` plus the sum of ``contributions`` is the output, in
+    the row's ``space``."""
+
+    class_: str | int | float | bool | None = Field(
+        default=None,
+        alias="class",
+        description="The class these numbers explain (classifiers only).",
+    )
+    base: float = Field(description="The expected output over the training data.")
+    contributions: dict[str, float] = Field(
+        description="Every input feature's exact part of the output, by feature name "
+        "(columns made from one feature, such as one-hot categories, summed back to it)."
+    )
+
+
+class RowExplanation(BaseModel):
+    space: Literal["probability", "log-odds", "logit", "value"] = Field(
+        description="What the numbers add up to: the class probability, its log-odds (a binary "
+        "classifier's margin), a multi-class model's softmax logit, or a regressor's value."
+    )
+    outputs: list[OutputExplanation] = Field(
+        description='The predicted class (or the value), or every class with `"all"`.'
+    )
+
+
 class PredictResponse(BaseModel):
     """What a predict call returns (documented; built without a validation pass)."""
 
@@ -181,6 +213,9 @@ class PredictResponse(BaseModel):
         default=None,
         description="Present when some input value lies outside its feature's training range: "
         "one message per such feature (the prediction is made anyway, but may be unreliable).",
+    )
+    explanations: list[RowExplanation] | None = Field(
+        default=None, description="When asked with `explain`: one per row."
     )
 
 

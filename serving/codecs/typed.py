@@ -14,6 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from serving.codecs.bulk_rows import parse_numeric_rows
+from serving.codecs.explanations import json_rows
 from serving.core.errors import ErrorDetail, InvalidInputError, MalformedRequestError
 from serving.core.predictor import Headers, PredictionResult
 from serving.execution.runtime import FloatArray
@@ -28,6 +29,11 @@ _JSON = (b"content-type", b"application/json")
 class TypedRequest(NamedTuple):
     rows: FloatArray
     want_probabilities: bool
+    explain: tuple[str | int, ...] | None = None
+    every_class: bool = False
+
+
+_EXPLAIN_AT = ("explain",)
 
 
 def details(error: ValidationError) -> list[ErrorDetail]:
@@ -79,17 +85,20 @@ class TypedCodec:
                 "the request does not match the model's input schema", problems
             ) from None
         want = request.return_probabilities
+        explain = _EXPLAIN_AT if request.explain else None
+        every = request.explain == "all"
         instances = getattr(request, "instances", None)
         if instances is not None:
-            return TypedRequest(served.encoder.records(instances), want)
-        return TypedRequest(served.encoder.rows(request.rows), want)  # type: ignore[attr-defined]
+            return TypedRequest(served.encoder.records(instances), want, explain, every)
+        rows = served.encoder.rows(request.rows)  # type: ignore[attr-defined]
+        return TypedRequest(rows, want, explain, every)
 
     def encode(self, decoded: TypedRequest, result: PredictionResult) -> tuple[bytes, Headers]:
-        payload = to_json(result)
+        payload = to_json(result, decoded.explain is not None, decoded.every_class)
         return payload, [_JSON, (b"content-length", str(len(payload)).encode())]
 
 
-def to_json(result: PredictionResult) -> bytes:
+def to_json(result: PredictionResult, explain: bool = False, every_class: bool = False) -> bytes:
     body: dict[str, Any] = {
         "model": result.model,
         "version": result.version,
@@ -103,4 +112,6 @@ def to_json(result: PredictionResult) -> bytes:
         ]
     if result.warnings:
         body["warnings"] = list(result.warnings)
+    if explain and result.manifest is not None:
+        body["explanations"] = json_rows(result.manifest, result.prediction, every_class)
     return orjson.dumps(body)

@@ -284,11 +284,13 @@ class MicroBatcher:
                             warnings = observer.warnings(item.rows)
                         except Exception:
                             log.exception("batch observer failed")
+                contributions = result.contributions
                 item.future.set_result(
                     Prediction(
                         result.predictions[start:stop],
                         probabilities[start:stop] if probabilities is not None else None,
                         warnings,
+                        contributions[start:stop] if contributions is not None else None,
                     )
                 )
             start = stop

@@ -146,6 +146,13 @@ class InvalidInputError(ServingError):
         super().__init__(self.message)
 
 
+class NotExplainableError(InvalidInputError):
+    """Explanations were asked of a model version that has none (its estimator has no exact
+    method, or it was trained before explanations existed), or of too many rows."""
+
+    type = "not_explainable"
+
+
 class MalformedRequestError(InvalidInputError):
     """The body is not valid JSON."""
 

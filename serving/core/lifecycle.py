@@ -321,7 +321,8 @@ class Lifecycle:
             if isinstance(record, ServedModel):
                 try:
                     async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                        await record.batcher.drain()
+                        for batcher in record.batchers:
+                            await batcher.drain()
                 except TimeoutError:
                     log.warning("%s v%s: in-flight batches did not finish; unloading", *record.key)
                 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
 import logging
 
 import orjson
@@ -148,21 +149,50 @@ class Loader:
         def run(rows: FloatArray, want: bool) -> asyncio.Future[Prediction]:
             return executor.submit(key, rows, want)
 
+        def explain(rows: FloatArray, want: bool) -> asyncio.Future[Prediction]:
+            return executor.submit(key, rows, want, explain=True)
+
         settings = self.settings
+        unexplained = unexplained_reason(manifest)
+        delay = settings.max_batch_delay_ms / 1000
         title = self.registry.unique_title(manifest)
         return ServedModel(
             manifest=manifest,
             runtime=runtime,
             request_model=build_request_model(manifest, settings.max_request_rows, title),
             encoder=RowEncoder(manifest),
-            batcher=MicroBatcher(
-                run, self.slots, settings.max_batch_rows, settings.max_batch_delay_ms / 1000
-            ),
+            batcher=MicroBatcher(run, self.slots, settings.max_batch_rows, delay),
             class_keys=[_class_key(c) for c in manifest.target.classes or []],
             title=title,
             all_numeric=all(f.kind == FeatureKind.NUMERIC for f in manifest.features),
             warnings=warnings,
+            explainer=(
+                MicroBatcher(explain, self.slots, settings.max_explain_rows, delay)
+                if unexplained is None
+                else None
+            ),
+            unexplained=unexplained,
         )
+
+
+def unexplained_reason(manifest: Manifest) -> str | None:
+    """Why the version's predictions cannot be explained here, or None when they can."""
+    explain = manifest.explain
+    if explain is None:
+        return (
+            "this version was trained before explanations existed; retrain it "
+            "(make train MODEL=" + manifest.name + ")"
+        )
+    if explain.status != "ok":
+        return explain.reason or f"{manifest.estimator} has no exact explanation method"
+    if not manifest.explainable:
+        return "the manifest does not list the explanation background"
+    if explain.method == "tree" and importlib.util.find_spec("shap") is None:
+        return (
+            "tree models are explained with shap, which is not installed: "
+            "pip install 'servewell[explain]'"
+        )
+    return None
 
 
 def build_dataplane(

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 from serving.core.admission import admit, deadline_in, within
+from serving.core.batcher import MicroBatcher
 from serving.core.context import RequestContext
 from serving.core.errors import (
     ErrorDetail,
     InvalidInputError,
+    NotExplainableError,
     NotReadyError,
     OverloadedError,
 )
@@ -30,6 +32,8 @@ from serving.execution.runtime import FloatArray, Prediction
 if TYPE_CHECKING:
     from serving.core.dataplane import DataPlane
     from serving.core.routing import Route
+    from serving.settings import Settings
+    from serving.store import Manifest
 
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -46,16 +50,24 @@ class PredictionResult:
     warnings: Sequence[str] = ()
     """Input features of this request outside their training range (from the batcher's
     observer: see serving.observe.observability)."""
+    manifest: Manifest | None = None
+    """The version that answered (what explanations are laid out by)."""
 
 
 class Decoded(Protocol):
-    """What a codec read from a request: the rows, and whether probabilities are wanted."""
+    """What a codec read from a request: the rows, whether probabilities are wanted, and
+    whether (and where, for the error) explanations are."""
 
     @property
     def rows(self) -> FloatArray: ...
 
     @property
     def want_probabilities(self) -> bool: ...
+
+    @property
+    def explain(self) -> tuple[str | int, ...] | None:
+        """Where the request asked for explanations (a path into it), or None."""
+        ...
 
 
 D = TypeVar("D", bound=Decoded)
@@ -97,7 +109,9 @@ async def answer(
     decoded = codec.decode(served, body, headers)
     rows = decoded.rows
     if route is None:
-        result = await predict(dataplane, served, rows, decoded.want_probabilities, ctx)
+        result = await predict(
+            dataplane, served, rows, decoded.want_probabilities, ctx, decoded.explain
+        )
         refuse_non_finite(result.prediction)
     else:
         # Every version in an experiment takes the same inputs (the store refuses a policy
@@ -149,7 +163,9 @@ async def _counted(
     stats = route.stats[served.manifest.version]  # production or a candidate: counted
     started = time.perf_counter()
     try:
-        result = await predict(dataplane, served, decoded.rows, decoded.want_probabilities, ctx)
+        result = await predict(
+            dataplane, served, decoded.rows, decoded.want_probabilities, ctx, decoded.explain
+        )
         refuse_non_finite(result.prediction)
     except (InvalidInputError, OverloadedError):
         raise  # the request's fault, or shed: not the version's
@@ -178,30 +194,74 @@ def _shadow(
 
 
 async def predict(
-    dataplane: DataPlane, served: ServedModel, rows: FloatArray, want: bool, ctx: RequestContext
+    dataplane: DataPlane,
+    served: ServedModel,
+    rows: FloatArray,
+    want: bool,
+    ctx: RequestContext,
+    explain: tuple[str | int, ...] | None = None,
 ) -> PredictionResult:
-    """Run validated rows through the model's batcher, within the request's deadline."""
+    """Run validated rows through the model's batcher (its explainer's, when the request asks
+    for explanations at ``explain``), within the request's deadline."""
     if dataplane.executor is None:
         raise NotReadyError("the inference executor is not running")
     settings = dataplane.settings
-    admit(served.batcher, len(rows), settings.max_queue_rows, settings.retry_after_s, ctx.ticket)
+    batcher = served.batcher if explain is None else explainer(served, len(rows), explain, settings)
+    admit(batcher, len(rows), settings.max_queue_rows, settings.retry_after_s, ctx.ticket)
     manifest = served.manifest  # not served.key: no tuple per request
     ctx.model = manifest.name
     ctx.version = str(manifest.version)
     ctx.rows += len(rows)
     deadline = ctx.deadline or deadline_in(settings.request_timeout_s)
-    prediction = await within(served.batcher.submit(rows, want), deadline)
+    prediction = await within(batcher.submit(rows, want), deadline)
     return PredictionResult(
-        manifest.name, manifest.version, prediction, served.class_keys, want, prediction.warnings
+        manifest.name,
+        manifest.version,
+        prediction,
+        served.class_keys,
+        want,
+        prediction.warnings,
+        manifest,
     )
+
+
+def explainer(
+    served: ServedModel, n_rows: int, where: tuple[str | int, ...], settings: Settings
+) -> MicroBatcher:
+    """The batcher of the version's explain requests; a clear refusal when it has none or the
+    request has too many rows."""
+    batcher = served.explainer
+    manifest = served.manifest
+    if batcher is None:
+        raise NotExplainableError(
+            f"{manifest.name} v{manifest.version} cannot explain its predictions",
+            [ErrorDetail(where, served.unexplained or "no explanations", "not_explainable")],
+        )
+    if n_rows > settings.max_explain_rows:
+        raise NotExplainableError(
+            f"explanations are given for at most {settings.max_explain_rows} rows per request",
+            [
+                ErrorDetail(
+                    where,
+                    f"{n_rows} rows asked; send at most {settings.max_explain_rows} per "
+                    "request (SERVEWELL_MAX_EXPLAIN_ROWS), or predict without explanations",
+                    "too_many_rows",
+                )
+            ],
+        )
+    return batcher
 
 
 def refuse_non_finite(prediction: Prediction) -> None:
     """Inputs far outside the training range can overflow the model (a scaler times 1e308):
-    its output is then NaN or infinite, which JSON cannot carry. Say so, row by row."""
+    its output (or a feature's contribution to it) is then NaN or infinite, which JSON cannot
+    carry. Say so, row by row."""
     values, probabilities = prediction.predictions, prediction.probabilities
-    if (values.dtype.kind != "f" or np.isfinite(values).all()) and (
-        probabilities is None or np.isfinite(probabilities).all()
+    explained = prediction.contributions
+    if (
+        (values.dtype.kind != "f" or np.isfinite(values).all())
+        and (probabilities is None or np.isfinite(probabilities).all())
+        and (explained is None or np.isfinite(explained.values).all())
     ):
         return  # the usual case, checked with as few array operations as possible
     bad = np.zeros(len(prediction.predictions), dtype=bool)
@@ -209,6 +269,8 @@ def refuse_non_finite(prediction: Prediction) -> None:
         bad |= ~np.isfinite(prediction.predictions)
     if prediction.probabilities is not None:
         bad |= ~np.isfinite(prediction.probabilities).all(axis=1)
+    if explained is not None:  # a finite output can still be a sum of overflowed parts
+        bad |= ~np.isfinite(explained.values).all(axis=(1, 2))
     if bad.any():
         bad_rows = np.flatnonzero(bad).tolist()
         raise InvalidInputError(

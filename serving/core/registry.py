@@ -59,6 +59,10 @@ class ServedModel:
     """Every feature is a float: large ``rows`` bodies may take the bulk lane."""
     warnings: list[str] = field(default_factory=list)
     """Served, but worth a look: e.g. trained with another scikit-learn version."""
+    explainer: MicroBatcher | None = None
+    """Batches the version's explain requests (apart from plain predictions, which they would
+    slow down); None when it cannot explain, and ``unexplained`` says why."""
+    unexplained: str | None = None
     retirement: Retirement = field(default_factory=Retirement, compare=False, repr=False)
 
     @property
@@ -69,6 +73,13 @@ class ServedModel:
     def retired(self) -> bool:
         """Swapped out: no longer resolvable; requests that still hold it are re-resolved."""
         return self.retirement.retired
+
+    @property
+    def batchers(self) -> tuple[MicroBatcher, ...]:
+        """Every batcher with work for this version (drained before it is unloaded)."""
+        if self.explainer is None:
+            return (self.batcher,)
+        return (self.batcher, self.explainer)
 
     @property
     def state(self) -> ModelState:

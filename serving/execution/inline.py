@@ -43,7 +43,7 @@ class InlineExecutor:
         return not self._closed
 
     def submit(
-        self, key: ModelKey, rows: FloatArray, want_probabilities: bool
+        self, key: ModelKey, rows: FloatArray, want_probabilities: bool, explain: bool = False
     ) -> asyncio.Future[Prediction]:
         """Run one batch in the thread; the future resolves in the event loop."""
         if self._closed:
@@ -54,7 +54,7 @@ class InlineExecutor:
 
         def run() -> None:
             try:
-                result = model.predict(rows, want_probabilities)
+                result = model.predict(rows, want_probabilities, explain)
             except Exception as exc:
                 error = InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
                 loop.call_soon_threadsafe(_fail, future, error)

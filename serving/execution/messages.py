@@ -34,6 +34,8 @@ class Batch(NamedTuple):
     rows: Any
     """A float64 array, or where it is in the shared region."""
     want_probabilities: bool
+    explain: bool = False
+    """Also compute the rows' feature contributions."""
 
 
 class Load(NamedTuple):
@@ -73,6 +75,9 @@ class Answer(NamedTuple):
     """Labels or numbers; label positions in the model's ``labels`` when ``indexed``."""
     probabilities: Any
     indexed: bool
+    contributions: Any = None
+    """``(base, values)`` arrays when the batch asked to explain (serving.execution.runtime's
+    Contributions)."""
 
 
 class Failure(NamedTuple):

@@ -48,7 +48,13 @@ from serving.execution.messages import (
     Ready,
     Unload,
 )
-from serving.execution.runtime import FloatArray, Prediction, RuntimeName, RuntimePolicy
+from serving.execution.runtime import (
+    Contributions,
+    FloatArray,
+    Prediction,
+    RuntimeName,
+    RuntimePolicy,
+)
 from serving.execution.shared_arrays import REGION
 from serving.execution.supervision import SupervisedWorkers
 from serving.execution.worker_handle import QueuedBatch, WorkerHandle
@@ -99,13 +105,14 @@ class InferencePool(SupervisedWorkers):
     # -- work ----------------------------------------------------------------------------------
 
     def submit(
-        self, key: ModelKey, rows: FloatArray, want_probabilities: bool
+        self, key: ModelKey, rows: FloatArray, want_probabilities: bool, explain: bool = False
     ) -> asyncio.Future[Prediction]:
         """Run one batch; the future resolves in the event loop with the prediction."""
         if self._loop is None or self._closing or self.broken:
             raise NotReadyError("the inference pool is not running")
         future: asyncio.Future[Prediction] = self._loop.create_future()
-        queued = QueuedBatch(Batch(next(self._task_ids), key, rows, want_probabilities), future)
+        batch = Batch(next(self._task_ids), key, rows, want_probabilities, explain)
+        queued = QueuedBatch(batch, future)
         for worker in self._workers:
             if worker.ready and worker.job is None:
                 self._send_batch(worker, queued)
@@ -176,7 +183,7 @@ class InferencePool(SupervisedWorkers):
             if isinstance(message, Batch):  # large rows go through shared memory
                 (rows,) = worker.outbox.pack(message.rows)
                 if rows is not message.rows:  # the queued batch keeps its rows, for a retry
-                    message = Batch(message.task_id, message.key, rows, message.want_probabilities)
+                    message = message._replace(rows=rows)
             worker.conn.send(message)
         except (OSError, ValueError):
             self._on_death(worker)
@@ -243,7 +250,10 @@ class InferencePool(SupervisedWorkers):
         values = inbox.unpack(answer.values, copy=not answer.indexed)
         if answer.indexed:  # the lookup makes a new array: nothing to copy first
             values = self._labels[key].take(values, axis=0)
-        return Prediction(values, inbox.unpack(answer.probabilities, copy=True))
+        probabilities = inbox.unpack(answer.probabilities, copy=True)
+        if answer.contributions is None:
+            return Prediction(values, probabilities)
+        return Prediction(values, probabilities, contributions=Contributions(*answer.contributions))
 
     def _feed(self, worker: WorkerHandle) -> None:
         """Give an idle ready worker its next message: control messages first, then batches

@@ -21,8 +21,9 @@ cores than the other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -30,10 +31,28 @@ import numpy.typing as npt
 from serving.couplings.sklearn_forest import votes_by_probabilities
 from serving.store import FeatureKind, Manifest, ModelStore, Task
 
+if TYPE_CHECKING:
+    from serving.explain import Explainer
+
 log = logging.getLogger("servewell.runtime")
 
 FloatArray = npt.NDArray[np.float64]
 RuntimeName = Literal["onnx", "sklearn"]
+
+
+@dataclass(frozen=True)
+class Contributions:
+    """Exact feature contributions of a batch's rows (serving.explain): for every output (a
+    class of a classifier, the value of a regressor) ``base[k] + values[i, :, k].sum()`` is
+    row ``i``'s output ``k`` in the manifest's ``explain.space``."""
+
+    base: FloatArray
+    """(outputs,): the expected output over the training rows."""
+    values: FloatArray
+    """(rows, input features in manifest order, outputs)."""
+
+    def __getitem__(self, rows: slice) -> Contributions:
+        return Contributions(self.base, self.values[rows])
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,12 @@ class Prediction:
     probabilities: FloatArray | None
     warnings: tuple[str, ...] = ()
     """What the caller should know about its rows (e.g. features outside the training range)."""
+    contributions: Contributions | None = None
+    """Asked for with ``explain``: why each row got its outputs."""
+
+
+class ExplanationUnavailable(Exception):  # noqa: N818 - a condition, not a crash
+    """The version has no explanation background, or explaining it failed to set up."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +90,18 @@ class RuntimePolicy:
 class LoadedModel:
     """A model ready to predict encoded rows, with the runtime that serves it."""
 
-    def __init__(self, manifest: Manifest, predictor: Any, runtime: RuntimeName) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        predictor: Any,
+        runtime: RuntimeName,
+        explainer: Callable[[], Explainer] | None = None,
+    ) -> None:
         self.manifest = manifest
+        self._make_explainer = explainer
+        """Builds the explainer on the first explained batch: the scikit-learn pipeline and
+        shap's tree structures cost memory that models nobody asks to explain never pay."""
+        self._explainer: Explainer | None = None
         self.predictor = predictor
         """A fitted scikit-learn estimator, or a serving.execution.onnx_runtime.OnnxModel."""
         self.runtime: RuntimeName = runtime
@@ -102,27 +137,45 @@ class LoadedModel:
                 data[name] = labels[index]
         return data
 
-    def model_input(self, rows: FloatArray) -> Any:
-        """What the predictor takes: the float array itself, or named columns (a DataFrame
-        typed like the training table for scikit-learn; a dict of arrays for ONNX Runtime,
-        which needs no DataFrame)."""
+    def model_input(self, rows: FloatArray, sklearn: bool = False) -> Any:
+        """What the predictor (or, with ``sklearn``, the scikit-learn pipeline) takes: the float
+        array itself, or named columns (a DataFrame typed like the training table for
+        scikit-learn; a dict of arrays for ONNX Runtime, which needs no DataFrame)."""
         if not self._by_name:
             return rows
         columns = self._columns_of(rows)
-        if self.runtime == "onnx":
+        if self.runtime == "onnx" and not sklearn:
             return columns
         import pandas as pd
 
         return pd.DataFrame(columns, columns=self._columns)
 
-    def predict(self, rows: FloatArray, want_probabilities: bool) -> Prediction:
-        """Predict a batch; probabilities only for classifiers and only when asked."""
+    def predict(
+        self, rows: FloatArray, want_probabilities: bool, explain: bool = False
+    ) -> Prediction:
+        """Predict a batch; probabilities only for classifiers and only when asked;
+        contributions with ``explain``."""
         values, probabilities, indexed = self.predict_coded(rows, want_probabilities)
         if indexed:
             labels = self.labels
             assert labels is not None
             values = labels.take(values, axis=0)
-        return Prediction(values, probabilities)
+        return Prediction(
+            values, probabilities, contributions=self.explain(rows) if explain else None
+        )
+
+    def explain(self, rows: FloatArray) -> Contributions:
+        """Every output's contributions for a batch of rows (raises ExplanationUnavailable when
+        the version has no background or it does not fit the model)."""
+        explainer = self._explainer
+        if explainer is None:
+            if self._make_explainer is None:
+                raise ExplanationUnavailable(
+                    f"{self.manifest.name} v{self.manifest.version} has no explanations"
+                )
+            explainer = self._explainer = self._make_explainer()
+        base, values = explainer.explain(self.model_input(rows, sklearn=True))
+        return Contributions(base, values)
 
     def predict_coded(
         self, rows: FloatArray, want_probabilities: bool
@@ -166,13 +219,46 @@ def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> L
                 "%s v%s: ONNX Runtime unavailable (%s); using scikit-learn", name, version, exc
             )
         else:
-            model = LoadedModel(manifest, onnx, "onnx")
+            model = LoadedModel(
+                manifest, onnx, "onnx", _explainer(store, manifest, policy.onnx_threads)
+            )
     if model is None:
         estimator = verified.estimator()
         cap_jobs(estimator, policy.onnx_threads)
-        model = LoadedModel(manifest, estimator, "sklearn")
+        explainer = _explainer(store, manifest, policy.onnx_threads, estimator)
+        model = LoadedModel(manifest, estimator, "sklearn", explainer)
     warm_up(model)
     return model
+
+
+def _explainer(
+    store: ModelStore, manifest: Manifest, threads: int, estimator: Any = None
+) -> Callable[[], Explainer] | None:
+    """What builds a version's explainer when first asked: the background (and, for a model
+    served by ONNX Runtime, the scikit-learn pipeline) read and verified from the store then."""
+    if not manifest.explainable:
+        return None
+
+    def build() -> Explainer:
+        import json
+
+        from serving.explain import Background, Explainer
+
+        name, version = manifest.name, manifest.version
+        verified = store.read_version(name, version, model=estimator is None, explain=True)
+        document = verified.background
+        if document is None:
+            raise ExplanationUnavailable(f"{name} v{version} has no explanation background")
+        pipeline = estimator
+        if pipeline is None:
+            pipeline = verified.estimator()
+            cap_jobs(pipeline, threads)
+        try:
+            return Explainer(pipeline, Background.from_json(json.loads(document)))
+        except (ValueError, ImportError) as exc:
+            raise ExplanationUnavailable(f"{name} v{version}: {exc}") from exc
+
+    return build
 
 
 class WarmUpError(Exception):

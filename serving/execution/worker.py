@@ -87,13 +87,16 @@ def _predict(
         # A view of the shared region: valid until the parent writes again, which it does
         # only after this reply.
         rows = inbox.unpack(batch.rows, copy=False)
-        values, probabilities, indexed = models[batch.key].predict_coded(
-            rows, batch.want_probabilities
-        )
+        model = models[batch.key]
+        values, probabilities, indexed = model.predict_coded(rows, batch.want_probabilities)
+        explained = None
+        if batch.explain:
+            contributions = model.explain(rows)
+            explained = (contributions.base, contributions.values)
     except Exception as exc:
         return Failure(batch.task_id, f"{type(exc).__name__}: {exc}")
     values, probabilities = outbox.pack(values, probabilities)
-    return Answer(batch.task_id, values, probabilities, indexed)
+    return Answer(batch.task_id, values, probabilities, indexed, explained)
 
 
 def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:

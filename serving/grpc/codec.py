@@ -63,6 +63,7 @@ class GrpcInfer(NamedTuple):
     signature: Signature
     wanted: list[RequestedOutput]
     request_id: str
+    explain: tuple[str | int, ...] | None = None
 
 
 def parse(body: bytes) -> pb.ModelInferRequest:
@@ -102,7 +103,7 @@ class GrpcCodec:
                 raise _bad(f"outputs[{i}]: the classification extension is not supported")
         wanted = signature.wanted(requested or None)
         want = any(output.name == PREDICT_PROBA for output in wanted)
-        return GrpcInfer(rows, want, signature, wanted, request.id)
+        return GrpcInfer(rows, want, signature, wanted, request.id, signature.explain_at(wanted))
 
     def encode(self, decoded: GrpcInfer, result: PredictionResult) -> tuple[bytes, Headers]:
         tensors = decoded.signature.output_tensors(result.prediction, decoded.wanted, True)

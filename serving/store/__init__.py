@@ -11,6 +11,7 @@ Everything is importable from here.
 """
 
 from serving.store.artifact import (
+    EXPLAIN_FILE,
     MANIFEST_FILE,
     MANIFEST_SCHEMA_VERSION,
     MODEL_FILE,
@@ -19,6 +20,7 @@ from serving.store.artifact import (
     SIGNATURE_FILE,
     SIGNATURE_FORMAT,
     Environment,
+    Explanations,
     Feature,
     FeatureKind,
     Manifest,
@@ -49,6 +51,7 @@ from serving.store.store import ModelStore, VersionInfo
 from serving.store.traffic import Guard, TrafficMode, TrafficPolicy
 
 __all__ = [
+    "EXPLAIN_FILE",
     "HISTORY_FILE",
     "LOCK_FILE",
     "MANIFEST_FILE",
@@ -61,6 +64,7 @@ __all__ = [
     "SIGNATURE_FORMAT",
     "ArtifactLoadError",
     "Environment",
+    "Explanations",
     "Feature",
     "FeatureKind",
     "Guard",

@@ -1,10 +1,11 @@
 """The artifact contract: what a model version folder holds and how a reader trusts it.
 
-A version folder holds ``model.joblib`` (the fitted estimator), optionally ``model.onnx`` and a
-``report/`` folder, and ``manifest.json``: the :class:`Manifest` below, with the sha256 of every
-other file. With a signing key, ``manifest.sig`` binds the manifest to its model name and
-version number (:func:`sign`). This module owns the manifest schema, the hashing, the signature
-and the verification of a folder; :mod:`serving.store.layout` owns where folders lie and
+A version folder holds ``model.joblib`` (the fitted estimator), optionally ``model.onnx``,
+``explain.json`` (what explaining its predictions needs) and a ``report/`` folder, and
+``manifest.json``: the :class:`Manifest` below, with the sha256 of every other file. With a
+signing key, ``manifest.sig`` binds the manifest to its model name and version number
+(:func:`sign`). This module owns the manifest schema, the hashing, the signature and the
+verification of a folder; :mod:`serving.store.layout` owns where folders lie and
 :mod:`serving.store.pointer` which one serves.
 """
 
@@ -39,6 +40,7 @@ MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 MODEL_FILE = "model.joblib"
 ONNX_FILE = "model.onnx"
+EXPLAIN_FILE = "explain.json"
 REPORT_DIR = "report"
 MANIFEST_SCHEMA_VERSION = 1
 SIGNATURE_FORMAT = "servewell-hmac-sha256-v2"
@@ -132,6 +134,21 @@ class OnnxExport(_Frozen):
     forests decide, instead of the graph's label output, which breaks ties differently."""
 
 
+class Explanations(_Frozen):
+    """Whether the version's predictions can be explained feature by feature, and if not, why."""
+
+    status: Literal["ok", "unsupported"]
+    method: Literal["linear", "tree"] | None = None
+    """``linear``: coefficients times centred inputs; ``tree``: TreeSHAP (serving.explain)."""
+    space: str | None = None
+    """What the contributions add up to: ``probability``, ``log-odds``, ``logit`` (a
+    multi-class softmax margin) or ``value`` (a regressor's prediction)."""
+    file: str | None = None
+    """The background (relative to the version folder) when status is ok."""
+    reason: str | None = None
+    """Why not, when unsupported (names the estimator or preprocessing step)."""
+
+
 class Manifest(_Frozen):
     """Everything a reader needs to know about one model version, without unpickling it."""
 
@@ -162,6 +179,8 @@ class Manifest(_Frozen):
     environment: Environment
     onnx: OnnxExport | None = None
     """None for versions trained before ONNX export existed."""
+    explain: Explanations | None = None
+    """None for versions trained before explanations existed."""
 
     @property
     def onnx_ready(self) -> bool:
@@ -171,6 +190,17 @@ class Manifest(_Frozen):
             and self.onnx.status == "ok"
             and self.onnx.file is not None
             and self.onnx.file in self.files
+        )
+
+    @property
+    def explainable(self) -> bool:
+        """True when an explanation background exists and is hashed."""
+        explain = self.explain
+        return (
+            explain is not None
+            and explain.status == "ok"
+            and explain.file is not None
+            and explain.file in self.files
         )
 
     @property
@@ -200,6 +230,14 @@ class VerifiedVersion:
         if not self.manifest.onnx_ready or onnx is None or onnx.file is None:
             return None
         return self.files.get(onnx.file)
+
+    @property
+    def background(self) -> bytes | None:
+        """The explanation background's JSON when the version has one and it was asked for."""
+        explain = self.manifest.explain
+        if not self.manifest.explainable or explain is None or explain.file is None:
+            return None
+        return self.files.get(explain.file)
 
     def estimator(self) -> Any:
         """Unpickle the fitted estimator from the verified bytes."""
@@ -320,11 +358,19 @@ def _check_signature(
 
 
 def read_verified(
-    fd: int, folder: Path, name: str, version: int, key: bytes | None, *, onnx: bool, model: bool
+    fd: int,
+    folder: Path,
+    name: str,
+    version: int,
+    key: bytes | None,
+    *,
+    onnx: bool,
+    model: bool,
+    explain: bool = False,
 ) -> VerifiedVersion:
     """Check the manifest (and its signature) of the version folder open as ``fd`` and every
-    file it lists; keep the bytes of the estimator (with ``model``) and, with ``onnx``, of the
-    ONNX graph when it may serve."""
+    file it lists; keep the bytes of the estimator (with ``model``), with ``onnx`` of the ONNX
+    graph when it may serve, and with ``explain`` of the explanation background."""
     manifest = read_manifest(fd, folder, name, version, key)
     what = f"{name} v{version}"
     if MODEL_FILE not in manifest.files:
@@ -332,6 +378,8 @@ def read_verified(
     keep = {MODEL_FILE} if model else set()
     if onnx and manifest.onnx_ready and manifest.onnx is not None and manifest.onnx.file:
         keep.add(manifest.onnx.file)
+    if explain and manifest.explainable and manifest.explain is not None and manifest.explain.file:
+        keep.add(manifest.explain.file)
     kept = _check_files(fd, manifest, what, folder, keep)
     return VerifiedVersion(manifest, kept, folder)
 

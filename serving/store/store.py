@@ -158,10 +158,17 @@ class ModelStore:
         ]
 
     def read_version(
-        self, name: str, version: int, *, onnx: bool = False, model: bool = True
+        self,
+        name: str,
+        version: int,
+        *,
+        onnx: bool = False,
+        model: bool = True,
+        explain: bool = False,
     ) -> VerifiedVersion:
         """Check the manifest (and its signature) and every file it lists; keep the bytes of
-        the estimator (with ``model``) and, with ``onnx``, of the ONNX graph when it may serve.
+        the estimator (with ``model``), with ``onnx`` of the ONNX graph when it may serve, and
+        with ``explain`` of the explanation background.
 
         Each file is read once, through descriptors opened below the version folder without
         following symlinks; the bytes hashed are the bytes returned. Raises IntegrityError
@@ -171,7 +178,9 @@ class ModelStore:
         fd = self._open_version(name, version)
         try:
             folder = self._version_dir(name, version)
-            return read_verified(fd, folder, name, version, self._key, onnx=onnx, model=model)
+            return read_verified(
+                fd, folder, name, version, self._key, onnx=onnx, model=model, explain=explain
+            )
         finally:
             os.close(fd)
 

@@ -28,6 +28,8 @@ def test_json_forms() -> None:
     typed, header = bodies.encode("typed", NUMERIC, rows)
     assert header == 0
     assert json.loads(typed) == {"instances": [{"a": 0.5, "n": 2}, {"a": 0.25, "n": 1}]}
+    explain, _ = bodies.encode("explain", NUMERIC, rows)
+    assert json.loads(explain) == {**json.loads(typed), "explain": True}
     assert json.loads(bodies.encode("rows", NUMERIC, rows)[0]) == {"rows": rows}
     v2 = json.loads(bodies.encode("v2json", NUMERIC, rows)[0])
     assert v2["inputs"] == [

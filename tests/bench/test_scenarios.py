@@ -55,6 +55,24 @@ def test_the_main_suite_covers_what_the_service_is_measured_on() -> None:
     assert (writer, kept) == ([20_000] * 2, [0.90] * 2)
 
 
+def test_the_main_suite_measures_explanations() -> None:
+    suite = main_suite(MODELS)
+    measured = {(s.server, s.model, s.request, s.connections, s.rows) for s in suite.scenarios}
+    for m in MODELS:
+        assert ("service", m, "explain", 1, 1) in measured
+        assert {("service", m, r, 4, 100) for r in ("typed", "explain")} <= measured
+    (latency,) = [t for t in suite.targets if t.name == "breast_cancer: c=1, explained p50"]
+    assert (latency.figure, latency.at_most) == ("p50 ms", 20.0)
+    (kept,) = [t for t in suite.targets if "beside" in t.name]
+    assert kept.b is not None
+    assert kept.a.beside is not None
+    assert kept.b.beside is None
+    assert (kept.a.beside.model, kept.a.beside.request) == ("breast_cancer", "explain")
+    assert kept.a.model == kept.b.model == "iris"
+    assert kept.at_least == 0.90
+    assert kept.a.key != kept.b.key
+
+
 def test_only_narrows_scenarios_and_targets() -> None:
     suite = select(parse_args(["--quick", "--only", "rows10000", "--models", "iris"]))
     assert suite.scenarios

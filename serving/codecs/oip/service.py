@@ -42,6 +42,7 @@ class InferRequest(NamedTuple):
     wanted: list[RequestedOutput]
     request_id: str | None
     binary_output: bool
+    explain: tuple[str | int, ...] | None = None
 
 
 class InferenceService:
@@ -87,7 +88,8 @@ class InferenceService:
         want_proba = False
         for output in wanted:
             want_proba = want_proba or output.name == PREDICT_PROBA
-        return InferRequest(rows, want_proba, signature, wanted, request_id, binary_output)
+        explain = signature.explain_at(wanted)
+        return InferRequest(rows, want_proba, signature, wanted, request_id, binary_output, explain)
 
     def encode(self, decoded: InferRequest, result: PredictionResult) -> tuple[bytes, Headers]:
         """The response body (JSON, then binary tensors when asked) and its headers."""

@@ -12,7 +12,11 @@ Inputs come in one of two forms:
 NaN stands for a missing value of a nullable feature; it is refused elsewhere, and so is
 infinity. Outputs: ``predict`` (labels, or values for a regressor; shape ``[rows]``) and,
 for classifiers, ``predict_proba`` (FP64, ``[rows, n_classes]``, columns in the class order
-given in the model metadata's parameters).
+given in the model metadata's parameters). Only when asked by name, as they cost far more:
+``explanation`` (FP64, ``[rows, 1 + n_features]``: the base value, then each input feature's
+contribution, for the predicted class or a regressor's value) and ``explanation_all`` (FP64,
+``[rows, n_outputs, 1 + n_features]``, every class); the metadata's parameters name the columns
+and the space the numbers add up in.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from serving.codecs.explanations import tensor as explanation_tensor
 from serving.codecs.oip.tensors import (
     BOOL,
     BYTES,
@@ -41,6 +46,9 @@ from serving.store import Feature, FeatureKind, Manifest, Task
 MATRIX_INPUT = "input"
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
+EXPLANATION = "explanation"
+EXPLANATION_ALL = "explanation_all"
+EXPLANATIONS = (EXPLANATION, EXPLANATION_ALL)
 _MAX_EXACT_INT = 2**53
 _NUMERIC = FLOAT_TYPES | INT_TYPES
 _KIND_DATATYPE = {
@@ -135,6 +143,15 @@ class Signature:
             classes = m.target.classes or []
             outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(classes)]})
             parameters["classes"] = classes
+        if m.explainable and m.explain is not None:
+            columns = 1 + self.width
+            n_outputs = max(1, len(m.target.classes or []))
+            outputs += [
+                {"name": EXPLANATION, "datatype": "FP64", "shape": [-1, columns]},
+                {"name": EXPLANATION_ALL, "datatype": "FP64", "shape": [-1, n_outputs, columns]},
+            ]
+            parameters["explanation_space"] = m.explain.space
+            parameters["explanation_columns"] = ["base", *m.feature_names]
         return {
             "name": m.name,
             "versions": [str(v) for v in versions],
@@ -308,12 +325,21 @@ class Signature:
         if requested is None:
             return [RequestedOutput(name, None) for name in self.outputs]
         for i, output in enumerate(requested):
-            if output.name not in self.outputs:
+            # Whether this version can explain is the predictor's to say (with the reason).
+            if output.name not in self.outputs and output.name not in EXPLANATIONS:
                 raise _bad(
                     f"outputs[{i}]: unknown output {output.name!r}; this model has "
-                    f"{', '.join(self.outputs)}"
+                    f"{', '.join([*self.outputs, *EXPLANATIONS])}"
                 )
         return requested
+
+    @staticmethod
+    def explain_at(wanted: list[RequestedOutput]) -> tuple[str | int, ...] | None:
+        """Where in the request explanations were asked for, or None."""
+        for i, output in enumerate(wanted):
+            if output.name in EXPLANATIONS:
+                return ("outputs", i, "name")
+        return None
 
     def output_tensors(
         self, prediction: Prediction, wanted: list[RequestedOutput], binary_default: bool
@@ -333,10 +359,14 @@ class Signature:
                         self.label_frames,
                     )
                 )
-            else:
+            elif output.name == PREDICT_PROBA:
                 proba = prediction.probabilities
                 assert proba is not None
                 out.append(OutputTensor(PREDICT_PROBA, "FP64", proba.shape, proba, binary))
+            else:
+                every = output.name == EXPLANATION_ALL
+                values = explanation_tensor(self.manifest, prediction, every)
+                out.append(OutputTensor(output.name, "FP64", values.shape, values, binary))
         return out
 
     def _labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:

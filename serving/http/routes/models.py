@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from serving.core.dataplane import Known
+from serving.core.dataplane import Known, ServedModel
 from serving.core.errors import ModelUnavailableError, UnknownModelError
 from serving.http.routes.deps import DataPlaneDep, InfoAccess, without_store_root
 
@@ -55,6 +55,15 @@ async def list_models(dataplane: DataPlaneDep) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _explain(served: Known) -> dict[str, Any]:
+    """Whether ``"explain"`` works for this version: the method and space, or why not."""
+    explain = served.manifest.explain
+    if isinstance(served, ServedModel) and served.unexplained is None and explain is not None:
+        return {"available": True, "method": explain.method, "space": explain.space}
+    reason = served.unexplained if isinstance(served, ServedModel) else None
+    return {"available": False, "reason": reason or "the version is not served"}
+
+
 @router.get(
     "/{name}",
     summary="One model's production version: input schema, metrics, provenance",
@@ -84,6 +93,7 @@ async def get_model(name: str, dataplane: DataPlaneDep) -> Response:
         "input_format": m.input_format,
         "runtime": served.runtime,
         "onnx": m.onnx.model_dump(mode="json", exclude_none=True) if m.onnx else None,
+        "explain": _explain(served),
         "features": [f.model_dump(mode="json", exclude_none=True) for f in m.features],
         "target": m.target.model_dump(mode="json", exclude_none=True),
         "metrics": m.metrics,

@@ -56,7 +56,7 @@ def test_inline_mode_serves_production_and_matches_the_model(two_versions: Model
         assert dataplane.readiness()[0]
         served = dataplane.resolve("iris")
         codec = TypedCodec(dataplane)
-        rows, want = codec.decode(served, BODY)
+        rows, want, *_ = codec.decode(served, BODY)
 
         async def go() -> np.ndarray:
             result = await predict(dataplane, served, rows, want, RequestContext("t"))

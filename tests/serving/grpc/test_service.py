@@ -86,6 +86,8 @@ def test_health_and_metadata(client: tg.InferenceServerClient) -> None:
     assert [(t.name, t.datatype) for t in meta.outputs] == [
         ("predict", "BYTES"),
         ("predict_proba", "FP64"),
+        ("explanation", "FP64"),
+        ("explanation_all", "FP64"),
     ]
 
 

@@ -79,6 +79,9 @@ def test_model_metadata_numeric_and_mixed(
     assert iris["outputs"] == [
         {"name": "predict", "datatype": "BYTES", "shape": [-1]},
         {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3]},
+        # Asked for by name only (tests/serving/http/test_explain.py).
+        {"name": "explanation", "datatype": "FP64", "shape": [-1, 5]},
+        {"name": "explanation_all", "datatype": "FP64", "shape": [-1, 3, 5]},
     ]
     assert iris["parameters"]["classes"] == manifest.target.classes
     assert iris["parameters"]["feature_names"] == manifest.feature_names
