@@ -135,7 +135,7 @@ serve: $(STAMP) ## Train the default models if the store is empty, then serve on
 	$(PY) -m serving $(if $(HOST),--host "$(HOST)") $(if $(PORT),--port "$(PORT)")
 
 BENCH_ARGS ?=
-bench: $(STAMP) ## Load benchmark, wrk on loopback (~14 min; BENCH_ARGS=--quick ~4 min; --baseline-ref=COMMIT adds a paired A/B with that commit): table + bench/results/*.json/.png
+bench: $(STAMP) ## Load benchmark, wrk on loopback (~18 min; BENCH_ARGS=--quick ~5 min; --baseline-ref=COMMIT adds a paired A/B with that commit): table + bench/results/*.json/.png
 	@command -v wrk >/dev/null || test "$$(id -u)" != 0 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/run.py $(BENCH_ARGS)
 

@@ -242,7 +242,8 @@ def prepare(args: argparse.Namespace) -> tuple[ModelStore, str | None] | str:
         env = {**os.environ, "SERVEWELL_STORE": str(path)}
         subprocess.run([sys.executable, "-m", "training", "ensure-default"], env=env, check=False)
     store = ModelStore(path)
-    if missing := [m for m in args.models if not store.versions(m)]:
+    needed = dict.fromkeys([*args.models, *(scenarios.EXPLAINED if args.suite == "main" else ())])
+    if missing := [m for m in needed if not store.versions(m)]:
         return f"not in the store {path}: {missing}; train them first"
     return store, commit
 

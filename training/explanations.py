@@ -31,6 +31,12 @@ def write_background(
         found = background(model, X_train, feature_names)
     except UnsupportedExplanation as exc:
         return Explanations(status="unsupported", reason=str(exc)), None
+    except ImportError as exc:  # tree models need shap, an optional extra
+        reason = (
+            f"{type(model).__name__} is explained with shap, which was not installed when this "
+            f"version was trained ({exc}); pip install 'servewell[explain]' and retrain"
+        )
+        return Explanations(status="unsupported", reason=reason), None
     (folder / EXPLAIN_FILE).write_text(
         json.dumps(found.to_json(), indent=1) + "\n", encoding="utf-8"
     )

@@ -33,6 +33,19 @@ class ModelUnavailableError(ServingError):
     type = "model_unavailable"
 
 
+class ExplanationsUnavailableError(ModelUnavailableError):
+    """The version can explain, but its explainer could not be built in the worker (e.g. its
+    background no longer verifies): a fault of the service, not of the request."""
+
+    type = "explanations_unavailable"
+
+
+EXPLAIN_FAILED = (
+    "this model version's explanations could not be loaded; its predictions still work, and "
+    "the cause is in the service log"
+)
+
+
 class NoExperimentError(ServingError):
     """The model exists but runs no traffic experiment (shadow, canary or A/B)."""
 

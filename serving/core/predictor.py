@@ -105,8 +105,11 @@ async def answer(
         # It was swapped out while this request was on its way (e.g. reading the body):
         # production answers, or a clean 404 when the model is gone.
         served = dataplane.resolve(served.key[0])
-    route = dataplane.registry.routes.get(served.manifest.name) if routed else None
     decoded = codec.decode(served, body, headers)
+    # Explanations are answered by production, outside any experiment: a candidate may explain
+    # in another space or not at all, and its shadow would only double the costliest work.
+    experiment = routed and decoded.explain is None
+    route = dataplane.registry.routes.get(served.manifest.name) if experiment else None
     rows = decoded.rows
     if route is None:
         result = await predict(

@@ -9,14 +9,33 @@ third kind (e.g. a remote one) needs no change above this layer.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from serving.core.errors import (
+    EXPLAIN_FAILED,
+    PREDICT_FAILED,
+    ExplanationsUnavailableError,
+    InferenceError,
+    ServingError,
+)
 from serving.execution.runtime import FloatArray, Prediction, RuntimeName
 
 ModelKey = tuple[str, int]
 """A model version: (name, version)."""
+
+log = logging.getLogger("servewell.executor")
+
+
+def failure_error(reason: str, unexplained: bool) -> ServingError:
+    """What a batch that failed in the model becomes: the cause is logged (or carried as the
+    error's detail), never sent to the client."""
+    if unexplained:
+        log.error("explanations unavailable: %s", reason)
+        return ExplanationsUnavailableError(EXPLAIN_FAILED)
+    return InferenceError(PREDICT_FAILED, detail=reason)
 
 
 @dataclass(frozen=True, slots=True)

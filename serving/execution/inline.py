@@ -10,9 +10,15 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError
-from serving.execution.executor import ExecutorStatus, ModelKey, Opened
-from serving.execution.runtime import FloatArray, LoadedModel, Prediction, RuntimeName
+from serving.core.errors import NotReadyError
+from serving.execution.executor import ExecutorStatus, ModelKey, Opened, failure_error
+from serving.execution.runtime import (
+    ExplanationUnavailable,
+    FloatArray,
+    LoadedModel,
+    Prediction,
+    RuntimeName,
+)
 
 
 def _configure_thread() -> None:
@@ -55,8 +61,10 @@ class InlineExecutor:
         def run() -> None:
             try:
                 result = model.predict(rows, want_probabilities, explain)
+            except ExplanationUnavailable as exc:
+                loop.call_soon_threadsafe(_fail, future, failure_error(str(exc), True))
             except Exception as exc:
-                error = InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+                error = failure_error(f"{type(exc).__name__}: {exc}", False)
                 loop.call_soon_threadsafe(_fail, future, error)
             else:
                 loop.call_soon_threadsafe(_resolve, future, result)

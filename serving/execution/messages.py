@@ -85,6 +85,8 @@ class Failure(NamedTuple):
 
     task_id: int
     reason: str
+    unexplained: bool = False
+    """The model predicted, but its explainer could not be built (not the batch's fault)."""
 
 
 class ControlReply(NamedTuple):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.core.errors import PREDICT_FAILED, InferenceError, NotReadyError, WorkerLostError
-from serving.execution.executor import ExecutorStatus, Opened
+from serving.execution.executor import ExecutorStatus, Opened, failure_error
 from serving.execution.messages import (
     Answer,
     Batch,
@@ -230,7 +230,7 @@ class InferencePool(SupervisedWorkers):
         if job is None or job[0] != answer.task_id or job[1].done():
             return
         if isinstance(answer, Failure):
-            job[1].set_exception(InferenceError(PREDICT_FAILED, detail=answer.reason))
+            job[1].set_exception(failure_error(answer.reason, answer.unexplained))
             return
         assert batch is not None  # an answer's job is its batch
         try:

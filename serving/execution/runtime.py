@@ -102,6 +102,8 @@ class LoadedModel:
         """Builds the explainer on the first explained batch: the scikit-learn pipeline and
         shap's tree structures cost memory that models nobody asks to explain never pay."""
         self._explainer: Explainer | None = None
+        self._unavailable: ExplanationUnavailable | None = None
+        """Why building the explainer failed (it is not tried again)."""
         self.predictor = predictor
         """A fitted scikit-learn estimator, or a serving.execution.onnx_runtime.OnnxModel."""
         self.runtime: RuntimeName = runtime
@@ -169,11 +171,20 @@ class LoadedModel:
         the version has no background or it does not fit the model)."""
         explainer = self._explainer
         if explainer is None:
+            if self._unavailable is not None:
+                raise self._unavailable
             if self._make_explainer is None:
                 raise ExplanationUnavailable(
                     f"{self.manifest.name} v{self.manifest.version} has no explanations"
                 )
-            explainer = self._explainer = self._make_explainer()
+            try:
+                explainer = self._explainer = self._make_explainer()
+            except Exception as exc:
+                # Kept: the next request must not re-read and re-hash the whole version.
+                m = self.manifest
+                why = f"{m.name} v{m.version}: {type(exc).__name__}: {exc}"
+                self._unavailable = ExplanationUnavailable(why)
+                raise self._unavailable from exc
         base, values = explainer.explain(self.model_input(rows, sklearn=True))
         return Contributions(base, values)
 
@@ -253,10 +264,7 @@ def _explainer(
         if pipeline is None:
             pipeline = verified.estimator()
             cap_jobs(pipeline, threads)
-        try:
-            return Explainer(pipeline, Background.from_json(json.loads(document)))
-        except (ValueError, ImportError) as exc:
-            raise ExplanationUnavailable(f"{name} v{version}: {exc}") from exc
+        return Explainer(pipeline, Background.from_json(json.loads(document)))
 
     return build
 

@@ -23,7 +23,7 @@ from serving.execution.messages import (
     ToWorker,
     Unload,
 )
-from serving.execution.runtime import LoadedModel, RuntimePolicy, load
+from serving.execution.runtime import ExplanationUnavailable, LoadedModel, RuntimePolicy, load
 from serving.execution.shared_arrays import REGION, Inbox, Outbox
 from serving.store import ModelStore
 
@@ -93,6 +93,8 @@ def _predict(
         if batch.explain:
             contributions = model.explain(rows)
             explained = (contributions.base, contributions.values)
+    except ExplanationUnavailable as exc:
+        return Failure(batch.task_id, str(exc), unexplained=True)
     except Exception as exc:
         return Failure(batch.task_id, f"{type(exc).__name__}: {exc}")
     values, probabilities = outbox.pack(values, probabilities)

@@ -106,7 +106,9 @@ class GrpcCodec:
         return GrpcInfer(rows, want, signature, wanted, request.id, signature.explain_at(wanted))
 
     def encode(self, decoded: GrpcInfer, result: PredictionResult) -> tuple[bytes, Headers]:
-        tensors = decoded.signature.output_tensors(result.prediction, decoded.wanted, True)
+        tensors = decoded.signature.output_tensors(
+            result.prediction, decoded.wanted, True, result.manifest
+        )
         head = self.head(result, tensors)
         parts = [head] if not decoded.request_id else [head, _field(3, decoded.request_id.encode())]
         parts += [_field(6, binary_data(tensor)) for tensor in tensors]

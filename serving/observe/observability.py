@@ -44,10 +44,15 @@ class _BatchObserver:
     Drift is fed here, a batch at a time, rather than per request: one reference queued and
     one vectorised range check per batch (about 30 single-row requests at c=100)."""
 
-    __slots__ = ("drift", "inference", "rows", "tracker", "wait", "warn")
+    __slots__ = ("drift", "inference", "rows", "timed", "tracker", "wait", "warn")
 
     def __init__(
-        self, metrics: Metrics, served: ServedModel, tracker: DriftTracker, warn: bool
+        self,
+        metrics: Metrics,
+        served: ServedModel,
+        tracker: DriftTracker,
+        warn: bool,
+        timed: bool = True,
     ) -> None:
         name, version = served.key
         labels = (name, str(version))
@@ -57,6 +62,9 @@ class _BatchObserver:
         self.tracker = tracker
         self.drift = tracker.track(served.manifest)
         self.warn = warn
+        self.timed = timed
+        """Inference time is observed for plain batches only: an explained batch takes many
+        times longer and would make the model look slow."""
 
     def batch_sent(self, rows: FloatArray, waits: list[float]) -> list[int]:
         self.rows.observe(len(rows))
@@ -65,7 +73,8 @@ class _BatchObserver:
         return self.drift.flagged(rows) if self.warn else []
 
     def batch_done(self, seconds: float) -> None:
-        self.inference.observe(seconds)
+        if self.timed:
+            self.inference.observe(seconds)
 
     def warnings(self, rows: FloatArray) -> tuple[str, ...]:
         return tuple(self.drift.out_of_range(rows))
@@ -128,10 +137,12 @@ class Observability:
         ready = dataplane.ready_models()
         assert self.drift is not None  # made with the metrics
         for served in ready:
-            if served.batcher is not None and served.batcher.observer is None:
-                served.batcher.observer = _BatchObserver(
-                    self.metrics, served, self.drift, self.warn
-                )
+            for batcher in served.batchers:  # explained rows are inputs too: drift, warnings
+                if batcher.observer is None:
+                    timed = batcher is served.batcher
+                    batcher.observer = _BatchObserver(
+                        self.metrics, served, self.drift, self.warn, timed
+                    )
         self.drift.forget({s.key for s in ready})
 
     def model_loaded(self, key: ModelKey, seconds: float, error: str | None) -> None:
@@ -261,8 +272,7 @@ class Observability:
         info: dict[tuple[str, ...], float] = {}
         for served in dataplane.ready_models():
             name, version = served.key
-            if served.batcher is not None:
-                depth[(name, str(version))] = float(served.batcher.queued_rows)
+            depth[(name, str(version))] = float(sum(b.queued_rows for b in served.batchers))
             default = "true" if dataplane.default_version.get(name) == version else "false"
             info[(name, str(version), served.runtime or "unknown", default)] = 1.0
         metrics.queue_depth.values = depth

@@ -42,6 +42,7 @@ def publish_copy(
     manifest_changes: dict[str, Any] | None = None,
     model_bytes: bytes | None = None,
     with_onnx: bool = True,
+    with_explain: bool = False,
 ) -> int:
     """Publish a copy of ``source_name`` v``source_version`` as the next version of ``name``,
     without promoting it (training would apply the gate). Returns the new version number."""
@@ -59,6 +60,8 @@ def publish_copy(
             staged.model_path.write_bytes(model_bytes)
         if onnx_file is not None:
             shutil.copyfile(src / onnx_file, staged.path / onnx_file)
+        if with_explain and manifest.explainable and manifest.explain and manifest.explain.file:
+            shutil.copyfile(src / manifest.explain.file, staged.path / manifest.explain.file)
     assert staged.version is not None
     return staged.version
 

@@ -5,6 +5,7 @@ model no exact method explains is trained and stored all the same, with the reas
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -101,3 +102,21 @@ def test_a_changed_background_fails_verification(store: ModelStore) -> None:
     path.write_text(json.dumps(document))
     with pytest.raises(IntegrityError, match=r"explain\.json"):
         store.read_version("iris", 1, explain=True)
+
+
+def test_a_tree_model_trained_without_shap_is_stored_with_the_reason(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """shap is an optional extra: without it a forest still trains and serves; only its
+    explanations are missing, and the manifest says why."""
+    monkeypatch.setitem(sys.modules, "shap", None)  # import shap now raises ImportError
+    spec = shipped_spec("breast_cancer").with_overrides(
+        {"estimator": {"params": {"n_estimators": 5}}}
+    )
+    result = train(spec, store, echo=quiet)
+    manifest = store.verify("breast_cancer", result.version)
+    assert manifest.explain is not None
+    assert manifest.explain.status == "unsupported"
+    assert manifest.explain.reason is not None
+    assert "shap" in manifest.explain.reason
+    assert "retrain" in manifest.explain.reason

@@ -59,7 +59,9 @@ class InferenceService:
         platform = PLATFORMS.get(served.runtime or "sklearn", "sklearn")
         cached = self._signatures.get(served.key)
         if cached is None or cached.manifest is not served.manifest or cached.platform != platform:
-            cached = Signature(served.manifest, platform, self.dataplane.settings.max_request_rows)
+            max_rows = self.dataplane.settings.max_request_rows
+            explainable = served.unexplained is None
+            cached = Signature(served.manifest, platform, max_rows, explainable)
             self._signatures[served.key] = cached
         return cached
 
@@ -94,7 +96,7 @@ class InferenceService:
     def encode(self, decoded: InferRequest, result: PredictionResult) -> tuple[bytes, Headers]:
         """The response body (JSON, then binary tensors when asked) and its headers."""
         outputs = decoded.signature.output_tensors(
-            result.prediction, decoded.wanted, decoded.binary_output
+            result.prediction, decoded.wanted, decoded.binary_output, result.manifest
         )
         payload, json_length = encode_response(
             result.model, result.version, decoded.request_id, outputs

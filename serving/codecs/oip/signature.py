@@ -86,8 +86,12 @@ def _label_datatype(manifest: Manifest) -> str:
 class Signature:
     """What one model version takes and gives, in protocol terms."""
 
-    def __init__(self, manifest: Manifest, platform: str, max_rows: int) -> None:
+    def __init__(
+        self, manifest: Manifest, platform: str, max_rows: int, explainable: bool = False
+    ) -> None:
         self.manifest = manifest
+        self.explainable = explainable
+        """The served version can explain (its metadata lists the explanation outputs)."""
         self.platform = platform
         self.max_rows = max_rows
         self.features = manifest.features
@@ -143,7 +147,7 @@ class Signature:
             classes = m.target.classes or []
             outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(classes)]})
             parameters["classes"] = classes
-        if m.explainable and m.explain is not None:
+        if self.explainable and m.explain is not None:
             columns = 1 + self.width
             n_outputs = max(1, len(m.target.classes or []))
             outputs += [
@@ -342,8 +346,14 @@ class Signature:
         return None
 
     def output_tensors(
-        self, prediction: Prediction, wanted: list[RequestedOutput], binary_default: bool
+        self,
+        prediction: Prediction,
+        wanted: list[RequestedOutput],
+        binary_default: bool,
+        answered: Manifest | None = None,
     ) -> list[OutputTensor]:
+        """The outputs asked for; ``answered``: the version that made the prediction (what its
+        explanations are laid out by), when not this signature's."""
         out: list[OutputTensor] = []
         labels = prediction.predictions
         for output in wanted:
@@ -365,7 +375,7 @@ class Signature:
                 out.append(OutputTensor(PREDICT_PROBA, "FP64", proba.shape, proba, binary))
             else:
                 every = output.name == EXPLANATION_ALL
-                values = explanation_tensor(self.manifest, prediction, every)
+                values = explanation_tensor(answered or self.manifest, prediction, every)
                 out.append(OutputTensor(output.name, "FP64", values.shape, values, binary))
         return out
 

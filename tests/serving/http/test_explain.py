@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +20,16 @@ import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
 from serving.explain import Background, output_of
-from serving.store import EXPLAIN_FILE, FeatureKind, Manifest, ModelStore, Task
-from tests.serving.artifacts import publish_copy
+from serving.store import (
+    EXPLAIN_FILE,
+    FeatureKind,
+    Manifest,
+    ModelStore,
+    Task,
+    TrafficMode,
+    TrafficPolicy,
+)
+from tests.serving.artifacts import flip_a_byte, publish_copy
 from tests.serving.conftest import (
     IRIS_ROW,
     RunningServer,
@@ -391,3 +400,67 @@ def test_the_readme_example_is_answered_as_shown(client: httpx.Client) -> None:
         r'"(\w+)":(-?\d+\.\d+)', section.split('"contributions":', 1)[1]
     ):
         assert row["outputs"][0]["contributions"][feature] == pytest.approx(float(value), abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def canary_store(tmp_path_factory: pytest.TempPathFactory, trained_store: ModelStore) -> ModelStore:
+    """iris v1 (production, explainable) and v2 (a copy without explanations) taking every
+    request of a canary."""
+    store = ModelStore(tmp_path_factory.mktemp("canary"))
+    assert publish_copy(store, "iris", trained_store, "iris", 1, with_explain=True) == 1
+    store.promote("iris", 1)
+    changes = {"explain": None}
+    assert publish_copy(store, "iris", trained_store, "iris", 1, manifest_changes=changes) == 2
+    policy = TrafficPolicy(TrafficMode.CANARY, 1, ((1, 0.0), (2, 1.0)), time.time())
+    store.set_traffic("iris", policy)
+    return store
+
+
+def test_explanations_are_answered_by_production_outside_an_experiment(
+    canary_store: ModelStore,
+) -> None:
+    with (
+        running_server(quiet_settings(canary_store, pool_size=1)) as running,
+        running.client() as c,
+    ):
+        plain = c.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
+        assert plain.headers["x-model-version"] == "2"  # the canary takes every plain request
+        explained = c.post("/models/iris/predict", json={"rows": [IRIS_ROW], "explain": True})
+        assert explained.status_code == 200, explained.text
+        assert explained.headers["x-model-version"] == "1"
+        assert explained.json()["explanations"][0]["outputs"][0]["class"] == "setosa"
+        # A version named in the path explains, or says why not.
+        pinned = c.post(
+            "/models/iris/versions/2/predict", json={"rows": [IRIS_ROW], "explain": True}
+        )
+        assert pinned.status_code == 422
+        assert pinned.json()["error"]["type"] == "not_explainable"
+
+
+def test_a_background_that_no_longer_verifies_is_a_503_and_predictions_go_on(
+    tmp_path_factory: pytest.TempPathFactory, trained_store: ModelStore
+) -> None:
+    """The explainer is built on the first explained request, from the store: a background
+    changed on disk since the version was loaded fails verification then. The request gets
+    503 (the service's fault), the cause goes to the log, and it is not retried per request."""
+    store = ModelStore(tmp_path_factory.mktemp("broken"))
+    publish_copy(store, "iris", trained_store, "iris", 1, with_explain=True)
+    store.promote("iris", 1)
+    with running_server(quiet_settings(store, pool_size=1)) as running, running.client() as c:
+        flip_a_byte(store.version_path("iris", 1) / EXPLAIN_FILE)
+        body = {"rows": [IRIS_ROW], "explain": True}
+        for _ in range(2):
+            answer = c.post("/models/iris/predict", json=body)
+            assert answer.status_code == 503, answer.text
+            error = answer.json()["error"]
+            assert error["type"] == "explanations_unavailable"
+            assert "service log" in error["message"]
+            assert str(store.root) not in answer.text
+        assert c.post("/models/iris/predict", json={"rows": [IRIS_ROW]}).status_code == 200
+
+
+def test_explained_rows_outside_the_training_range_are_warned_about(client: httpx.Client) -> None:
+    row = [5.1, 3.5, 1.4, 9.0]  # petal width far above anything in training
+    answer = client.post("/models/iris/predict", json={"rows": [row], "explain": True}).json()
+    assert any("petal_width_cm" in w for w in answer["warnings"])
+    assert "explanations" in answer

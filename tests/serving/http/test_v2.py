@@ -101,7 +101,11 @@ def test_model_metadata_numeric_and_mixed(
     assert all(i["shape"] == [-1] for i in churn["inputs"])
 
     diabetes = triton_client.get_model_metadata("diabetes")
-    assert diabetes["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+    assert diabetes["outputs"] == [
+        {"name": "predict", "datatype": "FP64", "shape": [-1]},
+        {"name": "explanation", "datatype": "FP64", "shape": [-1, 11]},
+        {"name": "explanation_all", "datatype": "FP64", "shape": [-1, 1, 11]},
+    ]
 
 
 @pytest.mark.parametrize("binary", [True, False])

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import orjson
+import pytest
 
 from serving.observe.metrics import Metrics
 from serving.observe.snapshots import SnapshotDir, SnapshotWriter
@@ -22,7 +23,11 @@ def test_others_skip_this_process_and_files_that_are_not_snapshots(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-def test_the_writer_writes_at_most_once_per_interval(tmp_path: Path) -> None:
+def test_the_writer_writes_at_most_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a box booted a minute ago: the monotonic clock is far below the interval.
+    monkeypatch.setattr("serving.observe.snapshots.time.monotonic", lambda: 60.0)
     metrics = Metrics()
     writer = SnapshotWriter(metrics, SnapshotDir(tmp_path), interval=3600.0)
     own = tmp_path / f"{os.getpid()}.json"
