@@ -243,5 +243,23 @@ def error_responses(
     return {code: {"model": model, "description": text} for code, text in texts.items()}
 
 
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` put in place: an operation's extra OpenAPI (a body the
+    route reads itself) cannot hold refs into ``$defs``, which ReDoc cannot resolve."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined
+
+
 def task_label(manifest: Manifest) -> str:
     return "classifier" if manifest.task == Task.CLASSIFICATION else "regressor"

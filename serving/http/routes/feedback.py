@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from serving.capture.feedback import JOINED, REFUSED, UNKNOWN, check_items
-from serving.codecs.schemas import error_responses
+from serving.codecs.schemas import error_responses, inline_schema
 from serving.core.errors import (
     CaptureOffError,
     CaptureUnavailableError,
@@ -38,7 +38,7 @@ class FeedbackItem(BaseModel):
     value: float | None = Field(None, description="Regressors: the true value.")
 
 
-_BODY = TypeAdapter(list[FeedbackItem]).json_schema()
+_BODY = inline_schema(TypeAdapter(list[FeedbackItem]).json_schema())
 _ERRORS = error_responses(
     {
         400: "The body is not JSON.",

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from serving.codecs.oip.service import REPOSITORY_EXTENSION, SERVER_NAME, InferenceService
-from serving.codecs.schemas import error_responses
+from serving.codecs.schemas import error_responses, inline_schema
 from serving.core.errors import InvalidInputError, MalformedRequestError, NotReadyError
 from serving.core.lifecycle import Lifecycle
 from serving.http.routes.admin import require_admin
@@ -154,29 +154,12 @@ class InferenceRequest(BaseModel):
     )
 
 
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON schema with its ``$defs`` put in place (operation extras cannot hold refs)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(value) for value in node]
-        return node
-
-    inlined: dict[str, Any] = walk(schema)
-    return inlined
-
-
 # The routes read the raw body (JSON, or JSON + binary tensors); the schema documents it.
 _INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": _inline(InferenceRequest.model_json_schema())},
+            "application/json": {"schema": inline_schema(InferenceRequest.model_json_schema())},
             "application/octet-stream": {
                 "schema": {
                     "type": "string",
