@@ -32,6 +32,7 @@ from serving.http.routes import (
     predict,
     quality,
     traffic,
+    ui,
     v2,
 )
 from serving.observe.observability import Observability
@@ -121,6 +122,7 @@ def _install_routes(app: ServiceApp, settings: Settings) -> None:
     app.include_router(traffic.admin_router, include_in_schema=settings.admin_enabled)
     app.include_router(v2.router)
     docs.install(app)
+    ui.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
 

@@ -100,6 +100,19 @@ class Metrics:
             hist = self._requests[key] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
 
+    def predict_totals(self) -> dict[tuple[str, str], tuple[int, int, list[int]]]:
+        """Per model version since the start: predict requests, 5xx answers and latency
+        bucket counts (serving.observe.recent samples these)."""
+        out: dict[tuple[str, str], tuple[int, int, list[int]]] = {}
+        for (model, version, _, status), hist in list(self._requests.items()):
+            if not model:  # not a predict request
+                continue
+            n, errors, buckets = out.get((model, version), (0, 0, [0] * len(hist.counts)))
+            count = sum(hist.counts)
+            merged = [a + b for a, b in zip(buckets, hist.counts, strict=True)]
+            out[(model, version)] = (n + count, errors + (count if status >= 500 else 0), merged)
+        return out
+
     # -- scrape -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from serving.observe.metrics import (
     SnapshotDir,
     SnapshotWriter,
 )
+from serving.observe.recent import RecentTraffic
 from serving.settings import Settings
 from serving.store import FeatureKind
 
@@ -97,6 +99,10 @@ class Observability:
         self.collector = (
             MetricsCollector(self.metrics, self.shared) if self.metrics is not None else None
         )
+        self.recent = (
+            RecentTraffic(self.metrics.predict_totals) if self.metrics is not None else None
+        )
+        """The last minute's requests per version (the overview and the UI)."""
         self.access: AccessLog | None = None
         if settings.access_log and settings.log_level in ("info", "debug"):
             self.access = AccessLog(resolve_format(settings.log_format))
@@ -125,6 +131,8 @@ class Observability:
         for name in dataplane.broken_names:
             metrics.load_failures.inc((name,))
         metrics.refreshers.append(self._refresh)
+        if self.recent is not None:  # the zero every later figure counts from
+            self.recent.sample(time.monotonic())
         self.follow()
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._background())
@@ -197,6 +205,8 @@ class Observability:
             await asyncio.sleep(BACKGROUND_INTERVAL_S)
             try:
                 self.process_drift()
+                if self.recent is not None:
+                    self.recent.sample(time.monotonic())
                 if writer is not None:
                     writer.tick()
             except Exception:  # never let metrics take the service down

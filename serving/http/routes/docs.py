@@ -62,13 +62,15 @@ index_router = APIRouter()
 
 @index_router.get("/", summary="Where to go from here: the API docs, health and models")
 async def index(request: Request) -> Response:
-    """A browser is sent to the API docs; any other client gets the links as JSON."""
+    """A browser is sent to the web UI; any other client gets the links as JSON."""
     if "text/html" in request.headers.get("accept", ""):
-        return RedirectResponse("/docs", status_code=307)
+        return RedirectResponse("/ui", status_code=307)
     return JSONResponse(
         {
             "name": "servewell",
             "version": request.app.version,
+            "ui": "/ui",
+            "overview": "/overview",
             "docs": "/docs",
             "redoc": "/redoc",
             "openapi": "/openapi.json",

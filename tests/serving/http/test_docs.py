@@ -33,10 +33,18 @@ def test_the_root_points_browsers_to_the_docs_and_clients_to_the_links(
 ) -> None:
     browser = client.get("/", headers={"accept": "text/html,application/xhtml+xml"})
     assert browser.status_code == 307
-    assert browser.headers["location"] == "/docs"
+    assert browser.headers["location"] == "/ui"
     links = client.get("/")
     assert links.status_code == 200
     body = links.json()
     assert body["docs"] == "/docs"
-    for link in ("docs", "openapi", "models", "health", "open_inference_protocol"):
+    for link in (
+        "ui",
+        "overview",
+        "docs",
+        "openapi",
+        "models",
+        "health",
+        "open_inference_protocol",
+    ):
         assert client.get(body[link]).status_code == 200, link

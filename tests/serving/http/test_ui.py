@@ -1,0 +1,132 @@
+"""The web UI and the overview it renders, against the live server (real pool and models,
+capture in SQLite), in a real headless Chromium: every model's card, a clear mark when live
+quality is degraded, no console error, no request outside loopback, usable at a phone width."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.store import ModelStore
+from tests.serving.browser import browser_page
+from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
+from tests.serving.http.test_quality import _predict_and_label
+
+MODELS = ["breast_cancer", "churn", "diabetes", "iris"]
+
+
+@pytest.fixture(scope="module")
+def live(
+    trained_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('ui') / 'capture.sqlite'}"
+    settings = quiet_settings(
+        trained_store,
+        pool_size=1,
+        capture="all",
+        capture_url=url,
+        quality_last_n=60,
+        quality_min_rows=30,
+        quality_tolerance=0.1,
+        quality_interval_s=0.2,
+    )
+    with running_server(settings) as running:
+        yield running
+
+
+def overview(client: httpx.Client) -> dict[str, Any]:
+    answer = client.get("/overview")
+    assert answer.status_code == 200, answer.text
+    models: list[dict[str, Any]] = answer.json()["models"]
+    return {m["name"]: m for m in models}
+
+
+def wait_for_recent(client: httpx.Client, model: str, requests: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        entry: dict[str, Any] = overview(client)[model]
+        recent = entry["recent"]
+        if recent["available"] and recent["versions"]["1"]["requests"] >= requests:
+            return entry
+        assert time.monotonic() < deadline, recent
+        time.sleep(0.2)
+
+
+def test_the_overview_says_what_serves_and_how_it_goes(live: RunningServer) -> None:
+    with live.client() as client:
+        for _ in range(30):
+            assert (
+                client.post("/models/diabetes/predict", json={"rows": [[0.0] * 10]}).status_code
+                == 200
+            )
+        entry = wait_for_recent(client, "diabetes", 30)
+        models = overview(client)
+    assert sorted(models) == MODELS
+    assert entry["production_version"] == 1
+    assert entry["runtime"] in ("onnx", "sklearn")
+    assert entry["traffic"] == {"mode": "production"}
+    figures = entry["recent"]["versions"]["1"]
+    assert figures["error_rate"] == 0.0
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+    assert entry["drift"]["status"] == "too_few_rows"
+    assert entry["quality"]["status"] == "not_enough_rows"
+    assert entry["holdout"] == pytest.approx(entry["quality"]["holdout"])
+
+
+def test_the_ui_shows_every_model_and_marks_a_degraded_one(
+    live: RunningServer, tmp_path: Path
+) -> None:
+    with live.client() as client:
+        _predict_and_label(client, "ui-calm", 0.0)
+        _predict_and_label(client, "ui-shifted", 3.0)  # petals 3 cm longer: all look virginica
+        deadline = time.monotonic() + 10
+        while not overview(client)["iris"]["degraded"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        iris = overview(client)["iris"]
+    assert iris["drift"]["status"] == "significant"
+    with browser_page() as visit:
+        page = visit.page
+        page.goto(live.url + "/ui", wait_until="networkidle")
+        for model in MODELS:
+            assert page.locator(f'section[data-model="{model}"]').is_visible()
+        card = page.locator('section[data-model="iris"]')
+        assert "degraded" in (card.get_attribute("class") or "")
+        assert card.locator(".mark.bad").inner_text() == "degraded"
+        assert card.locator(".drift.significant").is_visible()
+        healthy = page.locator('section[data-model="diabetes"]')
+        assert "degraded" not in (healthy.get_attribute("class") or "")
+        page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+        assert visit.outside == []
+        assert visit.console_errors == []
+        assert visit.page_errors == []
+
+
+def test_the_ui_fits_a_phone(live: RunningServer, tmp_path: Path) -> None:
+    with live.client() as client:
+        assert client.post("/models/iris/predict", json={"rows": [IRIS_ROW]}).status_code == 200
+    with browser_page(width=390, height=844) as visit:
+        page = visit.page
+        page.goto(live.url + "/ui", wait_until="networkidle")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        for model in MODELS:
+            box = page.locator(f'section[data-model="{model}"]').bounding_box()
+            assert box is not None
+            assert box["width"] > 300
+            assert box["x"] >= 0
+            assert box["x"] + box["width"] <= 390
+        page.screenshot(path=str(tmp_path / "overview-phone.png"), full_page=True)
+        assert visit.console_errors == []
+        assert visit.outside == []
+
+
+def test_the_root_sends_a_browser_to_the_ui(live: RunningServer) -> None:
+    with browser_page() as visit:
+        visit.page.goto(live.url + "/", wait_until="networkidle")
+        assert visit.page.url == live.url + "/ui"
+        assert visit.page.locator("h1").inner_text() == "Models"
