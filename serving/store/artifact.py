@@ -384,6 +384,21 @@ def read_verified(
     return VerifiedVersion(manifest, kept, folder)
 
 
+def read_report_file(
+    fd: int, folder: Path, name: str, version: int, key: bytes | None, file: str
+) -> bytes:
+    """One file of the version's report folder (``report/<file>``), as the manifest hashed it;
+    ModelNotFoundError when the manifest lists no such file."""
+    manifest = read_manifest(fd, folder, name, version, key)
+    rel = f"{REPORT_DIR}/{file}"
+    if "/" in file or rel not in manifest.files:
+        raise ModelNotFoundError(f"{name} v{version} has no report file {file!r}")
+    what = f"{name} v{version}"
+    data = read_under(fd, rel, what, folder)
+    _hash_check(what, folder / rel, data, manifest.files[rel])
+    return data
+
+
 def hash_files(folder: Path) -> dict[str, str]:
     """The ``files`` entry of a manifest: the sha256 of every file below ``folder``."""
     return {

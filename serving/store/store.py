@@ -28,6 +28,7 @@ from serving.store.artifact import (
     Manifest,
     VerifiedVersion,
     read_manifest,
+    read_report_file,
     read_verified,
     renewed_signature,
 )
@@ -181,6 +182,15 @@ class ModelStore:
             return read_verified(
                 fd, folder, name, version, self._key, onnx=onnx, model=model, explain=explain
             )
+        finally:
+            os.close(fd)
+
+    def report_file(self, name: str, version: int, file: str) -> bytes:
+        """A file of the version's report (a plot, the model card), hash-checked."""
+        fd = self._open_version(name, version)
+        try:
+            folder = self._version_dir(name, version)
+            return read_report_file(fd, folder, name, version, self._key, file)
         finally:
             os.close(fd)
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from serving.core.dataplane import Known, ServedModel
-from serving.core.errors import ModelUnavailableError, UnknownModelError
+from serving.core.dataplane import DataPlane, Known, ServedModel
+from serving.core.errors import (
+    ModelUnavailableError,
+    NotReadyError,
+    ServingError,
+    UnknownModelError,
+)
+from serving.core.lifecycle import Lifecycle, check_name, store_call
 from serving.http.routes.deps import DataPlaneDep, InfoAccess, without_store_root
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[InfoAccess])
@@ -70,6 +77,12 @@ def _explain(served: Known) -> dict[str, Any]:
     responses={404: {"description": "Unknown model."}},
 )
 async def get_model(name: str, dataplane: DataPlaneDep) -> Response:
+    body = without_store_root(model_detail(dataplane, name), dataplane.store.root)
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def model_detail(dataplane: DataPlane, name: str) -> dict[str, Any]:
+    """The production version of a model as ``GET /models/{name}`` describes it."""
     if name in dataplane.broken_names:
         raise ModelUnavailableError(
             f"model {name!r} is not available: {dataplane.broken_names[name]}"
@@ -83,7 +96,7 @@ async def get_model(name: str, dataplane: DataPlaneDep) -> Response:
         )
     served = dataplane.models[(name, version)]
     m = served.manifest
-    body = {
+    return {
         "name": name,
         "version": version,
         "served_versions": sorted(v for (n, v) in dataplane.models if n == name),
@@ -104,6 +117,47 @@ async def get_model(name: str, dataplane: DataPlaneDep) -> Response:
         "sklearn": m.environment.sklearn,
         "warnings": served.warnings,
     }
+
+
+_MEDIA = {
+    ".png": "image/png",
+    ".md": "text/markdown; charset=utf-8",
+    ".json": "application/json",
+    ".csv": "text/csv; charset=utf-8",
+}
+
+
+@router.get(
+    "/{name}/versions",
+    summary="Every published version: metrics, creation time, production, served or why not",
+    responses={404: {"description": "Unknown model."}},
+)
+async def list_versions(name: str, request: Request, dataplane: DataPlaneDep) -> Response:
+    lifecycle: Lifecycle | None = request.app.state.lifecycle
+    if lifecycle is None:
+        raise NotReadyError("the service is starting")
+    body = await lifecycle.versions(name)
     return Response(
         orjson.dumps(without_store_root(body, dataplane.store.root)), media_type="application/json"
     )
+
+
+@router.get(
+    "/{name}/versions/{version}/report/{file}",
+    summary="A file of a version's training report: the model card (model_card.md), a plot "
+    "(*.png), metrics.json, evaluation.json, importance.json",
+    responses={404: {"description": "Unknown model, version or report file."}},
+)
+async def report_file(
+    name: str, version: Annotated[int, Path(ge=1)], file: str, dataplane: DataPlaneDep
+) -> Response:
+    """The file's bytes as training wrote them, checked against the manifest's sha256."""
+    check_name(name)
+    try:
+        data = await store_call(dataplane.store.report_file, name, version, file)
+    except ServingError as exc:  # unknown, or refused: the message names no store path
+        raise type(exc)(without_store_root(str(exc), dataplane.store.root)) from None
+    media = _MEDIA.get(PurePosixPath(file).suffix, "application/octet-stream")
+    # Versions never change once published: a browser may keep the file.
+    headers = {"cache-control": "private, max-age=3600"}
+    return Response(data, media_type=media, headers=headers)

@@ -13,7 +13,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from serving.core.errors import NotReadyError
-from serving.http.routes.deps import InfoAccess
+from serving.core.lifecycle import store_call
+from serving.http.routes.deps import InfoAccess, without_store_root
+from serving.http.routes.models import model_detail
 from serving.observe.overview import overview
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -50,6 +52,50 @@ async def ui_overview(request: Request) -> HTMLResponse:
     body = await _overview(request)
     page = _templates(request.app).get_template("overview.html")
     return HTMLResponse(page.render(models=body["models"], refresh=REFRESH_S))
+
+
+@router.get("/ui/models/{name}", include_in_schema=False)
+async def ui_model(name: str, request: Request) -> HTMLResponse:
+    """One model: what ``GET /models/{name}``, ``/models/{name}/versions`` and ``/overview``
+    say of it, and its model card with the training report's plots."""
+    state = request.app.state
+    dataplane = state.dataplane
+    if dataplane is None or state.lifecycle is None:
+        raise NotReadyError("the service is starting")
+    root = dataplane.store.root
+    detail = without_store_root(model_detail(dataplane, name), root)
+    versions = without_store_root(await state.lifecycle.versions(name), root)
+    body = await _overview(request)
+    entry = next(m for m in body["models"] if m["name"] == name)
+    version = detail["version"]
+    card = await store_call(dataplane.store.report_file, name, version, "model_card.md")
+    page = _templates(request.app).get_template("model.html")
+    drift = {f["name"]: f for f in entry.get("drift", {}).get("features", [])}
+    html = page.render(
+        detail=detail,
+        entry=entry,
+        versions=versions,
+        drift=drift,
+        card_html=render_card(card.decode("utf-8"), f"/models/{name}/versions/{version}/report/"),
+    )
+    return HTMLResponse(html)
+
+
+def render_card(markdown: str, report_url: str) -> str:
+    """The model card as HTML; its plots (relative links into the report folder) point at
+    the report endpoint. Raw HTML in the card is escaped, not passed through."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    def image(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        src = tokens[idx].attrGet("src") or ""
+        if src and "/" not in src and ":" not in src:
+            tokens[idx].attrSet("src", report_url + src)
+        return str(renderer.image(tokens, idx, options, env))  # the stock rule
+
+    md.add_render_rule("image", image)
+    return str(md.render(markdown))
 
 
 def _templates(app: FastAPI) -> Any:

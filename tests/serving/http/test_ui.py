@@ -130,3 +130,42 @@ def test_the_root_sends_a_browser_to_the_ui(live: RunningServer) -> None:
         visit.page.goto(live.url + "/", wait_until="networkidle")
         assert visit.page.url == live.url + "/ui"
         assert visit.page.locator("h1").inner_text() == "Models"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_model_page_shows_its_card_plots_features_and_versions(
+    live: RunningServer, trained_store: ModelStore, tmp_path: Path, model: str
+) -> None:
+    manifest = trained_store.manifest(model, 1)
+    plots = sorted(f for f in manifest.files if f.startswith("report/") and f.endswith(".png"))
+    with browser_page() as visit:
+        page = visit.page
+        page.goto(f"{live.url}/ui/models/{model}", wait_until="networkidle")
+        page.wait_for_load_state("load")
+        images = page.evaluate(
+            "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth,"
+            " i.getBoundingClientRect().width])"
+        )
+        shown = sorted("report/" + src.rsplit("/", 1)[-1] for src, _, _ in images)
+        assert shown == plots
+        for src, natural, width in images:
+            assert natural > 0, src
+            assert width > 0, src
+        assert page.locator("#features + .scroll tbody tr").count() == len(manifest.features)
+        assert page.locator("#versions + .scroll tbody tr").count() == 1
+        assert "Model card" in page.locator("article.model-card h1").inner_text()
+        page.screenshot(path=str(tmp_path / f"{model}.png"), full_page=True)
+        assert visit.outside == []
+        assert visit.console_errors == []
+        assert visit.page_errors == []
+    with browser_page(width=390, height=844) as visit:
+        visit.page.goto(f"{live.url}/ui/models/{model}", wait_until="networkidle")
+        assert visit.page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert visit.console_errors == []
+
+
+def test_an_unknown_model_page_is_a_404(live: RunningServer) -> None:
+    with live.client() as client:
+        answer = client.get("/ui/models/nope")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["type"] == "model_not_found"
