@@ -4,6 +4,7 @@ same data server-side (serving/http/ui)."""
 from __future__ import annotations
 
 import asyncio
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from serving.core.errors import NotReadyError
+from serving.core.errors import NotReadyError, ServingError
 from serving.core.lifecycle import store_call
 from serving.http.routes.deps import InfoAccess, without_store_root
 from serving.http.routes.models import model_detail
@@ -68,7 +69,14 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
     body = await _overview(request)
     entry = next(m for m in body["models"] if m["name"] == name)
     version = detail["version"]
-    card = await store_call(dataplane.store.report_file, name, version, "model_card.md")
+    try:
+        card = await store_call(dataplane.store.report_file, name, version, "model_card.md")
+    except ServingError as exc:  # a version without a report, or one that fails its hash
+        card_html = (
+            f"<p class='muted'>No model card: {escape(without_store_root(str(exc), root))}</p>"
+        )
+    else:
+        card_html = render_card(card.decode("utf-8"), f"/models/{name}/versions/{version}/report/")
     page = _templates(request.app).get_template("model.html")
     drift = {f["name"]: f for f in entry.get("drift", {}).get("features", [])}
     html = page.render(
@@ -76,7 +84,8 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
         entry=entry,
         versions=versions,
         drift=drift,
-        card_html=render_card(card.decode("utf-8"), f"/models/{name}/versions/{version}/report/"),
+        card_html=card_html,
+        admin_enabled=state.settings.admin_enabled,
     )
     return HTMLResponse(html)
 
