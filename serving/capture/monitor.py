@@ -10,9 +10,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from serving.capture.capture import Capture
-from serving.capture.quality import TIME_WINDOWS, DegradedWatch, QualityReport, live_quality
+from serving.capture.quality import (
+    TIME_WINDOWS,
+    DegradedWatch,
+    QualityReport,
+    live_quality,
+    quality_over_time,
+)
 from serving.settings import Settings
 from serving.store import Manifest
 
@@ -29,6 +36,21 @@ class QualityMonitor:
         self.watch = DegradedWatch()
         self._task: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
+
+    def history(
+        self, manifest: Manifest, span_s: float, buckets: int, now: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The primary metric over time (blocking: run it in a thread)."""
+        now = time.time() if now is None else now
+        self.capture.ensure_schema()
+        rows = self.capture.store.rows(
+            manifest.name,
+            labelled_only=True,
+            version=manifest.version,
+            since=now - span_s,
+            limit=1_000_000,
+        )
+        return quality_over_time(manifest, rows, now=now, span_s=span_s, buckets=buckets)
 
     def report(self, manifest: Manifest, now: float | None = None) -> QualityReport:
         """Live quality of one version (blocking: database and metrics; run it in a thread)."""

@@ -150,6 +150,28 @@ def live_quality(
     return _judge(manifest, windows[LAST_N], windows, tolerance=tolerance, min_rows=min_rows)
 
 
+def quality_over_time(
+    manifest: Manifest, rows: Iterable[CapturedRow], *, now: float, span_s: float, buckets: int
+) -> list[dict[str, Any]]:
+    """The primary metric of ``manifest``'s version over ``buckets`` equal slices of the last
+    ``span_s`` seconds before ``now`` (by prediction time): ``start``, ``end`` (UTC seconds),
+    ``rows`` scored and ``value`` (None when the slice cannot be scored)."""
+    if buckets < 1 or not span_s > 0:
+        raise ValueError("buckets must be at least 1 and span_s positive")
+    cols = _columns(manifest, rows)
+    width, start = span_s / buckets, now - span_s
+    out = []
+    for i in range(buckets):
+        low, high = start + i * width, start + (i + 1) * width
+        idx = np.flatnonzero(
+            (cols.ts >= low) & (cols.ts < high if i < buckets - 1 else cols.ts <= high)
+        )
+        window = _window(manifest, cols, idx)
+        value = window.metrics.get(manifest.primary_metric) if window.scored else None
+        out.append({"start": low, "end": high, "rows": window.scored, "value": value})
+    return out
+
+
 def _judge(
     manifest: Manifest,
     judged: WindowQuality,

@@ -23,6 +23,8 @@ from serving.core.errors import ErrorDetail
 from serving.execution.executor import ModelKey
 from serving.execution.runtime import FloatArray
 from serving.observe.drift import DriftTracker
+from serving.observe.drift_history import INTERVAL_S as DRIFT_INTERVAL_S
+from serving.observe.drift_history import DriftHistory
 from serving.observe.logs import AccessLog, resolve_format
 from serving.observe.metrics import (
     Histogram,
@@ -103,6 +105,8 @@ class Observability:
             RecentTraffic(self.metrics.predict_totals) if self.metrics is not None else None
         )
         """The last minute's requests per version (the overview and the UI)."""
+        self.drift_history = DriftHistory() if self.metrics is not None else None
+        self._next_drift_point = 0.0
         self.access: AccessLog | None = None
         if settings.access_log and settings.log_level in ("info", "debug"):
             self.access = AccessLog(resolve_format(settings.log_format))
@@ -207,10 +211,25 @@ class Observability:
                 self.process_drift()
                 if self.recent is not None:
                     self.recent.sample(time.monotonic())
+                await self._drift_points()
                 if writer is not None:
                     writer.tick()
             except Exception:  # never let metrics take the service down
                 log.exception("metrics background pass failed")
+
+    async def _drift_points(self) -> None:
+        """Every drift-history interval, one drift report per production version."""
+        history, tracker, dataplane = self.drift_history, self.drift, self._dataplane
+        now = time.monotonic()
+        if history is None or tracker is None or dataplane is None or now < self._next_drift_point:
+            return
+        self._next_drift_point = now + DRIFT_INTERVAL_S
+        keys = [(name, version) for name, version in dataplane.default_version.items()]
+        history.forget(set(keys))
+        for key in keys:
+            compute = tracker.report(key)
+            if compute is not None:
+                history.add(*key, await asyncio.to_thread(compute))
 
     def process_drift(self) -> None:
         """Count and window the rows queued since the last pass (runs in the event loop:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from serving.core.errors import ModelUnavailableError, UnknownModelError
 from serving.http.routes.deps import DataPlaneDep, InfoAccess
+from serving.observe.drift_history import INTERVAL_S as DRIFT_INTERVAL_S
 from serving.observe.observability import Observability
 
 router = APIRouter()
@@ -66,4 +67,26 @@ async def drift(name: str, request: Request, dataplane: DataPlaneDep) -> Respons
         compute = observability.drift.report(key)
         assert compute is not None
     body = await asyncio.to_thread(compute)
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/models/{name}/drift/history",
+    tags=["models"],
+    summary="Input drift over the last hour: per feature, PSI and out-of-range share over time",
+    responses={404: {"description": "Unknown model, or drift tracking is off."}},
+    dependencies=[InfoAccess],
+)
+async def drift_history(name: str, request: Request, dataplane: DataPlaneDep) -> Response:
+    """The drift window of the production version (this server process), taken every
+    10 seconds: ``points`` of ``t`` (UTC seconds), ``rows`` in the window, and per feature its
+    ``psi`` and ``out_of_range_share``, oldest first."""
+    observability = _observability(request)
+    if name not in dataplane.default_version:
+        raise UnknownModelError(f"no model named {name!r} is served")
+    version = dataplane.default_version[name]
+    history = observability.drift_history
+    assert history is not None  # made with the metrics, which _observability checked
+    body = {"model": name, "version": version, "interval_s": DRIFT_INTERVAL_S}
+    body["points"] = history.of(name, version)
     return Response(orjson.dumps(body), media_type="application/json")

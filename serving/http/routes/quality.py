@@ -64,3 +64,43 @@ async def get_quality(
         "versions": reports,
     }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/{name}/quality/history",
+    summary="Live quality over time: the primary metric of labelled traffic, slice by slice",
+    responses=_ERRORS,
+)
+async def get_quality_history(
+    name: Annotated[str, Path(description="Model name.")],
+    request: Request,
+    dataplane: DataPlaneDep,
+    version: Annotated[int | None, Query(ge=1, description="A served version.")] = None,
+    hours: Annotated[float, Query(gt=0, le=24 * 30, description="How far back.")] = 24.0,
+    buckets: Annotated[int, Query(ge=1, le=500, description="Slices of that span.")] = 24,
+) -> Response:
+    """The primary metric of the version (production by default) over equal slices of the
+    last ``hours``, by prediction time, from the labelled rows captured then; with the holdout
+    value to compare. A slice without labelled rows has ``value`` null."""
+    monitor: QualityMonitor | None = request.app.state.quality
+    if monitor is None:
+        raise CaptureOffError(
+            "data capture is off (SERVEWELL_CAPTURE=none): there are no labelled predictions"
+        )
+    manifest = dataplane.resolve(name, version).manifest
+    try:
+        points = await asyncio.to_thread(monitor.history, manifest, hours * 3600.0, buckets)
+    except Exception as exc:
+        raise CaptureUnavailableError(
+            f"the capture database is unavailable ({type(exc).__name__}); retry later",
+            retry_after=5.0,
+        ) from exc
+    body = {
+        "model": name,
+        "version": manifest.version,
+        "metric": manifest.primary_metric,
+        "holdout": manifest.metrics.get(manifest.primary_metric),
+        "higher_is_better": manifest.higher_is_better,
+        "points": points,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -17,6 +17,7 @@ from serving.core.errors import NotReadyError, ServingError
 from serving.core.lifecycle import store_call
 from serving.http.routes.deps import InfoAccess, without_store_root
 from serving.http.routes.models import model_detail
+from serving.http.ui.charts import PALETTE, line_chart
 from serving.observe.overview import overview
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -79,6 +80,7 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
         card_html = render_card(card.decode("utf-8"), f"/models/{name}/versions/{version}/report/")
     page = _templates(request.app).get_template("model.html")
     drift = {f["name"]: f for f in entry.get("drift", {}).get("features", [])}
+    charts = await _charts(request, detail)
     html = page.render(
         detail=detail,
         entry=entry,
@@ -86,8 +88,42 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
         drift=drift,
         card_html=card_html,
         admin_enabled=state.settings.admin_enabled,
+        charts=charts,
     )
     return HTMLResponse(html)
+
+
+async def _charts(request: Request, detail: dict[str, Any]) -> list[str]:
+    """Drift of each feature over the last hour (``/models/{name}/drift/history``) and live
+    quality over the last day (``/models/{name}/quality/history``), as SVG."""
+    state = request.app.state
+    name, version = detail["name"], detail["version"]
+    out = []
+    history = state.observability.drift_history
+    if history is not None:
+        points = history.of(name, version)
+        latest = points[-1]["features"] if points else {}
+        ranked = sorted(latest, key=lambda f: -(latest[f]["psi"] or 0.0))[: len(PALETTE)]
+        series = [
+            (f, [(p["t"], p["features"].get(f, {}).get("psi")) for p in points]) for f in ranked
+        ]
+        title = "Input drift: PSI per feature, last hour"
+        out.append(line_chart(series, title=title, reference=("significant", 0.25), y_min=0.0))
+    monitor = state.quality
+    if monitor is not None:
+        manifest = state.dataplane.resolve(name, version).manifest
+        try:
+            buckets = await asyncio.to_thread(monitor.history, manifest, 86400.0, 48)
+        except Exception:  # the capture database is a side system: the page still renders
+            out.append("<p class='muted'>Live quality: the capture database is unavailable.</p>")
+        else:
+            metric = detail["primary_metric"]
+            series = [(metric, [((b["start"] + b["end"]) / 2, b["value"]) for b in buckets])]
+            holdout = detail["metrics"].get(metric)
+            reference = ("holdout", holdout) if holdout is not None else None
+            title = f"Live {metric} of labelled traffic, last 24 hours (30-minute slices)"
+            out.append(line_chart(series, title=title, reference=reference))
+    return out
 
 
 def render_card(markdown: str, report_url: str) -> str:

@@ -89,6 +89,10 @@ def test_the_ui_shows_every_model_and_marks_a_degraded_one(
             assert time.monotonic() < deadline
             time.sleep(0.2)
         iris = overview(client)["iris"]
+        deadline = time.monotonic() + 15  # drift is taken every 10 s: wait for the shifted rows
+        while not any(p["rows"] for p in client.get("/models/iris/drift/history").json()["points"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
     assert iris["drift"]["status"] == "significant"
     with browser_page() as visit:
         page = visit.page
@@ -99,6 +103,19 @@ def test_the_ui_shows_every_model_and_marks_a_degraded_one(
         assert "degraded" in (card.get_attribute("class") or "")
         assert card.locator(".mark.bad").inner_text() == "degraded"
         assert card.locator(".drift.significant").is_visible()
+        page.goto(f"{live.url}/ui/models/iris", wait_until="networkidle")
+        charts = page.locator("svg.chart")
+        assert charts.count() == 2  # drift over the last hour, live quality over the day
+        for i in range(2):
+            box = charts.nth(i).bounding_box()
+            assert box is not None
+            assert box["width"] > 200
+            assert box["height"] > 50
+        quality = charts.nth(1)
+        assert quality.locator("circle, polyline").count() >= 1  # the shifted rows' slice
+        assert quality.locator("line.reference").count() == 1  # the holdout
+        page.screenshot(path=str(tmp_path / "iris.png"), full_page=True)
+        page.goto(live.url + "/ui", wait_until="networkidle")
         healthy = page.locator('section[data-model="diabetes"]')
         assert "degraded" not in (healthy.get_attribute("class") or "")
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
