@@ -63,7 +63,6 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
         pytest.skip(wrk.INSTALL_HINT)
     process, url = _start(trained_store, pool_size="1")
     try:
-        processes = {process.pid, *_children(process.pid)}
         single = _bodies(tmp_path, "single", 1)
         bulk = _bodies(tmp_path, "bulk", 1000)
         # Warm-up: the same mix for 20 s (buffers and allocator pools reach their size), then
@@ -75,6 +74,9 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
         ]
         for thread in threads:
             thread.join(120)
+        # The processes as they run now (a worker the watchdog replaced during the warm-up on a
+        # starved box is a new process); one that goes away from here on fails the soak.
+        processes = {process.pid, *_children(process.pid)}
         baseline = {pid: _rss_kib(pid) for pid in processes}
         runs: list[wrk.Result] = []
         threads = [
@@ -83,6 +85,8 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
         ]
         for thread in threads:
             thread.join(180)
+        gone = [pid for pid in processes if not Path(f"/proc/{pid}").exists()]
+        assert not gone, f"processes {gone} of the server exited during the soak"
         after = {pid: _rss_kib(pid) for pid in processes}
         assert len(runs) == 2
         for run in runs:
