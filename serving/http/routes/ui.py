@@ -81,6 +81,12 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
     page = _templates(request.app).get_template("model.html")
     drift = {f["name"]: f for f in entry.get("drift", {}).get("features", [])}
     charts = await _charts(request, detail)
+    experiment = None
+    if entry.get("traffic", {}).get("mode", "production") != "production":
+        try:
+            experiment = await state.rollout.compare(name)  # as GET /models/{name}/compare
+        except ServingError as exc:  # e.g. the capture database is down: say so, render
+            experiment = {"error": str(exc)}
     html = page.render(
         detail=detail,
         entry=entry,
@@ -89,6 +95,7 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
         card_html=card_html,
         admin_enabled=state.settings.admin_enabled,
         charts=charts,
+        experiment=experiment,
     )
     return HTMLResponse(html)
 

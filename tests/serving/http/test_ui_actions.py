@@ -116,6 +116,13 @@ def test_a_wrong_token_is_refused_and_the_right_one_acts(
 
         open_page(visit, live, TOKEN)
         assert "canary" in visit.page.inner_text("#experiment")
+        rows = visit.page.locator("#experiment table.compare tbody tr")
+        assert rows.count() == 2  # as GET /models/iris/compare counts them
+        assert [rows.nth(i).locator("td").nth(1).inner_text() for i in range(2)] == [
+            "production",
+            "candidate",
+        ]
+        assert rows.nth(1).locator("td").nth(2).inner_text() == "25 %"
         assert act(visit, "end").startswith("Done (200)")
         wait_for(lambda: traffic(live)["mode"] == "production")
         visit.page.screenshot(path=str(tmp_path / "actions.png"), full_page=True)
