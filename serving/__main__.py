@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"servewell: serving {settings.store.resolve()} on http://{settings.host}:{settings.port}"
     )
+    print(f"servewell: web UI at http://{settings.host}:{settings.port}/ui")
     print(f"servewell: API docs at http://{settings.host}:{settings.port}/docs")
     if settings.grpc_port:
         where = f"{settings.host}:{settings.grpc_port}"

@@ -73,6 +73,7 @@ def test_serve_and_stop_on_sigint(trained_store: ModelStore, loop: str) -> None:
         output, _ = process.communicate(timeout=30)
         assert process.returncode == 0, output
         assert f"{url}/docs" in output
+        assert f"web UI at {url}/ui" in output
         assert "Traceback" not in output
         assert not _wait_gone(workers, 5), "orphaned worker processes"
     finally:

@@ -109,6 +109,12 @@ def test_a_wrong_token_is_refused_and_the_right_one_acts(
 
         open_page(visit, live, TOKEN)
         visit.page.select_option("#candidate-version", "2")
+        assert act(visit, "shadow").startswith("Done (200)")
+        wait_for(lambda: traffic(live)["mode"] == "shadow")
+        assert traffic(live)["shadow"] == 2
+
+        open_page(visit, live, TOKEN)
+        visit.page.select_option("#candidate-version", "2")
         visit.page.fill("#canary-weight", "25")
         assert act(visit, "canary").startswith("Done (200)")
         wait_for(lambda: traffic(live)["mode"] == "canary")
