@@ -26,6 +26,10 @@ from serving.store import Manifest
 log = logging.getLogger("servewell.capture")
 
 
+HISTORY_ROWS = 100_000
+"""The newest labelled rows a quality history reads (a page view must stay cheap)."""
+
+
 class QualityMonitor:
     def __init__(self, capture: Capture, settings: Settings) -> None:
         self.capture = capture
@@ -48,7 +52,7 @@ class QualityMonitor:
             labelled_only=True,
             version=manifest.version,
             since=now - span_s,
-            limit=1_000_000,
+            limit=HISTORY_ROWS,
         )
         return quality_over_time(manifest, rows, now=now, span_s=span_s, buckets=buckets)
 

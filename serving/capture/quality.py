@@ -167,7 +167,9 @@ def quality_over_time(
             (cols.ts >= low) & (cols.ts < high if i < buckets - 1 else cols.ts <= high)
         )
         window = _window(manifest, cols, idx)
-        value = window.metrics.get(manifest.primary_metric) if window.scored else None
+        mapped = LIVE_METRICS.get(manifest.primary_metric)  # e.g. neg_root_mean_squared_error
+        raw = window.metrics.get(mapped[0]) if mapped is not None and window.scored else None
+        value = None if raw is None or mapped is None else _finite(mapped[1] * raw)
         out.append({"start": low, "end": high, "rows": window.scored, "value": value})
     return out
 

@@ -106,12 +106,12 @@ class Observability:
         )
         """The last minute's requests per version (the overview and the UI)."""
         self.drift_history = DriftHistory() if self.metrics is not None else None
-        self._next_drift_point = 0.0
         self.access: AccessLog | None = None
         if settings.access_log and settings.log_level in ("info", "debug"):
             self.access = AccessLog(resolve_format(settings.log_format))
         self.warn = settings.input_warnings
         self._task: asyncio.Task[None] | None = None
+        self._drift_task: asyncio.Task[None] | None = None
         self._dataplane: DataPlane | None = None
 
     # -- wiring -----------------------------------------------------------------------------
@@ -140,6 +140,10 @@ class Observability:
         self.follow()
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._background())
+        if self.drift_history is not None:
+            # A task of its own: its reports run in threads, and a busy thread pool must not
+            # hold up the per-second pass (drift rows, snapshots, recent traffic).
+            self._drift_task = loop.create_task(self._drift_points())
 
     def follow(self) -> None:
         """Observe the batchers of newly served versions; forget swapped-out ones."""
@@ -167,11 +171,12 @@ class Observability:
             self.metrics.load_failures.inc((key[0],))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._drift_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._drift_task = None
         if self.access is not None:
             self.access.stop()
         if self._dataplane is not None:
@@ -211,7 +216,6 @@ class Observability:
                 self.process_drift()
                 if self.recent is not None:
                     self.recent.sample(time.monotonic())
-                await self._drift_points()
                 if writer is not None:
                     writer.tick()
             except Exception:  # never let metrics take the service down
@@ -219,17 +223,21 @@ class Observability:
 
     async def _drift_points(self) -> None:
         """Every drift-history interval, one drift report per production version."""
-        history, tracker, dataplane = self.drift_history, self.drift, self._dataplane
-        now = time.monotonic()
-        if history is None or tracker is None or dataplane is None or now < self._next_drift_point:
-            return
-        self._next_drift_point = now + DRIFT_INTERVAL_S
-        keys = [(name, version) for name, version in dataplane.default_version.items()]
-        history.forget(set(keys))
-        for key in keys:
-            compute = tracker.report(key)
-            if compute is not None:
-                history.add(*key, await asyncio.to_thread(compute))
+        while True:
+            history, tracker, dataplane = self.drift_history, self.drift, self._dataplane
+            if history is None or tracker is None or dataplane is None:
+                return
+            try:
+                self.process_drift()
+                keys = list(dataplane.default_version.items())
+                history.forget(set(keys))
+                for key in keys:
+                    compute = tracker.report(key)  # the window's copy, taken in the loop
+                    if compute is not None:
+                        history.add(*key, await asyncio.to_thread(compute))
+            except Exception:  # never let drift history take the service down
+                log.exception("drift history pass failed")
+            await asyncio.sleep(DRIFT_INTERVAL_S)
 
     def process_drift(self) -> None:
         """Count and window the rows queued since the last pass (runs in the event loop:

@@ -2,17 +2,21 @@
 how it does on labelled traffic. ``GET /overview`` returns it as JSON and the web UI renders it.
 
 It only gathers what the service already knows (the registry, the traffic policy, the recent
-request figures, the drift window, the live quality monitor); computing drift and quality may
-take a moment, so :func:`overview` runs in a thread.
+request figures, the drift window, the live quality monitor). What belongs to the event loop
+(the registry, the drift windows) is read there; the drift statistics and the quality reports,
+which take a moment and may read the capture database, are computed in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from serving.capture.monitor import QualityMonitor
 from serving.core.dataplane import DataPlane, ServedModel
 from serving.observe.observability import Observability
+from serving.store import Manifest
 
 PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25
@@ -21,22 +25,27 @@ MIN_DRIFT_ROWS = 100
 """Fewer recent rows say too little: a handful of similar rows is far from any distribution."""
 
 
-def overview(
+async def overview(
     dataplane: DataPlane, observability: Observability, quality: QualityMonitor | None
 ) -> dict[str, Any]:
-    models = []
-    for name in sorted(dataplane.default_version):
-        version = dataplane.default_version[name]
+    """Call in the event loop."""
+    models: list[dict[str, Any]] = []
+    drift_jobs: dict[str, Callable[[], dict[str, Any]] | None] = {}
+    manifests: dict[str, Manifest] = {}
+    if observability.drift is not None:
+        observability.process_drift()
+    for name, version in sorted(dataplane.default_version.items()):
         record = dataplane.models.get((name, version))
+        served_versions = sorted(v for (n, v) in dataplane.models if n == name)
         entry: dict[str, Any] = {
             "name": name,
             "production_version": version,
-            "served_versions": sorted(v for (n, v) in dataplane.models if n == name),
+            "served_versions": served_versions,
             "state": record.state.value if record is not None else "failed",
         }
+        models.append(entry)
         if not isinstance(record, ServedModel):
             entry["error"] = record.error if record is not None else "not loaded"
-            models.append(entry)
             continue
         manifest = record.manifest
         entry |= {
@@ -46,14 +55,31 @@ def overview(
             "primary_metric": manifest.primary_metric,
             "holdout": manifest.metrics.get(manifest.primary_metric),
             "traffic": _traffic(dataplane, name),
-            "recent": _recent(observability, name, entry["served_versions"]),
-            "drift": _drift(observability, record),
-            "quality": _quality(quality, record),
+            "recent": _recent(observability, name, served_versions),
         }
-        entry["degraded"] = bool(entry["quality"] and entry["quality"]["degraded"])
-        models.append(entry)
+        tracker = observability.drift
+        if tracker is not None:  # the report's copy of the window is taken here, in the loop
+            drift_jobs[name] = tracker.report(record.key)
+        manifests[name] = manifest
+    computed = await asyncio.to_thread(_compute, drift_jobs, manifests, quality)
+    for entry in models:
+        if entry["name"] in computed:
+            entry["drift"], entry["quality"] = computed[entry["name"]]
+            entry["degraded"] = bool(entry["quality"] and entry["quality"]["degraded"])
     broken = [{"name": n, "state": "failed", "error": e} for n, e in dataplane.broken_names.items()]
     return {"models": models + broken}
+
+
+def _compute(
+    drift_jobs: dict[str, Callable[[], dict[str, Any]] | None],
+    manifests: dict[str, Manifest],
+    quality: QualityMonitor | None,
+) -> dict[str, tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Blocking: drift statistics of the window copies, and live quality."""
+    return {
+        name: (_drift(drift_jobs.get(name), tracked=name in drift_jobs), _quality(quality, m))
+        for name, m in manifests.items()
+    }
 
 
 def _traffic(dataplane: DataPlane, name: str) -> dict[str, Any]:
@@ -82,12 +108,9 @@ def _recent(observability: Observability, name: str, versions: list[int]) -> dic
     }
 
 
-def _drift(observability: Observability, served: ServedModel) -> dict[str, Any]:
-    tracker = observability.drift
-    if tracker is None:
+def _drift(compute: Callable[[], dict[str, Any]] | None, tracked: bool) -> dict[str, Any]:
+    if not tracked:
         return {"status": "off"}
-    observability.process_drift()
-    compute = tracker.report(served.key)
     if compute is None:
         return {"status": "no_data", "rows_in_window": 0}
     report = compute()
@@ -111,11 +134,11 @@ def _drift(observability: Observability, served: ServedModel) -> dict[str, Any]:
     }
 
 
-def _quality(quality: QualityMonitor | None, served: ServedModel) -> dict[str, Any] | None:
+def _quality(quality: QualityMonitor | None, manifest: Manifest) -> dict[str, Any] | None:
     if quality is None:
         return None
     try:
-        report = quality.report(served.manifest)
+        report = quality.report(manifest)
     except Exception as exc:  # a side system: the overview still answers
         return {"status": "unavailable", "degraded": False, "reason": type(exc).__name__}
     return {

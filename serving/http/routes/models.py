@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
+from serving.codecs.schemas import error_responses
 from serving.core.dataplane import DataPlane, Known, ServedModel
 from serving.core.errors import (
     ModelUnavailableError,
@@ -130,7 +131,9 @@ _MEDIA = {
 @router.get(
     "/{name}/versions",
     summary="Every published version: metrics, creation time, production, served or why not",
-    responses={404: {"description": "Unknown model."}},
+    responses=error_responses(
+        {400: "Invalid model name.", 404: "Unknown model.", 503: "The service is starting."}
+    ),
 )
 async def list_versions(name: str, request: Request, dataplane: DataPlaneDep) -> Response:
     lifecycle: Lifecycle | None = request.app.state.lifecycle
@@ -146,10 +149,20 @@ async def list_versions(name: str, request: Request, dataplane: DataPlaneDep) ->
     "/{name}/versions/{version}/report/{file}",
     summary="A file of a version's training report: the model card (model_card.md), a plot "
     "(*.png), metrics.json, evaluation.json, importance.json",
-    responses={404: {"description": "Unknown model, version or report file."}},
+    responses=error_responses(
+        {
+            400: "Invalid model name.",
+            404: "Unknown model, version or report file.",
+            409: "The file does not match the manifest's sha256 (changed after training).",
+            503: "The file cannot be read.",
+        }
+    ),
 )
 async def report_file(
-    name: str, version: Annotated[int, Path(ge=1)], file: str, dataplane: DataPlaneDep
+    name: str,
+    version: Annotated[int, Path(ge=1, le=2**31)],
+    file: str,
+    dataplane: DataPlaneDep,
 ) -> Response:
     """The file's bytes as training wrote them, checked against the manifest's sha256."""
     check_name(name)
@@ -157,6 +170,10 @@ async def report_file(
         data = await store_call(dataplane.store.report_file, name, version, file)
     except ServingError as exc:  # unknown, or refused: the message names no store path
         raise type(exc)(without_store_root(str(exc), dataplane.store.root)) from None
+    except OSError as exc:  # the disk failed us: the client did nothing wrong
+        raise ModelUnavailableError(
+            f"{name} v{version}: its report file cannot be read ({exc.strerror or exc})"
+        ) from None
     media = _MEDIA.get(PurePosixPath(file).suffix, "application/octet-stream")
     # Versions never change once published: a browser may keep the file.
     headers = {"cache-control": "private, max-age=3600"}

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.responses import Response
 
+from serving.codecs.schemas import error_responses
 from serving.core.errors import ModelUnavailableError, UnknownModelError
 from serving.http.routes.deps import DataPlaneDep, InfoAccess
 from serving.observe.drift_history import INTERVAL_S as DRIFT_INTERVAL_S
@@ -74,7 +75,7 @@ async def drift(name: str, request: Request, dataplane: DataPlaneDep) -> Respons
     "/models/{name}/drift/history",
     tags=["models"],
     summary="Input drift over the last hour: per feature, PSI and out-of-range share over time",
-    responses={404: {"description": "Unknown model, or drift tracking is off."}},
+    responses=error_responses({404: "Unknown model, or drift tracking is off."}),
     dependencies=[InfoAccess],
 )
 async def drift_history(name: str, request: Request, dataplane: DataPlaneDep) -> Response:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from serving.core.errors import NotReadyError, ServingError
+from serving.codecs.schemas import error_responses
+from serving.core.errors import NotReadyError, ServingError, UnknownModelError
 from serving.core.lifecycle import store_call
 from serving.http.routes.deps import InfoAccess, without_store_root
 from serving.http.routes.models import model_detail
@@ -31,12 +32,13 @@ async def _overview(request: Request) -> dict[str, Any]:
     state = request.app.state
     if state.dataplane is None:
         raise NotReadyError("the service is starting")
-    return await asyncio.to_thread(overview, state.dataplane, state.observability, state.quality)
+    return await overview(state.dataplane, state.observability, state.quality)
 
 
 @router.get(
     "/overview",
     tags=["models"],
+    responses=error_responses({503: "The service is starting."}),
     summary="Every model at a glance: production version, runtime, traffic policy, the last "
     "minute's requests, latency and errors, input drift and live quality",
 )
@@ -50,10 +52,13 @@ async def get_overview(request: Request) -> Response:
 
 
 @router.get("/ui", include_in_schema=False)
-async def ui_overview(request: Request) -> HTMLResponse:
+async def ui_overview(
+    request: Request, refresh: Annotated[int, Query(ge=0, le=3600)] = REFRESH_S
+) -> HTMLResponse:
+    """``refresh``: seconds between reloads (0: never)."""
     body = await _overview(request)
     page = _templates(request.app).get_template("overview.html")
-    return HTMLResponse(page.render(models=body["models"], refresh=REFRESH_S))
+    return HTMLResponse(page.render(models=body["models"], refresh=refresh))
 
 
 @router.get("/ui/models/{name}", include_in_schema=False)
@@ -68,7 +73,10 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
     detail = without_store_root(model_detail(dataplane, name), root)
     versions = without_store_root(await state.lifecycle.versions(name), root)
     body = await _overview(request)
-    entry = next(m for m in body["models"] if m["name"] == name)
+    entry = next((m for m in body["models"] if m["name"] == name), None)
+    if entry is None:  # swapped out meanwhile
+        raise UnknownModelError(f"no model named {name!r} is served")
+    ready = entry["state"] == "ready"
     version = detail["version"]
     try:
         card = await store_call(dataplane.store.report_file, name, version, "model_card.md")
@@ -80,9 +88,9 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
         card_html = render_card(card.decode("utf-8"), f"/models/{name}/versions/{version}/report/")
     page = _templates(request.app).get_template("model.html")
     drift = {f["name"]: f for f in entry.get("drift", {}).get("features", [])}
-    charts = await _charts(request, detail)
+    charts = await _charts(request, detail) if ready else []
     experiment = None
-    if entry.get("traffic", {}).get("mode", "production") != "production":
+    if ready and entry["traffic"]["mode"] != "production":
         try:
             experiment = await state.rollout.compare(name)  # as GET /models/{name}/compare
         except ServingError as exc:  # e.g. the capture database is down: say so, render
@@ -96,6 +104,7 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
         admin_enabled=state.settings.admin_enabled,
         charts=charts,
         experiment=experiment,
+        ready=ready,
     )
     return HTMLResponse(html)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from serving.store import ModelStore
+from serving.store import ModelNotFoundError, ModelStore
 from tests.serving.artifacts import flip_a_byte
 from tests.serving.conftest import RunningServer, quiet_settings, running_server, train_into
 
@@ -83,3 +83,16 @@ def test_versions_are_listed_with_their_metrics(client: httpx.Client) -> None:
     assert only["served"] is True
     assert "f1_macro" in only["metrics"]
     assert client.get("/models/nope/versions").status_code == 404
+
+
+def test_the_store_reads_report_files_only(store: ModelStore) -> None:
+    for outside in ("../manifest.json", "model.joblib", "", "report/roc.png", "."):
+        with pytest.raises(ModelNotFoundError):
+            store.report_file("iris", 1, outside)
+    assert store.report_file("iris", 1, "roc.png").startswith(b"\x89PNG")
+
+
+def test_an_absurd_version_number_is_a_clear_4xx(client: httpx.Client) -> None:
+    answer = client.get(f"/models/iris/versions/{'9' * 300}/report/roc.png")
+    assert answer.status_code == 422
+    assert answer.json()["error"]["details"][0]["loc"][-1] == "version"

@@ -96,7 +96,7 @@ def test_the_ui_shows_every_model_and_marks_a_degraded_one(
     assert iris["drift"]["status"] == "significant"
     with browser_page() as visit:
         page = visit.page
-        page.goto(live.url + "/ui", wait_until="networkidle")
+        page.goto(live.url + "/ui?refresh=0", wait_until="networkidle")
         for model in MODELS:
             assert page.locator(f'section[data-model="{model}"]').is_visible()
         card = page.locator('section[data-model="iris"]')
@@ -115,7 +115,7 @@ def test_the_ui_shows_every_model_and_marks_a_degraded_one(
         assert quality.locator("circle, polyline").count() >= 1  # the shifted rows' slice
         assert quality.locator("line.reference").count() == 1  # the holdout
         page.screenshot(path=str(tmp_path / "iris.png"), full_page=True)
-        page.goto(live.url + "/ui", wait_until="networkidle")
+        page.goto(live.url + "/ui?refresh=0", wait_until="networkidle")
         healthy = page.locator('section[data-model="diabetes"]')
         assert "degraded" not in (healthy.get_attribute("class") or "")
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
@@ -129,7 +129,7 @@ def test_the_ui_fits_a_phone(live: RunningServer, tmp_path: Path) -> None:
         assert client.post("/models/iris/predict", json={"rows": [IRIS_ROW]}).status_code == 200
     with browser_page(width=390, height=844) as visit:
         page = visit.page
-        page.goto(live.url + "/ui", wait_until="networkidle")
+        page.goto(live.url + "/ui?refresh=0", wait_until="networkidle")
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         for model in MODELS:
             box = page.locator(f'section[data-model="{model}"]').bounding_box()
@@ -186,3 +186,20 @@ def test_an_unknown_model_page_is_a_404(live: RunningServer) -> None:
         answer = client.get("/ui/models/nope")
     assert answer.status_code == 404
     assert answer.json()["error"]["type"] == "model_not_found"
+
+
+def test_a_model_that_failed_to_load_is_shown_failed(tampered_server: RunningServer) -> None:
+    """diabetes's model file changed after training: it is not served; the UI says so."""
+    with tampered_server.client() as client:
+        models = overview(client)
+        assert models["diabetes"]["state"] == "failed"
+        assert models["diabetes"]["error"]
+        assert models["iris"]["state"] == "ready"
+        page = client.get("/ui/models/diabetes")
+        assert page.status_code in (200, 503), page.text  # never a 500
+    with browser_page() as visit:
+        visit.page.goto(tampered_server.url + "/ui?refresh=0", wait_until="networkidle")
+        card = visit.page.locator('section[data-model="diabetes"]')
+        assert "failed" in (card.get_attribute("class") or "")
+        assert card.locator(".error").inner_text()
+        assert visit.console_errors == []
