@@ -19,6 +19,7 @@ from serving.capture.quality import (
     QualityReport,
     live_quality,
     probability_key,
+    quality_over_time,
 )
 from serving.capture.store import CapturedRow, CaptureStore, Label
 from serving.core.loading import _class_key
@@ -371,3 +372,32 @@ def test_odd_labels_and_probabilities_never_fail() -> None:
     assert r.windows["24h"].metrics["roc_auc"] is None
     assert r.windows["1h"].metrics["roc_auc"] == 0.75
     finite_tree(r)
+
+
+def test_quality_over_time_slices_by_prediction_time() -> None:
+    """Three one-hour slices: errors of 1 in the first, none in the second, 3 in the last."""
+    rows = [
+        row(10.0, 11.0, ts=NOW - 3 * 3600 + 10, model="prices"),
+        row(10.0, 9.0, ts=NOW - 2 * 3600 - 10, model="prices"),
+        row(5.0, 8.0, ts=NOW - 30, model="prices"),
+        row(5.0, 2.0, ts=NOW, model="prices"),  # the last slice includes its end
+        row(1.0, 2.0, ts=NOW - 5 * 3600, model="prices"),  # before the span: left out
+    ]
+    points = quality_over_time(regressor(), rows, now=NOW, span_s=3 * 3600, buckets=3)
+    assert [p["rows"] for p in points] == [2, 0, 2]
+    assert [p["value"] for p in points] == [pytest.approx(1.0), None, pytest.approx(3.0)]
+    assert points[0]["start"] == NOW - 3 * 3600
+    assert points[-1]["end"] == NOW
+
+
+def test_quality_over_time_undoes_scikit_learns_negated_errors() -> None:
+    negated = regressor().model_copy(
+        update={
+            "metrics": {"neg_root_mean_squared_error": -2.0},
+            "primary_metric": "neg_root_mean_squared_error",
+            "higher_is_better": True,
+        }
+    )
+    rows = [row(10.0, 12.0, ts=NOW - 10, model="prices")]
+    (point,) = quality_over_time(negated, rows, now=NOW, span_s=3600, buckets=1)
+    assert point["value"] == pytest.approx(-2.0)  # in the manifest's own terms, like its holdout
