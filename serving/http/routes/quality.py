@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
@@ -15,6 +16,8 @@ from serving.core.errors import CaptureOffError, CaptureUnavailableError
 from serving.http.routes.deps import DataPlaneDep, InfoAccess
 
 router = APIRouter(prefix="/models", tags=["feedback"], dependencies=[InfoAccess])
+T = TypeVar("T")
+
 _ERRORS = error_responses(
     {
         404: "No such model or version.",
@@ -22,6 +25,26 @@ _ERRORS = error_responses(
         503: "The capture database is unavailable (retry later).",
     }
 )
+
+
+def _monitor(request: Request) -> QualityMonitor:
+    monitor: QualityMonitor | None = request.app.state.quality
+    if monitor is None:
+        raise CaptureOffError(
+            "data capture is off (SERVEWELL_CAPTURE=none): there are no labelled predictions"
+        )
+    return monitor
+
+
+async def _read(blocking: Callable[[], T]) -> T:
+    """Run a read of the capture database in a thread; its failure is a retryable 503."""
+    try:
+        return await asyncio.to_thread(blocking)
+    except Exception as exc:
+        raise CaptureUnavailableError(
+            f"the capture database is unavailable ({type(exc).__name__}); retry later",
+            retry_after=5.0,
+        ) from exc
 
 
 @router.get(
@@ -35,11 +58,7 @@ async def get_quality(
     dataplane: DataPlaneDep,
     version: Annotated[int | None, Query(ge=1, description="One served version.")] = None,
 ) -> Response:
-    monitor: QualityMonitor | None = request.app.state.quality
-    if monitor is None:
-        raise CaptureOffError(
-            "data capture is off (SERVEWELL_CAPTURE=none): there are no labelled predictions"
-        )
+    monitor = _monitor(request)
     production = dataplane.resolve(name)
     if version is not None:
         manifests = [dataplane.resolve(name, version).manifest]
@@ -48,13 +67,7 @@ async def get_quality(
         manifests = [production.manifest] + [
             s.manifest for s in others if s.manifest.version != production.manifest.version
         ]
-    try:
-        reports = await asyncio.to_thread(lambda: [monitor.report(m) for m in manifests])
-    except Exception as exc:
-        raise CaptureUnavailableError(
-            f"the capture database is unavailable ({type(exc).__name__}); retry later",
-            retry_after=5.0,
-        ) from exc
+    reports = await _read(lambda: [monitor.report(m) for m in manifests])
     body = {
         "model": name,
         "production_version": production.manifest.version,
@@ -82,19 +95,9 @@ async def get_quality_history(
     """The primary metric of the version (production by default) over equal slices of the
     last ``hours``, by prediction time, from the labelled rows captured then; with the holdout
     value to compare. A slice without labelled rows has ``value`` null."""
-    monitor: QualityMonitor | None = request.app.state.quality
-    if monitor is None:
-        raise CaptureOffError(
-            "data capture is off (SERVEWELL_CAPTURE=none): there are no labelled predictions"
-        )
+    monitor = _monitor(request)
     manifest = dataplane.resolve(name, version).manifest
-    try:
-        points = await asyncio.to_thread(monitor.history, manifest, hours * 3600.0, buckets)
-    except Exception as exc:
-        raise CaptureUnavailableError(
-            f"the capture database is unavailable ({type(exc).__name__}); retry later",
-            retry_after=5.0,
-        ) from exc
+    points = await _read(lambda: monitor.history(manifest, hours * 3600.0, buckets))
     body = {
         "model": name,
         "version": manifest.version,

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sklearn.datasets import load_iris
 
+from serving.settings import Settings
 from serving.store import ModelStore
 from tests.serving.conftest import RunningServer, quiet_settings, running_server
 
@@ -19,9 +20,15 @@ from tests.serving.conftest import RunningServer, quiet_settings, running_server
 def quality_server(
     trained_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
+    with running_server(quality_settings(trained_store, tmp_path_factory)) as running:
+        yield running
+
+
+def quality_settings(store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Capture into a new SQLite file, and live quality judged on few rows, often."""
     url = f"sqlite:///{tmp_path_factory.mktemp('quality') / 'capture.sqlite'}"
-    settings = quiet_settings(
-        trained_store,
+    return quiet_settings(
+        store,
         pool_size=1,
         capture="all",
         capture_url=url,
@@ -30,8 +37,6 @@ def quality_server(
         quality_tolerance=0.1,
         quality_interval_s=0.2,
     )
-    with running_server(settings) as running:
-        yield running
 
 
 def _predict_and_label(client: httpx.Client, prefix: str, shift: float) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from serving.store import ModelStore
 from tests.serving.browser import browser_page
-from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
-from tests.serving.http.test_quality import _predict_and_label
+from tests.serving.conftest import IRIS_ROW, RunningServer, running_server
+from tests.serving.http.test_quality import _predict_and_label, quality_settings
 
 MODELS = ["breast_cancer", "churn", "diabetes", "iris"]
 
@@ -24,18 +24,7 @@ MODELS = ["breast_cancer", "churn", "diabetes", "iris"]
 def live(
     trained_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('ui') / 'capture.sqlite'}"
-    settings = quiet_settings(
-        trained_store,
-        pool_size=1,
-        capture="all",
-        capture_url=url,
-        quality_last_n=60,
-        quality_min_rows=30,
-        quality_tolerance=0.1,
-        quality_interval_s=0.2,
-    )
-    with running_server(settings) as running:
+    with running_server(quality_settings(trained_store, tmp_path_factory)) as running:
         yield running
 
 
