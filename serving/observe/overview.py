@@ -26,15 +26,21 @@ MIN_DRIFT_ROWS = 100
 
 
 async def overview(
-    dataplane: DataPlane, observability: Observability, quality: QualityMonitor | None
+    dataplane: DataPlane,
+    observability: Observability,
+    quality: QualityMonitor | None,
+    only: str | None = None,
 ) -> dict[str, Any]:
-    """Call in the event loop."""
+    """Call in the event loop. ``only``: that model's entry alone (a model's page), so no other
+    model's drift or quality is computed for it."""
     models: list[dict[str, Any]] = []
     drift_jobs: dict[str, Callable[[], dict[str, Any]] | None] = {}
     manifests: dict[str, Manifest] = {}
     if observability.drift is not None:
         observability.process_drift()
     for name, version in sorted(dataplane.default_version.items()):
+        if only is not None and name != only:
+            continue
         record = dataplane.models.get((name, version))
         served_versions = sorted(v for (n, v) in dataplane.models if n == name)
         entry: dict[str, Any] = {
@@ -66,7 +72,11 @@ async def overview(
         if entry["name"] in computed:
             entry["drift"], entry["quality"] = computed[entry["name"]]
             entry["degraded"] = bool(entry["quality"] and entry["quality"]["degraded"])
-    broken = [{"name": n, "state": "failed", "error": e} for n, e in dataplane.broken_names.items()]
+    broken = [
+        {"name": n, "state": "failed", "error": e}
+        for n, e in dataplane.broken_names.items()
+        if only is None or n == only
+    ]
     return {"models": models + broken}
 
 

@@ -28,11 +28,11 @@ REFRESH_S = 10
 router = APIRouter(dependencies=[InfoAccess])
 
 
-async def _overview(request: Request) -> dict[str, Any]:
+async def _overview(request: Request, only: str | None = None) -> dict[str, Any]:
     state = request.app.state
     if state.dataplane is None:
         raise NotReadyError("the service is starting")
-    return await overview(state.dataplane, state.observability, state.quality)
+    return await overview(state.dataplane, state.observability, state.quality, only)
 
 
 @router.get(
@@ -72,7 +72,7 @@ async def ui_model(name: str, request: Request) -> HTMLResponse:
     root = dataplane.store.root
     detail = without_store_root(model_detail(dataplane, name), root)
     versions = without_store_root(await state.lifecycle.versions(name), root)
-    body = await _overview(request)
+    body = await _overview(request, name)
     entry = next((m for m in body["models"] if m["name"] == name), None)
     if entry is None:  # swapped out meanwhile
         raise UnknownModelError(f"no model named {name!r} is served")
