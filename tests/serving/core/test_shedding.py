@@ -14,6 +14,7 @@ from serving.core.batcher import MicroBatcher, Slots
 from serving.core.errors import OverloadedError
 from serving.core.shedding import Shedder
 from serving.execution.runtime import FloatArray, Prediction
+from serving.settings import Settings
 from tests.serving.conftest import IRIS_ROW
 
 
@@ -173,3 +174,15 @@ def test_admission_tells_the_request_s_ticket_its_rows() -> None:
             shedder.admit(_body(200), batcher)  # learned: about 200 rows, 900 + 200 > 1000
 
     _with_batcher(check)
+
+
+def test_the_default_budget_admits_eight_clients_of_ten_thousand_30_feature_rows() -> None:
+    """Eight clients each sending 10 000 rows of 30 features do not saturate a 2-core box (one
+    such body is ~2.4 MB of JSON): the default budget must not shed them."""
+    budget = Settings().max_inflight_body_bytes
+    body = len(json.dumps({"rows": [[123.456] * 30] * 10_000}).encode())
+    shedder = Shedder(max_inflight_bytes=budget, max_queue_rows=100_000, retry_after_s=1.0)
+    tickets = [shedder.admit(body, None) for _ in range(8)]
+    assert shedder.shed_on_bytes == 0
+    for ticket in tickets:
+        ticket.release()

@@ -195,7 +195,8 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
         pool_size="1",
         request_timeout_s=str(deadline_s),
         max_queue_rows="5000",  # 5 requests of 1000 rows waiting
-        max_inflight_body_bytes="1000000",  # about 25 of them being read or parsed
+        # The in-flight body budget as shipped: sized not to shed an unsaturated box, it
+        # must still protect this one.
     )
     body = json.dumps({"rows": [IRIS_ROW] * 1000}).encode()
     try:
