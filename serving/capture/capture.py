@@ -14,19 +14,21 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-
-from serving.capture.database import default_url, ensure_schema, open_engine
 from serving.capture.feedback import Kept, Outcome, join
 from serving.capture.policy import CapturePolicy
-from serving.capture.process import WriterProcess
-from serving.capture.records import Captured
-from serving.capture.store import CapturedRow, CaptureStore
+from serving.capture.records import Captured, CapturedRow
 from serving.capture.writer import CaptureWriter
 from serving.execution.runtime import FloatArray, Prediction
 from serving.settings import Settings
 from serving.store import Manifest
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# The database modules (SQLAlchemy: ~23 MB in each server process) are imported when capture
+# is on, in Capture and from_settings, not when the service imports this module.
 
 log = logging.getLogger("servewell.capture")
 
@@ -47,6 +49,8 @@ def from_settings(settings: Settings) -> Capture | None:
         max_age_s=None if days is None else days * 86_400.0,
         max_rows_per_model=settings.capture_max_rows_per_model,
     )
+    from serving.capture.database import default_url
+
     capture = Capture(settings.capture_url or default_url(settings.store), policy)
     capture.start()
     return capture
@@ -54,6 +58,10 @@ def from_settings(settings: Settings) -> Capture | None:
 
 class Capture:
     def __init__(self, url: str, policy: CapturePolicy) -> None:
+        from serving.capture.database import open_engine
+        from serving.capture.process import WriterProcess
+        from serving.capture.store import CaptureStore
+
         self.policy = policy
         self.engine: Engine = open_engine(url)
         self.store = CaptureStore(self.engine)
@@ -80,6 +88,8 @@ class Capture:
     def ensure_schema(self) -> None:
         with self._schema_lock:
             if not self._schema_ready:
+                from serving.capture.database import ensure_schema
+
                 ensure_schema(self.engine)
                 self._schema_ready = True
 

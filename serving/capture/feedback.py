@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serving.capture.store import CaptureStore, Label
+from serving.capture.records import Label
 from serving.store import Manifest, Task
+
+if TYPE_CHECKING:
+    from serving.capture.store import CaptureStore
 
 JOINED, UNKNOWN, REFUSED = "joined", "unknown", "refused"
 MAX_ID = 200

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from serving.capture.store import CapturedRow
+from serving.capture.records import CapturedRow
 from serving.store import Manifest, Task
 
 LAST_N = "last_n"

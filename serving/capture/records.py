@@ -122,3 +122,31 @@ def add_rows(out: list[tuple[Any, ...]], record: Captured, decode: InputDecoder)
                 dumps(dict(zip(keys, p, strict=True))).decode() if with_probabilities else None,
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A true label (or value) for one captured row, keyed as the application knows it."""
+
+    request_id: str
+    row: int
+    label: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedRow:
+    """One captured prediction, with its label when one was sent."""
+
+    model: str
+    version: int
+    request_id: str
+    row: int
+    ts: float
+    transport: str
+    latency_ms: float
+    inputs: dict[str, Any]
+    prediction: Any
+    probabilities: dict[str, float] | None
+    label: Any = None
+    labelled: float | None = None
+    """When the label arrived (UTC seconds), None when there is none."""

@@ -3,44 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine, and_, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from serving.capture.records import COLUMNS, Captured, InputDecoder, add_rows, decoders
+from serving.capture.records import (
+    COLUMNS,
+    Captured,
+    CapturedRow,
+    InputDecoder,
+    Label,
+    add_rows,
+    decoders,
+)
 from serving.capture.schema import labels, predictions
-
-
-@dataclass(frozen=True, slots=True)
-class Label:
-    """A true label (or value) for one captured row, keyed as the application knows it."""
-
-    request_id: str
-    row: int
-    label: Any
-
-
-@dataclass(frozen=True, slots=True)
-class CapturedRow:
-    """One captured prediction, with its label when one was sent."""
-
-    model: str
-    version: int
-    request_id: str
-    row: int
-    ts: float
-    transport: str
-    latency_ms: float
-    inputs: dict[str, Any]
-    prediction: Any
-    probabilities: dict[str, float] | None
-    label: Any = None
-    labelled: float | None = None
-    """When the label arrived (UTC seconds), None when there is none."""
-
 
 ROWS_PER_STATEMENT = 90
 """Rows inserted by one statement: 900 parameters, within SQLite's oldest limit (999)."""

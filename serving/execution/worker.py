@@ -68,13 +68,11 @@ def run(
 
 
 def _configure(policy: RuntimePolicy) -> None:
-    import sklearn
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    # Finiteness is checked at the edge; skipping sklearn's re-check changes no result.
-    sklearn.set_config(assume_finite=True)
     # The same thread budget as ONNX Runtime's sessions get (see serving.execution.runtime): numpy's
-    # BLAS would otherwise start a thread per core in every worker.
+    # BLAS would otherwise start a thread per core in every worker. scikit-learn is set up
+    # only when a version needs it (runtime.use_sklearn).
     threadpool_limits(policy.onnx_threads)
 
 

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from serving.capture.quality import live_quality, row_scores
-from serving.capture.store import CapturedRow
+from serving.capture.records import CapturedRow
 from serving.store import Manifest, Task
 
 ALPHA = 0.05
@@ -86,6 +85,9 @@ def significance(
 
 
 def _p_value(a: np.ndarray, b: np.ndarray, paired: bool, classifier: bool) -> float | None:
+    # Imported when an experiment is compared: scipy.stats costs each server process ~78 MB.
+    from scipy import stats
+
     if paired and classifier:
         only_a = int(((a == 1) & (b == 0)).sum())
         only_b = int(((a == 0) & (b == 1)).sum())

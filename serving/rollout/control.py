@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from serving.capture.capture import Capture
-from serving.capture.store import CapturedRow
+from serving.capture.records import CapturedRow
 from serving.core.errors import (
     ArtifactRefusedError,
     CaptureUnavailableError,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.capture.store import Label
+from serving.capture.records import Label
 from serving.store import Feature, FeatureKind, ModelStore
 from tests.training.conftest import quiet
 from tests.training.traffic import START, captured, iris_rows, write_iris_traffic, write_rows

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.capture.database import ensure_schema, open_engine
-from serving.capture.records import Captured
-from serving.capture.store import CaptureStore, Label
+from serving.capture.records import Captured, Label
+from serving.capture.store import CaptureStore
 from serving.execution.runtime import Prediction
 from serving.store import Manifest, ModelStore
 

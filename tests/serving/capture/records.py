@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.capture.records import Captured
-from serving.capture.store import CapturedRow
+from serving.capture.records import Captured, CapturedRow
 from serving.execution.runtime import Prediction
 from serving.store import Environment, Feature, FeatureKind, Manifest, Target, Task
 

@@ -21,7 +21,8 @@ from serving.capture.quality import (
     probability_key,
     quality_over_time,
 )
-from serving.capture.store import CapturedRow, CaptureStore, Label
+from serving.capture.records import CapturedRow, Label
+from serving.capture.store import CaptureStore
 from serving.core.loading import _class_key
 from serving.store import Manifest, Target
 from tests.serving.capture.records import NOW, captured, manifest, regressor, row

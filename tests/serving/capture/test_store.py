@@ -7,7 +7,8 @@ import math
 import pytest
 from sqlalchemy import Engine
 
-from serving.capture.store import CaptureStore, Label
+from serving.capture.records import Label
+from serving.capture.store import CaptureStore
 from tests.serving.capture.records import captured
 
 

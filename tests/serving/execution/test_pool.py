@@ -16,6 +16,7 @@ import uvloop
 from serving.core.errors import InferenceError, NotReadyError
 from serving.execution import shared_arrays
 from serving.execution.pool import InferencePool
+from serving.execution.runtime import RuntimePolicy
 from serving.store import ModelStore
 from tests.serving.execution.waits import answered, until
 from tests.serving.regions import shared_regions
@@ -228,3 +229,31 @@ def test_workers_give_scikit_learn_the_thread_budget_of_onnx_runtime(tmp_path: P
 
     # n_jobs 1 (10 x 1) and one BLAS thread.
     assert asyncio.run(scenario()) == [11.0, 11.0, 11.0]
+
+
+def _mapped_files(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as maps:
+        return maps.read()
+
+
+@pytest.mark.parametrize("sklearn_models", [frozenset(), frozenset({"iris"})])
+def test_a_worker_imports_scikit_learn_only_for_a_model_that_runs_on_it(
+    trained_store: ModelStore, sklearn_models: frozenset[str]
+) -> None:
+    """A store served by ONNX Runtime alone keeps scikit-learn (and its ~100 MB) out of the
+    worker; one model on scikit-learn brings it in, thread limit and configuration included."""
+    keys = [("iris", 1), ("diabetes", 1)]
+    policy = RuntimePolicy(sklearn_models=sklearn_models)
+
+    async def scenario() -> tuple[dict[Any, str], str]:
+        pool = InferencePool(trained_store.root, keys, size=1, policy=policy)
+        try:
+            await pool.start()
+            return dict(pool.runtimes), _mapped_files(pool.pids[0])
+        finally:
+            pool.close()
+
+    runtimes, maps = asyncio.run(scenario())
+    expected = {key: "sklearn" if key[0] in sklearn_models else "onnx" for key in keys}
+    assert runtimes == expected
+    assert ("/sklearn/" in maps) == bool(sklearn_models)

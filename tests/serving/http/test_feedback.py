@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from serving.capture.database import open_engine
-from serving.capture.store import CapturedRow, CaptureStore
+from serving.capture.records import CapturedRow
+from serving.capture.store import CaptureStore
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
 

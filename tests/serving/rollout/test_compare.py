@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from serving.capture.store import CapturedRow
+from serving.capture.records import CapturedRow
 from serving.rollout.compare import significance, version_quality
 from tests.serving.capture.records import manifest, regressor, row
 
