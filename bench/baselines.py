@@ -1,7 +1,9 @@
 """Baselines on the service's routes (``POST /models/{name}/predict``, ``GET /health/ready``),
 uvicorn factories reading ``SERVEWELL_STORE`` and ``BENCH_MODELS``. **bare**: FastAPI validates
 the body with a pydantic model of the features and returns a constant, the ceiling of an
-endpoint written the usual way; **naive**: the same calling ``predict`` inline per request.
+endpoint written the usual way; **naive**: the same calling ``predict`` inline per request;
+**hello**: a raw ASGI app that reads the body and answers a constant on any path, the
+ceiling of any Python server on uvicorn.
 """
 
 import os
@@ -76,3 +78,19 @@ def _app(load: bool) -> FastAPI:
 
 bare_app = partial(_app, load=False)
 naive_app = partial(_app, load=True)
+
+_CONSTANT = b'{"predictions":[0]}'
+
+
+async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return  # no lifespan
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": _CONSTANT})
+
+
+def hello_app() -> Callable[..., Any]:
+    return _hello

@@ -55,6 +55,8 @@ class Outcome:
             return m.capture.get(figure)
         if figure == "p50 ms":
             return m.result.p50_ms
+        if figure == "p99 ms":
+            return m.result.p99_ms
         rps = m.result.requests_per_s
         return rps * self.scenario.rows if figure == "rows/s" else rps
 

@@ -114,10 +114,13 @@ class Bench:
                 print(f"WARNING: {s.key} predicts otherwise than {first[0]}", file=sys.stderr)
         return None
 
-    def start(self, stack: contextlib.ExitStack, name: str, label: str) -> servers.Running:
-        """Start server ``name``, stopped when ``stack`` closes."""
+    def start(
+        self, stack: contextlib.ExitStack, name: str, label: str, paired: bool = False
+    ) -> servers.Running:
+        """Start server ``name``, stopped when ``stack`` closes. A pair's servers run one
+        server process each: their event loops are what the pair pins to one core."""
         print(f"starting {label} ...", flush=True)
-        running = servers.start(SERVERS[name], self.ctx, label)
+        running = servers.start(SERVERS[name], self.ctx, label, one_process=paired)
         stack.callback(running.stop)
         return running
 
@@ -178,7 +181,7 @@ class Bench:
                 try:
                     for name, i in order:
                         if (label := f"{name}#{i}") not in running:
-                            running[label] = self.start(stack, name, label)
+                            running[label] = self.start(stack, name, label, paired=True)
                     a1, b1, b2, a2 = (running[f"{name}#{i}"] for name, i in order)
                     for server, s in ((a1, t.a), (b1, b)):
                         if (why := self.check(server, s)) is not None:

@@ -9,10 +9,12 @@ from typing import Literal
 
 from bench.grpc_load import METHOD
 
-Kind = Literal["service", "bare", "naive", "mlserver", "ray"]
+Kind = Literal["service", "bare", "naive", "hello", "mlserver", "ray"]
 Request = Literal["typed", "explain", "rows", "v2json", "v2binary", "mlserver", "grpc"]
 V2: tuple[Request, Request] = ("v2json", "v2binary")
-Figure = Literal["req/s", "rows/s", "p50 ms", "errors", "capture rows/s", "dropped", "queue max"]
+Figure = Literal[
+    "req/s", "rows/s", "p50 ms", "p99 ms", "errors", "capture rows/s", "dropped", "queue max"
+]
 
 # What a user gets: metrics, drift tracking and a JSON access line per request really written.
 OBSERVED = {"SERVEWELL_METRICS": "true", "SERVEWELL_ACCESS_LOG": "true"}
@@ -26,6 +28,10 @@ CAPTURE |= {"SERVEWELL_CAPTURE_URL": "sqlite:///{run}.capture.sqlite"}
 CAPTURE |= {"SERVEWELL_CAPTURE_QUEUE_ROWS": str(CAPTURE_QUEUE)}
 
 
+MANY = 100
+"""Models served by ``service_many``."""
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -36,6 +42,8 @@ class Server:
     """Run ``python -m serving`` of the ``--baseline-ref`` commit."""
     shadow: bool = False
     """Serve a store where each model's version is shadowed by a copy of itself at 100 %."""
+    many: int = 0
+    """Serve this many models: the store's, and copies of iris under other names."""
 
 
 SERVERS = {
@@ -50,7 +58,9 @@ SERVERS = {
         Server("service_quiet", env={**QUIET, "SERVEWELL_LOG_LEVEL": "warning"}),
         # As the peers comparison always ran it: defaults, no access lines at level warning.
         Server("servewell", env={"SERVEWELL_RUNTIME": "auto", "SERVEWELL_LOG_LEVEL": "warning"}),
+        Server("service_many", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}, many=MANY),
         Server("bare", kind="bare"),
+        Server("hello", kind="hello"),
         Server("naive", kind="naive"),
         Server("mlserver", kind="mlserver"),
         Server("ray", kind="ray", env={"SERVEWELL_LOG_LEVEL": "warning"}),
@@ -121,13 +131,15 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
         typed = {c: Scenario(m, "service", "typed", c) for c in (1, 100, 1000)}
         v2j, v2b = ({c: replace(typed[c], request=r) for c in (1, 100)} for r in V2)
         t100, rows = typed[100], Scenario(m, "service", "rows", 1, ROWS)
-        bare, naive, quiet, sk100 = (
-            replace(t100, server=s) for s in ("bare", "naive", "service_quiet", "service_sklearn")
+        bare, naive, quiet, sk100, hello = (
+            replace(t100, server=s)
+            for s in ("bare", "naive", "service_quiet", "service_sklearn", "hello")
         )
         sk_rows = replace(rows, server="service_sklearn")
         v2j_rows, v2b_rows = (replace(rows, request=r) for r in V2)
         # Runs that are compared sit next to each other: they see about the same background.
-        suite.scenarios.extend([typed[1], v2j[1], v2b[1], bare, naive, t100, quiet, v2j[100]])
+        suite.scenarios.extend([typed[1], v2j[1], v2b[1], hello, bare, naive, t100, quiet])
+        suite.scenarios.append(v2j[100])
         suite.scenarios.extend([v2b[100], sk100, typed[1000], rows, sk_rows, v2j_rows, v2b_rows])
         # The writer falls behind 10 000-row requests (its rows/s then is what it can write).
         capture = [replace(s, server="service_capture") for s in (rows, typed[1000])]
@@ -140,13 +152,15 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
         p_grpc, grpc_rows = replace(pair, request="grpc"), replace(rows, request="grpc")
         suite.scenarios.extend([grpc[1], grpc[100], grpc_rows])
         vs_bare = 0.85 if m == "iris" else None
+        vs_hello, p50 = (0.5, 0.25) if m == "iris" else (None, 3.0)
         vs_naive = 50.0 if m == "breast_cancer" else None
         suite.targets += [
+            Target(f"{m}: c=100, service vs raw ASGI hello", t100, hello, "req/s", vs_hello),
             Target(f"{m}: c=100, service vs bare FastAPI POST", t100, bare, "req/s", vs_bare),
             Target(f"{m}: c=100, service vs naive predict", t100, naive, "req/s", vs_naive),
             Target(f"{m}: c=100, ONNX Runtime vs scikit-learn", t100, sk100, "req/s"),
             Target(f"{m}: c=1000, errors", typed[1000], None, "errors", at_most=0),
-            Target(f"{m}: c=1, p50 latency", typed[1], None, "p50 ms", at_most=3.0),
+            Target(f"{m}: c=1, p50 latency", typed[1], None, "p50 ms", at_most=p50),
             Target(f"{m}: {ROWS} rows, ONNX Runtime vs scikit-learn", rows, sk_rows, "rows/s", 2.0),
             Target(f"{m}: {ROWS} rows, v2 binary vs typed", v2b_rows, rows, "rows/s", 3.0),
             Target(f"{m}: {ROWS} rows, v2 JSON vs typed", v2j_rows, rows, "rows/s"),
@@ -178,6 +192,10 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
                 suite.targets.append(Target(name, a, base, "req/s", 0.97, True))
     for m in EXPLAINED:
         suite.targets += _explain_targets(suite, m)
+    if "breast_cancer" in models:
+        suite.targets += _bulk_targets(suite)
+    if "iris" in models:
+        suite.targets += _many_targets(suite)
     if {"iris", "breast_cancer"} <= set(models):
         # Explaining the forest on one connection beside plain iris predictions at c=PAIR.
         iris = Scenario("iris", "service", "typed", PAIR)
@@ -203,6 +221,30 @@ def _explain_targets(suite: Suite, m: str) -> list[Target]:
         Target(f"{m}: c=1, explained p50", one_x, None, "p50 ms", at_most=at_most),
         Target(f"{m}: c=1, explained vs plain", one_x, one, "p50 ms"),
         Target(f"{m}: 100 rows c=4, explained vs plain", hundred_x, hundred, "rows/s"),
+    ]
+
+
+def _bulk_targets(suite: Suite) -> list[Target]:
+    """The forest on 1 000-row requests from 8 clients, and 10 000-row ones (2.4 MB bodies)
+    that a box which is not saturated must not shed."""
+    bulk = Scenario("breast_cancer", "service", "rows", 8, 1000)
+    big = replace(bulk, rows=ROWS)
+    suite.scenarios += [bulk, big]
+    return [
+        Target("breast_cancer: 1000 rows c=8, rows/s", bulk, None, "rows/s", 500_000),
+        Target(f"breast_cancer: {ROWS} rows c=8, errors (shed)", big, None, "errors", at_most=0),
+    ]
+
+
+def _many_targets(suite: Suite) -> list[Target]:
+    """iris single rows with MANY models served against one store of the shipped ones."""
+    few = Scenario("iris", "service", "typed", 100)
+    many = replace(few, server="service_many")
+    suite.scenarios += [*([] if few in suite.scenarios else [few]), many]
+    name = f"iris: c=100, {MANY} models vs the shipped ones, "
+    return [
+        Target(name + "req/s", many, few, "req/s", 0.95),
+        Target(name + "p99", many, few, "p99 ms", at_most=1.3),
     ]
 
 

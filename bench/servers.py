@@ -193,6 +193,30 @@ def _mlserver_repository(ctx: Context) -> Path:
     return root
 
 
+def _copy(source: ModelStore, name: str, store: ModelStore, as_name: str) -> int:
+    """Publish ``name``'s served version in ``store`` as the next version of ``as_name``."""
+    manifest = source.verify(name, served_version(source, name))
+    fields = manifest.model_dump(mode="json", exclude={"name", "version", "files"})
+    with store.create_version(as_name, fields) as staged:
+        for file in manifest.files:
+            (staged.path / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source.version_path(name, manifest.version) / file, staged.path / file)
+    assert staged.version is not None
+    return staged.version
+
+
+def _many_store(ctx: Context, many: int) -> Path:
+    """A store of the served models and copies of iris, ``many`` models in all."""
+    root = ctx.workdir / f"store-{many}"
+    if root.exists():
+        return root
+    source, store = ModelStore(ctx.store), ModelStore(root)
+    names = [*ctx.models, *(f"iris_{i:03d}" for i in range(many - len(ctx.models)))]
+    for name in names:
+        store.promote(name, _copy(source, name if name in ctx.models else "iris", store, name))
+    return root
+
+
 def _shadow_store(ctx: Context) -> Path:
     """A store of each model's served version and a copy of it published next, in shadow at
     100 %: every request is predicted twice, by the same model."""
@@ -201,31 +225,26 @@ def _shadow_store(ctx: Context) -> Path:
         return root
     source, store = ModelStore(ctx.store), ModelStore(root)
     for name in ctx.models:
-        version = served_version(source, name)
-        shutil.copytree(source.version_path(name, version), root / name / str(version))
+        version = _copy(source, name, store, name)
         store.promote(name, version)
-        manifest = store.verify(name, version)
-        fields = manifest.model_dump(mode="json", exclude={"name", "version", "files"})
-        with store.create_version(name, fields) as staged:
-            for file in manifest.files:
-                (staged.path / file).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(store.version_path(name, version) / file, staged.path / file)
-        assert staged.version is not None
+        shadow = _copy(source, name, store, name)
         policy = TrafficPolicy(TrafficMode.SHADOW, version, ((version, 1.0),), time.time())
-        store.set_traffic(name, replace(policy, shadow=staged.version))
+        store.set_traffic(name, replace(policy, shadow=shadow))
     return root
 
 
 def _command(
-    server: Server, port: int, ctx: Context, grpc_port: int
+    server: Server, port: int, ctx: Context, grpc_port: int, one_process: bool
 ) -> tuple[list[str], dict[str, str], Path]:
-    """argv, environment and working directory of ``server``."""
-    py, store = sys.executable, str(_shadow_store(ctx) if server.shadow else ctx.store)
+    """argv, environment and working directory of ``server`` (``one_process``: a service
+    with one server process, whatever the cores)."""
+    store = str(_shadow_store(ctx) if server.shadow else ctx.store)
+    py, store = sys.executable, str(_many_store(ctx, server.many)) if server.many else store
     if server.kind == "mlserver":
         argv = [str(ctx.peers_venv / "bin" / "mlserver"), "start", str(_mlserver_repository(ctx))]
         env = {"MLSERVER_HTTP_PORT": str(port), "MLSERVER_GRPC_PORT": str(free_port())}
         return argv, {**env, "PYTHONPATH": "", "VIRTUAL_ENV": str(ctx.peers_venv)}, ctx.workdir
-    if server.kind in ("bare", "naive"):
+    if server.kind in ("bare", "naive", "hello"):
         argv = [py, "-m", "uvicorn", f"bench.baselines:{server.kind}_app", "--factory"]
         argv += [f"--host={HOST}", f"--port={port}", "--backlog=2048", "--no-access-log"]
         env = {"SERVEWELL_STORE": store, "BENCH_MODELS": ",".join(ctx.models)}
@@ -242,13 +261,17 @@ def _command(
     # apart in CPU per request.
     env |= {"SERVEWELL_HOST": HOST, "SERVEWELL_PORT": str(port), "PYTHONHASHSEED": "0"}
     env["SERVEWELL_GRPC_PORT"] = str(grpc_port)  # on, as users get it
+    if one_process:
+        env["SERVEWELL_WORKERS"] = "1"
     return [py, "-m", "serving"], env, source
 
 
-def start(server: Server, ctx: Context, label: str | None = None) -> Running:
+def start(
+    server: Server, ctx: Context, label: str | None = None, one_process: bool = False
+) -> Running:
     """Start ``server`` and return once its readiness endpoint answers."""
     port, grpc_port = free_port(), free_port()
-    argv, env, cwd = _command(server, port, ctx, grpc_port)
+    argv, env, cwd = _command(server, port, ctx, grpc_port, one_process)
     log = ctx.workdir / f"{label or server.name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import logging.config
+import multiprocessing
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import uvicorn
 
 from serving.couplings.loops import loop_setting
 from serving.couplings.uvicorn_http import ConnectionLimits, http_protocol
+from serving.execution.lifeline import signal_on_parent_death
 from serving.http.shutdown import exit_cleanly_on_signals
 from serving.observe.logs import log_config, resolve_format
 from serving.settings import Settings, default_max_connections
@@ -34,6 +36,12 @@ def create_app() -> Any:
     few seconds (measured on a 2-core box), delaying every request in flight, refusals too."""
     from serving.http.app import create_app as build  # heavy: only in the server processes
 
+    supervisor = multiprocessing.parent_process()
+    if supervisor is not None and supervisor.pid is not None:
+        # One of several server processes, started by uvicorn's supervisor: were that killed
+        # outright (SIGKILL, the OOM killer), this process would go on holding the port.
+        # Stop gracefully instead, as on the supervisor's own SIGTERM.
+        signal_on_parent_death(supervisor.pid, signal.SIGTERM)
     settings = Settings()
     app = build(settings)
     if settings.gc_freeze:

@@ -13,13 +13,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from serving.execution.runtime import RuntimePolicy
 
 
-def default_pool_size() -> int:
-    """One worker per core, less one core for the event loop, and at least one.
+def cores() -> int:
+    return os.cpu_count() or 1
 
-    Measured on a 2-core box: the event loop (HTTP parsing, validation, JSON) keeps one core
-    busy under load, so a second worker only competes with it; one worker plus the loop is best.
+
+def default_workers() -> int:
+    """One server process per core.
+
+    A server process's event loop (HTTP, validation, JSON, batching) is what saturates first
+    with small models: measured on a 2-core box, one process's loop ran at 100 % while its pool
+    worker was 7 % busy and the box 36-40 % idle. A second process gave +45 % req/s for iris
+    and +49 % for a 100-tree forest (single rows, c=100), +29 % rows/s for 1 000-row forest
+    requests, with p50 at c=1 unchanged; see docs/operations.md for the figures and larger
+    boxes.
     """
-    return max(1, (os.cpu_count() or 1) - 1)
+    return cores()
+
+
+def default_pool_size(workers: int = 1) -> int:
+    """Pool workers per server process: the cores not taken by the server processes' loops,
+    shared among them, at least one each. One server process: cores - 1 (on 2 cores one worker
+    plus the loop was best: a second worker only competed with the loop); one per core: one
+    each, so that model work can still use every core."""
+    return max(1, cores() // workers - 1)
 
 
 CONNECTION_RESERVE_MIN = 128
@@ -139,8 +155,17 @@ class Settings(BaseSettings):
     """Where batches run: ``pool`` (worker processes, default: keeps the event loop free) or
     ``inline`` (a thread in the server process; no extra processes, but shares the GIL)."""
 
-    pool_size: int = Field(default_factory=default_pool_size, ge=1)
-    """Worker processes in the inference pool (default: cores - 1, at least 1)."""
+    workers: int = Field(default_factory=default_workers, ge=1)
+    """Server processes ``python -m serving`` starts (uvicorn workers sharing the port), each
+    with its own inference pool of ``pool_size`` workers. Metrics add up over all of them.
+    Default: one per core (:func:`default_workers`)."""
+
+    pool_size: int = Field(
+        default_factory=lambda given: default_pool_size(given.get("workers", 1)), ge=1
+    )
+    """Worker processes in each server process's inference pool (default: the cores left
+    after the server processes, shared among them, at least 1: ``max(1, cores // workers -
+    1)``; one each with the default ``workers``)."""
 
     max_batch_rows: int = Field(default=512, ge=1)
     """Largest number of rows cut into one batch (a bigger single request runs alone)."""
@@ -174,12 +199,8 @@ class Settings(BaseSettings):
     """Threads each model computes with, under either runtime: intra-op threads per ONNX
     Runtime session, and for scikit-learn the ``n_jobs`` of its estimators and (in pool
     workers) the BLAS/OpenMP threads. Default: the cores left after the event loop, shared
-    among the workers (``max(1, (cores - 1) // pool_size)``; inline: ``cores - 1``), so
-    workers never oversubscribe the box."""
-
-    workers: int = Field(default=1, ge=1)
-    """Server processes ``python -m serving`` starts (uvicorn workers sharing the port), each
-    with its own inference pool of ``pool_size`` workers. Metrics add up over all of them."""
+    among the workers of every server process (``max(1, (cores - workers) // (workers *
+    pool_size))``; inline: a pool of one), so workers never oversubscribe the box."""
 
     metrics: bool = True
     """Prometheus metrics at ``GET /metrics`` and input drift tracking (``GET
@@ -359,8 +380,9 @@ class Settings(BaseSettings):
 
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
-        workers = 1 if self.inference == "inline" else self.pool_size
-        threads = self.onnx_threads or max(1, ((os.cpu_count() or 1) - 1) // workers)
+        # Per server process: what its loop leaves of its share of the cores.
+        computing = self.workers * (1 if self.inference == "inline" else self.pool_size)
+        threads = self.onnx_threads or max(1, (cores() - self.workers) // computing)
         return RuntimePolicy(
             prefer_onnx=self.runtime == "auto",
             sklearn_models=self.sklearn_models,

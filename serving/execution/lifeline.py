@@ -18,8 +18,14 @@ def bind_to_parent(parent: int) -> None:
     not reading the pipe whose EOF would tell it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal_on_parent_death(parent, signal.SIGKILL)
+
+
+def signal_on_parent_death(parent: int, sent: signal.Signals) -> None:
+    """Have the kernel send ``sent`` to this process when ``parent`` dies (Linux); exit at
+    once if it is gone already."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(_PR_SET_PDEATHSIG, sent)
     if os.getppid() != parent:  # it died before the line above took effect
         os._exit(0)

@@ -31,12 +31,16 @@ def start_serving(
         **os.environ,
         "SERVEWELL_STORE": str(trained_store.root),
         "SERVEWELL_PORT": str(port),
+        "SERVEWELL_WORKERS": "1",
         "SERVEWELL_POOL_SIZE": "2",
         "SERVEWELL_LOG_LEVEL": "warning",
         "SERVEWELL_LOOP": loop,
         "SERVEWELL_GRPC_PORT": "0",
         **{f"SERVEWELL_{name.upper()}": value for name, value in settings.items()},
     }
+    for name in [name for name, value in env.items() if name.startswith("SERVEWELL_")]:
+        if env[name] == "":  # given empty: the setting's default
+            del env[name]
     if "--port" in args:
         port = int(args[args.index("--port") + 1])
     process = subprocess.Popen(

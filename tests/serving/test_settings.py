@@ -18,7 +18,20 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.inference == "pool"
     assert settings.loop == "uvloop"
-    assert settings.pool_size == max(1, (os.cpu_count() or 1) - 1) == default_pool_size()
+    cores = os.cpu_count() or 1
+    assert settings.workers == cores  # one server process per core
+    assert settings.pool_size == max(1, cores // cores - 1) == default_pool_size(cores) == 1
+
+
+def test_one_server_process_leaves_the_other_cores_to_its_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [n for n in os.environ if n.startswith("SERVEWELL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SERVEWELL_WORKERS", "1")
+    assert Settings().pool_size == max(1, (os.cpu_count() or 1) - 1)
+    monkeypatch.setenv("SERVEWELL_POOL_SIZE", "3")  # given: kept
+    assert Settings().pool_size == 3
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

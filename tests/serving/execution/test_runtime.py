@@ -119,10 +119,12 @@ def test_model_without_onnx_file_is_served_by_sklearn(tmp_path: Path) -> None:
 
 def test_onnx_threads_never_oversubscribe() -> None:
     cores = os.cpu_count() or 1
-    for size in (1, 2, 4):
-        threads = Settings(pool_size=size).runtime_policy().onnx_threads
-        assert threads >= 1
-        assert size * threads <= max(size, cores - 1)
+    for workers in (1, 2, cores):
+        for size in (1, 2, 4):
+            threads = Settings(workers=workers, pool_size=size).runtime_policy().onnx_threads
+            assert threads >= 1
+            computing = workers * size  # pool workers on the box
+            assert computing * threads <= max(computing, cores - workers)
     assert Settings(onnx_threads=3).runtime_policy().onnx_threads == 3
     assert Settings(runtime="sklearn").runtime_policy().prefer_onnx is False
 

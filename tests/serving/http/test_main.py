@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -78,6 +79,46 @@ def test_serve_and_stop_on_sigint(trained_store: ModelStore, loop: str) -> None:
         assert f"web UI at {url}/ui" in output
         assert "Traceback" not in output
         assert not _wait_gone(workers, 5), "orphaned worker processes"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _cmdlines(pids: set[int]) -> list[str]:
+    lines = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return lines
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_by_default_one_server_process_per_core_each_with_one_pool_worker(
+    trained_store: ModelStore, stop: signal.Signals
+) -> None:
+    """Stopped with Ctrl-C, or its supervisor killed outright: no process is left behind
+    (one would hold the port, and the tests' pipes, open)."""
+    cores = os.cpu_count() or 1
+    process, url = _start(trained_store, workers="", pool_size="")  # the defaults
+    try:
+        children = _children(process.pid)
+        spawned = _cmdlines(children)
+        # uvicorn's server processes, each spawning its one pool worker
+        processes = [c for c in spawned if "spawn_main" in c]
+        assert len(processes) == (2 * cores if cores > 1 else 1), spawned
+        answers = [httpx.post(f"{url}/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})]
+        assert [a.status_code for a in answers] == [200]
+        if stop == signal.SIGKILL:
+            os.kill(process.pid, stop)  # the supervisor alone
+            assert not _wait_gone(children, 30), _cmdlines(children)
+            process.communicate(timeout=30)
+            return
+        os.killpg(process.pid, stop)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+        assert "Traceback" not in output
+        assert not _wait_gone(children, 5), "orphaned processes"
     finally:
         if process.poll() is None:
             process.kill()
