@@ -23,7 +23,7 @@ from serving.couplings.uvicorn_http import ConnectionLimits, http_protocol
 from serving.execution.lifeline import signal_on_parent_death
 from serving.http.shutdown import exit_cleanly_on_signals
 from serving.observe.logs import log_config, resolve_format
-from serving.settings import Settings, default_max_connections
+from serving.settings import Settings, default_max_connections, default_workers
 
 log = logging.getLogger("servewell")
 
@@ -131,6 +131,25 @@ def parse_args(argv: list[str] | None) -> None:
             os.environ["SERVEWELL_" + flag.replace("-", "_").upper()] = value
 
 
+def served_on_scikit_learn(settings: Settings) -> list[str]:
+    """The store's models whose production version will run on scikit-learn, by their
+    manifests and the runtime settings (none when the store cannot be read: loading reports
+    that)."""
+    from serving.store import ModelStore, StoreError
+
+    store = ModelStore(settings.store, signing_key=settings.signing_key_bytes)
+    policy = settings.runtime_policy()
+    names = []
+    try:
+        for name in store.names():
+            version = store.production(name)
+            if version is not None and not policy.expects_onnx(store.manifest(name, version)):
+                names.append(name)
+    except (StoreError, OSError):
+        return []
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start the service with the settings from the command line and the environment;
     Ctrl-C stops it cleanly."""
@@ -141,6 +160,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"servewell: invalid settings: {exc}") from None
     logging_config = log_config(settings.log_level, resolve_format(settings.log_format))
     logging.config.dictConfig(logging_config)
+    if "workers" not in settings.model_fields_set and settings.workers > 1:
+        on_scikit_learn = served_on_scikit_learn(settings)
+        if on_scikit_learn:
+            # Every server process reads its settings again: they must agree on the count.
+            os.environ["SERVEWELL_WORKERS"] = str(default_workers(on_scikit_learn=True))
+            settings = Settings()
+            print(
+                f"servewell: one server process, as {', '.join(on_scikit_learn)} run on "
+                "scikit-learn (SERVEWELL_WORKERS sets the count)"
+            )
     shared_dir = None
     if settings.workers > 1 and settings.metrics and settings.metrics_dir is None:
         # The worker processes read their settings from the environment: share a fresh

@@ -17,8 +17,8 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """One server process per core.
+def default_workers(on_scikit_learn: bool = False) -> int:
+    """One server process per core, or one when a served model runs on scikit-learn.
 
     A server process's event loop (HTTP, validation, JSON, batching) is what saturates first
     with small models: measured on a 2-core box, one process's loop ran at 100 % while its pool
@@ -26,8 +26,14 @@ def default_workers() -> int:
     and +49 % for a 100-tree forest (single rows, c=100), +29 % rows/s for 1 000-row forest
     requests, with p50 at c=1 unchanged; see docs/operations.md for the figures and larger
     boxes.
+
+    A model on scikit-learn is the other way round: each call costs a fixed overhead (a 100-tree
+    forest: ~4 ms for 1 or 50 rows), so its pool worker saturates first, and the larger the
+    batches one worker takes, the more it serves. Two processes halve every batch: the forest
+    fell from 10.5k to 7.4k req/s. ``python -m serving`` passes ``on_scikit_learn`` from the
+    store at start.
     """
-    return cores()
+    return 1 if on_scikit_learn else cores()
 
 
 def default_pool_size(workers: int = 1) -> int:
@@ -155,10 +161,12 @@ class Settings(BaseSettings):
     """Where batches run: ``pool`` (worker processes, default: keeps the event loop free) or
     ``inline`` (a thread in the server process; no extra processes, but shares the GIL)."""
 
-    workers: int = Field(default_factory=default_workers, ge=1)
+    # Not default_workers itself: pydantic would pass it the fields read so far.
+    workers: int = Field(default_factory=lambda: default_workers(), ge=1)
     """Server processes ``python -m serving`` starts (uvicorn workers sharing the port), each
     with its own inference pool of ``pool_size`` workers. Metrics add up over all of them.
-    Default: one per core (:func:`default_workers`)."""
+    Default: one per core, or one when a production model runs on scikit-learn
+    (:func:`default_workers`)."""
 
     pool_size: int = Field(
         default_factory=lambda given: default_pool_size(given.get("workers", 1)), ge=1

@@ -86,6 +86,11 @@ class RuntimePolicy:
     def allows_onnx(self, name: str) -> bool:
         return self.prefer_onnx and name not in self.sklearn_models
 
+    def expects_onnx(self, manifest: Manifest) -> bool:
+        """Whether :func:`load` serves this version on ONNX Runtime (unless the runtime then
+        fails to open the graph): the policy allows it and training stored a verified graph."""
+        return self.allows_onnx(manifest.name) and manifest.onnx is not None
+
 
 class LoadedModel:
     """A model ready to predict encoded rows, with the runtime that serves it."""

@@ -125,6 +125,30 @@ def test_by_default_one_server_process_per_core_each_with_one_pool_worker(
             process.communicate()
 
 
+def test_by_default_one_server_process_when_a_model_runs_on_scikit_learn(
+    trained_store: ModelStore,
+) -> None:
+    """Its worker saturates first: one process's larger batches serve more than two."""
+    process, url = _start(
+        trained_store, workers="", pool_size="", sklearn_models='["iris"]', log_level="info"
+    )
+    try:
+        spawned = _cmdlines(_children(process.pid))
+        cores = os.cpu_count() or 1
+        pool_workers = max(1, cores - 1)
+        processes = [c for c in spawned if "spawn_main" in c]
+        assert len(processes) == pool_workers, spawned  # the pool's, no uvicorn process
+        answer = httpx.get(f"{url}/models/iris")
+        assert answer.json()["runtime"] == "sklearn"
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+        assert "one server process, as iris run on scikit-learn" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def test_help_prints_usage_and_serves_nothing() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "serving", "--help"],
