@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bench.grpc_load import METHOD
+from serving.settings import default_workers
 
 Kind = Literal["service", "bare", "naive", "hello", "mlserver", "ray"]
 Request = Literal["typed", "explain", "rows", "v2json", "v2binary", "mlserver", "grpc"]
@@ -181,7 +182,9 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
         ]
         for s in capture:
             name = f"{m}: capture, {s.request} c={s.connections}: "
-            bounded = Target(name + "queue max rows", s, None, "queue max", at_most=CAPTURE_QUEUE)
+            # The bound is each server process's; the gauge adds up the processes' queues.
+            most = CAPTURE_QUEUE * default_workers()
+            bounded = Target(name + "queue max rows", s, None, "queue max", at_most=most)
             suite.targets += [bounded, Target(name + "rows dropped", s, None, "dropped")]
         if baseline_ref is not None:
             # Single rows load the event loop; for 10 000 rows a few connections suffice.
