@@ -22,7 +22,16 @@ import numpy as np
 import pandas as pd
 
 from serving.execution.onnx_runtime import OnnxIO, OnnxModel, OnnxUnavailableError
-from serving.store import ONNX_FILE, Feature, FeatureKind, OnnxExport, OnnxParity, Task
+from serving.store import (
+    ONNX_FILE,
+    Feature,
+    FeatureKind,
+    OnnxExport,
+    OnnxGraphs,
+    OnnxParity,
+    Task,
+    write_onnx_graphs,
+)
 from training.onnx_layout import transpose_linear_chains
 from training.onnx_trees import use_exact_thresholds
 
@@ -258,12 +267,21 @@ def export(
             labels_from_probabilities=argmax,
         )
     (out_dir / ONNX_FILE).write_bytes(onnx_bytes)
+    # The graphs the parity check ran are the ones the service will run, as they are.
+    prepared = onnx_model.graphs
+    graphs = OnnxGraphs(
+        files=write_onnx_graphs(out_dir, onnx_bytes, prepared.graphs),
+        inputs=prepared.inputs,
+        outputs=prepared.outputs,
+        label_from=prepared.label_from,
+    )
     return OnnxExport(
         status="ok",
         file=ONNX_FILE,
         parity=parity,
         seconds=round(seconds, 3),
         labels_from_probabilities=argmax,
+        graphs=graphs,
     )
 
 

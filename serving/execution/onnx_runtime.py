@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from serving.store import Feature, FeatureKind, Manifest, Task
+from serving.store import Feature, FeatureKind, Manifest, Task, VerifiedVersion
 
 
 class OnnxUnavailableError(Exception):
@@ -57,103 +57,46 @@ class OnnxIO:
         )
 
 
-def _label_index(graph: Any, classes: list[Any]) -> str | None:
-    """The tensor holding the index into ``classes`` that the ``label`` output is looked up
-    with (skl2onnx's linear and other non-tree classifiers: ``Reshape(ArrayFeatureExtractor(
-    classes, index))``), or None when the graph is not built that way or its classes differ."""
-    producers = {out: node for node in graph.node for out in node.output}
-    initializers = {init.name: init for init in graph.initializer}
-    name = graph.output[0].name if graph.output else None
-    node = producers.get(name) if name is not None else None
-    while node is not None and node.op_type in ("Reshape", "Identity"):
-        node = producers.get(node.input[0])
-    if node is None or node.op_type != "ArrayFeatureExtractor" or node.domain != "ai.onnx.ml":
-        return None
-    table = initializers.get(node.input[0])
-    if table is None:
-        return None
-    from onnx import numpy_helper
-
-    values = numpy_helper.to_array(table).ravel().tolist()
-    values = [v.decode() if isinstance(v, bytes) else v for v in values]
-    if [str(v) for v in values] != [str(c) for c in classes]:
-        return None
-    return str(node.input[1])
+def fetches(
+    task: Task, labels_from_probabilities: bool, outputs: list[str], label_from: str | None
+) -> dict[str, list[str]]:
+    """The outputs each kind of call fetches: ``both`` (labels or values, and what else the
+    answer needs), and ``labels`` alone when the label comes from its index."""
+    if task == Task.REGRESSION:
+        return {"both": outputs[:1]}
+    if labels_from_probabilities:
+        return {"both": outputs[1:2]}
+    if label_from is not None:
+        return {"labels": [label_from], "both": [label_from, *outputs[1:2]]}
+    return {"both": outputs[:2]}
 
 
-_LABELLING_OPS = {"TreeEnsembleClassifier", "LinearClassifier", "SVMClassifier"}
+@dataclass(frozen=True)
+class ServingGraphs:
+    """The graph each kind of call runs (see :func:`fetches`), made from a model's ONNX graph
+    by :func:`serving.execution.onnx_graphs.prepare`; kinds may share one graph."""
 
+    graphs: dict[str, bytes]
+    inputs: list[str]
+    outputs: list[str]
+    """The outputs of the graph the kinds were cut from (the label's index among them)."""
+    label_from: str | None
+    """The output holding each row's class index, when the graph gives one."""
 
-def _index_labels(graph: Any, classes: list[Any]) -> str | None:
-    """Make an ai.onnx.ml classifier op that writes the ``label`` output from its text class
-    labels write each class's position instead (``classlabels_int64s`` = 0, 1, ...); return
-    the output's name, or None when the graph is not built that way or its classes differ.
-    The op chooses the class exactly as before; only the table it writes it from changes."""
-    from onnx import TensorProto, helper
+    @classmethod
+    def of(cls, verified: VerifiedVersion) -> ServingGraphs | None:
+        """The graphs training prepared for the version, or None (exported before it did)."""
+        onnx, graphs = verified.manifest.onnx, verified.onnx_graphs
+        if onnx is None or onnx.graphs is None or graphs is None:
+            return None
+        prepared = onnx.graphs
+        return cls(graphs, prepared.inputs, prepared.outputs, prepared.label_from)
 
-    if not graph.output:
-        return None
-    label = graph.output[0]
-    node = next((n for n in graph.node if n.output and n.output[0] == label.name), None)
-    if node is None or node.domain != "ai.onnx.ml" or node.op_type not in _LABELLING_OPS:
-        return None
-    attributes = {a.name: a for a in node.attribute}
-    texts = attributes.get("classlabels_strings")
-    if texts is None or [t.decode() for t in texts.strings] != [str(c) for c in classes]:
-        return None
-    kept = [a for a in node.attribute if a.name != "classlabels_strings"]
-    del node.attribute[:]
-    node.attribute.extend(kept)
-    node.attribute.append(helper.make_attribute("classlabels_int64s", list(range(len(classes)))))
-    label.type.tensor_type.elem_type = TensorProto.INT64
-    return str(label.name)
-
-
-def _with_label_index(onnx: bytes, classes: list[Any]) -> tuple[bytes, str] | None:
-    """The graph with its label's class index as an output, or None (see _label_index and
-    _index_labels)."""
-    try:
-        import onnx as onnx_lib
-    except ImportError:
-        return None
-    model = onnx_lib.load_from_string(onnx)
-    index = _label_index(model.graph, classes) or _index_labels(model.graph, classes)
-    if index is None:
-        return None
-    if index not in {o.name for o in model.graph.output}:
-        model.graph.output.append(
-            onnx_lib.helper.make_tensor_value_info(index, onnx_lib.TensorProto.INT64, None)
-        )
-    return model.SerializeToString(), index
-
-
-def _pruned(onnx: bytes, outputs: list[str]) -> bytes | None:
-    """The graph with only the nodes, initializers and outputs that ``outputs`` need
-    (``onnx.utils.Extractor``); None when that is all of it (or when a subgraph could read any
-    tensor)."""
-    import onnx as onnx_lib
-    from onnx.utils import Extractor
-
-    model = onnx_lib.load_from_string(onnx)
-    graph = model.graph
-    if any(a.type in (a.GRAPH, a.GRAPHS) for node in graph.node for a in node.attribute):
-        return None
-    # Extractor rebuilds the graph even when every node is needed (a 2.5 MB forest: 10 ms to
-    # load, 59 ms with the copy): a walk back from the outputs tells that case first.
-    if [o.name for o in graph.output] == outputs and _needs_every_node(graph, outputs):
-        return None
-    inputs = [i.name for i in graph.input]
-    return bytes(Extractor(model).extract_model(inputs, outputs).SerializeToString())
-
-
-def _needs_every_node(graph: Any, outputs: list[str]) -> bool:
-    """Whether every node of ``graph`` (topologically sorted) feeds one of ``outputs``."""
-    needed = set(outputs)
-    for node in reversed(graph.node):
-        if not any(name in needed for name in node.output):
-            return False
-        needed.update(name for name in node.input if name)
-    return True
+    def fits(self, signature: OnnxIO) -> bool:
+        """Whether these are the kinds of call the signature makes (else: prepare anew)."""
+        task, argmax = signature.task, signature.labels_from_probabilities
+        kinds = fetches(task, argmax, self.outputs, self.label_from)
+        return bool(self.inputs) and set(kinds) == set(self.graphs)
 
 
 class OnnxModel:
@@ -162,7 +105,14 @@ class OnnxModel:
     Inputs: a 2-D float64 array (input_format "ndarray"), or anything indexable by feature
     name (a DataFrame, or a dict of 1-D arrays) for per-column graphs."""
 
-    def __init__(self, signature: OnnxIO, onnx: bytes, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        signature: OnnxIO,
+        onnx: bytes,
+        *,
+        threads: int = 1,
+        prepared: ServingGraphs | None = None,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -172,38 +122,35 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        source = onnx
         self.task = signature.task
         self._argmax_labels = signature.labels_from_probabilities
         classes = signature.classes
-        self._label_from: str | None = None
+        if prepared is None or not prepared.fits(signature):
+            from serving.execution.onnx_graphs import prepare
+
+            prepared = prepare(onnx, signature)
+        self.graphs = prepared
+        """The graphs the sessions run (what training writes into the artifact)."""
+        self._label_from = prepared.label_from
         """Output holding the class index of each row's label (None: the label output)."""
-        if classes is not None and not self._argmax_labels:
-            exposed = _with_label_index(source, classes)
-            if exposed is not None:
-                source, self._label_from = exposed
-        full = ort.InferenceSession(
-            source, sess_options=options, providers=["CPUExecutionProvider"]
-        )
         self._per_column = signature.input_format == "dataframe"
         self._categorical = {
             f.name for f in signature.features if f.kind == FeatureKind.CATEGORICAL
         }
-        self._input_names = [i.name for i in full.get_inputs()]
-        self._outputs = [o.name for o in full.get_outputs()]
+        self._input_names = list(prepared.inputs)
+        self._outputs = list(prepared.outputs)
         # ONNX Runtime runs every node of a graph, whichever outputs are fetched: a session
         # per kind of call, each running only what that call fetches (the label's text, for
         # one, never is). 10 000 iris rows: 0.80 ms with everything, 0.20 ms for labels.
+        # Kinds that run the same graph share its session.
+        sessions: dict[bytes, Any] = {}
         self._sessions: dict[str, Any] = {}
-        for kind, fetched in self._fetches().items():
-            pruned = _pruned(source, fetched)
-            self._sessions[kind] = (
-                full
-                if pruned is None
-                else ort.InferenceSession(
-                    pruned, sess_options=options, providers=["CPUExecutionProvider"]
+        for kind, graph in prepared.graphs.items():
+            if graph not in sessions:
+                sessions[graph] = ort.InferenceSession(
+                    graph, sess_options=options, providers=["CPUExecutionProvider"]
                 )
-            )
+            self._sessions[kind] = sessions[graph]
         self.classes_ = np.asarray(classes) if classes is not None else None
         # What labels are taken from: the classes as the pipeline's predict returns them
         # (ints stay ints, anything else is an object array of the very class values).
@@ -230,17 +177,6 @@ class OnnxModel:
             else:
                 feed[name] = column.astype(np.float64).reshape(-1, 1)
         return feed
-
-    def _fetches(self) -> dict[str, list[str]]:
-        """The outputs each kind of call fetches: ``both`` (labels or values, and what else
-        the answer needs), and ``labels`` alone when the label comes from its index."""
-        if self.task == Task.REGRESSION:
-            return {"both": self._outputs[:1]}
-        if self._argmax_labels:
-            return {"both": self._outputs[1:2]}
-        if self._label_from is not None:
-            return {"labels": [self._label_from], "both": [self._label_from, self._outputs[1]]}
-        return {"both": self._outputs[:2]}
 
     @property
     def labels(self) -> npt.NDArray[Any] | None:

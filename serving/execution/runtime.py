@@ -226,10 +226,15 @@ def load(store: ModelStore, name: str, version: int, policy: RuntimePolicy) -> L
     manifest = verified.manifest
     model: LoadedModel | None = None
     if verified.onnx is not None:
-        from serving.execution.onnx_runtime import OnnxIO, OnnxModel
+        from serving.execution.onnx_runtime import OnnxIO, OnnxModel, ServingGraphs
 
         try:
-            onnx = OnnxModel(OnnxIO.of(manifest), verified.onnx, threads=policy.onnx_threads)
+            onnx = OnnxModel(
+                OnnxIO.of(manifest),
+                verified.onnx,
+                threads=policy.onnx_threads,
+                prepared=ServingGraphs.of(verified),
+            )
         except Exception as exc:  # e.g. onnxruntime missing or too old for the graph
             log.warning(
                 "%s v%s: ONNX Runtime unavailable (%s); using scikit-learn", name, version, exc

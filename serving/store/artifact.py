@@ -1,12 +1,13 @@
 """The artifact contract: what a model version folder holds and how a reader trusts it.
 
-A version folder holds ``model.joblib`` (the fitted estimator), optionally ``model.onnx``,
-``explain.json`` (what explaining its predictions needs) and a ``report/`` folder, and
-``manifest.json``: the :class:`Manifest` below, with the sha256 of every other file. With a
-signing key, ``manifest.sig`` binds the manifest to its model name and version number
-(:func:`sign`). This module owns the manifest schema, the hashing, the signature and the
-verification of a folder; :mod:`serving.store.layout` owns where folders lie and
-:mod:`serving.store.pointer` which one serves.
+A version folder holds ``model.joblib`` (the fitted estimator), optionally ``model.onnx`` (and
+under ``onnx/`` the graphs prepared from it that the service runs), ``explain.json`` (what
+explaining its predictions needs) and a ``report/`` folder, and ``manifest.json``: the
+:class:`Manifest` below, with the sha256 of every other file. With a signing key,
+``manifest.sig`` binds the manifest to its model name and version number (:func:`sign`). This
+module owns the manifest schema, the hashing, the signature and the verification of a folder;
+:mod:`serving.store.layout` owns where folders lie and :mod:`serving.store.pointer` which one
+serves.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 MODEL_FILE = "model.joblib"
 ONNX_FILE = "model.onnx"
+ONNX_GRAPHS_DIR = "onnx"
 EXPLAIN_FILE = "explain.json"
 REPORT_DIR = "report"
 MANIFEST_SCHEMA_VERSION = 1
@@ -120,6 +122,20 @@ class OnnxParity(_Frozen):
     runtime: str
 
 
+class OnnxGraphs(_Frozen):
+    """The graphs the service runs, prepared from the ONNX file at export so that serving
+    needs no ONNX tooling (:mod:`serving.execution.onnx_graphs`)."""
+
+    files: dict[str, str]
+    """Each kind of call (``both``, ``labels``) and the file (relative to the version folder)
+    of the graph it runs: the ONNX file itself, or one under ``onnx/``."""
+    inputs: list[str]
+    outputs: list[str]
+    """The outputs of the graph the kinds were cut from."""
+    label_from: str | None = None
+    """The output holding each row's class index, when the graph gives one."""
+
+
 class OnnxExport(_Frozen):
     """Whether an ONNX compilation of the model exists and may serve, and if not, why."""
 
@@ -132,6 +148,9 @@ class OnnxExport(_Frozen):
     labels_from_probabilities: bool = False
     """Class labels are ``classes[argmax(probabilities)]`` (first maximum), as scikit-learn's
     forests decide, instead of the graph's label output, which breaks ties differently."""
+    graphs: OnnxGraphs | None = None
+    """None for versions exported before the graphs were prepared at export: the service
+    prepares them when it loads the version."""
 
 
 class Explanations(_Frozen):
@@ -230,6 +249,16 @@ class VerifiedVersion:
         if not self.manifest.onnx_ready or onnx is None or onnx.file is None:
             return None
         return self.files.get(onnx.file)
+
+    @property
+    def onnx_graphs(self) -> dict[str, bytes] | None:
+        """The prepared graph of each kind of call, when the ONNX graph was asked for and the
+        version has them; None otherwise."""
+        onnx = self.manifest.onnx
+        if self.onnx is None or onnx is None or onnx.graphs is None:
+            return None
+        graphs = {kind: self.files.get(rel) for kind, rel in onnx.graphs.files.items()}
+        return {kind: graph for kind, graph in graphs.items() if graph is not None} or None
 
     @property
     def background(self) -> bytes | None:
@@ -378,6 +407,8 @@ def read_verified(
     keep = {MODEL_FILE} if model else set()
     if onnx and manifest.onnx_ready and manifest.onnx is not None and manifest.onnx.file:
         keep.add(manifest.onnx.file)
+        if manifest.onnx.graphs is not None:
+            keep.update(manifest.onnx.graphs.files.values())
     if explain and manifest.explainable and manifest.explain is not None and manifest.explain.file:
         keep.add(manifest.explain.file)
     kept = _check_files(fd, manifest, what, folder, keep)
@@ -406,6 +437,22 @@ def hash_files(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def write_onnx_graphs(folder: Path, onnx: bytes, graphs: Mapping[str, bytes]) -> dict[str, str]:
+    """Write the prepared graph of each kind of call into ``folder``, next to the ONNX file
+    ``onnx``; return the ``files`` of :class:`OnnxGraphs`. A graph that is the ONNX file
+    itself is not written again, and kinds running the same graph share its file."""
+    written: dict[bytes, str] = {onnx: ONNX_FILE}
+    files: dict[str, str] = {}
+    for kind, graph in graphs.items():
+        if graph not in written:
+            rel = f"{ONNX_GRAPHS_DIR}/{kind}.onnx"
+            (folder / ONNX_GRAPHS_DIR).mkdir(exist_ok=True)
+            (folder / rel).write_bytes(graph)
+            written[graph] = rel
+        files[kind] = written[graph]
+    return files
 
 
 def write_manifest(folder: Path, fields: dict[str, Any], key: bytes | None) -> None:

@@ -60,6 +60,10 @@ def publish_copy(
             staged.model_path.write_bytes(model_bytes)
         if onnx_file is not None:
             shutil.copyfile(src / onnx_file, staged.path / onnx_file)
+            graphs = manifest.onnx.graphs if manifest.onnx else None
+            for rel in set(graphs.files.values()) - {onnx_file} if graphs else ():
+                (staged.path / rel).parent.mkdir(exist_ok=True)
+                shutil.copyfile(src / rel, staged.path / rel)
         if with_explain and manifest.explainable and manifest.explain and manifest.explain.file:
             shutil.copyfile(src / manifest.explain.file, staged.path / manifest.explain.file)
     assert staged.version is not None

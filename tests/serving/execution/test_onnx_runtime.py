@@ -3,11 +3,16 @@ every kind answers alike."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
 
-from serving.execution.onnx_runtime import OnnxIO, OnnxModel, _pruned
+from serving.execution.onnx_graphs import _pruned, prepare
+from serving.execution.onnx_runtime import OnnxIO, OnnxModel, ServingGraphs
 from serving.store import ModelStore
 
 
@@ -76,3 +81,67 @@ def test_loading_prints_no_runtime_warning(
     for name in ("iris", "churn", "diabetes", "breast_cancer"):
         _model(trained_store, name)
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name", ["iris", "churn", "breast_cancer", "diabetes"])
+def test_the_graphs_training_prepared_are_the_ones_prepared_at_load(
+    trained_store: ModelStore, name: str
+) -> None:
+    verified = trained_store.read_version(name, 1, onnx=True)
+    assert verified.onnx is not None
+    prepared = ServingGraphs.of(verified)
+    assert prepared is not None
+    assert prepared == prepare(verified.onnx, OnnxIO.of(verified.manifest))
+    model = OnnxModel(OnnxIO.of(verified.manifest), verified.onnx, prepared=prepared)
+    assert model.graphs is prepared
+
+
+def test_kinds_that_run_one_graph_share_its_file_and_session(trained_store: ModelStore) -> None:
+    manifest = trained_store.manifest("iris", 1)
+    assert manifest.onnx is not None
+    assert manifest.onnx.graphs is not None
+    # The label exposed as its index changes the whole graph; the labels call is cut from it.
+    assert manifest.onnx.graphs.files == {"labels": "onnx/labels.onnx", "both": "onnx/both.onnx"}
+    forest = trained_store.manifest("breast_cancer", 1)
+    assert forest.onnx is not None
+    assert forest.onnx.graphs is not None
+    assert forest.onnx.graphs.files == {"both": "onnx/both.onnx"}  # probabilities alone
+    diabetes = trained_store.manifest("diabetes", 1)
+    assert diabetes.onnx is not None
+    assert diabetes.onnx.graphs is not None
+    assert diabetes.onnx.graphs.files == {"both": "model.onnx"}  # a regressor's one output
+    for m in (manifest, forest, diabetes):
+        assert m.onnx is not None
+        assert m.onnx.graphs is not None
+        assert set(m.onnx.graphs.files.values()) <= set(m.files)  # hashed like every file
+
+
+def test_graphs_that_do_not_fit_the_signature_are_prepared_anew(
+    trained_store: ModelStore,
+) -> None:
+    verified = trained_store.read_version("iris", 1, onnx=True)
+    assert verified.onnx is not None
+    prepared = ServingGraphs.of(verified)
+    assert prepared is not None
+    signature = OnnxIO.of(verified.manifest)
+    partial = replace(prepared, graphs={"both": prepared.graphs["both"]})
+    model = OnnxModel(signature, verified.onnx, prepared=partial)
+    assert model.graphs == prepared
+
+
+def test_a_worker_serving_prepared_graphs_never_imports_onnx(trained_store: ModelStore) -> None:
+    # The onnx package costs 14 MB in each process that imports it; ONNX Runtime alone runs
+    # the graphs training prepared.
+    script = (
+        "import sys\n"
+        "from serving.execution.runtime import RuntimePolicy, load\n"
+        "from serving.store import ModelStore\n"
+        f"store = ModelStore({str(trained_store.root)!r})\n"
+        "for name in ('iris', 'churn', 'breast_cancer', 'diabetes'):\n"
+        "    assert load(store, name, 1, RuntimePolicy()).runtime == 'onnx'\n"
+        "print(sorted(m for m in sys.modules if m == 'onnx' or m.startswith('onnx.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"
