@@ -26,6 +26,8 @@ class Measured:
     """% of one core used by neither the server nor wrk: noise, ideally about 0."""
     capture: dict[str, float] = field(default_factory=dict)
     """With capture on, by figure: rows written per second, rows dropped, queue's peak sample."""
+    rss_mb: float | None = None
+    """Resident memory of the server's processes after the run (MiB, summed)."""
 
 
 @dataclass
@@ -51,6 +53,9 @@ class Outcome:
         if figure in ("dropped", "queue max"):  # so does every round's capture queue
             seen = [r.capture[figure] for r in self.runs if figure in r.capture]
             return (sum if figure == "dropped" else max)(seen) if seen else None
+        if figure == "rss MiB":  # the most any round left resident
+            held = [r.rss_mb for r in self.runs if r.rss_mb is not None]
+            return max(held) if held else None
         if figure == "capture rows/s":
             return m.capture.get(figure)
         if figure == "p50 ms":

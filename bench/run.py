@@ -135,8 +135,8 @@ class Bench:
         cpu, host = server.cpu_s() - cpu, servers.host_busy_s() - host
         if server.process.poll() is not None:
             raise wrk.WrkError(f"{server.name} exited: {server.log_tail()}")
-        pct = 100 / result.duration_s
-        return Measured(result, pct * cpu, pct * max(0.0, host - cpu - wrk_cpu), capture)
+        pct, rss = 100 / result.duration_s, server.rss_mb()
+        return Measured(result, pct * cpu, pct * max(0.0, host - cpu - wrk_cpu), capture, rss)
 
     def load(self, server: servers.Running, s: Scenario) -> tuple[wrk.Result, dict[str, float]]:
         """One wrk run; with capture on, the writer's figures (``Measured.capture``): rows

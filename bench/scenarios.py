@@ -14,7 +14,15 @@ Kind = Literal["service", "bare", "naive", "hello", "mlserver", "ray"]
 Request = Literal["typed", "explain", "rows", "v2json", "v2binary", "mlserver", "grpc"]
 V2: tuple[Request, Request] = ("v2json", "v2binary")
 Figure = Literal[
-    "req/s", "rows/s", "p50 ms", "p99 ms", "errors", "capture rows/s", "dropped", "queue max"
+    "req/s",
+    "rows/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "capture rows/s",
+    "dropped",
+    "queue max",
+    "rss MiB",
 ]
 
 # What a user gets: metrics, drift tracking and a JSON access line per request really written.
@@ -30,6 +38,7 @@ CAPTURE |= {"SERVEWELL_CAPTURE_QUEUE_ROWS": str(CAPTURE_QUEUE)}
 
 
 MANY = 100
+ONE_PROCESS = {"SERVEWELL_WORKERS": "1"}
 """Models served by ``service_many``."""
 
 
@@ -60,6 +69,8 @@ SERVERS = {
         # As the peers comparison always ran it: defaults, no access lines at level warning.
         Server("servewell", env={"SERVEWELL_RUNTIME": "auto", "SERVEWELL_LOG_LEVEL": "warning"}),
         Server("service_many", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto"}, many=MANY),
+        # One server process and its pool: the unit memory is counted in.
+        Server("service_one", env={**OBSERVED, "SERVEWELL_RUNTIME": "auto", **ONE_PROCESS}),
         Server("bare", kind="bare"),
         Server("hello", kind="hello"),
         Server("naive", kind="naive"),
@@ -199,6 +210,7 @@ def main_suite(models: Sequence[str], baseline_ref: str | None = None) -> Suite:
         suite.targets += _bulk_targets(suite)
     if "iris" in models:
         suite.targets += _many_targets(suite)
+        suite.targets += _memory_targets(suite)
     if {"iris", "breast_cancer"} <= set(models):
         # Explaining the forest on one connection beside plain iris predictions at c=PAIR.
         iris = Scenario("iris", "service", "typed", PAIR)
@@ -249,6 +261,15 @@ def _many_targets(suite: Suite) -> list[Target]:
         Target(name + "req/s", many, few, "req/s", 0.95),
         Target(name + "p99", many, few, "p99 ms", at_most=1.3),
     ]
+
+
+def _memory_targets(suite: Suite) -> list[Target]:
+    """The resident memory of one server process and its pool serving the store (the shipped
+    models), after a load of iris single rows."""
+    one = Scenario("iris", "service_one", "typed", 100)
+    suite.scenarios.append(one)
+    name = "memory: one server process and its pool, RSS MiB"
+    return [Target(name, one, None, "rss MiB", at_most=200)]
 
 
 def peers_suite(models: Sequence[str]) -> Suite:

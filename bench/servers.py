@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY_CONFIG = ROOT / "serving" / "ray" / "ray-serve.yaml"
 HOST = "127.0.0.1"
 _TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class ServerError(Exception):
@@ -52,6 +53,13 @@ def _stat(pid: int) -> list[str] | None:
 def _cpu_s(pid: int) -> float:
     stat = _stat(pid)
     return 0.0 if stat is None else (int(stat[11]) + int(stat[12])) / _TICK
+
+
+def _rss_pages(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def host_busy_s() -> float:
@@ -94,6 +102,10 @@ class Running:
     def cpu_s(self) -> float:
         """User + system CPU of every process of the server (workers included)."""
         return sum(_cpu_s(pid) for pid in self.tree())
+
+    def rss_mb(self) -> float:
+        """Resident memory of every process of the server (workers included), in MiB."""
+        return sum(_rss_pages(pid) for pid in self.tree()) * _PAGE / 2**20
 
     def main_cpu_s(self) -> float:
         """CPU of the main process, every thread (the event loop, the access log's writer)."""

@@ -39,6 +39,13 @@ def test_capture_figures_rows_s_of_the_median_round_drops_and_queue_of_every_rou
     assert _outcome(ROWS, 10).figure("queue max") is None  # never sampled: not "bounded"
 
 
+def test_memory_is_the_most_any_round_left_resident() -> None:
+    o = _outcome(SERVICE, 9, 11, 10)
+    o.runs = [replace(r, rss_mb=m) for r, m in zip(o.runs, (180.0, None, 176.5), strict=True)]
+    assert o.figure("rss MiB") == 180.0
+    assert _outcome(SERVICE, 10).figure("rss MiB") is None  # not measured: no figure
+
+
 def test_targets_pass_miss_info_and_na() -> None:
     outcomes = [_outcome(SERVICE, 1000), _outcome(BARE, 1250), _outcome(ROWS, 1)]
     pair = Comparison((Run(1, 1, 100.0, 96.0), Run(1, 1, 100.0, 94.0), Run(1, 1, 100.0, 95.0)))

@@ -46,6 +46,10 @@ def test_the_main_suite_covers_what_the_service_is_measured_on() -> None:
     rows = scenarios.ROWS
     assert compared == {("typed", 1), ("v2json", 1), ("rows", rows), ("v2binary", rows)}
     assert all(t.at_least == 0.97 and t.paired for t in with_ref)
+    memory = [t for t in suite.targets if t.figure == "rss MiB"]
+    assert [(t.a.server, t.at_most) for t in memory] == [("service_one", 200)]
+    assert SERVERS["service_one"].env["SERVEWELL_WORKERS"] == "1"
+    assert memory[0].a in suite.scenarios
     env = SERVERS["service_capture"].env
     bounded = [t for t in suite.targets if t.figure == "queue max"]
     # Each server process has its own queue; the gauge adds them up.
