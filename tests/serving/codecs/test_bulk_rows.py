@@ -52,8 +52,18 @@ def _schema(store: ModelStore, body: bytes) -> tuple[np.ndarray, bool] | None:
         _body(_rows(), return_probabilities=False),
         json.dumps({"return_probabilities": True, "rows": _rows()}, indent=2).encode(),
         _body(json.dumps(_rows()).replace("1e-300", "1E-300").replace(", ", " ,\n\t")),
+        _body(_rows()).replace(b'"rows"', b'"r\\u006fws"'),
+        _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", "[1, -2, 0, 18446744073709551615]")),
     ],
-    ids=["plain", "proba", "no-proba", "keys-reordered-indented", "exponent-whitespace"],
+    ids=[
+        "plain",
+        "proba",
+        "no-proba",
+        "keys-reordered-indented",
+        "exponent-whitespace",
+        "escaped-key",
+        "largest-unsigned-int",
+    ],
 )
 def test_accepted_bodies_parse_as_the_schema_parses_them(
     trained_store: ModelStore, body: bytes
@@ -82,6 +92,8 @@ REFUSED = {
     "empty-list": _with("[]"),
     "object": _with('{"a": 1}'),
     "huge": _with("1e400"),
+    "big-int": _with("123456789012345678901234567890"),
+    "nested-deeper": _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", "[1, -2, [0], 3]")),
     "nan": _with("NaN"),
     "ragged": _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", "[1, -2, 0]")),
     "row-not-a-list": _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", '"1, -2, 0, 3"')),
@@ -90,7 +102,6 @@ REFUSED = {
     "extra-key": _body(_rows(), threshold=0.5),
     "instances-too": _body(_rows(), instances=[]),
     "duplicate-rows-key": _body(_rows())[:-1] + b', "rows": [[1, 2, 3, 4]]}',
-    "escaped-key": _body(_rows()).replace(b'"rows"', b'"r\\u006fws"'),
     "truncated": _body(_rows())[:-20],
     "not-an-object": json.dumps(_rows()).encode(),
 }
@@ -100,6 +111,16 @@ REFUSED = {
 def test_anything_else_is_left_to_the_schema(body: bytes) -> None:
     assert len(body) >= MIN_BODY_BYTES
     assert parse_numeric_rows(body, WIDTH, 10_000) is None
+
+
+def test_rows_outlive_the_next_parse() -> None:
+    # One parser per thread is reused; what it gave before must not change.
+    first, other = _rows(), (-np.asarray(_rows(), dtype=np.float64)).tolist()
+    before = parse_numeric_rows(_body(first), WIDTH, 10_000)
+    assert parse_numeric_rows(_body(other), WIDTH, 10_000) is not None
+    assert parse_numeric_rows(b"{" + _body(other), WIDTH, 10_000) is None  # refused midway
+    assert before is not None
+    np.testing.assert_array_equal(before[0], np.asarray(first, dtype=np.float64))
 
 
 def test_limits_and_small_bodies_are_left_to_the_schema() -> None:
