@@ -9,7 +9,7 @@ says why each one pays.
 * ``uvicorn-http`` (:mod:`serving.couplings.uvicorn_http`): uvicorn's ``HttpToolsProtocol``,
   for the limits on connections and request heads;
 * ``uvloop-accept`` (:mod:`serving.couplings.uvloop_accept`): ``uvloop.Loop`` with a listener
-  that accepts every pending connection at once;
+  that accepts every pending connection at once, one per server process;
 * ``sklearn-forest`` (:mod:`serving.couplings.sklearn_forest`): scikit-learn's
   ``sklearn.ensemble._forest.ForestClassifier``, to predict and give probabilities in one pass.
 

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -120,6 +121,52 @@ def test_the_greedy_accept_loop_serves_uvicorn_and_shares_a_port_when_asked() ->
         assert loop.run_until_complete(two_listeners()) > 0
     finally:
         loop.close()
+
+
+def test_server_processes_given_one_bound_socket_each_listen_on_their_own() -> None:
+    from serving.couplings.uvloop_accept import GreedyAcceptLoop, _Listener
+
+    async def two_processes() -> list[int]:
+        loop = asyncio.get_running_loop()
+        accepted: dict[int, int] = {}
+
+        def counting(i: int) -> type[asyncio.Protocol]:
+            class Count(asyncio.Protocol):
+                def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                    accepted[i] = accepted.get(i, 0) + 1
+
+            return Count
+
+        # As uvicorn's server processes call it: with the socket their supervisor bound.
+        bound = socket.socket()
+        bound.bind(("127.0.0.1", 0))
+        servers = [
+            await loop.create_server(counting(i), sock=bound, ssl=None, backlog=2048)
+            for i in range(2)
+        ]
+        assert all(isinstance(s, _Listener) for s in servers)
+        assert {s.sockets[0].getsockname() for s in servers} == {bound.getsockname()}
+        assert bound not in {s.sockets[0] for s in servers}
+        clients = [socket.create_connection(bound.getsockname()) for _ in range(40)]
+        for _ in range(100):
+            if sum(accepted.values()) == len(clients):
+                break
+            await asyncio.sleep(0.02)
+        for server in servers:
+            server.close()
+        for c in [*clients, bound]:
+            c.close()
+        return [accepted.get(i, 0) for i in range(2)]
+
+    loop = GreedyAcceptLoop()
+    try:
+        split = loop.run_until_complete(two_processes())
+    finally:
+        loop.close()
+    # The kernel spreads connections over the listening sockets (by a hash of each address
+    # pair): 40 all on one of two has a chance of 2 in 2**40.
+    assert sum(split) == 40
+    assert min(split) > 0
 
 
 def test_choosing_a_loop_imports_no_uvloop() -> None:
