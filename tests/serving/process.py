@@ -16,6 +16,22 @@ from serving.store import ModelStore
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def python_prints(code: str, timeout: float = 120) -> str:
+    """What a fresh interpreter running ``code`` (from the project's root) prints; it must
+    exit cleanly."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

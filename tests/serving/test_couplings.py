@@ -10,8 +10,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import httpx
 import numpy as np
@@ -24,7 +22,7 @@ from serving.couplings import loops, sklearn_forest, uvicorn_http
 from serving.couplings.uvicorn_http import ConnectionLimits, GuardedHttpToolsProtocol
 from serving.settings import Settings
 from serving.store import ModelStore
-from tests.serving.process import ROOT
+from tests.serving.process import python_prints
 from tests.serving.process import start_serving as _start
 
 LIMITS = ConnectionLimits(
@@ -174,9 +172,7 @@ def test_choosing_a_loop_imports_no_uvloop() -> None:
         "import sys; from serving.__main__ import uvicorn_options; from serving.settings import"
         " Settings; uvicorn_options(Settings(loop='asyncio')); print('uvloop' in sys.modules)"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "False", out.stderr
+    assert python_prints(code) == "False"
 
 
 def test_sklearn_forest_two_passes_when_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,6 @@ every kind answers alike."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 from serving.execution.onnx_graphs import _pruned, prepare
 from serving.execution.onnx_runtime import OnnxIO, OnnxModel, ServingGraphs
 from serving.store import ModelStore
+from tests.serving.process import python_prints
 
 
 def _model(store: ModelStore, name: str) -> OnnxModel:
@@ -141,7 +140,4 @@ def test_a_worker_serving_prepared_graphs_never_imports_onnx(trained_store: Mode
         "    assert load(store, name, 1, RuntimePolicy()).runtime == 'onnx'\n"
         "print(sorted(m for m in sys.modules if m == 'onnx' or m.startswith('onnx.')))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert done.stdout.strip() == "[]"
+    assert python_prints(script) == "[]"

@@ -5,8 +5,6 @@ summed back to the input features, and what cannot be explained exactly is refus
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from collections.abc import Callable
 from functools import cache
@@ -44,6 +42,7 @@ from serving.explain import (
     output_of,
 )
 from serving.explain.methods import _gradient_boosting_trees
+from tests.serving.process import python_prints
 
 TOLERANCE = 1e-6
 
@@ -459,7 +458,4 @@ def test_importing_the_package_loads_neither_scikit_learn_nor_shap() -> None:
         "print(sorted(m for m in ('sklearn', 'shap', 'fastapi', 'serving.http')"
         " if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert result.stdout.strip() == "[]"
+    assert python_prints(code) == "[]"
