@@ -245,6 +245,17 @@ def _shadow_store(ctx: Context) -> Path:
     return root
 
 
+def _base_store(ctx: Context) -> Path:
+    """The shipped models trained by the ``--baseline-ref`` commit's own code, once per run:
+    an older reader may refuse what this commit writes (a manifest field it does not know)."""
+    root = ctx.workdir / "base-store"
+    if not root.exists():
+        env = {**os.environ, "PYTHONPATH": str(ctx.baseline), "SERVEWELL_STORE": str(root)}
+        train = [sys.executable, "-m", "training", "ensure-default"]
+        subprocess.run(train, cwd=ctx.baseline, env=env, check=True, capture_output=True)
+    return root
+
+
 def _command(
     server: Server, port: int, ctx: Context, grpc_port: int, one_process: bool
 ) -> tuple[list[str], dict[str, str], Path]:
@@ -262,6 +273,7 @@ def _command(
         env = {"SERVEWELL_STORE": store, "BENCH_MODELS": ",".join(ctx.models)}
         return [*argv, "--log-level=warning"], {**env, "PYTHONPATH": str(ROOT)}, ROOT
     source = ctx.baseline if server.baseline else ROOT
+    store = str(_base_store(ctx)) if server.baseline else store
     own = {k: v.replace("{run}", f"{ctx.workdir}/{port}") for k, v in server.env.items()}
     env = {"PYTHONPATH": str(source), "SERVEWELL_STORE": store, **own}
     if server.kind == "ray":
