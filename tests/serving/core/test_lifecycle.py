@@ -54,8 +54,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 
 @pytest.fixture(scope="module")
 def live(store: ModelStore) -> Iterator[RunningServer]:
-    """Pool of two workers, polling every 0.2 s, admin API on, nothing kept loaded."""
-    settings = quiet_settings(store, pool_size=2, poll_interval_s=0.2, admin_token=TOKEN)
+    """Pool of two workers, polling every 0.2 s, admin API on, nothing kept loaded; idle
+    connections kept 60 s (see _load_across_swaps)."""
+    settings = quiet_settings(
+        store, pool_size=2, poll_interval_s=0.2, admin_token=TOKEN, timeout_keep_alive_s=60
+    )
     with running_server(settings) as running:
         yield running
 
@@ -92,9 +95,12 @@ def readiness(http: httpx.Client) -> tuple[int, dict[str, Any]]:
 async def _load_across_swaps(url: str, store: ModelStore, new_version: int) -> dict[str, Any]:
     results: list[tuple[float, float, int, Any]] = []
     stop = asyncio.Event()
-    # The client drops idle connections well before uvicorn's 5 s keep-alive timeout: otherwise
-    # a connection left idle while the box is starved can be reused just as the server closes
-    # it (a reset that has nothing to do with swapping, seen as ReadError under CPU stress).
+    # A connection reused just as the server closes it for idleness is reset (ReadError), which
+    # has nothing to do with swapping. The client counts idleness from when it reads a response,
+    # which, with client and server threads of one starved process, can be seconds after the
+    # server sent it (seen once in the full suite: a request sent on a connection the server
+    # closed 1.9 s later). So the server keeps idle connections 60 s here (``live``), and the
+    # client drops them after 1 s.
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=1.0)
     async with (
         httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client,
