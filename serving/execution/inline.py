@@ -2,11 +2,16 @@
 
 No worker processes, so nothing to start or stop, but sklearn's Python overhead then shares
 the GIL with the event loop. Kept as a setting for small deployments and debugging.
+
+scikit-learn is imported only when a batch runs on it, as in a pool worker: an executor whose
+versions all run on ONNX Runtime never imports it (the import took about a second on the first
+batch, which every request then waited for, and about 100 MB).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,10 +26,20 @@ from serving.execution.runtime import (
 )
 
 
-def _configure_thread() -> None:
-    import sklearn
+class _SklearnThread(threading.local):
+    configured = False
 
-    sklearn.set_config(assume_finite=True)  # per thread; finiteness is checked at the edge
+
+_THREAD = _SklearnThread()
+
+
+def _configure_sklearn() -> None:
+    """Configure scikit-learn in this thread (its settings are per thread), once."""
+    if not _THREAD.configured:
+        import sklearn
+
+        sklearn.set_config(assume_finite=True)  # finiteness is checked at the edge
+        _THREAD.configured = True
 
 
 class InlineExecutor:
@@ -39,9 +54,7 @@ class InlineExecutor:
     ) -> None:
         self._models = models
         self._loader = loader
-        self._threads = ThreadPoolExecutor(
-            1, thread_name_prefix="servewell-inline", initializer=_configure_thread
-        )
+        self._threads = ThreadPoolExecutor(1, thread_name_prefix="servewell-inline")
         self._closed = False
 
     @property
@@ -60,6 +73,8 @@ class InlineExecutor:
 
         def run() -> None:
             try:
+                if model.runtime == "sklearn":
+                    _configure_sklearn()
                 result = model.predict(rows, want_probabilities, explain)
             except ExplanationUnavailable as exc:
                 loop.call_soon_threadsafe(_fail, future, failure_error(str(exc), True))

@@ -15,6 +15,7 @@ from serving.execution.pool import InferencePool
 from serving.settings import Settings
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, train_into
+from tests.serving.process import python_prints
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +62,54 @@ def test_pool_opens_and_answers_status(store: ModelStore) -> None:
         up=True, size=1, workers=1, workers_ready=1, replacing=0, restarts=0
     )
     assert not closed.up
+
+
+def test_inline_executor_serving_onnx_never_imports_sklearn(store: ModelStore) -> None:
+    # The import took about a second on the executor's first batch (every request waited for
+    # it) and about 100 MB; a version on ONNX Runtime does not need it.
+    script = (
+        "import asyncio, sys\n"
+        "import numpy as np\n"
+        "from serving.execution.factory import build_executor\n"
+        "from serving.settings import Settings\n"
+        "from serving.store import ModelStore\n"
+        f"store = ModelStore({str(store.root)!r})\n"
+        "executor = build_executor(Settings(store=store.root, inference='inline'), store)\n"
+        "async def main():\n"
+        "    opened = await executor.open([('iris', 1)])\n"
+        "    assert opened.runtimes == {('iris', 1): 'onnx'}, opened\n"
+        f"    rows = np.array([{IRIS_ROW!r}], dtype=np.float64)\n"
+        "    got = await executor.submit(('iris', 1), rows, True)\n"
+        "    executor.close()\n"
+        "    return got.predictions.tolist()\n"
+        "print(asyncio.run(main()), 'sklearn' in sys.modules)\n"
+    )
+    assert python_prints(script) == "['setosa'] False"
+
+
+def test_inline_executor_runs_sklearn_versions_with_its_settings(store: ModelStore) -> None:
+    """A version on scikit-learn runs with finiteness left to the edge (scikit-learn's
+    settings are per thread: they must be set in the executor's own)."""
+    settings = Settings(store=store.root, inference="inline", sklearn_models=frozenset({"iris"}))
+    executor = build_executor(settings, store)
+    assert isinstance(executor, InlineExecutor)
+
+    async def main() -> tuple[str, bool]:
+        opened = await executor.open([("iris", 1)])
+        probe = asyncio.get_running_loop().create_future()
+
+        def check() -> None:
+            import sklearn
+
+            probe.get_loop().call_soon_threadsafe(
+                probe.set_result, sklearn.get_config()["assume_finite"]
+            )
+
+        rows = np.array([IRIS_ROW], dtype=np.float64)
+        await executor.submit(("iris", 1), rows, False)
+        executor._threads.submit(check)  # the executor's one thread, after the batch
+        finite = await probe
+        executor.close()
+        return opened.runtimes[("iris", 1)], finite
+
+    assert asyncio.run(main()) == ("sklearn", True)
