@@ -135,19 +135,14 @@ def served_on_scikit_learn(settings: Settings) -> list[str]:
     """The store's models whose production version will run on scikit-learn, by their
     manifests and the runtime settings (none when the store cannot be read: loading reports
     that)."""
+    from serving.execution.runtime import production_on_sklearn
     from serving.store import ModelStore, StoreError
 
     store = ModelStore(settings.store, signing_key=settings.signing_key_bytes)
-    policy = settings.runtime_policy()
-    names = []
     try:
-        for name in store.names():
-            version = store.production(name)
-            if version is not None and not policy.expects_onnx(store.manifest(name, version)):
-                names.append(name)
+        return production_on_sklearn(store, settings.runtime_policy())
     except (StoreError, OSError):
         return []
-    return names
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -157,9 +157,12 @@ class Settings(BaseSettings):
     """Refuse a model whose manifest records another scikit-learn version than the one serving
     (default: serve it, with a warning in ``/health/ready`` and ``GET /models/{name}``)."""
 
-    inference: Literal["pool", "inline"] = "pool"
-    """Where batches run: ``pool`` (worker processes, default: keeps the event loop free) or
-    ``inline`` (a thread in the server process; no extra processes, but shares the GIL)."""
+    inference: Literal["auto", "pool", "inline"] = "auto"
+    """Where batches run: ``pool`` (worker processes: keeps the event loop free whatever the
+    runtime) or ``inline`` (a thread in the server process: no extra processes, but a runtime
+    that holds the GIL, scikit-learn, shares it with the event loop). ``auto`` (default):
+    inline when every production version runs on ONNX Runtime, which releases the GIL, else
+    the pool (:mod:`serving.execution.factory`)."""
 
     # Not default_workers itself: pydantic would pass it the fields read so far.
     workers: int = Field(default_factory=lambda: default_workers(), ge=1)
@@ -389,7 +392,7 @@ class Settings(BaseSettings):
     def runtime_policy(self) -> RuntimePolicy:
         """The runtime choice handed to every process that loads models."""
         # Per server process: what its loop leaves of its share of the cores.
-        computing = self.workers * (1 if self.inference == "inline" else self.pool_size)
+        computing = self.workers * (self.pool_size if self.inference == "pool" else 1)
         threads = self.onnx_threads or max(1, (cores() - self.workers) // computing)
         return RuntimePolicy(
             prefer_onnx=self.runtime == "auto",

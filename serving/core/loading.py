@@ -21,7 +21,7 @@ from serving.core.dataplane import DataPlane, RowEncoder
 from serving.core.errors import ArtifactRefusedError
 from serving.core.registry import ModelState, Registry, ServedModel, Unserved
 from serving.execution.executor import Executor, ModelKey
-from serving.execution.factory import build_executor
+from serving.execution.factory import build_executor, resolve_inference
 from serving.execution.runtime import FloatArray, Prediction, RuntimeName
 from serving.settings import Settings
 from serving.store import FeatureKind, Manifest, ModelStore, StoreError
@@ -198,7 +198,10 @@ def unexplained_reason(manifest: Manifest) -> str | None:
 def build_dataplane(
     settings: Settings, store: ModelStore | None = None, executor: Executor | None = None
 ) -> DataPlane:
-    """A data plane not started yet, with the executor the settings ask for (or ``executor``)."""
+    """A data plane not started yet, with the executor the settings ask for (or ``executor``,
+    then the one they name)."""
     store = store or ModelStore(settings.store, signing_key=settings.signing_key_bytes)
-    executor = executor or build_executor(settings, store)
+    if executor is None:
+        settings = resolve_inference(settings, store)
+        executor = build_executor(settings, store)
     return DataPlane(settings, Loader(settings, store, executor, Registry()))

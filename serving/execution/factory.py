@@ -1,17 +1,46 @@
-"""Build the executor the settings ask for (``inference``: ``pool`` or ``inline``)."""
+"""Build the executor the settings ask for (``inference``: ``auto``, ``pool`` or ``inline``).
+
+``auto`` (the default) runs batches inline when every production version runs on ONNX Runtime,
+and in the process pool otherwise. ONNX Runtime computes without the GIL, so inline its
+sessions leave the event loop free as a pool does, without the pool's costs: a message each way
+per batch (pickling, two wake-ups) and a worker process holding the models beside the server
+process (docs/design.md has the figures). scikit-learn holds the GIL while it predicts: a
+version on it needs the pool. A version that a hot swap brings later runs on the executor
+chosen at start.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from serving.execution.executor import Executor, ModelKey
 from serving.execution.inline import InlineExecutor
 from serving.execution.pool import InferencePool
-from serving.execution.runtime import LoadedModel, load
+from serving.execution.runtime import LoadedModel, load, production_on_sklearn
 from serving.settings import Settings
-from serving.store import ModelStore
+from serving.store import ModelStore, StoreError
+
+log = logging.getLogger("servewell")
+
+
+def resolve_inference(settings: Settings, store: ModelStore) -> Settings:
+    """``settings`` with ``auto`` inference decided for ``store`` (see the module docstring);
+    other choices as they are."""
+    if settings.inference != "auto":
+        return settings
+    try:
+        on_sklearn = production_on_sklearn(store, settings.runtime_policy())
+    except (StoreError, OSError):
+        on_sklearn = []  # loading reports the store's problem; nothing needs the pool yet
+    inference = "pool" if on_sklearn else "inline"
+    why = f"{', '.join(on_sklearn)} run on scikit-learn" if on_sklearn else "all on ONNX Runtime"
+    log.info("inference %s: production versions %s (SERVEWELL_INFERENCE)", inference, why)
+    return settings.model_copy(update={"inference": inference})
 
 
 def build_executor(settings: Settings, store: ModelStore) -> Executor:
     """An executor not started yet: :meth:`Executor.open` loads the first models."""
+    settings = resolve_inference(settings, store)
     policy = settings.runtime_policy()
     if settings.inference == "inline":
 

@@ -92,6 +92,17 @@ class RuntimePolicy:
         return self.allows_onnx(manifest.name) and manifest.onnx is not None
 
 
+def production_on_sklearn(store: ModelStore, policy: RuntimePolicy) -> list[str]:
+    """The store's models whose production version will run on scikit-learn, by their
+    manifests and ``policy`` (raises the store's errors)."""
+    names = []
+    for name in store.names():
+        version = store.production(name)
+        if version is not None and not policy.expects_onnx(store.manifest(name, version)):
+            names.append(name)
+    return names
+
+
 class LoadedModel:
     """A model ready to predict encoded rows, with the runtime that serves it."""
 
@@ -190,7 +201,11 @@ class LoadedModel:
                 why = f"{m.name} v{m.version}: {type(exc).__name__}: {exc}"
                 self._unavailable = ExplanationUnavailable(why)
                 raise self._unavailable from exc
-        base, values = explainer.explain(self.model_input(rows, sklearn=True))
+        # Rows far outside the training range can overflow in the pipeline's arithmetic: the
+        # non-finite contributions are refused later, like outputs, so numpy need not warn
+        # (where warnings are errors, inline, that would fail the whole batch).
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            base, values = explainer.explain(self.model_input(rows, sklearn=True))
         return Contributions(base, values)
 
     def predict_coded(

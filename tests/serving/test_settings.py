@@ -16,7 +16,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.store == Path("models")
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
-    assert settings.inference == "pool"
+    assert settings.inference == "auto"
     assert settings.loop == "uvloop"
     cores = os.cpu_count() or 1
     assert settings.workers == cores  # one server process per core

@@ -74,7 +74,11 @@ def _stalled_server(
     """A real server whose only pool worker is stopped (SIGSTOP): nothing gets done and work
     piles up in the queue (max 5 rows) until the block ends and the worker resumes."""
     settings = quiet_settings(
-        trained_store, pool_size=1, max_queue_rows=5, request_timeout_s=timeout_s
+        trained_store,
+        inference="pool",
+        pool_size=1,
+        max_queue_rows=5,
+        request_timeout_s=timeout_s,
     )
     with running_server(settings) as server:
         worker = server.app.state.dataplane.executor.pids[0]

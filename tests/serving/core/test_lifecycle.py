@@ -57,7 +57,12 @@ def live(store: ModelStore) -> Iterator[RunningServer]:
     """Pool of two workers, polling every 0.2 s, admin API on, nothing kept loaded; idle
     connections kept 60 s (see _load_across_swaps)."""
     settings = quiet_settings(
-        store, pool_size=2, poll_interval_s=0.2, admin_token=TOKEN, timeout_keep_alive_s=60
+        store,
+        inference="pool",
+        pool_size=2,
+        poll_interval_s=0.2,
+        admin_token=TOKEN,
+        timeout_keep_alive_s=60,
     )
     with running_server(settings) as running:
         yield running
@@ -149,6 +154,22 @@ async def _load_across_swaps(url: str, store: ModelStore, new_version: int) -> d
 
 
 def test_continuous_load_across_promote_and_rollback_drops_nothing(
+    live: RunningServer, http: httpx.Client, store: ModelStore
+) -> None:
+    _swaps_under_load_drop_nothing(live, http, store)
+
+
+def test_swaps_under_load_drop_nothing_inline_too(store: ModelStore) -> None:
+    """The same on the executor an ONNX-only store gets by default (inline)."""
+    settings = quiet_settings(
+        store, poll_interval_s=0.2, admin_token=TOKEN, timeout_keep_alive_s=60
+    )
+    with running_server(settings) as running, running.client() as client:
+        assert running.app.state.dataplane.settings.inference == "inline"
+        _swaps_under_load_drop_nothing(running, client, store)
+
+
+def _swaps_under_load_drop_nothing(
     live: RunningServer, http: httpx.Client, store: ModelStore
 ) -> None:
     old = served_version(http, "iris", IRIS_ROW)

@@ -4,12 +4,14 @@ metrics read) without anyone testing their type."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from serving.execution.executor import Executor, ExecutorStatus
-from serving.execution.factory import build_executor
+from serving.execution.factory import build_executor, resolve_inference
 from serving.execution.inline import InlineExecutor
 from serving.execution.pool import InferencePool
 from serving.settings import Settings
@@ -113,3 +115,29 @@ def test_inline_executor_runs_sklearn_versions_with_its_settings(store: ModelSto
         return opened.runtimes[("iris", 1)], finite
 
     assert asyncio.run(main()) == ("sklearn", True)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, "inline"),  # every production version on ONNX Runtime
+        ({"sklearn_models": frozenset({"iris"})}, "pool"),
+        ({"runtime": "sklearn"}, "pool"),
+        ({"inference": "pool"}, "pool"),
+        ({"inference": "inline", "runtime": "sklearn"}, "inline"),  # asked for: as asked
+    ],
+)
+def test_auto_inference_is_inline_only_when_nothing_needs_scikit_learn(
+    store: ModelStore, given: dict[str, Any], expected: str
+) -> None:
+    settings = resolve_inference(Settings(store=store.root, **given), store)
+    assert settings.inference == expected
+    executor = build_executor(Settings(store=store.root, **given), store)
+    assert isinstance(executor, InlineExecutor if expected == "inline" else InferencePool)
+
+
+def test_auto_inference_over_an_unreadable_store_is_inline(tmp_path: Path) -> None:
+    # Loading reports the store's problem; a model published later that needs scikit-learn
+    # runs inline, slower but served.
+    missing = ModelStore(tmp_path / "nothing-here")
+    assert resolve_inference(Settings(store=missing.root), missing).inference == "inline"

@@ -203,7 +203,7 @@ def test_sigkill_of_a_worker_under_load_fails_no_request(
 ) -> None:
     """With two workers the other keeps serving; with one (the default on a 2-core box) the
     requests wait for its replacement. Either way nothing fails and readiness never drops."""
-    settings = quiet_settings(trained_store, pool_size=size)
+    settings = quiet_settings(trained_store, inference="pool", pool_size=size)
     with running_server(settings) as server:
         pool = server.app.state.dataplane.executor
         statuses: list[int] = []

@@ -349,7 +349,12 @@ def test_shedding_and_expired_deadlines_leave_no_work_behind(trained_store: Mode
     withdrawn, never predicted."""
     port = free_port()
     settings = quiet_settings(
-        trained_store, pool_size=1, grpc_port=port, max_queue_rows=8, request_timeout_s=60
+        trained_store,
+        inference="pool",
+        pool_size=1,
+        grpc_port=port,
+        max_queue_rows=8,
+        request_timeout_s=60,
     )
     with running_server(settings) as running, grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")

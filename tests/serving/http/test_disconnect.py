@@ -33,7 +33,7 @@ def _until(condition: object, seconds: float = 10.0) -> bool:
 
 
 def test_rows_of_a_client_that_hung_up_are_never_predicted(trained_store: ModelStore) -> None:
-    settings = quiet_settings(trained_store, pool_size=1, request_timeout_s=60)
+    settings = quiet_settings(trained_store, inference="pool", pool_size=1, request_timeout_s=60)
     with running_server(settings) as server:
         port = int(server.url.rsplit(":", 1)[1])
         worker = server.app.state.dataplane.executor.pids[0]

@@ -63,7 +63,7 @@ def _wait_gone(pids: set[int], seconds: float) -> list[int]:
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_serve_and_stop_on_sigint(trained_store: ModelStore, loop: str) -> None:
-    process, url = _start(trained_store, loop)
+    process, url = _start(trained_store, loop, inference="pool")
     try:
         workers = _children(process.pid)
         assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
@@ -94,19 +94,22 @@ def _cmdlines(pids: set[int]) -> list[str]:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_by_default_one_server_process_per_core_each_with_one_pool_worker(
+def test_by_default_one_server_process_per_core_predicting_inline(
     trained_store: ModelStore, stop: signal.Signals
 ) -> None:
-    """Stopped with Ctrl-C, or its supervisor killed outright: no process is left behind
-    (one would hold the port, and the tests' pipes, open)."""
+    """Every production version runs on ONNX Runtime: no pool. Stopped with Ctrl-C, or its
+    supervisor killed outright: no process is left behind (one would hold the port, and the
+    tests' pipes, open)."""
     cores = os.cpu_count() or 1
     process, url = _start(trained_store, workers="", pool_size="")  # the defaults
     try:
         children = _children(process.pid)
         spawned = _cmdlines(children)
-        # uvicorn's server processes, each spawning its one pool worker
+        # uvicorn's server processes (one process serves alone), and no pool worker
         processes = [c for c in spawned if "spawn_main" in c]
-        assert len(processes) == (2 * cores if cores > 1 else 1), spawned
+        assert len(processes) == (cores if cores > 1 else 0), spawned
+        health = httpx.get(f"{url}/health/ready").json()
+        assert health["executor"]["kind"] == "inline"
         answers = [httpx.post(f"{url}/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})]
         assert [a.status_code for a in answers] == [200]
         if stop == signal.SIGKILL:
@@ -281,7 +284,7 @@ def _post_in_background(url: str, result: list[object]) -> threading.Thread:
 def test_sigterm_stops_accepting_finishes_requests_in_flight_and_exits_0(
     trained_store: ModelStore,
 ) -> None:
-    process, url = _start(trained_store, pool_size="1")
+    process, url = _start(trained_store, pool_size="1", inference="pool")
     try:
         everything = _children(process.pid)
         (worker,) = _pool_workers(process.pid)
@@ -320,7 +323,11 @@ box (measured: 6.2 s; ignoring the grace takes the request's 60 s deadline)."""
 def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
     # The request's own deadline is long: only the grace period may cut it short.
     process, url = _start(
-        trained_store, pool_size="1", shutdown_grace_s="1", request_timeout_s="60"
+        trained_store,
+        pool_size="1",
+        inference="pool",
+        shutdown_grace_s="1",
+        request_timeout_s="60",
     )
     everything = _children(process.pid)
     (worker,) = _pool_workers(process.pid)
@@ -350,7 +357,7 @@ def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
 
 @pytest.mark.slow  # a server process of its own: kept out of the default run
 def test_a_stuck_worker_dies_with_a_killed_server(trained_store: ModelStore) -> None:
-    process, _ = _start(trained_store, pool_size="1")
+    process, _ = _start(trained_store, pool_size="1", inference="pool")
     everything = _children(process.pid)
     (worker,) = _pool_workers(process.pid)
     try:
