@@ -1,6 +1,7 @@
 """Paired A/B runs on one shared core, for comparisons that must resolve a few per cent
 (bench/README.md, "How it measures"): both servers loaded at once, their event loops pinned to
-one CPU, the ratio of their main processes' CPU per request; the median run is the figure.
+one CPU, the ratio of their main processes' CPU per request (of every process of each server,
+``whole``, when the sides are two commits); the median run is the figure.
 Two instances of each side start in mirrored order (A1, B1, B2, A2), half the runs on each
 couple: the one started first measured 1-2 % more CPU per request.
 """
@@ -48,11 +49,14 @@ class Comparison:
         return (min(ratios), max(ratios)) if ratios else None
 
 
-def one_run(a: Running, b: Running, loads: list[Load], args: Namespace, a_first: bool) -> Run:
+def one_run(
+    a: Running, b: Running, loads: list[Load], args: Namespace, a_first: bool, whole: bool = False
+) -> Run:
     """A sent ``loads[0]`` and B ``loads[1]``, both at once."""
     others = set(sorted(os.sched_getaffinity(0))[1:])
     sides = [(a, *loads[0]), (b, *loads[1])][:: 1 if a_first else -1]
-    before = [s.main_cpu_s() for s in (a, b)]
+    cpu = Running.cpu_s if whole else Running.main_cpu_s
+    before = [cpu(s) for s in (a, b)]
     cmds = [
         wrk.command(args.wrk, s.address(p), f, c, args.pair_duration, 2) for s, p, f, c in sides
     ]
@@ -64,16 +68,16 @@ def one_run(a: Running, b: Running, loads: list[Load], args: Namespace, a_first:
             proc.kill()
             proc.wait()
     us = []
-    for server, cpu in zip((a, b), before, strict=True):
+    for server, spent in zip((a, b), before, strict=True):
         r = got[server.name]
         if r.errors or not r.requests or server.process.poll() is not None:
             raise wrk.WrkError(f"{server.name}: {r.errors} errors, {r.requests} answers")
-        us.append(1e6 * (server.main_cpu_s() - cpu) / r.requests)
+        us.append(1e6 * (cpu(server) - spent) / r.requests)
     return Run(got[a.name].requests_per_s, got[b.name].requests_per_s, *us)
 
 
 def compare(
-    couples: list[tuple[Running, Running]], loads: list[Load], args: Namespace
+    couples: list[tuple[Running, Running]], loads: list[Load], args: Namespace, whole: bool = False
 ) -> Comparison:
     """``args.pair_runs`` runs of ``args.pair_duration`` s, half on each (A, B) couple, after a
     discarded warm-up run on each; the wrk of A and B start first in turns."""
@@ -86,7 +90,7 @@ def compare(
             for server in couple:
                 server.pin(cpus[0])
             try:
-                runs = [one_run(*couple, loads, args, i % 2 == 0) for i in range(half + 1)]
+                runs = [one_run(*couple, loads, args, i % 2 == 0, whole) for i in range(half + 1)]
                 measured += runs[1:]  # the first warmed up
             finally:
                 for server in couple:

@@ -187,7 +187,11 @@ class Bench:
                         if (why := self.check(server, s)) is not None:
                             raise servers.ServerError(why)
                     loads = [(s.path, self.bodies(s)[0], s.connections) for s in (t.a, b)]
-                    c = paired.compare([(a1, b1), (b1, a1) if same else (a2, b2)], loads, self.args)
+                    # Across commits work may move between processes (e.g. out of a pool into
+                    # the server process): count every process of each side then.
+                    whole = SERVERS[sa].baseline or SERVERS[sb].baseline
+                    couples = [(a1, b1), (b1, a1) if same else (a2, b2)]
+                    c = paired.compare(couples, loads, self.args, whole)
                 except servers.ServerError as exc:
                     c = paired.Comparison(error=str(exc).splitlines()[0])
                 out[t.name] = c

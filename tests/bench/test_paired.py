@@ -32,9 +32,10 @@ def test_half_the_runs_on_each_couple_after_a_warm_up_with_each_wrk_first_as_oft
 ) -> None:
     calls: list[tuple[str, str, bool]] = []
 
-    def one_run(a: Any, b: Any, *rest: Any) -> paired.Run:
+    def one_run(a: Any, b: Any, loads: Any, args: Any, a_first: bool, whole: bool) -> paired.Run:
         assert a.pinned and b.pinned  # noqa: PT018
-        calls.append((a.name, b.name, rest[-1]))
+        assert not whole  # the main processes' CPU unless asked
+        calls.append((a.name, b.name, a_first))
         return paired.Run(1, 1, 100.0, 100.0 + len(calls))
 
     monkeypatch.setattr(paired, "one_run", one_run)
@@ -54,3 +55,22 @@ def test_one_cpu_cannot_pair(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
     args = Namespace(pair_runs=4, pair_duration=1.0, wrk="wrk")
     assert paired.compare([], [], args).error
+
+
+def test_two_commits_are_compared_on_every_process_of_each_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Work may move between processes from one commit to the next (out of a pool worker into
+    the server process): the CPU of one process alone would favour the side that moved it out."""
+    seen: list[bool] = []
+
+    def one_run(a: Any, b: Any, loads: Any, args: Any, a_first: bool, whole: bool) -> paired.Run:
+        seen.append(whole)
+        return paired.Run(1, 1, 100.0, 100.0)
+
+    monkeypatch.setattr(paired, "one_run", one_run)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    args = Namespace(pair_runs=2, pair_duration=1.0, wrk="wrk")
+    couple = (FakeServer("a"), FakeServer("b"))
+    paired.compare([couple], [], args, whole=True)  # type: ignore[list-item]
+    assert seen == [True, True]
