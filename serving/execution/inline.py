@@ -6,14 +6,25 @@ the GIL with the event loop. Kept as a setting for small deployments and debuggi
 scikit-learn is imported only when a batch runs on it, as in a pool worker: an executor whose
 versions all run on ONNX Runtime never imports it (the import took about a second on the first
 batch, which every request then waited for, and about 100 MB).
+
+A small batch of a cheap model runs in the event loop itself: for it, handing the batch to the
+thread and its result back (a queue, a wake-up of the thread, the GIL changing hands twice, a
+wake-up of the loop) costs more than the model. A model is cheap when :data:`LOOP_ROWS` rows
+take at most :data:`LOOP_BUDGET_S`, timed when it is loaded; explained batches always go to the
+thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from serving.core.errors import NotReadyError
 from serving.execution.executor import ExecutorStatus, ModelKey, Opened, failure_error
@@ -23,7 +34,33 @@ from serving.execution.runtime import (
     LoadedModel,
     Prediction,
     RuntimeName,
+    typical_row,
 )
+
+log = logging.getLogger("servewell")
+
+LOOP_ROWS = 32
+"""Batches of at most this many rows of a cheap model run in the event loop."""
+LOOP_BUDGET_S = 200e-6
+"""A model is cheap when a batch of :data:`LOOP_ROWS` rows takes at most this long: about what
+the loop spends on one single-row request, so a batch run in it delays others by as little."""
+
+
+def batch_seconds(model: LoadedModel) -> float:
+    """How long ``model`` takes for :data:`LOOP_ROWS` typical rows: the fastest of five calls
+    after one untimed (a busy box only adds to a call's time, as at start, when every server
+    process loads at once). Infinite when such a batch fails (it then runs in the thread, whose
+    errors are the callers' as ever; a model loads whether or not this works)."""
+    rows = np.repeat(typical_row(model.manifest), LOOP_ROWS, axis=0)
+    seconds = []
+    try:
+        for _ in range(6):
+            started = time.perf_counter()
+            model.predict(rows, False)
+            seconds.append(time.perf_counter() - started)
+    except Exception:
+        return math.inf
+    return min(seconds[1:])
 
 
 class _SklearnThread(threading.local):
@@ -54,6 +91,8 @@ class InlineExecutor:
     ) -> None:
         self._models = models
         self._loader = loader
+        self._cheap: set[ModelKey] = set()
+        """Models whose small batches run in the event loop."""
         self._threads = ThreadPoolExecutor(1, thread_name_prefix="servewell-inline")
         self._closed = False
 
@@ -64,25 +103,20 @@ class InlineExecutor:
     def submit(
         self, key: ModelKey, rows: FloatArray, want_probabilities: bool, explain: bool = False
     ) -> asyncio.Future[Prediction]:
-        """Run one batch in the thread; the future resolves in the event loop."""
+        """Run one batch, in the event loop when it is small and its model cheap, else in the
+        thread; the future resolves in the event loop."""
         if self._closed:
             raise NotReadyError("the inline executor is shut down")
         loop = asyncio.get_running_loop()
         model = self._models[key]
         future: asyncio.Future[Prediction] = loop.create_future()
+        if key in self._cheap and len(rows) <= LOOP_ROWS and not explain:
+            _settle(future, *_predict(model, rows, want_probabilities, explain))
+            return future
 
         def run() -> None:
-            try:
-                if model.runtime == "sklearn":
-                    _configure_sklearn()
-                result = model.predict(rows, want_probabilities, explain)
-            except ExplanationUnavailable as exc:
-                loop.call_soon_threadsafe(_fail, future, failure_error(str(exc), True))
-            except Exception as exc:
-                error = failure_error(f"{type(exc).__name__}: {exc}", False)
-                loop.call_soon_threadsafe(_fail, future, error)
-            else:
-                loop.call_soon_threadsafe(_resolve, future, result)
+            outcome = _predict(model, rows, want_probabilities, explain)
+            loop.call_soon_threadsafe(_settle, future, *outcome)
 
         self._threads.submit(run)
         return future
@@ -91,13 +125,26 @@ class InlineExecutor:
         """Load a model (hot swap); errors propagate with their reason."""
         if self._closed or self._loader is None:
             raise NotReadyError("the inline executor cannot load models")
-        model = await asyncio.to_thread(self._loader, key)
+        loader = self._loader
+        model, seconds = await asyncio.to_thread(lambda: (m := loader(key), batch_seconds(m)))
         self._models[key] = model
+        if seconds <= LOOP_BUDGET_S:
+            self._cheap.add(key)
+        else:
+            self._cheap.discard(key)
+        timed = f"{seconds * 1e6:.0f} µs" if math.isfinite(seconds) else "failed"
+        where = (
+            f"batches of up to {LOOP_ROWS} rows run in the event loop"
+            if key in self._cheap
+            else "its batches run in the inference thread"
+        )
+        log.info("%s v%s: %d rows: %s; %s", *key, LOOP_ROWS, timed, where)
         return model.runtime
 
     async def unload_model(self, key: ModelKey) -> None:
         """Forget a model; batches already submitted hold their own reference."""
         self._models.pop(key, None)
+        self._cheap.discard(key)
 
     async def open(self, keys: Sequence[ModelKey]) -> Opened:
         """Load ``keys`` in this process (those not given loaded already)."""
@@ -122,11 +169,27 @@ class InlineExecutor:
         self._threads.shutdown(wait=True, cancel_futures=True)
 
 
-def _resolve(future: asyncio.Future[Prediction], result: Prediction) -> None:
-    if not future.done():
-        future.set_result(result)
+def _predict(
+    model: LoadedModel, rows: FloatArray, want_probabilities: bool, explain: bool
+) -> tuple[Prediction | None, Exception | None]:
+    """The batch's prediction, or the error its callers get."""
+    try:
+        if model.runtime == "sklearn":
+            _configure_sklearn()
+        return model.predict(rows, want_probabilities, explain), None
+    except ExplanationUnavailable as exc:
+        return None, failure_error(str(exc), True)
+    except Exception as exc:
+        return None, failure_error(f"{type(exc).__name__}: {exc}", False)
 
 
-def _fail(future: asyncio.Future[Prediction], error: Exception) -> None:
-    if not future.done():
+def _settle(
+    future: asyncio.Future[Prediction], result: Prediction | None, error: Exception | None
+) -> None:
+    if future.done():
+        return
+    if error is not None:
         future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)

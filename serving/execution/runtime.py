@@ -318,12 +318,12 @@ def warm_up(model: LoadedModel) -> None:
     """Predict one row of training-like values (first calls are slow, and a model that fails
     here would fail every request)."""
     try:
-        model.predict(_typical_row(model.manifest), False)
+        model.predict(typical_row(model.manifest), False)
     except Exception as exc:
         raise WarmUpError(f"the warm-up prediction failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _typical_row(manifest: Manifest) -> FloatArray:
+def typical_row(manifest: Manifest) -> FloatArray:
     """One encoded row: each feature's training example (or mean), categories by index."""
     row = np.zeros((1, len(manifest.features)))
     for i, feature in enumerate(manifest.features):

@@ -4,16 +4,20 @@ metrics read) without anyone testing their type."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from serving.core.errors import InferenceError
+from serving.execution import inline
 from serving.execution.executor import Executor, ExecutorStatus
 from serving.execution.factory import build_executor, resolve_inference
 from serving.execution.inline import InlineExecutor
 from serving.execution.pool import InferencePool
+from serving.execution.runtime import load
 from serving.settings import Settings
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, train_into
@@ -141,3 +145,93 @@ def test_auto_inference_over_an_unreadable_store_is_inline(tmp_path: Path) -> No
     # runs inline, slower but served.
     missing = ModelStore(tmp_path / "nothing-here")
     assert resolve_inference(Settings(store=missing.root), missing).inference == "inline"
+
+
+def test_small_batches_of_a_cheap_model_run_in_the_event_loop(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handing a batch to the thread and back costs more than a cheap model's small batch:
+    those are answered at once, in the loop; larger batches and explanations go to the
+    thread."""
+    monkeypatch.setattr(inline, "LOOP_BUDGET_S", 1.0)  # cheap, however busy the box
+    executor = build_executor(Settings(store=store.root, inference="inline"), store)
+    assert isinstance(executor, InlineExecutor)
+
+    async def main() -> list[tuple[bool, str]]:
+        await executor.open([("iris", 1)])
+        loop = asyncio.get_running_loop()
+        seen = []
+        for rows, explain in ((1, False), (inline.LOOP_ROWS, False), (inline.LOOP_ROWS + 1, False)):
+            batch = np.array([IRIS_ROW] * rows, dtype=np.float64)
+            future = executor.submit(("iris", 1), batch, False, explain)
+            seen.append((future.done(), (await future).predictions[0]))
+        explained = executor.submit(("iris", 1), np.array([IRIS_ROW]), False, True)
+        seen.append((explained.done(), "explained"))
+        with contextlib.suppress(Exception):  # iris may have no explanations here
+            await explained
+        assert loop.is_running()
+        executor.close()
+        return seen
+
+    assert asyncio.run(main()) == [
+        (True, "setosa"),
+        (True, "setosa"),
+        (False, "setosa"),
+        (False, "explained"),
+    ]
+
+
+def test_a_model_over_the_budget_runs_every_batch_in_the_thread(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inline, "LOOP_BUDGET_S", 0.0)
+    executor = build_executor(Settings(store=store.root, inference="inline"), store)
+
+    async def main() -> bool:
+        await executor.open([("iris", 1)])
+        future = executor.submit(("iris", 1), np.array([IRIS_ROW], dtype=np.float64), False)
+        done = future.done()
+        await future
+        executor.close()
+        return done
+
+    assert asyncio.run(main()) is False
+
+
+def test_a_batch_that_fails_in_the_event_loop_fails_like_one_in_the_thread(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inline, "LOOP_BUDGET_S", 1.0)
+    executor = build_executor(Settings(store=store.root, inference="inline"), store)
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        await executor.open([("iris", 1)])
+        wrong = np.zeros((1, 3))  # iris takes 4 features: the runtime refuses it
+        small = executor.submit(("iris", 1), wrong, False)
+        assert small.done()  # in the loop
+        large = executor.submit(("iris", 1), np.zeros((inline.LOOP_ROWS + 1, 3)), False)
+        errors = []
+        for future in (small, large):
+            try:
+                await future
+            except Exception as exc:
+                errors.append(exc)
+        executor.close()
+        return errors[0], errors[1]
+
+    small, large = asyncio.run(main())
+    assert isinstance(small, InferenceError)
+    assert type(small) is type(large)
+
+
+def test_a_model_whose_timed_batch_fails_is_timed_infinite(store: ModelStore) -> None:
+    """Timing must not refuse a model that serves: its batches then go to the thread, where
+    the callers get their errors as ever."""
+    loaded = load(store, "iris", 1, Settings(store=store.root).runtime_policy())
+    assert inline.batch_seconds(loaded) < 1.0
+
+    def refuse(*_: Any) -> Any:
+        raise ValueError("no batch today")
+
+    loaded.predict = refuse  # type: ignore[method-assign,assignment]
+    assert inline.batch_seconds(loaded) == float("inf")
