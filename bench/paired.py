@@ -15,6 +15,10 @@ from pathlib import Path
 from bench import wrk
 from bench.servers import Running
 
+STARVED = 0.2
+"""A run in which one side answered less than this share of the other's requests compares
+nothing: that side's loop was starved, and its CPU per request is not its code's."""
+
 Load = tuple[str, Path, int]
 """What one side sends: path, bodies file, connections."""
 
@@ -41,7 +45,10 @@ class Comparison:
 
     @property
     def ratio(self) -> float | None:
-        return statistics.median(r.ratio for r in self.runs) if self.runs else None
+        """None when there are no runs, or they compare nothing (:attr:`error`)."""
+        if not self.runs or self.error is not None:
+            return None
+        return statistics.median(r.ratio for r in self.runs)
 
     @property
     def spread(self) -> tuple[float, float] | None:
@@ -97,4 +104,14 @@ def compare(
                     server.pin(None)
     except wrk.WrkError as exc:
         return Comparison(error=str(exc))
-    return Comparison(tuple(measured))
+    return judged(tuple(measured))
+
+
+def judged(runs: tuple[Run, ...]) -> Comparison:
+    """The comparison of ``runs``, refused when one side was starved in any of them."""
+    starved = [r for r in runs if min(r.a_rps, r.b_rps) < STARVED * max(r.a_rps, r.b_rps)]
+    if starved:
+        worst = min(starved, key=lambda r: min(r.a_rps, r.b_rps) / max(r.a_rps, r.b_rps))
+        why = f"one side starved in {len(starved)} of {len(runs)} runs"
+        return Comparison(runs, f"{why} (req/s {worst.a_rps:.0f} vs {worst.b_rps:.0f})")
+    return Comparison(runs)

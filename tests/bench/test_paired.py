@@ -74,3 +74,14 @@ def test_two_commits_are_compared_on_every_process_of_each_server(
     couple = (FakeServer("a"), FakeServer("b"))
     paired.compare([couple], [], args, whole=True)  # type: ignore[list-item]
     assert seen == [True, True]
+
+
+def test_runs_with_a_starved_side_compare_nothing() -> None:
+    """One loop starved on the shared core: its CPU per request is not its code's, so the
+    pair reports an error (the target is N/A), never a ratio."""
+    fair = paired.Run(5000, 4500, 100.0, 110.0)
+    starved = paired.Run(6300, 184, 80.0, 140.0)
+    assert paired.judged((fair, fair)).ratio == pytest.approx(1.1)
+    refused = paired.judged((fair, starved))
+    assert refused.ratio is None
+    assert refused.error == "one side starved in 1 of 2 runs (req/s 6300 vs 184)"
