@@ -186,6 +186,14 @@ def _p(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
+OVERLOAD_ROWS = 4000
+"""Rows per request of the overload test. Each request opens a new connection from a Python
+client on the same 2-core box. With 1 000 rows the inline service sustained 920 to 1 070 requests/s
+there, and at three times that every request stalled for seconds, the probes alike (5 of 8 runs
+failed, with the pool too): the box, not the service, was measured. With 4 000 rows it sustains
+660 to 790 and the runs pass."""
+
+
 def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadline(
     trained_store: ModelStore,
 ) -> None:
@@ -194,11 +202,11 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
         trained_store,
         pool_size="1",
         request_timeout_s=str(deadline_s),
-        max_queue_rows="5000",  # 5 requests of 1000 rows waiting
+        max_queue_rows=str(5 * OVERLOAD_ROWS),  # 5 requests waiting
         # The in-flight body budget as shipped: sized not to shed an unsaturated box, it
         # must still protect this one.
     )
-    body = json.dumps({"rows": [IRIS_ROW] * 1000}).encode()
+    body = json.dumps({"rows": [IRIS_ROW] * OVERLOAD_ROWS}).encode()
     try:
         # Sustainable load: what 4 back-to-back clients complete (all answered 200).
         seconds = 10.0
