@@ -1,7 +1,9 @@
 """Inline inference: batches run in one thread of the server process.
 
-No worker processes, so nothing to start or stop, but sklearn's Python overhead then shares
-the GIL with the event loop. Kept as a setting for small deployments and debugging.
+No worker processes, so nothing to start or stop. ONNX Runtime computes without holding the
+GIL, so this is the default when every production version runs on it
+(:mod:`serving.execution.factory`); scikit-learn's Python would share the GIL with the event
+loop, so versions on it get the pool unless inline is asked for.
 
 scikit-learn is imported only when a batch runs on it, as in a pool worker: an executor whose
 versions all run on ONNX Runtime never imports it (the import took about a second on the first
@@ -80,7 +82,8 @@ def _configure_sklearn() -> None:
 
 
 class InlineExecutor:
-    """Runs batches on a single thread with models loaded in this process."""
+    """Runs batches with models loaded in this process: on a single thread, or small ones of a
+    cheap model in the event loop."""
 
     size = 1
 
