@@ -73,8 +73,7 @@ class _BatchObserver:
     def batch_sent(self, rows: FloatArray, waits: list[float]) -> list[int]:
         self.rows.observe(len(rows))
         self.wait.observe_all(waits)
-        self.tracker.queue(self.drift, rows)
-        return self.drift.flagged(rows) if self.warn else []
+        return self.tracker.sent(self.drift, rows, self.warn)
 
     def batch_done(self, seconds: float) -> None:
         if self.timed:

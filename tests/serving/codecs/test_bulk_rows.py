@@ -97,6 +97,14 @@ REFUSED = {
     "nan": _with("NaN"),
     "ragged": _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", "[1, -2, 0]")),
     "row-not-a-list": _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", '"1, -2, 0, 3"')),
+    "row-a-string-of-width": _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", '"abcd"')),
+    "row-an-object-of-width": _body(
+        json.dumps(_rows()).replace("[1, -2, 0, 3]", '{"a": 1, "b": 2, "c": 3, "d": 4}')
+    ),
+    "row-a-number": _body(json.dumps(_rows()).replace("[1, -2, 0, 3]", "4")),
+    "ragged-same-total": _body(
+        json.dumps(_rows()).replace("[1, -2, 0, 3]", "[1, -2, 0]").replace("-0.0]", "-0.0, 7]")
+    ),
     "proba-as-string": _body(_rows(), return_probabilities="true"),
     "proba-as-number": _body(_rows(), return_probabilities=1),
     "extra-key": _body(_rows(), threshold=0.5),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.datasets import load_iris
 
-from serving.observe.drift import DriftTracker, ModelDrift
+from serving.observe.drift import LARGE_BATCH_VALUES, DriftTracker, ModelDrift
 from serving.store import ModelStore
 
 
@@ -115,3 +115,32 @@ def test_values_exactly_at_the_training_bounds_are_in_range(trained_store: Model
             tracker.queue(model, rows)
     tracker.process(tracker.take())
     assert counted[1:] == [[2, 2, 2, 2]]
+
+
+def test_large_batches_are_counted_when_sent_small_ones_in_the_background_pass(
+    trained_store: ModelStore,
+) -> None:
+    manifest = trained_store.manifest("iris", 1)
+    counted: list[tuple[list[int], int]] = []
+    tracker = DriftTracker(
+        2000, lambda key, names, counts, rows: counted.append((counts.tolist(), rows))
+    )
+    model = tracker.track(manifest)
+    inside = np.array([5.1, 3.5, 1.4, 0.2])
+    large = np.tile(inside, (LARGE_BATCH_VALUES // 4, 1))
+    large[[5, 900]] = [[5.1, 3.5, 100.0, -1.0], [np.nan, 3.5, 1.4, 50.0]]
+    assert tracker.sent(model, large, warn=True) == [5, 900]
+    assert tracker.take() == {}  # nothing held for later: counted and windowed already
+    assert model.filled == len(large)
+    assert tracker.sent(model, large, warn=False) == []
+    small = large[:3]
+    assert tracker.sent(model, small, warn=True) == []
+    assert tracker.sent(model, large[4:7], warn=True) == [1]
+    assert model.filled == 2000  # the small batches wait for the pass
+    tracker.process(tracker.take())
+    rows = 2 * len(large) + 6
+    assert counted == [([0, 0, 2 + 1, 2 * 2 + 1], rows)]  # row 5 again in large[4:7]
+    assert model.rows_seen == rows
+    np.testing.assert_array_equal(model.window[model.position - 3 : model.position], large[4:7])
+    tracker.process(tracker.take())
+    assert len(counted) == 1  # nothing new: nothing reported
