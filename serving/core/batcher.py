@@ -47,7 +47,7 @@ class BatchObserver(Protocol):
         """A batch's result came back ``seconds`` after it was sent."""
 
     def warnings(self, rows: FloatArray) -> tuple[str, ...]:
-        """The warnings for one request's rows, some of which were flagged."""
+        """The warnings for rows of one request that were flagged (the others have none)."""
 
 
 class Slots:
@@ -279,9 +279,11 @@ class MicroBatcher:
                 warnings: tuple[str, ...] = ()
                 if flagged and observer is not None:
                     first = bisect_left(flagged, start)
-                    if first < len(flagged) and flagged[first] < stop:
+                    last = bisect_left(flagged, stop, first)
+                    if first < last:  # the warnings come from the flagged rows alone
                         try:
-                            warnings = observer.warnings(item.rows)
+                            mine = item.rows[[p - start for p in flagged[first:last]]]
+                            warnings = observer.warnings(mine)
                         except Exception:
                             log.exception("batch observer failed")
                 contributions = result.contributions

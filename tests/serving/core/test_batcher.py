@@ -255,6 +255,7 @@ class FlagNegatives:
     def __init__(self) -> None:
         self.sent: list[tuple[int, int]] = []
         self.done = 0
+        self.shown: list[list[float]] = []
 
     def batch_sent(self, rows: FloatArray, waits: list[float]) -> list[int]:
         self.sent.append((len(rows), len(waits)))
@@ -265,6 +266,7 @@ class FlagNegatives:
         self.done += 1
 
     def warnings(self, rows: FloatArray) -> tuple[str, ...]:
+        self.shown.append(rows[:, 0].tolist())
         return tuple(f"{v:g} is negative" for v in rows[:, 0] if v < 0)
 
 
@@ -290,6 +292,7 @@ def test_flagged_rows_warn_only_the_requests_they_came_in() -> None:
         ]
         assert [r.predictions.tolist() for r in results][1] == [30, -40, -50]
         assert observer.sent == [(1, 1), (7, 4)]
+        assert observer.shown == [[-4, -5], [-7]]  # a request's flagged rows, not all of them
         assert observer.done == 2
         assert (await first).warnings == ()
 
