@@ -1,8 +1,10 @@
-"""uvicorn's protocol as the service runs it (the ``uvicorn-http`` coupling): the limits on
-connections and request heads, over real sockets."""
+"""uvicorn's protocol as the service runs it (the ``uvicorn-http`` coupling): one write per
+response (a held head never left behind; every integration test runs the real server on it
+too), and the limits on connections and request heads, over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -20,6 +22,126 @@ from serving.couplings import uvicorn_http
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, RunningServer, quiet_settings, running_server
 from tests.serving.raw_http import until_closed
+
+# -- one write per response ------------------------------------------------------------------
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+class Recording:
+    """Records what reaches the socket's transport."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def writelines(self, chunks: tuple[bytes, ...]) -> None:
+        self.calls.append(("writelines", list(chunks)))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+    def abort(self) -> None:
+        self.calls.append(("abort", None))
+
+    def set_protocol(self, protocol: object) -> None:
+        self.calls.append(("set_protocol", protocol))
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.calls.append(("pause_reading", None))
+
+    def resume_reading(self) -> None:
+        self.calls.append(("resume_reading", None))
+
+
+@pytest.fixture
+def one_write() -> Iterator[tuple[Any, Recording, asyncio.AbstractEventLoop]]:
+    loop = asyncio.new_event_loop()
+    real = Recording()
+    heads = uvicorn_http._HeldHeads(loop)
+    yield uvicorn_http._OneWrite(real, heads), real, loop  # type: ignore[arg-type]
+    loop.close()
+
+
+Wrapped = tuple[Any, Recording, asyncio.AbstractEventLoop]
+
+
+def test_a_head_and_its_small_body_go_out_in_one_write(one_write: Wrapped) -> None:
+    transport, real, _ = one_write
+    transport.write(HEAD)
+    assert real.calls == []
+    transport.write(b"{}")
+    assert real.calls == [("write", HEAD + b"{}")]
+    transport.write(HEAD)  # the next response on the connection: held again
+    transport.write(b"[]")
+    assert real.calls[1:] == [("write", HEAD + b"[]")]
+
+
+def test_a_head_without_its_body_goes_out_at_the_end_of_the_loop_iteration(
+    one_write: Wrapped,
+) -> None:
+    transport, real, loop = one_write
+
+    async def only_head() -> None:
+        transport.write(HEAD)
+        assert real.calls == []
+        await asyncio.sleep(0)  # the flush was scheduled before this task resumes
+        assert real.calls == [("write", HEAD)]
+        transport.write(b"{}")  # a body that came later goes after it
+        assert real.calls == [("write", HEAD), ("write", b"{}")]
+
+    loop.run_until_complete(only_head())
+
+
+def test_interim_responses_and_later_chunks_are_not_held(one_write: Wrapped) -> None:
+    transport, real, _ = one_write
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    transport.write(b"chunk")
+    assert real.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n"), ("write", b"chunk")]
+
+
+@pytest.mark.parametrize("action", ["close", "set_protocol"])
+def test_closing_or_handing_over_the_connection_sends_a_held_head_first(
+    one_write: Wrapped, action: str
+) -> None:
+    transport, real, _ = one_write
+    transport.write(HEAD)
+    if action == "close":
+        transport.close()
+        assert real.calls == [("write", HEAD), ("close", None)]
+    else:
+        transport.set_protocol("websocket")
+        assert real.calls == [("write", HEAD), ("set_protocol", "websocket")]
+
+
+def test_an_aborted_connection_drops_a_held_head(one_write: Wrapped) -> None:
+    transport, real, loop = one_write
+    transport.write(HEAD)
+    transport.abort()
+    loop.run_until_complete(asyncio.sleep(0))  # the end-of-iteration flush finds nothing
+    assert real.calls == [("abort", None)]
+
+
+def test_big_bodies_are_not_copied_and_the_rest_passes_through(one_write: Wrapped) -> None:
+    transport, real, _ = one_write
+    body = b"x" * (uvicorn_http._JOIN_LIMIT + 1)
+    transport.write(HEAD)
+    transport.write(body)
+    assert real.calls == [("writelines", [HEAD, body])]
+    assert transport.get_extra_info("socket") == "info:socket"
+    assert transport.is_closing() is False
+    transport.pause_reading()
+    transport.resume_reading()
+    assert real.calls[1:] == [("pause_reading", None), ("resume_reading", None)]
+
 
 # -- limits on connections and heads, on the real server --------------------------------------
 
