@@ -18,6 +18,7 @@ import pytest
 
 from bench import bodies as bench_bodies
 from bench import wrk
+from serving.settings import Settings
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW
 from tests.serving.http.test_main import _children
@@ -191,7 +192,7 @@ OVERLOAD_ROWS = 4000
 client on the same 2-core box. With 1 000 rows the inline service sustained 920 to 1 070 requests/s
 there, and at three times that every request stalled for seconds, the probes alike (5 of 8 runs
 failed, with the pool too): the box, not the service, was measured. With 4 000 rows it sustains
-660 to 790 and the runs pass."""
+530 to 830 and the runs pass."""
 
 
 def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadline(
@@ -250,4 +251,8 @@ def test_at_three_times_the_sustainable_load_accepted_requests_keep_their_deadli
     # Within a small part of the deadline: the p95, as the p99 follows the floor's own tail,
     # which on this shared box reached 0.6 s once (probe and shed alike) in a run like this.
     assert _p(shed, 0.95) <= deadline_s / 4, report
-    assert rss_after <= 1.5 * rss_before, report  # memory stays bounded
+    # Memory stays bounded: by design up to the in-flight body budget of declared bytes may be
+    # held at once (the faster the service, the more requests are in flight at three times its
+    # rate: 22 to 58 MB more here), plus room for their parsed rows and the buffers.
+    budget_kib = (Settings().max_inflight_body_bytes or 0) // 1024
+    assert rss_after - rss_before <= budget_kib + 32 * 1024, report
