@@ -7,7 +7,7 @@ still works, only without what the coupling adds. docs/design.md ("Third-party c
 says why each one pays.
 
 * ``uvicorn-http`` (:mod:`serving.couplings.uvicorn_http`): uvicorn's ``HttpToolsProtocol``,
-  for the limits on connections and request heads;
+  for the limits on connections and request heads, and one write per response;
 * ``uvloop-accept`` (:mod:`serving.couplings.uvloop_accept`): ``uvloop.Loop`` with a listener
   that accepts every pending connection at once, one per server process;
 * ``sklearn-forest`` (:mod:`serving.couplings.sklearn_forest`): scikit-learn's
@@ -52,7 +52,7 @@ UVICORN_HTTP = Coupling(
     "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol (subclassed)",
     frozenset({"0.55.0"}),
     "uvicorn's own HttpToolsProtocol: no header timeout, header size and count limits, or "
-    "connection limit",
+    "connection limit; two writes per response",
 )
 UVLOOP_ACCEPT = Coupling(
     "uvloop-accept",
