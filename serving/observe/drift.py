@@ -84,7 +84,10 @@ class ModelDrift:
                         bad.append(i)
                         break
             return bad
-        flagged: list[int] = np.unique(self._outside(rows) // rows.shape[1]).tolist()
+        outside = self._outside(rows)
+        if not outside.size:  # the usual answer: np.unique alone costs more than the check
+            return []
+        flagged: list[int] = np.unique(outside // rows.shape[1]).tolist()
         return flagged
 
     def _outside(self, rows: FloatArray) -> npt.NDArray[np.intp]:
