@@ -203,9 +203,9 @@ class DriftTracker:
         return model
 
     def forget(self, keep: set[ModelKey]) -> None:
-        """Drop versions no longer served."""
+        """Drop versions no longer served (reporting what they counted last)."""
         for key in [k for k in self.models if k not in keep]:
-            del self.models[key]
+            self._report(self.models.pop(key))
 
     def sent(self, model: ModelDrift, rows: FloatArray, warn: bool) -> list[int]:
         """Take a batch sent to the model: count and window it now if it is large, else queue
@@ -240,13 +240,16 @@ class DriftTracker:
         report every model's counts since the last pass."""
         for model, parts in batches.items():
             model.count(parts[0] if len(parts) == 1 else np.concatenate(parts))
-        for model in self.models.values():
-            if model.counted_rows:
-                if self.on_counts is not None:
-                    self.on_counts(model.key, model.names, model.counts, model.counted_rows)
-                model.counts = np.zeros_like(model.counts)
-                model.counted_rows = 0
+        for model in {*self.models.values(), *batches}:  # a forgotten version's rows too
+            self._report(model)
         self.processed_at = time.time()
+
+    def _report(self, model: ModelDrift) -> None:
+        if model.counted_rows:
+            if self.on_counts is not None:
+                self.on_counts(model.key, model.names, model.counts, model.counted_rows)
+            model.counts = np.zeros_like(model.counts)
+            model.counted_rows = 0
 
     def report(self, key: ModelKey) -> Callable[[], dict[str, Any]] | None:
         """A copy of the version's window now, and a function computing its report from the

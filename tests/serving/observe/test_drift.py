@@ -144,3 +144,19 @@ def test_large_batches_are_counted_when_sent_small_ones_in_the_background_pass(
     np.testing.assert_array_equal(model.window[model.position - 3 : model.position], large[4:7])
     tracker.process(tracker.take())
     assert len(counted) == 1  # nothing new: nothing reported
+
+
+def test_a_forgotten_version_reports_what_it_counted_last(trained_store: ModelStore) -> None:
+    counted: list[tuple[str, int, int]] = []
+    tracker = DriftTracker(
+        100, lambda key, names, counts, rows: counted.append((key[0], int(counts.sum()), rows))
+    )
+    model = tracker.track(trained_store.manifest("iris", 1))
+    far = np.tile([5.1, 3.5, 100.0, 0.2], (LARGE_BATCH_VALUES // 4, 1))
+    tracker.sent(model, far, warn=False)  # counted when sent
+    tracker.forget(set())
+    assert counted == [("iris", len(far), len(far))]
+    tracker.sent(model, far[:2], warn=False)  # queued, then the version is swapped out
+    tracker.forget(set())
+    tracker.process(tracker.take())
+    assert counted[1:] == [("iris", 2, 2)]
