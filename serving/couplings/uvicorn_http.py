@@ -26,8 +26,7 @@ through the TCP stack and two wake-ups of the client. Here the connection's tran
 fixed-length answer makes in the same step, and sends both in one call. A held head is never
 left behind: anything else done with the transport, or the end of the loop iteration (one
 callback per iteration for all connections), sends it first. Measured in alternating runs:
-iris single rows at c=100 +8 to +13 % req/s (CPU per request -6 to -11 %), c=1 unchanged,
-the forest's 1 000-row requests at c=8 +40 % (the client no longer waits on a head alone).
+iris single rows at c=100 +8 to +31 % req/s (CPU per request -6 to -22 %), c=1 unchanged.
 
 uvicorn's public options offer none of these limits (``h11_max_incomplete_event_size`` bounds
 a head only under h11, which is slower), hence the subclass.
