@@ -159,7 +159,10 @@ class _OneWrite:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held)
+            # Closed underneath since (a lost connection, an error of another write): nothing
+            # can go out, and writing would raise in the loop's callback.
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
     def close(self) -> None:
         self.flush()

@@ -33,8 +33,11 @@ class Recording:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.closing = False
 
     def write(self, data: bytes) -> None:
+        if self.closing:
+            raise RuntimeError("unable to perform operation on a closed transport")
         self.calls.append(("write", data))
 
     def writelines(self, chunks: tuple[bytes, ...]) -> None:
@@ -53,7 +56,7 @@ class Recording:
         return f"info:{name}"
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
 
     def pause_reading(self) -> None:
         self.calls.append(("pause_reading", None))
@@ -120,6 +123,20 @@ def test_closing_or_handing_over_the_connection_sends_a_held_head_first(
     else:
         transport.set_protocol("websocket")
         assert real.calls == [("write", HEAD), ("set_protocol", "websocket")]
+
+
+def test_a_head_held_on_a_connection_closed_underneath_is_dropped_quietly(
+    one_write: Wrapped,
+) -> None:
+    transport, real, loop = one_write
+    other_real = Recording()
+    other = uvicorn_http._OneWrite(other_real, transport._heads)  # type: ignore[arg-type]
+    transport.write(HEAD)
+    other.write(HEAD)
+    real.closing = True  # the peer went away before the end of the iteration
+    loop.run_until_complete(asyncio.sleep(0))
+    assert real.calls == []
+    assert other_real.calls == [("write", HEAD)]  # the other connection's head still went out
 
 
 def test_an_aborted_connection_drops_a_held_head(one_write: Wrapped) -> None:
