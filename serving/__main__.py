@@ -136,13 +136,10 @@ def served_on_scikit_learn(settings: Settings) -> list[str]:
     manifests and the runtime settings (none when the store cannot be read: loading reports
     that)."""
     from serving.execution.runtime import production_on_sklearn
-    from serving.store import ModelStore, StoreError
+    from serving.store import ModelStore
 
     store = ModelStore(settings.store, signing_key=settings.signing_key_bytes)
-    try:
-        return production_on_sklearn(store, settings.runtime_policy())
-    except (StoreError, OSError):
-        return []
+    return production_on_sklearn(store, settings.runtime_policy())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from serving.execution.inline import InlineExecutor
 from serving.execution.pool import InferencePool
 from serving.execution.runtime import LoadedModel, load, production_on_sklearn
 from serving.settings import Settings
-from serving.store import ModelStore, StoreError
+from serving.store import ModelStore
 
 log = logging.getLogger("servewell")
 
@@ -28,10 +28,7 @@ def resolve_inference(settings: Settings, store: ModelStore) -> Settings:
     other choices as they are."""
     if settings.inference != "auto":
         return settings
-    try:
-        on_sklearn = production_on_sklearn(store, settings.runtime_policy())
-    except (StoreError, OSError):
-        on_sklearn = []  # loading reports the store's problem; nothing needs the pool yet
+    on_sklearn = production_on_sklearn(store, settings.runtime_policy())
     inference = "pool" if on_sklearn else "inline"
     why = f"{', '.join(on_sklearn)} run on scikit-learn" if on_sklearn else "all on ONNX Runtime"
     log.info("inference %s: production versions %s (SERVEWELL_INFERENCE)", inference, why)

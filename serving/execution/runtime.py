@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serving.couplings.sklearn_forest import votes_by_probabilities
-from serving.store import FeatureKind, Manifest, ModelStore, Task
+from serving.store import FeatureKind, Manifest, ModelStore, StoreError, Task
 
 if TYPE_CHECKING:
     from serving.explain import Explainer
@@ -94,12 +94,15 @@ class RuntimePolicy:
 
 def production_on_sklearn(store: ModelStore, policy: RuntimePolicy) -> list[str]:
     """The store's models whose production version will run on scikit-learn, by their
-    manifests and ``policy`` (raises the store's errors)."""
+    manifests and ``policy`` (none when the store cannot be read: loading reports that)."""
     names = []
-    for name in store.names():
-        version = store.production(name)
-        if version is not None and not policy.expects_onnx(store.manifest(name, version)):
-            names.append(name)
+    try:
+        for name in store.names():
+            version = store.production(name)
+            if version is not None and not policy.expects_onnx(store.manifest(name, version)):
+                names.append(name)
+    except (StoreError, OSError):
+        return []
     return names
 
 

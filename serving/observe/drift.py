@@ -84,11 +84,7 @@ class ModelDrift:
                         bad.append(i)
                         break
             return bad
-        outside = self._outside(rows)
-        if not outside.size:  # the usual answer: np.unique alone costs more than the check
-            return []
-        flagged: list[int] = np.unique(outside // rows.shape[1]).tolist()
-        return flagged
+        return _rows_of(self._outside(rows), rows.shape[1])
 
     def _outside(self, rows: FloatArray) -> npt.NDArray[np.intp]:
         """Flat positions of the values outside their feature's training range (NaN is not).
@@ -107,27 +103,20 @@ class ModelDrift:
                 )
                 if v < lo or v > hi
             ]
-        bad = ((rows < self.lo) | (rows > self.hi)).any(axis=0)
-        return [self.warnings[i] for i in np.flatnonzero(bad)]
+        return [self.warnings[i] for i in np.unique(self._outside(rows) % rows.shape[1])]
 
     def absorb(self, rows: FloatArray) -> list[int]:
         """Count and window a large batch now; the positions of its rows with a value outside
         the training range (see :meth:`flagged`)."""
-        outside = self._count(rows)
-        self.append(rows)
-        flagged: list[int] = np.unique(outside // rows.shape[1]).tolist() if outside.size else []
-        return flagged
+        return _rows_of(self.count(rows), rows.shape[1])
 
-    def count(self, rows: FloatArray) -> None:
-        """Count and window queued rows."""
-        self._count(rows)
-        self.append(rows)
-
-    def _count(self, rows: FloatArray) -> npt.NDArray[np.intp]:
+    def count(self, rows: FloatArray) -> npt.NDArray[np.intp]:
+        """Count and window rows; the flat positions of their values out of range."""
         outside = self._outside(rows)
         if outside.size:
             self.counts += np.bincount(outside % rows.shape[1], minlength=len(self.counts))
         self.counted_rows += len(rows)
+        self.append(rows)
         return outside
 
     def append(self, rows: FloatArray) -> None:
@@ -162,6 +151,15 @@ class ModelDrift:
                 entry["psi"] = _psi(present, self.edges[i], self.shares[i])
             out.append(entry)
         return {"rows_in_window": len(rows), "features": out}
+
+
+def _rows_of(outside: npt.NDArray[np.intp], width: int) -> list[int]:
+    """The rows holding the flat positions ``outside`` (none, usually: np.unique alone costs
+    more than the check that found them)."""
+    if not outside.size:
+        return []
+    rows: list[int] = np.unique(outside // width).tolist()
+    return rows
 
 
 def _psi(
