@@ -21,6 +21,7 @@ from typing import Any
 
 from hpack.exceptions import HPACKError
 
+from serving.core.idle_poll import IdlePoll
 from serving.grpc.calls import Call, GrpcError, Method, Status
 from serving.grpc.headers import COMPRESSED, Head, HeaderDecoder
 
@@ -382,6 +383,14 @@ class Connection(asyncio.Protocol):
     # -- answering -----------------------------------------------------------------------------
 
     async def run_unary(self, stream: _Stream, message: bytes) -> None:
+        idle = self.server.idle
+        idle.begin()
+        try:
+            await self._run_unary(stream, message)
+        finally:
+            idle.end()
+
+    async def _run_unary(self, stream: _Stream, message: bytes) -> None:
         assert stream.method.unary is not None
         try:
             answer = await stream.method.unary(stream.call, message)
@@ -503,9 +512,15 @@ class Http2Server:
     """Listens, hands each connection a :class:`Connection`, stops gracefully."""
 
     def __init__(
-        self, methods: dict[str, Method], max_message: int, max_header_bytes: int = 16_384
+        self,
+        methods: dict[str, Method],
+        max_message: int,
+        max_header_bytes: int = 16_384,
+        idle: IdlePoll | None = None,
     ) -> None:
         self.methods = methods
+        self.idle = idle or IdlePoll(0)
+        """Unary calls in flight, counted with the HTTP requests of the same process."""
         self.max_message = max_message
         self.max_header_bytes = max_header_bytes
         self.stream_window = min(MAX_WINDOW, max_message + 5)

@@ -45,6 +45,7 @@ from serving.core.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
+from serving.core.idle_poll import IdlePoll
 from serving.core.lifecycle import Lifecycle
 from serving.core.predictor import answer
 from serving.grpc.calls import Call, GrpcError, Method, Status
@@ -295,7 +296,9 @@ def _reflected_pool() -> Any:
 class GrpcServer:
     """The gRPC server as the app's lifespan runs it."""
 
-    def __init__(self, settings: Settings, service: GrpcService) -> None:
+    def __init__(
+        self, settings: Settings, service: GrpcService, idle: IdlePoll | None = None
+    ) -> None:
         self.settings = settings
         self.service = service
         self.health = Health()
@@ -303,7 +306,7 @@ class GrpcServer:
         names = (SERVICE, HEALTH, REFLECTION)
         methods |= reflection_method(names, _reflected_pool())
         limit = settings.grpc_max_message_bytes or settings.max_body_bytes
-        self.server = Http2Server(methods, limit)
+        self.server = Http2Server(methods, limit, idle=idle)
         self.port = 0
 
     async def start(self) -> int | None:

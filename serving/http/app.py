@@ -18,6 +18,7 @@ from serving.capture.monitor import QualityMonitor
 from serving.codecs.oip.service import InferenceService
 from serving.codecs.typed import TypedCodec
 from serving.core.dataplane import DataPlane
+from serving.core.idle_poll import IdlePoll
 from serving.core.lifecycle import Lifecycle
 from serving.core.loading import build_dataplane
 from serving.http import exception_handlers
@@ -146,7 +147,9 @@ def _lifespan(settings: Settings, observability: Observability, edge: Edge) -> L
         app.state.rollout = rollout = Rollout(lifecycle, capture, settings)
         await rollout.resume()
         rollout.start_guard()
-        grpc_server = await _start_grpc(app, settings, dataplane, lifecycle, observability)
+        grpc_server = await _start_grpc(
+            app, settings, dataplane, lifecycle, observability, edge.idle
+        )
         if monitor is not None:
             monitor.start(lambda: [s.manifest for s in dataplane.ready_models()])
         try:
@@ -214,6 +217,7 @@ async def _start_grpc(
     dataplane: DataPlane,
     lifecycle: Lifecycle,
     observability: Observability,
+    idle: IdlePoll,
 ) -> GrpcServer | None:
     """The Open Inference Protocol over gRPC on ``grpc_port`` (None when it is 0), in this
     event loop; its health service follows readiness through every swap."""
@@ -224,7 +228,7 @@ async def _start_grpc(
     service = GrpcService(
         settings, dataplane, app.state.inference_service, lifecycle, observability
     )
-    server = GrpcServer(settings, service)
+    server = GrpcServer(settings, service, idle)
     port = await server.start()
     if port is None:
         return None

@@ -42,6 +42,7 @@ from serving.core.admission import Sweeper, deadline_in, sweeper
 from serving.core.context import CURRENT, RequestContext
 from serving.core.dataplane import ServedModel
 from serving.core.errors import BodyTimeoutError, PayloadTooLargeError, ServingError
+from serving.core.idle_poll import IdlePoll
 from serving.core.predictor import answer
 from serving.core.shedding import Shedder, Ticket
 from serving.http.disconnect import ClientGoneError, unless_disconnected
@@ -88,6 +89,10 @@ class Edge:
         self.predict = PathTable("/models", "predict")
         self.infer = PathTable("/v2/models", "infer")
         self.metrics = observability.metrics
+        self.idle = IdlePoll(settings.idle_poll_us * 1e-6)
+        """Requests in flight, and the loop kept polling after the last (also gRPC's)."""
+        if self.metrics is not None:
+            self.metrics.refreshers.append(self._refresh)
         self.access = observability.access
         self.max_body_bytes = settings.max_body_bytes
         self.default_s = settings.request_timeout_s
@@ -120,6 +125,7 @@ class Edge:
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight_now += 1
+        self.idle.begin()
         try:
             try:
                 if refusal is not None:
@@ -143,6 +149,11 @@ class Edge:
             if ctx.ticket is not None:
                 ctx.ticket.release()
             self._record(scope, table, ctx, status, time.perf_counter() - start)
+            self.idle.end()
+
+    def _refresh(self) -> None:
+        assert self.metrics is not None
+        self.metrics.idle_poll.values[()] = self.idle.seconds
 
     def _record(
         self,

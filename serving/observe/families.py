@@ -129,6 +129,13 @@ DEFINITIONS: tuple[Definition, ...] = (
         "in_flight", "servewell_requests_in_flight", "Requests being answered now.", "gauge", ()
     ),
     Definition(
+        "idle_poll",
+        "servewell_idle_poll_seconds",
+        "Time the event loop kept polling after its last request in flight, not sleeping.",
+        "counter",
+        (),
+    ),
+    Definition(
         "batch_rows",
         "servewell_batch_rows",
         "Rows per batch sent to the inference executor.",

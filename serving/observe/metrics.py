@@ -55,6 +55,7 @@ class Metrics:
     requests: Family
     latency: Family
     in_flight: Family
+    idle_poll: Family
     batch_rows: Family
     queue_wait: Family
     queue_depth: Family

@@ -1,0 +1,204 @@
+"""The event loop kept polling after the last request in flight, on a real asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from serving.core.idle_poll import IdlePoll
+from serving.store import ModelStore
+from tests.serving.conftest import IRIS_ROW
+from tests.serving.process import start_serving
+
+
+class Counting(IdlePoll):
+    """Counts the loop iterations it polled through."""
+
+    iterations = 0
+
+    def _poll(self) -> None:
+        self.iterations += 1
+        super()._poll()
+
+
+def _polling(poll: IdlePoll) -> bool:
+    return poll.polling  # read afresh: the loop changes it between two asserts
+
+
+def _two_close_requests(poll: IdlePoll) -> None:
+    poll.begin()
+    poll.end()
+    poll.begin()  # right behind the first: the gap is far within any window
+    poll.end()
+
+
+async def _quiet_after(poll: IdlePoll, seconds: float) -> bool:
+    """Whether the poll has stopped ``seconds`` from now."""
+    await asyncio.sleep(seconds)
+    return not poll.polling
+
+
+def test_the_first_request_does_not_poll() -> None:
+    async def run() -> None:
+        poll = IdlePoll(1.0)
+        poll.begin()
+        poll.end()
+        assert not _polling(poll)
+        assert poll.polled == 0
+
+    asyncio.run(run())
+
+
+def test_after_a_close_request_the_loop_polls_for_the_window_then_sleeps() -> None:
+    async def run() -> None:
+        poll = Counting(0.3)
+        _two_close_requests(poll)
+        assert _polling(poll)
+        assert poll.polled == 1
+        await asyncio.sleep(0.05)
+        # Without the poll the loop would have slept through these 50 ms in one wait.
+        assert poll.iterations > 50
+        assert await _quiet_after(poll, 0.5)
+        quiet = poll.iterations
+        await asyncio.sleep(0.05)
+        assert poll.iterations == quiet
+
+    asyncio.run(run())
+
+
+def test_a_request_arriving_stops_the_poll_and_its_end_starts_it_again() -> None:
+    async def run() -> None:
+        poll = Counting(5.0)
+        _two_close_requests(poll)
+        assert _polling(poll)
+        poll.begin()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not _polling(poll)  # a request in flight is waited for asleep
+        busy = poll.iterations
+        await asyncio.sleep(0.05)
+        assert poll.iterations == busy
+        poll.end()
+        assert _polling(poll)
+        assert poll.polled == 2
+        poll.begin()  # ends the poll for the rest of the test
+        assert await _quiet_after(poll, 0.05)
+
+    asyncio.run(run())
+
+
+def test_requests_far_apart_never_poll() -> None:
+    async def run() -> None:
+        poll = IdlePoll(0.01)
+        poll.begin()
+        poll.end()
+        await asyncio.sleep(0.05)
+        poll.begin()
+        poll.end()
+        assert not _polling(poll)
+        assert poll.polled == 0
+
+    asyncio.run(run())
+
+
+def test_only_the_last_request_in_flight_starts_the_poll() -> None:
+    async def run() -> None:
+        poll = IdlePoll(1.0)
+        _two_close_requests(poll)
+        poll.begin()  # stops the poll at the next iteration
+        poll.begin()
+        poll.end()
+        assert poll.active == 1
+        await asyncio.sleep(0)
+        assert not _polling(poll)
+        poll.end()
+        assert _polling(poll)
+        assert poll.polled == 2
+        poll.begin()
+        assert await _quiet_after(poll, 0.05)
+
+    asyncio.run(run())
+
+
+def test_a_zero_window_never_polls() -> None:
+    async def run() -> None:
+        poll = IdlePoll(0)
+        _two_close_requests(poll)
+        _two_close_requests(poll)
+        assert not _polling(poll)
+        assert poll.polled == 0
+
+    asyncio.run(run())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system time of ``pid`` and its live descendants."""
+    total = 0
+    for p in {pid} | _descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except OSError:
+                continue
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _polled_seconds(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith("servewell_idle_poll_seconds_total "):
+            return float(line.split()[1])
+    raise AssertionError("no servewell_idle_poll_seconds_total in /metrics")
+
+
+def test_the_server_polls_between_a_clients_back_to_back_requests_then_goes_quiet(
+    trained_store: ModelStore,
+) -> None:
+    process, url = start_serving(trained_store)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps({"rows": [IRIS_ROW]})
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        for _ in range(300):  # each request sent as soon as the answer is in
+            connection.request(
+                "POST", "/models/iris/predict", body, {"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            assert response.status == 200
+            response.read()
+        connection.close()
+        polled = _polled_seconds(httpx.get(f"{url}/metrics", timeout=30).text)
+        assert polled > 0
+        time.sleep(0.5)
+        before = _cpu_seconds(process.pid)
+        time.sleep(2)
+        # Nothing keeps polling once requests stop (a background tick or two only).
+        assert _cpu_seconds(process.pid) - before < 0.2
+        assert _polled_seconds(httpx.get(f"{url}/metrics", timeout=30).text) < polled + 0.01
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=60)
