@@ -108,17 +108,20 @@ def test_requests_far_apart_never_poll() -> None:
     asyncio.run(run())
 
 
-def test_only_the_last_request_in_flight_starts_the_poll() -> None:
+def test_requests_that_overlapped_do_not_poll_and_the_next_sequential_ones_do() -> None:
     async def run() -> None:
         poll = IdlePoll(1.0)
         _two_close_requests(poll)
         poll.begin()  # stops the poll at the next iteration
-        poll.begin()
+        poll.begin()  # two in flight: concurrent load, not a sequential client
         poll.end()
         assert poll.active == 1
         await asyncio.sleep(0)
         assert not _polling(poll)
         poll.end()
+        assert not _polling(poll)
+        assert poll.polled == 1
+        _two_close_requests(poll)  # one at a time again
         assert _polling(poll)
         assert poll.polled == 2
         poll.begin()
