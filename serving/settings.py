@@ -106,11 +106,11 @@ class Settings(BaseSettings):
 
     idle_poll_us: int = Field(default=250, ge=0)
     """After its last request in flight, a server process keeps polling its sockets for up to
-    this long instead of sleeping, when the request before came within as long of the one
-    before it (``serving.core.idle_poll``): a client that sends its next request as soon as it
-    has the answer finds the CPU awake (iris c=1 p50 255 → 202 µs on a 2-core VM). It costs up
-    to this much CPU each time requests stop coming close together, none while any is in
-    flight. 0: sleep at once."""
+    this long instead of sleeping, when requests came one at a time and the last within as long
+    of the one before (``serving.core.idle_poll``): a client that sends its next request as
+    soon as it has the answer finds the CPU awake (iris c=1 p50 255 → 202 µs on a 2-core VM).
+    It costs up to this much CPU each time such requests stop coming close together, none while
+    any is in flight or under concurrent load. 0: sleep at once."""
 
     # -- third-party couplings (serving/couplings) --------------------------------------------
     stock_couplings: bool = False
