@@ -15,7 +15,7 @@ import httpx
 from serving.core.idle_poll import IdlePoll
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW
-from tests.serving.process import start_serving
+from tests.serving.process import descendants, start_serving
 
 
 class Counting(IdlePoll):
@@ -144,31 +144,13 @@ def test_a_zero_window_never_polls() -> None:
 def _cpu_seconds(pid: int) -> float:
     """User and system time of ``pid`` and its live descendants."""
     total = 0
-    for p in {pid} | _descendants(pid):
+    for p in {pid} | descendants(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-            except OSError:
-                continue
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def _polled_seconds(metrics: str) -> float:

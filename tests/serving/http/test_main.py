@@ -20,30 +20,9 @@ import pytest
 
 from serving.couplings.uvloop_accept import GreedyAcceptLoop
 from serving.store import ModelStore
-from tests.serving.process import ROOT
+from tests.serving.process import ROOT, descendants
 from tests.serving.process import free_port as _free_port
 from tests.serving.process import start_serving as _start
-
-
-def _children(pid: int) -> set[int]:
-    """Every live descendant of pid (from /proc), excluding zombies."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
-            parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -65,7 +44,7 @@ def _wait_gone(pids: set[int], seconds: float) -> list[int]:
 def test_serve_and_stop_on_sigint(trained_store: ModelStore, loop: str) -> None:
     process, url = _start(trained_store, loop, inference="pool")
     try:
-        workers = _children(process.pid)
+        workers = descendants(process.pid)
         assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
         ok = httpx.post(f"{url}/models/iris/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]})
         assert ok.status_code == 200
@@ -103,7 +82,7 @@ def test_by_default_one_server_process_per_core_predicting_inline(
     cores = os.cpu_count() or 1
     process, url = _start(trained_store, workers="", pool_size="")  # the defaults
     try:
-        children = _children(process.pid)
+        children = descendants(process.pid)
         spawned = _cmdlines(children)
         # uvicorn's server processes (one process serves alone), and no pool worker
         processes = [c for c in spawned if "spawn_main" in c]
@@ -136,7 +115,7 @@ def test_by_default_one_server_process_when_a_model_runs_on_scikit_learn(
         trained_store, workers="", pool_size="", sklearn_models='["iris"]', log_level="info"
     )
     try:
-        spawned = _cmdlines(_children(process.pid))
+        spawned = _cmdlines(descendants(process.pid))
         cores = os.cpu_count() or 1
         pool_workers = max(1, cores - 1)
         processes = [c for c in spawned if "spawn_main" in c]
@@ -205,7 +184,7 @@ def test_invalid_settings_are_one_line_not_a_traceback(tmp_path: Path) -> None:
 
 def test_workers_exit_when_the_server_is_killed(trained_store: ModelStore) -> None:
     process, _ = _start(trained_store)
-    workers = _children(process.pid)
+    workers = descendants(process.pid)
     try:
         process.kill()  # no chance to clean up: workers must notice on their own
         process.communicate(timeout=30)
@@ -255,7 +234,7 @@ def test_a_burst_of_connections_is_accepted_at_once() -> None:
 def _pool_workers(pid: int) -> list[int]:
     """The inference workers among pid's descendants (not multiprocessing's tracker)."""
     found = []
-    for child in _children(pid):
+    for child in descendants(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
@@ -286,7 +265,7 @@ def test_sigterm_stops_accepting_finishes_requests_in_flight_and_exits_0(
 ) -> None:
     process, url = _start(trained_store, pool_size="1", inference="pool")
     try:
-        everything = _children(process.pid)
+        everything = descendants(process.pid)
         (worker,) = _pool_workers(process.pid)
         os.kill(worker, signal.SIGSTOP)  # the request below stays in flight until SIGCONT
         result: list[object] = []
@@ -329,7 +308,7 @@ def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
         shutdown_grace_s="1",
         request_timeout_s="60",
     )
-    everything = _children(process.pid)
+    everything = descendants(process.pid)
     (worker,) = _pool_workers(process.pid)
     try:
         os.kill(worker, signal.SIGSTOP)  # a request that would never finish
@@ -358,7 +337,7 @@ def test_sigterm_grace_period_is_bounded(trained_store: ModelStore) -> None:
 @pytest.mark.slow  # a server process of its own: kept out of the default run
 def test_a_stuck_worker_dies_with_a_killed_server(trained_store: ModelStore) -> None:
     process, _ = _start(trained_store, pool_size="1", inference="pool")
-    everything = _children(process.pid)
+    everything = descendants(process.pid)
     (worker,) = _pool_workers(process.pid)
     try:
         os.kill(worker, signal.SIGSTOP)  # it could not read the EOF on its pipe
