@@ -21,7 +21,7 @@ from bench import wrk
 from serving.settings import Settings
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW
-from tests.serving.http.test_main import _children
+from tests.serving.process import descendants
 from tests.serving.process import start_serving as _start
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_soak_60s_at_1000_connections_mixed_sizes(
             thread.join(120)
         # The processes as they run now (a worker the watchdog replaced during the warm-up on a
         # starved box is a new process); one that goes away from here on fails the soak.
-        processes = {process.pid, *_children(process.pid)}
+        processes = {process.pid, *descendants(process.pid)}
         baseline = {pid: _rss_kib(pid) for pid in processes}
         runs: list[wrk.Result] = []
         threads = [
