@@ -246,8 +246,9 @@ class Settings(BaseSettings):
     is retried once on another worker (a second failure answers 503 with ``Retry-After``)."""
 
     max_queue_rows: int = Field(default=100_000, ge=1)
-    """Rows that may wait for the pool per model version. A request that would go beyond
-    gets 503 with ``Retry-After`` at once (one request alone is always admitted)."""
+    """Rows that may wait for the pool per model version, counting those of admitted requests
+    whose bodies are still arriving. A request that would go beyond gets 503 with
+    ``Retry-After`` at once (one request alone is always admitted)."""
 
     request_timeout_s: float = Field(default=10.0, gt=0)
     """Default deadline of a request, from when its headers arrive. A body still not fully

@@ -100,7 +100,7 @@ def test_before_learning_a_queue_sheds_only_when_full() -> None:
         batcher.submit(np.zeros((9, 4)), False)
         shedder.admit(10**6, batcher).release()  # rows unknown: taken as 1, 9 + 1 fits
         batcher.submit(np.zeros((1, 4)), False)
-        with pytest.raises(OverloadedError, match="10 rows waiting, limit 10"):
+        with pytest.raises(OverloadedError, match="10 rows waiting, about 0 more arriving, limit"):
             shedder.admit(10, batcher)
         assert shedder.shed_on_queue == 1
 
@@ -159,6 +159,36 @@ def test_a_change_of_format_is_learned_as_the_old_ratio_decays() -> None:
         batcher.submit(np.zeros((500, 4)), False)
         with pytest.raises(OverloadedError):
             shedder.admit(20 * 600, batcher)  # 600 rows at the current ratio
+
+    _with_batcher(check)
+
+
+def test_rows_still_arriving_count_until_queued_or_released() -> None:
+    """Bodies admitted but not yet parsed fill the queue as much as rows waiting in it: a
+    flood of big bodies is shed at the headers, not after each was read and parsed."""
+
+    def check(batcher: MicroBatcher) -> None:
+        shedder = Shedder(None, max_queue_rows=1000, retry_after_s=1.0)
+        learn = shedder.admit(_body(100), batcher)
+        learn.queued(100)
+        learn.release()
+        assert batcher.queued_rows == 0  # the slot's batch runs, nothing waits
+        first = shedder.admit(_body(400), batcher)  # alone: admitted whatever its size
+        second = shedder.admit(_body(400), batcher)  # about 800 rows arriving: fits
+        with pytest.raises(OverloadedError, match=r"about 7\d\d more arriving, limit 1000"):
+            shedder.admit(_body(400), batcher)
+        assert shedder.shed_on_queue == 1
+        second.release()  # refused after parsing (or failed): its rows leave
+        third = shedder.admit(_body(400), batcher)
+        admit(batcher, 400, 1000, 1.0, first)  # queued: counted by the queue, not twice
+        batcher.submit(np.zeros((400, 4)), False)
+        assert batcher.queued_rows == 400
+        with pytest.raises(OverloadedError, match=r"400 rows waiting, about 3\d\d more arriving"):
+            shedder.admit(_body(400), batcher)
+        first.release()
+        third.release()
+        shedder.admit(_body(400), batcher).release()  # 400 waiting + about 400 fits
+        assert all(load.arriving_rows == 0 for _, load in shedder._loads.values())
 
     _with_batcher(check)
 
