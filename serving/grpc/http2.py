@@ -384,7 +384,7 @@ class Connection(asyncio.Protocol):
 
     async def run_unary(self, stream: _Stream, message: bytes) -> None:
         idle = self.server.idle
-        idle.begin()
+        idle.begin(self)
         try:
             await self._run_unary(stream, message)
         finally:

@@ -125,7 +125,7 @@ class Edge:
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight_now += 1
-        self.idle.begin()
+        self.idle.begin(scope.get("client"))
         try:
             try:
                 if refusal is not None:

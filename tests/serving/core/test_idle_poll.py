@@ -78,6 +78,7 @@ def test_a_request_arriving_stops_the_poll_and_its_end_starts_it_again() -> None
         poll = Counting(5.0)
         _two_close_requests(poll)
         assert _polling(poll)
+        await asyncio.sleep(0)  # the next request comes in a later loop iteration
         poll.begin()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
@@ -126,6 +127,46 @@ def test_requests_that_overlapped_do_not_poll_and_the_next_sequential_ones_do() 
         assert poll.polled == 2
         poll.begin()
         assert await _quiet_after(poll, 0.05)
+
+    asyncio.run(run())
+
+
+def test_requests_of_other_connections_do_not_poll_and_stop_a_poll() -> None:
+    """Single rows answered in the loop never overlap: the connections tell concurrent load."""
+
+    async def run() -> None:
+        poll = IdlePoll(1.0)
+        for source in ("a", "b", "c", "a"):
+            await asyncio.sleep(0)
+            poll.begin(source)
+            poll.end()
+            assert not _polling(poll)
+        await asyncio.sleep(0)
+        poll.begin("a")  # the same connection again: a sequential client
+        poll.end()
+        assert _polling(poll)
+        await asyncio.sleep(0)
+        poll.begin("b")
+        poll.end()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not _polling(poll)  # stopped at its next iteration
+        assert poll.polled == 1
+
+    asyncio.run(run())
+
+
+def test_a_request_ready_in_the_same_loop_iteration_as_the_end_does_not_poll() -> None:
+    async def run() -> None:
+        poll = Counting(5.0)
+        _two_close_requests(poll)
+        assert _polling(poll)
+        poll.begin()  # no poll iteration since the end: it was waiting already
+        poll.end()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not _polling(poll)
+        assert poll.polled == 1
 
     asyncio.run(run())
 
