@@ -81,8 +81,7 @@ class Ticket:
         load = self.load
         if load is None:
             return
-        load.arriving_rows -= self.arriving
-        self.arriving = 0
+        self._stop_arriving()
         if rows > 0 and self.length > 0:
             ratio = self.length / rows
             decayed = load.bytes_per_row * _RATIO_DECAY
@@ -103,11 +102,16 @@ class Ticket:
             raise OverloadedError("the service is at capacity; retry later", shedder.retry_after_s)
 
     def release(self) -> None:
-        """The request is answered: its bytes leave the budget."""
+        """The request is answered: its bytes leave the budget, and its estimated rows the
+        arriving count if they never reached the queue (refused or failed before)."""
         self.shedder.inflight_bytes -= self.length
         self.length = 0
-        if self.arriving:  # refused or failed before its rows were queued
-            assert self.load is not None
+        self._stop_arriving()
+
+    def _stop_arriving(self) -> None:
+        """Its estimated rows leave the model's arriving count (once)."""
+        if self.arriving:
+            assert self.load is not None  # rows are estimated only for a known model
             self.load.arriving_rows -= self.arriving
             self.arriving = 0
 
