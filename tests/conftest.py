@@ -7,9 +7,9 @@ from collections.abc import Generator
 
 import pytest
 
-MUST_RUN_IN_CI = ("slow", "ray", "postgres", "root")
+MUST_RUN_IN_CI = ("slow", "ray", "postgres", "root", "browser")
 """Markers of tests that need something besides the virtualenv (a tool, an extra, a database
-server): in CI a skip would pass unnoticed, so it fails instead."""
+server, a browser): in CI a skip would pass unnoticed, so it fails instead."""
 
 
 def _in_ci() -> bool:

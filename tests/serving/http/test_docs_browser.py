@@ -10,6 +10,8 @@ import pytest
 from tests.serving.browser import browser_page
 from tests.serving.conftest import RunningServer
 
+pytestmark = pytest.mark.browser
+
 RENDERED = {"/docs": ".swagger-ui .info .title", "/redoc": "redoc h1"}
 
 

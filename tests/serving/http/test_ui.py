@@ -17,6 +17,8 @@ from tests.serving.browser import browser_page
 from tests.serving.conftest import IRIS_ROW, RunningServer, running_server
 from tests.serving.http.test_quality import _predict_and_label, quality_settings
 
+pytestmark = pytest.mark.browser
+
 MODELS = ["breast_cancer", "churn", "diabetes", "iris"]
 
 

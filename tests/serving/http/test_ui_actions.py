@@ -16,6 +16,8 @@ from tests.serving.artifacts import publish_copy
 from tests.serving.browser import Visit, browser_page
 from tests.serving.conftest import RunningServer, quiet_settings, running_server
 
+pytestmark = pytest.mark.browser
+
 TOKEN = "ui-test-token"
 
 
