@@ -57,6 +57,13 @@ def test_the_main_suite_covers_what_the_service_is_measured_on() -> None:
     assert {t.at_most for t in bounded} == {per_process * default_workers()}
     assert {(t.a.request, t.a.connections) for t in bounded} == {("rows", 1), ("typed", 1000)}
     assert "{run}" in env["SERVEWELL_CAPTURE_URL"]  # a database per server, in the run's temp dir
+    # The c=1 p50 goal is absolute: the raw ASGI app's p50 at c=1, measured next to it, shows
+    # the box's own floor (a figure, not a goal).
+    (floor,) = [t for t in suite.targets if t.name == "iris: c=1, p50 vs raw ASGI hello"]
+    assert floor.b is not None
+    assert (floor.b.server, floor.b.connections, floor.figure) == ("hello", 1, "p50 ms")
+    assert (floor.at_least, floor.at_most) == (None, None)
+    assert suite.scenarios.index(floor.b) == suite.scenarios.index(floor.a) + 1
     writer = [t.at_least for t in suite.targets if t.figure == "capture rows/s"]
     kept = [t.at_least for t in suite.targets if t.paired and t.a.server == "service_capture"]
     assert (writer, kept) == ([20_000] * 2, [0.90] * 2)
