@@ -60,8 +60,8 @@ lint: $(STAMP) ## Ruff lint and format check
 typecheck: $(STAMP) ## Mypy (strict)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) ## Run the test suite only (no lint), fast tests
-	$(PY) -m pytest -m "not slow and not ray" -q
+unit: $(STAMP) ## Run the test suite only (no lint), fast tests, one worker per core
+	$(PY) -m pytest -m "not slow and not ray" -q -n auto --dist loadscope
 
 test: lint typecheck unit ## Lint, type-check and run the whole default test suite
 
