@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from serving.store import Feature, FeatureKind, Manifest, ModelStore, Task
-from training.datasets import DataError, Dataset, fingerprint, load_dataset
+from training.datasets import Dataset, fingerprint, load_dataset
+from training.errors import DataError
 from training.spec import Spec
 
 CAPTURE_URL_VARIABLE = "SERVEWELL_CAPTURE_URL"

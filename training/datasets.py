@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from serving.store import FeatureKind, Task
+from training.errors import DataError
 from training.spec import Spec
 
 _BUNDLED = {
@@ -54,10 +55,6 @@ MISSING_MARKERS: frozenset[str] = frozenset(
     }
 )
 _ROWS_SHOWN = 5
-
-
-class DataError(Exception):
-    """The dataset cannot be used as the spec describes."""
 
 
 @dataclass(frozen=True)

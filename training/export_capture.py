@@ -23,12 +23,9 @@ from typing import Any
 
 from serving.store import Manifest, ModelStore, StoreError, Task
 from training.capture_data import CHUNK_ROWS, iso, shown_url
+from training.errors import ExportError
 
 FIXED = ["request_id", "row", "version", "ts", "transport", "latency_ms"]
-
-
-class ExportError(Exception):
-    """The export cannot run (no captured rows, unreadable database, unknown format)."""
 
 
 @dataclass(frozen=True)

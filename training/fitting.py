@@ -14,7 +14,8 @@ import pandas as pd
 
 from serving.store import Feature, FeatureKind, Task
 from training.contenders import baselines
-from training.datasets import DataError, Dataset, load_dataset
+from training.datasets import Dataset, load_dataset
+from training.errors import DataError
 from training.evaluate import Evaluation, FoldScores, cross_validate, evaluate, summary
 from training.folds import Splits, make_splits
 from training.pipeline import build_pipeline

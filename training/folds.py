@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from serving.store import Task
-from training.datasets import DataError, Dataset
+from training.datasets import Dataset
+from training.errors import DataError
 from training.spec import Spec
 
 Positions = npt.NDArray[np.intp]

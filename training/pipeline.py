@@ -6,11 +6,8 @@ import importlib
 from typing import Any
 
 from serving.store import FeatureKind, Task
+from training.errors import EstimatorError
 from training.spec import Spec
-
-
-class EstimatorError(Exception):
-    """The spec's estimator cannot be imported or built."""
 
 
 def import_estimator(path: str) -> type[Any]:

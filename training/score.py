@@ -38,16 +38,13 @@ from serving.execution.runtime import LoadedModel, RuntimeName, RuntimePolicy, l
 from serving.store import Manifest, ModelStore, StoreError, Task
 from training.csv_rows import EncodedChunk, RowErrors, encode_chunk, read_dtypes
 from training.datasets import MISSING_MARKERS
+from training.errors import ScoreError
 from training.score_lines import ScoreWriter, cell
 
 DEFAULT_CHUNK_ROWS = 50_000
 """Rows per chunk: large enough that per-chunk overheads vanish (reading, one runtime call),
 small enough that a chunk of a wide table stays small (30 features: about 50 MB above the
 process's own 170 MB; 100 000 rows took 160 MB and were no faster)."""
-
-
-class ScoreError(Exception):
-    """The input cannot be scored at all (missing file or columns, unreadable CSV)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ import pandas as pd
 from serving.store import Manifest, ModelStore, Task
 from training import gate
 from training.capture_data import TrafficFacts, traffic_dataset
-from training.datasets import DataError, Dataset
+from training.datasets import Dataset
+from training.errors import DataError
 from training.evaluate import FoldScores, evaluate
 from training.fitting import Scores, Split, primary_metric, split_dataset, stage
 from training.folds import Splits, check_classes

@@ -35,7 +35,7 @@ from serving.core.errors import (
     UnknownVersionError,
 )
 from serving.core.registry import Known, ServedModel
-from serving.core.routing import Route, describe
+from serving.core.routing import Route
 from serving.core.shadow import Lookup
 from serving.execution.executor import ModelKey
 from serving.store import (
@@ -254,7 +254,7 @@ class Lifecycle:
         if production is None:
             return False
         routes[name] = Route(name, policy, production.manifest, self._shadow_lookup(name, policy))
-        log.info("model %s: traffic experiment %s", name, describe(policy))
+        log.info("model %s: traffic experiment %s", name, policy.describe())
         return True
 
     def _shadow_lookup(self, name: str, policy: TrafficPolicy) -> Lookup | None:

@@ -198,12 +198,3 @@ def _role(policy: TrafficPolicy, version: int) -> str:
     if version == policy.production:
         return "production"
     return "shadow" if policy.mode is TrafficMode.SHADOW else "candidate"
-
-
-def describe(policy: TrafficPolicy) -> str:
-    """The policy in a few words, for log lines."""
-    if policy.mode is TrafficMode.SHADOW:
-        return f"shadow: v{policy.shadow} sees {policy.sample:.0%} of requests"
-    shares = ", ".join(f"v{v} {share:.1%}" for v, share in policy.weights)
-    key = f", key {policy.key_field!r} or X-Routing-Key" if policy.key_field else ""
-    return f"{policy.mode.value}: {shares}{key}"

@@ -27,7 +27,7 @@ from serving.core.errors import (
     UnknownVersionError,
 )
 from serving.core.lifecycle import Lifecycle, check_name, store_call
-from serving.core.routing import Route, describe
+from serving.core.routing import Route
 from serving.rollout.compare import significance, version_quality
 from serving.rollout.policy import TrafficRequest, build
 from serving.settings import Settings
@@ -345,5 +345,5 @@ def _quality_breach(
 def _policy_json(policy: TrafficPolicy) -> dict[str, Any]:
     out = policy.to_json()
     out["started"] = datetime.fromtimestamp(policy.started, UTC).isoformat()
-    out["description"] = describe(policy)
+    out["description"] = policy.describe()
     return out

@@ -76,6 +76,14 @@ class TrafficPolicy:
     def candidates(self) -> list[int]:
         return [v for v in self.versions if v != self.production]
 
+    def describe(self) -> str:
+        """The policy in a few words, for log lines and the command line."""
+        if self.mode is TrafficMode.SHADOW:
+            return f"shadow: v{self.shadow} sees {self.sample:.0%} of requests"
+        shares = ", ".join(f"v{v} {share:.1%}" for v, share in self.weights)
+        key = f", key {self.key_field!r} or X-Routing-Key" if self.key_field else ""
+        return f"{self.mode.value}: {shares}{key}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "mode": self.mode.value,

@@ -8,8 +8,7 @@ import pytest
 
 from serving.store import ModelStore
 from tests.training.conftest import quiet
-from training.datasets import DataError
-from training.pipeline import EstimatorError
+from training.errors import DataError, EstimatorError
 from training.run import train
 from training.spec import SpecError, load_spec, shipped_spec
 

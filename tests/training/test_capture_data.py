@@ -14,7 +14,7 @@ from serving.store import Feature, FeatureKind, ModelStore
 from tests.training.conftest import quiet
 from tests.training.traffic import START, captured, iris_rows, write_iris_traffic, write_rows
 from training.capture_data import iso, traffic_dataset
-from training.datasets import DataError
+from training.errors import DataError
 from training.run import train
 from training.spec import shipped_spec
 

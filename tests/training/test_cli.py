@@ -252,3 +252,41 @@ def test_shadow_canary_and_traffic_commands(tmp_path: Path) -> None:
     assert ended.returncode == 0
     assert "experiment ended" in ended.stdout
     assert ModelStore(store).traffic("iris") is None
+
+
+def test_store_commands_start_without_the_training_libraries(tmp_path: Path) -> None:
+    """Listing, promoting, rolling back, pruning and traffic touch only the store: they import
+    neither pandas, scikit-learn, SciPy, ONNX Runtime nor numpy (about a second of start-up)."""
+    store = tmp_path / "store"
+    assert run(store, "train", "--model", "iris").returncode == 0
+    assert run(store, "train", "--model", "iris", "--force").returncode == 0
+    commands = [
+        ["models"],
+        ["rollback", "iris"],
+        ["promote", "iris", "2"],
+        ["shadow", "iris", "1"],
+        ["traffic", "iris", "--end"],
+        ["prune", "iris", "--keep", "2"],
+        ["promote", "iris", "9"],  # a user error, caught: still nothing heavy
+    ]
+    script = (
+        "import sys\n"
+        "from training.cli import main\n"
+        f"codes = [main(argv) for argv in {commands!r}]\n"
+        "heavy = {'pandas', 'sklearn', 'scipy', 'onnxruntime', 'numpy'}\n"
+        "print('CODES', codes)\n"
+        "print('LOADED', sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "SERVEWELL_STORE": str(store)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CODES [0, 0, 0, 0, 0, 0, 1]" in done.stdout
+    assert "LOADED []" in done.stdout
+    assert "production is now v2 (was v1)" in done.stdout
+    assert "shadow: v1 sees 100% of requests" in done.stdout

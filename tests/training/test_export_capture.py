@@ -15,7 +15,8 @@ from tests.serving.capture.conftest import postgres_url  # noqa: F401 (a fixture
 from tests.training.conftest import quiet
 from tests.training.traffic import ROTATE, START, iris_rows, write_iris_traffic
 from training.capture_data import iso
-from training.export_capture import ExportError, export_capture
+from training.errors import ExportError
+from training.export_capture import export_capture
 from training.run import train
 from training.spec import shipped_spec
 

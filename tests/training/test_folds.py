@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from serving.store import Task
-from training.datasets import DataError, load_dataset
+from training.datasets import load_dataset
+from training.errors import DataError
 from training.folds import make_splits
 from training.spec import load_spec
 

@@ -21,8 +21,9 @@ from serving.store import Feature, FeatureKind, ModelStore
 from tests.training.conftest import quiet
 from training.csv_rows import encode_chunk
 from training.datasets import load_dataset
+from training.errors import ScoreError
 from training.run import train
-from training.score import ScoreError, errors_path, score_csv
+from training.score import errors_path, score_csv
 from training.spec import shipped_spec
 
 

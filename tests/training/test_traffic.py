@@ -13,7 +13,7 @@ from serving.store import ModelStore
 from tests.training.conftest import quiet
 from tests.training.traffic import START, write_iris_traffic
 from training.capture_data import iso
-from training.datasets import DataError
+from training.errors import DataError
 from training.run import OUTCOME_KEY, train
 from training.spec import shipped_spec
 
