@@ -120,7 +120,7 @@ class Bench:
         """Start server ``name``, stopped when ``stack`` closes. A pair's servers run one
         server process each: their event loops are what the pair pins to one core."""
         print(f"starting {label} ...", flush=True)
-        running = servers.start(SERVERS[name], self.ctx, label, one_process=paired)
+        running = servers.start(SERVERS[name], self.ctx, label, paired=paired)
         stack.callback(running.stop)
         return running
 
