@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.store import ModelStore, StoreError, Task
+from serving.store import ModelStore, StoreError, Task, TrafficMode
 from training.errors import DataError, EstimatorError, ExportError, ScoreError
 from training.spec import (
     Spec,
@@ -196,7 +196,6 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     at its next poll, as it does a promotion)."""
     from serving.core.errors import InvalidInputError
     from serving.rollout.policy import TrafficRequest, build
-    from serving.store import TrafficMode
 
     store = _store(args)
     name = args.name
