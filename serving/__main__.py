@@ -33,7 +33,9 @@ def create_app() -> Any:
     ``gc_freeze`` (default), every object alive once it is built (modules, routes, schemas:
     about 70 000) is then moved out of the garbage collector's reach: otherwise each full
     collection walks them all, which under load stalled the event loop for 0.1-0.3 s every
-    few seconds (measured on a 2-core box), delaying every request in flight, refusals too."""
+    few seconds (measured on a 2-core box), delaying every request in flight, refusals too.
+    The young generation is collected after ``gc_young_threshold`` allocations instead of
+    Python's 700, which under load meant a collection every 50 or so requests."""
     from serving.http.app import create_app as build  # heavy: only in the server processes
 
     supervisor = multiprocessing.parent_process()
@@ -44,6 +46,8 @@ def create_app() -> Any:
         signal_on_parent_death(supervisor.pid, signal.SIGTERM)
     settings = Settings()
     app = build(settings)
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(settings.gc_young_threshold, older, oldest)
     if settings.gc_freeze:
         _freeze()
         # The models load in the lifespan, after this: a few hundred objects each (a

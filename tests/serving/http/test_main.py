@@ -368,6 +368,24 @@ def test_the_app_built_for_uvicorn_freezes_startup_objects_out_of_the_collector(
         gc.unfreeze()
 
 
+def test_the_app_built_for_uvicorn_collects_the_young_generation_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from serving.__main__ import create_app
+
+    monkeypatch.setenv("SERVEWELL_GC_YOUNG_THRESHOLD", "1234")
+    monkeypatch.setenv("SERVEWELL_METRICS", "false")
+    before = gc.get_threshold()
+    try:
+        create_app()
+        assert gc.get_threshold() == (1234, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 _STARTED = """
 import asyncio, gc, json, sys
 from serving.__main__ import create_app
