@@ -361,11 +361,13 @@ def test_the_app_built_for_uvicorn_freezes_startup_objects_out_of_the_collector(
     monkeypatch.setenv("SERVEWELL_GC_FREEZE", str(freeze).lower())
     monkeypatch.setenv("SERVEWELL_METRICS", "false")
     gc.unfreeze()
+    threshold = gc.get_threshold()
     try:
         create_app()
         assert (gc.get_freeze_count() > 10_000) is freeze
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)  # the rest of the test run keeps Python's own
 
 
 def test_the_app_built_for_uvicorn_collects_the_young_generation_less_often(
