@@ -258,7 +258,7 @@ def cmd_ensure_default(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from training.score import DEFAULT_CHUNK_ROWS, Progress, peak_memory_mb, score_csv
+    from training.score import Progress, peak_memory_mb, score_csv
 
     store = _store(args)
     data = Path(args.data)
@@ -274,7 +274,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             out,
             version=args.version,
             probabilities=args.probabilities,
-            chunk_rows=DEFAULT_CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows,
+            chunk_rows=args.chunk_rows,
             threads=args.threads,
             prefer_onnx=not args.sklearn,
             progress=progress.update,

@@ -253,13 +253,14 @@ def score_csv(
     *,
     version: int | None = None,
     probabilities: bool = False,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     threads: int | None = None,
     prefer_onnx: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScoreSummary:
     """Score every row of the CSV ``data`` with ``name`` (its production version unless
-    ``version`` is given) into ``out``; refused rows are described in ``errors_path(out)``.
+    ``version`` is given) into ``out``, ``chunk_rows`` at a time (None: DEFAULT_CHUNK_ROWS);
+    refused rows are described in ``errors_path(out)``.
     The runtime is the service's choice (ONNX Runtime where verified) unless ``prefer_onnx`` is
     False; ``threads`` (default: every core) is what it computes with.
 
@@ -267,6 +268,8 @@ def score_csv(
     so a row's number is its line number minus one when each row is one line. A line with more
     fields than the header is refused as a whole (its column in the errors file is empty).
     """
+    if chunk_rows is None:
+        chunk_rows = DEFAULT_CHUNK_ROWS
     model = _model(store, name, version, probabilities, threads, prefer_onnx)
     manifest = model.manifest
     writer = ScoreWriter(model, probabilities)
