@@ -25,7 +25,6 @@ from serving.store import FeatureKind, Manifest, ModelStore
 
 if TYPE_CHECKING:  # the loader builds records with this module's RowEncoder
     from serving.capture.capture import Capture
-    from serving.core.batcher import Slots
     from serving.core.loading import Loader
 
 # Re-exported: the request path and its transports import them from here.
@@ -128,10 +127,6 @@ class DataPlane:
     @property
     def store_error(self) -> str | None:
         return self.loader.store_error
-
-    @property
-    def slots(self) -> Slots:
-        return self.loader.slots
 
     @property
     def sklearn_version(self) -> str:

@@ -51,7 +51,12 @@ class Loader:
         self.executor = executor
         self.registry = registry
         self.slots = Slots(executor.size)
-        """Batches in flight across every model: the executor's capacity."""
+        """Predicted batches in flight across every model: the executor's capacity."""
+        self.explain_slots = Slots(executor.size)
+        """Explained batches in flight, counted apart: a prediction never waits for a slot an
+        explanation holds (about a millisecond a row, and 2 to 3 s for a process's first, which
+        imports scikit-learn and shap). Inline, they run in a thread of their own; in a pool,
+        on whichever worker is free."""
         self.sklearn_version = serving_sklearn_version()
         self.store_error: str | None = None
         """Why the store could not be read at startup."""
@@ -167,7 +172,7 @@ class Loader:
             all_numeric=all(f.kind == FeatureKind.NUMERIC for f in manifest.features),
             warnings=warnings,
             explainer=(
-                MicroBatcher(explain, self.slots, settings.max_explain_rows, delay)
+                MicroBatcher(explain, self.explain_slots, settings.max_explain_rows, delay)
                 if unexplained is None
                 else None
             ),

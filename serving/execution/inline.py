@@ -12,8 +12,12 @@ batch, which every request then waited for, and about 100 MB).
 A small batch of a cheap model runs in the event loop itself: for it, handing the batch to the
 thread and its result back (a queue, a wake-up of the thread, the GIL changing hands twice, a
 wake-up of the loop) costs more than the model. A model is cheap when :data:`LOOP_ROWS` rows
-take at most :data:`LOOP_BUDGET_S`, timed when it is loaded; explained batches always go to the
-thread.
+take at most :data:`LOOP_BUDGET_S`, timed when it is loaded.
+
+Explained batches run in a thread of their own, so a prediction never waits behind one: an
+explanation holds shap's C code for about a millisecond a row, and the first one in a process
+imports scikit-learn and shap and builds the explainer, 2 to 3 s in which every batch too large
+for the loop would wait.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ class InlineExecutor:
         self._cheap: set[ModelKey] = set()
         """Models whose small batches run in the event loop."""
         self._threads = ThreadPoolExecutor(1, thread_name_prefix="servewell-inline")
+        self._explaining = ThreadPoolExecutor(1, thread_name_prefix="servewell-explain")
+        """Explained batches (its thread starts with the first)."""
         self._closed = False
 
     @property
@@ -107,7 +113,8 @@ class InlineExecutor:
         self, key: ModelKey, rows: FloatArray, want_probabilities: bool, explain: bool = False
     ) -> asyncio.Future[Prediction]:
         """Run one batch, in the event loop when it is small and its model cheap, else in the
-        thread; the future resolves in the event loop."""
+        inference thread (explained: the explaining thread); the future resolves in the event
+        loop."""
         if self._closed:
             raise NotReadyError("the inline executor is shut down")
         loop = asyncio.get_running_loop()
@@ -121,7 +128,7 @@ class InlineExecutor:
             outcome = _predict(model, rows, want_probabilities, explain)
             loop.call_soon_threadsafe(_settle, future, *outcome)
 
-        self._threads.submit(run)
+        (self._explaining if explain else self._threads).submit(run)
         return future
 
     async def load_model(self, key: ModelKey) -> RuntimeName:
@@ -169,7 +176,11 @@ class InlineExecutor:
 
     def close(self) -> None:
         self._closed = True
-        self._threads.shutdown(wait=True, cancel_futures=True)
+        both = (self._threads, self._explaining)
+        for threads in both:  # neither takes a new batch while the other finishes its own
+            threads.shutdown(wait=False, cancel_futures=True)
+        for threads in both:
+            threads.shutdown(wait=True)
 
 
 def _predict(

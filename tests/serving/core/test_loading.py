@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 from serving.core.errors import ArtifactRefusedError
 from serving.core.loading import Loader
 from serving.core.registry import ModelState, Registry, ServedModel, Unserved
+from serving.execution import inline
 from serving.execution.executor import ModelKey, Opened
 from serving.execution.inline import InlineExecutor
 from serving.execution.runtime import LoadedModel, RuntimePolicy, load
+from serving.explain import Explainer
 from serving.settings import Settings
 from serving.store import ModelStore
-from tests.serving.conftest import train_into
+from tests.serving.conftest import IRIS_ROW, train_into
 from training.run import train
 from training.spec import shipped_spec
 
@@ -127,3 +131,55 @@ def test_a_missing_store_is_reported(tmp_path_factory: pytest.TempPathFactory) -
         assert not loader.registry.models
     finally:
         executor.close()
+
+
+class _SlowToExplain(InlineExecutor):
+    """Inline, with real models whose explainer takes until ``release`` is set to build (as
+    a process's first explanation does while it imports scikit-learn and shap)."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.release = threading.Event()
+
+        def loader(key: ModelKey) -> LoadedModel:
+            model = load(store, *key, RuntimePolicy())
+            build = model._make_explainer
+            assert build is not None, "the shipped iris has an explanation background"
+
+            def slow() -> Explainer:
+                self.release.wait(30)
+                return build()
+
+            model._make_explainer = slow
+            return model
+
+        super().__init__({}, loader)
+
+
+def test_a_prediction_never_waits_for_an_explanation(store: ModelStore) -> None:
+    """An explained batch holds neither the slot nor the thread a prediction needs: a batch
+    too large for the event loop is answered while an explanation is still being built."""
+    executor = _SlowToExplain(store)
+    loader = _loader(store, executor)
+
+    async def go() -> tuple[bool, list[str], tuple[int, ...]]:
+        await loader.start()
+        served = loader.registry.models[("iris", 1)]
+        assert isinstance(served, ServedModel)
+        assert served.explainer is not None
+        explained = served.explainer.submit(np.array([IRIS_ROW]), False)
+        rows = np.array([IRIS_ROW] * (inline.LOOP_ROWS + 1))  # beyond the loop: the thread
+        predicted = await asyncio.wait_for(served.batcher.submit(rows, False), 10)
+        waiting = not explained.done()
+        executor.release.set()
+        contributions = (await asyncio.wait_for(explained, 30)).contributions
+        assert contributions is not None
+        return waiting, list(predicted.predictions[:1]), contributions.values.shape[:2]
+
+    try:
+        waiting, predictions, explained_shape = asyncio.run(go())
+    finally:
+        executor.release.set()
+        executor.close()
+    assert waiting  # the prediction came back while the explanation was still on its way
+    assert predictions == ["setosa"]
+    assert explained_shape == (1, 4)  # one row, iris's four features
