@@ -77,7 +77,8 @@ def test_the_main_suite_measures_explanations() -> None:
         assert {("service", m, r, 4, 100) for r in ("typed", "explain")} <= measured
     (latency,) = [t for t in suite.targets if t.name == "breast_cancer: c=1, explained p50"]
     assert (latency.figure, latency.at_most) == ("p50 ms", 20.0)
-    (kept,) = [t for t in suite.targets if "beside" in t.name]
+    kept, errors = [t for t in suite.targets if "beside" in t.name]
+    assert (errors.a, errors.b, errors.figure, errors.at_most) == (kept.a, None, "errors", 0)
     assert kept.b is not None
     assert kept.a.beside is not None
     assert kept.b.beside is None
