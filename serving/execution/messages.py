@@ -7,7 +7,9 @@ names a task carries its ``task_id`` first.
 
 Parent to worker: :class:`Batch`, :class:`Load`, :class:`Unload`, and :data:`STOP`.
 Worker to parent: :class:`Ready` once, then one :class:`Answer` or :class:`Failure` per batch and
-one :class:`ControlReply` per load or unload, in the order of the messages they answer.
+one :class:`ControlReply` per load or unload, in the order of the messages they answer, except
+for explained batches (``Batch.explain``): the worker's explaining thread answers those when
+done, between the others.
 Either way, ``("region", size)`` followed by a file descriptor announces a new shared region
 (serving.execution.shared_arrays); arrays of a batch or an answer may then be
 :class:`~serving.execution.shared_arrays.SharedArray` references into it.

@@ -10,6 +10,9 @@ Control messages (load, unload) change a running worker's models (hot swap); a w
 later, e.g. after a crash, loads the current set. The parent reads replies with
 ``loop.add_reader`` (no helper threads), sends work only to idle workers and queues the rest,
 and on close stops every worker it started, so no process outlives the service.
+Explained batches have a queue of their own: a worker runs one in a thread beside its batches
+(serving.execution.worker), so it stays idle for them, and an explained batch waits only for a
+worker to finish the batch it is on.
 
 This module routes the work: the queue, batches and control messages to idle workers, answers
 back to their futures. Each worker is a handle (serving.execution.worker_handle); starting,
@@ -18,7 +21,7 @@ health, replacing dead or hung workers and stopping them is the base class
 free worker; if that one dies too, the batch fails with :class:`WorkerLostError` (retryable),
 so a batch that kills workers cannot take them all down.
 
-The per-batch path (``submit`` → ``_send_batch`` → ``_send``, then ``_on_readable`` →
+The per-batch path (``submit`` → ``_send_batch`` → ``_send`` → ``_write``, then ``_on_readable`` →
 ``_on_message`` → ``_on_answer`` → ``_result``) reads the handles' fields and writes their pipe
 directly: keep it free of further calls and allocations.
 """
@@ -90,6 +93,7 @@ class InferencePool(SupervisedWorkers):
             replacement_grace=replacement_grace,
         )
         self._queue: deque[QueuedBatch] = deque()
+        self._explain_queue: deque[QueuedBatch] = deque()
         self._task_ids = itertools.count()
         self.failed: dict[ModelKey, str] = {}
         """Models some worker could not load, with the reason."""
@@ -113,6 +117,9 @@ class InferencePool(SupervisedWorkers):
         future: asyncio.Future[Prediction] = self._loop.create_future()
         batch = Batch(next(self._task_ids), key, rows, want_probabilities, explain)
         queued = QueuedBatch(batch, future)
+        if explain:
+            self._submit_explained(queued)
+            return future
         for worker in self._workers:
             if worker.ready and worker.job is None:
                 self._send_batch(worker, queued)
@@ -120,6 +127,13 @@ class InferencePool(SupervisedWorkers):
         else:
             self._queue.append(queued)
         return future
+
+    def _submit_explained(self, queued: QueuedBatch) -> None:
+        for worker in self._workers:
+            if worker.ready and worker.job is None and worker.explaining is None:
+                self._send_explained(worker, queued)
+                return
+        self._explain_queue.append(queued)
 
     async def load_model(self, key: ModelKey) -> RuntimeName:
         """Load a model into every running worker (and into every worker started later).
@@ -174,11 +188,21 @@ class InferencePool(SupervisedWorkers):
         worker.batch = queued
         self._send(worker, queued.message, queued.future)
 
+    def _send_explained(self, worker: WorkerHandle, queued: QueuedBatch) -> bool:
+        """Send an explained batch to an idle worker, which stays idle: its explaining
+        thread answers later. False when the worker turned out dead."""
+        worker.explaining = queued
+        worker.explain_sent = time.monotonic()
+        return self._write(worker, queued.message)
+
     def _send(
         self, worker: WorkerHandle, message: Batch | Control, future: asyncio.Future[Any]
     ) -> None:
         worker.job = (message.task_id, future)
         worker.sent = time.monotonic()
+        self._write(worker, message)
+
+    def _write(self, worker: WorkerHandle, message: Batch | Control) -> bool:
         try:
             if isinstance(message, Batch):  # large rows go through shared memory
                 (rows,) = worker.outbox.pack(message.rows)
@@ -187,6 +211,8 @@ class InferencePool(SupervisedWorkers):
             worker.conn.send(message)
         except (OSError, ValueError):
             self._on_death(worker)
+            return False
+        return True
 
     # -- what workers send ---------------------------------------------------------------------
 
@@ -225,23 +251,30 @@ class InferencePool(SupervisedWorkers):
                 log.error("worker %s could not load a model: %s", worker.pid, reply.payload)
 
     def _on_answer(self, worker: WorkerHandle, answer: Answer | Failure) -> None:
-        job, worker.job = worker.job, None
-        batch, worker.batch = worker.batch, None
-        if job is None or job[0] != answer.task_id or job[1].done():
+        batch: QueuedBatch | None = worker.explaining
+        if batch is not None and batch.message.task_id == answer.task_id:
+            worker.explaining, future = None, batch.future
+        else:
+            job, worker.job = worker.job, None
+            batch, worker.batch = worker.batch, None
+            if job is None or job[0] != answer.task_id:
+                return
+            future = job[1]
+        if future.done():
             return
         if isinstance(answer, Failure):
-            job[1].set_exception(failure_error(answer.reason, answer.unexplained))
+            future.set_exception(failure_error(answer.reason, answer.unexplained))
             return
         assert batch is not None  # an answer's job is its batch
         try:
             result = self._result(worker, batch.message.key, answer)
         except Exception as exc:  # a protocol bug must fail the batch, not hang it
             log.exception("unreadable answer from worker %s", worker.pid)
-            job[1].set_exception(
+            future.set_exception(
                 InferenceError(PREDICT_FAILED, detail=f"{type(exc).__name__}: {exc}")
             )
         else:
-            job[1].set_result(result)
+            future.set_result(result)
 
     def _result(self, worker: WorkerHandle, key: ModelKey, answer: Answer) -> Prediction:
         """A batch's answer as the event loop keeps it: out of the worker's shared region
@@ -263,6 +296,10 @@ class InferencePool(SupervisedWorkers):
         if worker.controls:
             self._send(worker, *worker.controls.popleft())
             return
+        while self._explain_queue and worker.explaining is None:
+            queued = self._explain_queue.popleft()
+            if not queued.future.done() and not self._send_explained(worker, queued):
+                return  # the worker died: its batch is queued again
         while self._queue:
             queued = self._queue.popleft()
             if not queued.future.done():
@@ -274,33 +311,45 @@ class InferencePool(SupervisedWorkers):
     def _settle(self, worker: WorkerHandle, why: str) -> None:
         """Retry or fail what a dead worker was doing, and fail its waiting control messages."""
         batch, worker.batch = worker.batch, None
-        if batch is not None and not batch.future.done():
-            if batch.retried or self._closing:
-                self.lost_batches += 1
-                batch.future.set_exception(
-                    WorkerLostError(f"the inference worker running this batch {why}, twice")
-                )
-            else:  # once more, first in line, on the next free worker
-                self.retried_batches += 1
-                batch.retried = True
-                self._queue.appendleft(batch)
+        if batch is not None:
+            self._retry(batch, self._queue, why)
         elif worker.job is not None and not worker.job[1].done():
             worker.job[1].set_exception(InferenceError(f"the inference worker {why}"))
+        explained, worker.explaining = worker.explaining, None
+        if explained is not None:
+            self._retry(explained, self._explain_queue, why)
         for _, future in worker.controls:
             if not future.done():
                 future.set_exception(InferenceError(f"the inference worker {why}"))
+
+    def _retry(self, batch: QueuedBatch, queue: deque[QueuedBatch], why: str) -> None:
+        """Queue a dead worker's batch once more, first in line, or fail it the second time."""
+        if batch.future.done():
+            return
+        if batch.retried or self._closing:
+            self.lost_batches += 1
+            batch.future.set_exception(
+                WorkerLostError(f"the inference worker running this batch {why}, twice")
+            )
+        else:
+            self.retried_batches += 1
+            batch.retried = True
+            queue.appendleft(batch)
 
     def _fail_everything(self, error: Exception) -> None:
         for worker in self._workers:
             if worker.job is not None and not worker.job[1].done():
                 worker.job[1].set_exception(error)
+            if worker.explaining is not None and not worker.explaining.future.done():
+                worker.explaining.future.set_exception(error)
             for _, future in worker.controls:
                 if not future.done():
                     future.set_exception(error)
-        while self._queue:
-            future = self._queue.popleft().future
-            if not future.done():
-                future.set_exception(error)
+        for queue in (self._queue, self._explain_queue):
+            while queue:
+                future = queue.popleft().future
+                if not future.done():
+                    future.set_exception(error)
 
     # -- the Executor protocol (serving.execution.executor) -----------------------------------
 

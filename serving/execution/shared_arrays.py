@@ -17,7 +17,9 @@ bound (``max_request_rows`` x features x 8 bytes, rounded up to a power of two).
 
 Reusing a region is safe because of the pool's protocol: the server sends a worker a batch only
 when the worker is idle, and the worker answers each batch once; the reader of a region is
-done with its contents (copied out, or predicted from) before the writer writes again.
+done with its contents (copied out, or predicted from) before the writer writes again. An
+explained batch, answered later by the worker's explaining thread, has its rows copied out as
+it is read, and its answer is pickled.
 
 Where ``os.memfd_create`` does not exist (not Linux), every array is pickled as before.
 """

@@ -259,7 +259,9 @@ class SupervisedWorkers(abc.ABC):
         now = time.monotonic()
         assert self._hang_timeout is not None
         for worker in list(self._workers):
-            stuck = worker.batch is not None and now - worker.sent > self._hang_timeout
+            stuck = (worker.batch is not None and now - worker.sent > self._hang_timeout) or (
+                worker.explaining is not None and now - worker.explain_sent > self._hang_timeout
+            )
             slow_start = not worker.ready and now - worker.started > self._startup_timeout
             if stuck or slow_start:
                 log.error(

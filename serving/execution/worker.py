@@ -4,11 +4,20 @@ A worker loads every served model once at start (verifying its sha256 through th
 unpickling), says :class:`~serving.execution.messages.Ready`, then answers the messages of
 serving.execution.messages in order until told to stop or its parent is gone. Only this module
 and what it imports are loaded in the worker; the parent side is serving.execution.pool.
+
+Explained batches are the exception to that order: the worker hands each to a thread of its
+own and goes on reading, so a prediction never waits behind an explanation. A worker's first
+explanation imports shap and builds the explainer, 2 to 3 s in which a pool of one would
+otherwise hold every prediction of its server process. The thread answers when it is done,
+with its arrays pickled: the shared region belongs to the batches in order (explained batches
+are small, at most ``max_explain_rows`` rows).
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from multiprocessing.connection import Connection
 
 from serving.execution.lifeline import bind_to_parent
@@ -23,7 +32,13 @@ from serving.execution.messages import (
     ToWorker,
     Unload,
 )
-from serving.execution.runtime import ExplanationUnavailable, LoadedModel, RuntimePolicy, load
+from serving.execution.runtime import (
+    ExplanationUnavailable,
+    FloatArray,
+    LoadedModel,
+    RuntimePolicy,
+    load,
+)
 from serving.execution.shared_arrays import REGION, Inbox, Outbox
 from serving.store import ModelStore
 
@@ -51,16 +66,29 @@ def run(
     labels = {key: model.labels for key, model in models.items()}
     conn.send(Ready(os.getpid(), failed, runtimes, labels))
     inbox, outbox = Inbox(), Outbox(conn)
+    sending = threading.Lock()  # the explaining thread writes to the pipe too
+    explaining = _Explaining(conn, sending)
     while True:
         try:
             message: ToWorker = conn.recv()
             # Batches first: they are nearly every message.
-            if isinstance(message, Batch):
-                conn.send(_predict(message, models, inbox, outbox))
+            if isinstance(message, Batch) and not message.explain:
+                # A view of the shared region: valid until the parent writes again, which it
+                # does only after this reply.
+                rows = inbox.unpack(message.rows, copy=False)
+                with sending:
+                    conn.send(_predict(message, models.get(message.key), rows, outbox))
+            elif isinstance(message, Batch):
+                # Copied: the parent may write the region again as soon as this is read. The
+                # model is looked up now, as an unload read after this message must not touch it.
+                rows = inbox.unpack(message.rows, copy=True)
+                explaining.put(message, models.get(message.key), rows)
             elif message is None:
                 return
             elif isinstance(message, (Load, Unload)):
-                conn.send(_control(message, models, store, policy))
+                reply = _control(message, models, store, policy)
+                with sending:
+                    conn.send(reply)
             elif message[0] == REGION:
                 inbox.attach(conn, message[1])
         except (EOFError, OSError):
@@ -76,16 +104,44 @@ def _configure(policy: RuntimePolicy) -> None:
     threadpool_limits(policy.onnx_threads)
 
 
+class _Explaining:
+    """The thread that runs explained batches, started with the first one."""
+
+    def __init__(self, conn: Connection, sending: threading.Lock) -> None:
+        self._conn = conn
+        self._sending = sending
+        self._batches: queue.SimpleQueue[tuple[Batch, LoadedModel | None, FloatArray]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def put(self, batch: Batch, model: LoadedModel | None, rows: FloatArray) -> None:
+        if self._thread is None:
+            # A daemon: a worker told to stop exits without waiting for an explanation.
+            self._thread = threading.Thread(target=self._run, name="servewell-explain", daemon=True)
+            self._thread.start()
+        self._batches.put((batch, model, rows))
+
+    def _run(self) -> None:
+        while True:
+            batch, model, rows = self._batches.get()
+            outcome = _predict(batch, model, rows, None)
+            try:
+                with self._sending:
+                    self._conn.send(outcome)
+            except (OSError, ValueError):
+                return  # the parent is gone; the main thread sees it too
+
+
 def _predict(
-    batch: Batch, models: dict[ModelKey, LoadedModel], inbox: Inbox, outbox: Outbox
+    batch: Batch, model: LoadedModel | None, rows: FloatArray, outbox: Outbox | None
 ) -> Answer | Failure:
-    """Run one batch (its values are label positions in the model's ``labels`` when the
-    answer says ``indexed``)."""
+    """Run one batch on ``model`` (None: the worker does not hold the batch's model); its
+    values are label positions in the model's ``labels`` when the answer says ``indexed``, its
+    large arrays put in ``outbox``'s shared region if given."""
     try:
-        # A view of the shared region: valid until the parent writes again, which it does
-        # only after this reply.
-        rows = inbox.unpack(batch.rows, copy=False)
-        model = models[batch.key]
+        if model is None:
+            raise KeyError(batch.key)
         values, probabilities, indexed = model.predict_coded(rows, batch.want_probabilities)
         explained = None
         if batch.explain:
@@ -95,7 +151,8 @@ def _predict(
         return Failure(batch.task_id, str(exc), unexplained=True)
     except Exception as exc:
         return Failure(batch.task_id, f"{type(exc).__name__}: {exc}")
-    values, probabilities = outbox.pack(values, probabilities)
+    if outbox is not None:
+        values, probabilities = outbox.pack(values, probabilities)
     return Answer(batch.task_id, values, probabilities, indexed, explained)
 
 

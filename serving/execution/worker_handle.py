@@ -62,6 +62,10 @@ class WorkerHandle:
         """The predict batch it is running (``job`` covers control messages too)."""
         self.sent = 0.0
         """When the current job was sent (monotonic), for the hang check."""
+        self.explaining: QueuedBatch | None = None
+        """The explained batch its explaining thread is running, beside ``job``."""
+        self.explain_sent = 0.0
+        """When that batch was sent (monotonic), for the hang check."""
         self.controls: deque[tuple[Control, asyncio.Future[Any]]] = deque()
         """Load/unload messages waiting until this worker is idle."""
 

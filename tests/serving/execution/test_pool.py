@@ -18,6 +18,7 @@ from serving.execution import shared_arrays
 from serving.execution.pool import InferencePool
 from serving.execution.runtime import RuntimePolicy
 from serving.store import ModelStore
+from tests.serving.conftest import IRIS_ROW
 from tests.serving.execution.waits import answered, until
 from tests.serving.regions import shared_regions
 from training.onnx_export import PROBA_TOLERANCE
@@ -257,3 +258,77 @@ def test_a_worker_imports_scikit_learn_only_for_a_model_that_runs_on_it(
     expected = {key: "sklearn" if key[0] in sklearn_models else "onnx" for key in keys}
     assert runtimes == expected
     assert ("/sklearn/" in maps) == bool(sklearn_models)
+
+
+def _forest_rows(n: int) -> np.ndarray:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer().data
+    return np.resize(data, (n, data.shape[1]))
+
+
+def test_a_prediction_never_waits_behind_an_explanation(trained_store: ModelStore) -> None:
+    """A pool of one answers predictions while its worker explains: the worker's first
+    explanation (importing shap, building the explainer, then thousands of rows) is still
+    running when predictions sent after it come back."""
+    forest, iris = ("breast_cancer", 1), ("iris", 1)
+    rows = _forest_rows(3000)
+
+    async def scenario() -> tuple[list[bool], Any]:
+        pool = InferencePool(trained_store.root, [forest, iris], size=1)
+        try:
+            await pool.start()
+            explained = pool.submit(forest, rows, False, explain=True)
+            waiting = []
+            for _ in range(3):
+                predicted = await answered(pool.submit(iris, np.array([IRIS_ROW]), False))
+                assert predicted.predictions.tolist() == ["setosa"]
+                waiting.append(not explained.done())
+            return waiting, await answered(explained)
+        finally:
+            pool.close()
+
+    waiting, explanation = asyncio.run(scenario())
+    assert waiting == [True, True, True]
+    assert explanation.contributions is not None
+    assert explanation.contributions.values.shape[:2] == rows.shape
+    assert len(explanation.predictions) == len(rows)
+
+
+def test_explained_batches_share_the_worker_with_batches_and_large_ones(
+    trained_store: ModelStore,
+) -> None:
+    """Explained and predicted batches in flight together on one worker, some through shared
+    memory, each get their own answer."""
+    forest = ("breast_cancer", 1)
+    rows = _forest_rows(5000)  # 1.2 MB: through the shared regions
+    _, model = trained_store.load_model(*forest)
+
+    async def scenario() -> list[Any]:
+        pool = InferencePool(trained_store.root, [forest], size=1)
+        try:
+            await pool.start()
+            return await answered(
+                asyncio.gather(
+                    *(
+                        pool.submit(forest, rows[i * 40 : i * 40 + 40], True, explain=True)
+                        if i % 3 == 0
+                        else pool.submit(forest, rows, True)
+                        for i in range(9)
+                    )
+                )
+            )
+        finally:
+            pool.close()
+
+    results = asyncio.run(scenario())
+    expected = model.predict(rows).tolist()
+    for i, result in enumerate(results):
+        if i % 3 == 0:
+            part = rows[i * 40 : i * 40 + 40]
+            assert result.predictions.tolist() == model.predict(part).tolist()
+            assert result.contributions is not None
+            assert result.contributions.values.shape[:2] == part.shape
+        else:
+            assert result.predictions.tolist() == expected
+            assert result.contributions is None

@@ -14,6 +14,7 @@ import pytest
 
 from serving.core.errors import WorkerLostError
 from serving.execution.pool import InferencePool
+from serving.execution.runtime import RuntimePolicy
 from serving.http.exception_handlers import serving_error_response
 from serving.store import ModelStore
 from tests.serving.conftest import IRIS_ROW, quiet_settings, running_server
@@ -121,6 +122,42 @@ def test_a_hung_worker_is_killed_and_its_batch_answered_by_the_replacement(
             assert pool.restarts == 1
             assert hung not in pool.pids
             assert _gone(hung)
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_explained_batch_on_a_hung_or_dead_worker_is_answered_by_the_replacement(
+    trained_store: ModelStore,
+) -> None:
+    """An explained batch runs beside the worker's batches, not as its job: the watchdog
+    still sees a worker that hangs on it, and its batch is retried like any other."""
+    # On scikit-learn, already imported to predict, the replacement's first explanation takes
+    # milliseconds, well within the hang timeout (on ONNX Runtime it would import it first).
+    sklearn = RuntimePolicy(prefer_onnx=False)
+
+    async def scenario() -> None:
+        pool = InferencePool(
+            trained_store.root, [("iris", 1)], size=1, hang_timeout=1.0, policy=sklearn
+        )
+        try:
+            await pool.start()
+            hung = pool.pids[0]
+            os.kill(hung, signal.SIGSTOP)
+            explained = await answered(
+                pool.submit(("iris", 1), np.array([IRIS_ROW]), False, explain=True)
+            )
+            assert explained.predictions.tolist() == ["setosa"]
+            assert explained.contributions is not None
+            assert pool.restarts == 1
+            assert pool.retried_batches == 1
+            assert _gone(hung)
+            dying = pool.pids[0]
+            pending = pool.submit(("iris", 1), np.array([IRIS_ROW]), False, explain=True)
+            os.kill(dying, signal.SIGKILL)
+            assert (await answered(pending)).contributions is not None
+            assert pool.restarts == 2
         finally:
             pool.close()
 
