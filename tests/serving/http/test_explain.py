@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -355,6 +356,37 @@ def test_inline_executor_explains_too(trained_store: ModelStore) -> None:
         output = answer.json()["explanations"][0]["outputs"][0]
         total = output["base"] + sum(output["contributions"].values())
         assert total == pytest.approx(answer.json()["predictions"][0], abs=1e-6)
+
+
+def test_a_pool_of_one_predicts_while_it_builds_its_first_explainer(
+    trained_store: ModelStore,
+) -> None:
+    """In a pool of one worker, the worker's first explanation (importing shap, building the
+    explainer) takes a second or more; predictions sent meanwhile come back long before it."""
+    settings = quiet_settings(trained_store, inference="pool", pool_size=1)
+    row = holdout("breast_cancer").X_test.iloc[:1].to_numpy().tolist()
+    took: dict[str, float] = {}
+
+    def explain(url: str) -> None:
+        started = time.monotonic()
+        answer = httpx.post(
+            f"{url}/models/breast_cancer/predict", json={"rows": row, "explain": True}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        took["explanation"] = time.monotonic() - started
+
+    with running_server(settings) as running, running.client() as c:
+        thread = threading.Thread(target=explain, args=(running.url,))
+        thread.start()
+        time.sleep(0.2)  # the explained batch is on the worker
+        started = time.monotonic()
+        for _ in range(5):
+            answer = c.post("/models/iris/predict", json={"rows": [IRIS_ROW]})
+            assert answer.json()["predictions"] == ["setosa"]
+        took["predictions"] = time.monotonic() - started
+        thread.join(60)
+    assert "explanation" in took
+    assert took["predictions"] < took["explanation"] / 2, took
 
 
 def test_grpc_unsupported_is_invalid_argument(odd_store: ModelStore) -> None:
