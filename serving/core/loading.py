@@ -55,8 +55,8 @@ class Loader:
         self.explain_slots = Slots(executor.size)
         """Explained batches in flight, counted apart: a prediction never waits for a slot an
         explanation holds (about a millisecond a row, and 2 to 3 s for a process's first, which
-        imports scikit-learn and shap). Inline, they run in a thread of their own; in a pool,
-        on whichever worker is free."""
+        imports scikit-learn and shap). They run in a thread of their own: inline, in the server
+        process; in a pool, in each worker."""
         self.sklearn_version = serving_sklearn_version()
         self.store_error: str | None = None
         """Why the store could not be read at startup."""

@@ -75,9 +75,11 @@ def run(
             if isinstance(message, Batch) and not message.explain:
                 # A view of the shared region: valid until the parent writes again, which it
                 # does only after this reply.
-                rows = inbox.unpack(message.rows, copy=False)
-                with sending:
-                    conn.send(_predict(message, models.get(message.key), rows, outbox))
+                outcome = _predict(
+                    message, models.get(message.key), inbox.unpack(message.rows, copy=False)
+                )
+                with sending:  # packing may announce a new region: a write to the pipe
+                    conn.send(_packed(outcome, outbox))
             elif isinstance(message, Batch):
                 # Copied: the parent may write the region again as soon as this is read. The
                 # model is looked up now, as an unload read after this message must not touch it.
@@ -125,7 +127,7 @@ class _Explaining:
     def _run(self) -> None:
         while True:
             batch, model, rows = self._batches.get()
-            outcome = _predict(batch, model, rows, None)
+            outcome = _predict(batch, model, rows)
             try:
                 with self._sending:
                     self._conn.send(outcome)
@@ -133,12 +135,9 @@ class _Explaining:
                 return  # the parent is gone; the main thread sees it too
 
 
-def _predict(
-    batch: Batch, model: LoadedModel | None, rows: FloatArray, outbox: Outbox | None
-) -> Answer | Failure:
+def _predict(batch: Batch, model: LoadedModel | None, rows: FloatArray) -> Answer | Failure:
     """Run one batch on ``model`` (None: the worker does not hold the batch's model); its
-    values are label positions in the model's ``labels`` when the answer says ``indexed``, its
-    large arrays put in ``outbox``'s shared region if given."""
+    values are label positions in the model's ``labels`` when the answer says ``indexed``."""
     try:
         if model is None:
             raise KeyError(batch.key)
@@ -151,9 +150,15 @@ def _predict(
         return Failure(batch.task_id, str(exc), unexplained=True)
     except Exception as exc:
         return Failure(batch.task_id, f"{type(exc).__name__}: {exc}")
-    if outbox is not None:
-        values, probabilities = outbox.pack(values, probabilities)
     return Answer(batch.task_id, values, probabilities, indexed, explained)
+
+
+def _packed(outcome: Answer | Failure, outbox: Outbox) -> Answer | Failure:
+    """An answer with its large arrays in the shared region."""
+    if isinstance(outcome, Failure):
+        return outcome
+    values, probabilities = outbox.pack(outcome.values, outcome.probabilities)
+    return outcome._replace(values=values, probabilities=probabilities)
 
 
 def _load_warm(store: ModelStore, key: ModelKey, policy: RuntimePolicy) -> LoadedModel:
